@@ -1,0 +1,23 @@
+"""gradfilter: select the high-value part of an instruction-tuning dataset by G-SNR."""
+
+from .errors import GradfilterError
+from .gradstats import ScoreConfig
+from .pipeline import load_stats, read_dataset, score, select
+from .selection import Selection, select_top
+from .utilities import UTILITIES, compute_utilities, utility_scores, with_utilities
+
+__all__ = [
+    "UTILITIES",
+    "GradfilterError",
+    "ScoreConfig",
+    "Selection",
+    "compute_utilities",
+    "load_stats",
+    "read_dataset",
+    "score",
+    "select",
+    "select_top",
+    "utility_scores",
+    "with_utilities",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,201 @@
+"""An ensemble of M LoRA adapters on one frozen backbone, run as one batched model.
+
+The member is a batch dimension: a batch holds M slices of rows, member-major, and each
+target layer applies member m's LoRA (A[m], B[m]) to slice m only. Members share the frozen
+backbone and nothing else: each has its own initialisation and data order (seeded by
+(seed, m) only), its own loss, its own gradient clipping. AdamW is elementwise and the
+schedule is identical, so one optimiser over the stacked tensors is exactly M optimisers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import GradfilterError
+
+
+def derived_seed(*parts: int) -> int:
+    """A 63-bit seed that depends only on `parts` (e.g. (seed, member, epoch))."""
+    state = np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+class RowGradRecorder:
+    """Accumulates per-row squared norms of the LoRA gradients during one backward.
+
+    For a row i with layer input x_i [T, in], LoRA hidden h_i = x_i A^T [T, r] and LoRA
+    output u_i = h_i B^T [T, out]: grad A_i = (dL/dh_i)^T x_i and grad B_i = (dL/du_i)^T h_i.
+    Both are r x (in + out) numbers per row, so they are formed exactly and squared in float32.
+    """
+
+    def __init__(self, rows: int, device: torch.device) -> None:
+        self.rows = rows
+        self.sqnorms = torch.zeros(rows, dtype=torch.float32, device=device)
+
+    def watch(self, x: torch.Tensor, h: torch.Tensor, u: torch.Tensor) -> None:
+        rows = self.rows
+        x_rows = x.reshape(rows, -1, x.shape[-1]).float()
+        h_rows = h.reshape(rows, -1, h.shape[-1])
+        h.register_hook(lambda grad: self._add(grad.reshape(rows, -1, grad.shape[-1]), x_rows))
+        u.register_hook(lambda grad: self._add(grad.reshape(rows, -1, grad.shape[-1]), h_rows))
+
+    def _add(self, out_grad: torch.Tensor, inputs: torch.Tensor) -> None:
+        per_row = torch.bmm(out_grad.float().transpose(1, 2), inputs.float())
+        self.sqnorms.add_(per_row.pow(2).sum(dim=(1, 2)))
+
+
+class EnsembleLoRA(nn.Module):
+    """A frozen linear layer plus M LoRA adapters, member m applied to rows slice m."""
+
+    def __init__(self, base: nn.Module, in_features: int, out_features: int,
+                 members: int, rank: int, alpha: float) -> None:
+        super().__init__()
+        self.base = base
+        self.members = members
+        self.in_features = in_features
+        self.out_features = out_features
+        self.scale = alpha / rank
+        self.lora_A = nn.Parameter(torch.zeros(members, rank, in_features))
+        self.lora_B = nn.Parameter(torch.zeros(members, out_features, rank))
+        self.recorder: RowGradRecorder | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        x_members = x.reshape(self.members, -1, self.in_features)
+        h = torch.bmm(x_members, self.lora_A.transpose(1, 2).to(x.dtype))
+        u = torch.bmm(h, self.lora_B.transpose(1, 2).to(h.dtype))
+        if self.recorder is not None:
+            self.recorder.watch(x, h, u)
+        return y + (self.scale * u).reshape(y.shape).to(y.dtype)
+
+
+def _linear_shape(module: nn.Module) -> tuple[int, int] | None:
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if type(module).__name__ == "Conv1D":  # GPT-2's transposed linear: weight [in, out]
+        return module.weight.shape[0], module.weight.shape[1]
+    return None
+
+
+class LoRAEnsemble:
+    """Installs EnsembleLoRA layers into a frozen model and trains them as M members."""
+
+    def __init__(self, model: nn.Module, members: int, rank: int, alpha: float,
+                 targets: tuple[str, ...], seed: int) -> None:
+        self.model = model
+        self.members = members
+        self.rank = rank
+        self.alpha = alpha
+        self.targets = targets
+        self.uses_conv1d = False
+        self.layers: dict[str, EnsembleLoRA] = {}
+        for name, module in list(model.named_modules()):
+            shape = _linear_shape(module)
+            if shape is None or name.rsplit(".", 1)[-1] not in targets:
+                continue
+            self.uses_conv1d |= type(module).__name__ == "Conv1D"
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name)
+            device = next(module.parameters()).device
+            layer = EnsembleLoRA(module, *shape, members, rank, alpha).to(device)
+            setattr(parent, child, layer)
+            self.layers[name] = layer
+        if not self.layers:
+            raise GradfilterError(f"no LoRA target layers named {list(targets)} in the proxy")
+        self.initialise(seed)
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for layer in self.layers.values() for p in (layer.lora_A, layer.lora_B)]
+
+    @torch.no_grad()
+    def initialise(self, seed: int) -> None:
+        """PEFT's default init per member: A ~ U(+-1/sqrt(in)), B = 0, from seed (seed, m)."""
+        for m in range(self.members):
+            generator = torch.Generator().manual_seed(derived_seed(seed, m, 0))
+            for layer in self.layers.values():
+                bound = 1.0 / math.sqrt(layer.in_features)
+                values = torch.rand(layer.lora_A.shape[1:], generator=generator) * 2 * bound - bound
+                layer.lora_A[m].copy_(values)
+                layer.lora_B[m].zero_()
+
+    def set_recorder(self, recorder: RowGradRecorder | None) -> None:
+        for layer in self.layers.values():
+            layer.recorder = recorder
+
+    def clip_per_member(self, max_norm: float) -> None:
+        """torch's clip_grad_norm_, applied to each member's own parameters separately."""
+        params = self.parameters()
+        sq = sum(p.grad.pow(2).flatten(1).sum(1) for p in params)
+        coef = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+        for p in params:
+            p.grad.mul_(coef.view(-1, *([1] * (p.dim() - 1))))
+
+    def member_state(self, m: int) -> dict[str, torch.Tensor]:
+        """Member m's adapter under PEFT's saved key names."""
+        state = {}
+        for name, layer in self.layers.items():
+            prefix = f"base_model.model.{name}"
+            state[f"{prefix}.lora_A.weight"] = layer.lora_A[m].detach().float().cpu().contiguous()
+            state[f"{prefix}.lora_B.weight"] = layer.lora_B[m].detach().float().cpu().contiguous()
+        return state
+
+    def save_member(self, m: int, directory: Path, base_name: str) -> None:
+        """A standard PEFT LoRA adapter directory for member m."""
+        from safetensors.torch import save_file
+
+        from .outputs import atomic_write_text
+
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": base_name,
+            "r": self.rank,
+            "lora_alpha": self.alpha,
+            "lora_dropout": 0.0,
+            "target_modules": sorted(self.targets),
+            "fan_in_fan_out": self.uses_conv1d,
+            "bias": "none",
+            "inference_mode": True,
+        }
+        tmp = directory / "adapter_model.safetensors.tmp"
+        save_file(self.member_state(m), str(tmp), metadata={"format": "pt"})
+        tmp.replace(directory / "adapter_model.safetensors")
+        atomic_write_text(directory / "adapter_config.json", json.dumps(config, indent=2) + "\n")
+
+
+def per_example_losses(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       response_mask: torch.Tensor) -> torch.Tensor:
+    """Each row's own mean cross-entropy over its response tokens (float32, [rows]).
+
+    Logits are formed only at positions that predict a response token, so the LM head's cost
+    and memory scale with the response tokens, not the padded batch.
+    """
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    targets = response_mask[:, 1:]
+    logits = model.get_output_embeddings()(hidden[:, :-1][targets]).float()
+    token_losses = F.cross_entropy(logits, input_ids[:, 1:][targets], reduction="none")
+    rows = targets.nonzero()[:, 0]
+    sums = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
+    sums.index_add_(0, rows, token_losses)
+    return sums / targets.sum(1).clamp(min=1)
+
+
+def linear_warmup_decay(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
+    """LR factor for step k: linear warm-up over W steps, then linear decay to 1/(K-W)."""
+    warmup = max(1, round(warmup_ratio * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor

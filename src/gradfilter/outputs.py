@@ -1,0 +1,71 @@
+"""Atomic file writes, the run record written beside every output, and the console summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+RECORD_PACKAGES = ("gradfilter", "torch", "transformers", "peft", "pyarrow", "numpy", "gguf")
+
+
+@contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in RECORD_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def device_description(device: str) -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {
+        "device": device,
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpu_threads": torch.get_num_threads(),
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def run_record_path(output: Path) -> Path:
+    return Path(output).with_name(Path(output).name + ".run.json")
+
+
+def write_run_record(output: Path, record: dict[str, Any]) -> Path:
+    """Write `<output>.run.json`: config, seeds, versions, device, per-phase wall time."""
+    full = {"command_line": sys.argv, "versions": package_versions(), **record}
+    path = run_record_path(output)
+    atomic_write_text(path, json.dumps(full, indent=2, ensure_ascii=False, default=str) + "\n")
+    return path

@@ -1,0 +1,198 @@
+"""The Python API: score a dataset into a statistics table, select from it, or both."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from . import formats
+from .ensemble import LoRAEnsemble
+from .errors import GradfilterError
+from .formats import Format, ReadReport, Record
+from .gradstats import ScoreConfig, stats_table, train_and_collect
+from .outputs import atomic_path, device_description, write_run_record
+from .proxy import (
+    default_targets,
+    load_model,
+    load_tokenizer,
+    resolve_device,
+    resolve_dtype,
+)
+from .selection import Selection, select_top
+from .tokenization import encode, resolve_template
+from .utilities import utility_scores, with_utilities
+
+
+@dataclass(frozen=True)
+class Dataset:
+    path: Path
+    records: list[Record]
+    format: Format
+    container: formats.Container
+    report: ReadReport
+
+
+def read_dataset(path: str | Path, fmt: Format | None = None, limit: int | None = None) -> Dataset:
+    """All records of a JSON/JSONL file (the first `limit` if given) and its detected format."""
+    path = Path(path)
+    report = ReadReport()
+    records = []
+    for record in formats.iter_records(path, report):
+        if limit is not None and len(records) >= limit:
+            break
+        records.append(record)
+    if not records:
+        raise GradfilterError(f"{path}: the dataset holds no records")
+    if fmt is None:
+        fmt = formats.detect_format(records[0], path)
+    elif fmt not in formats.FORMATS:
+        raise GradfilterError(f"--format must be one of {list(formats.FORMATS)}, got {fmt!r}")
+    return Dataset(path, records, fmt, formats.detect_container(path), report)
+
+
+def _encode_all(dataset: Dataset, tokenizer, config: ScoreConfig):
+    template = resolve_template(tokenizer, config.template)  # type: ignore[arg-type]
+    encoded, reasons = [], []
+    for record in dataset.records:
+        turns = formats.to_turns(record, dataset.format, dataset.path)
+        item = encode(turns, tokenizer, template, config.max_length, config.turns)  # type: ignore[arg-type]
+        encoded.append(item)
+        if not any(turn.role == "assistant" for turn in turns):
+            reasons.append("no assistant turn")
+        elif item.n_response_tokens == 0:
+            reasons.append("no response tokens within max_length")
+        else:
+            reasons.append(None)
+    return template, encoded, reasons
+
+
+def score(
+    data: str | Path,
+    out: str | Path,
+    config: ScoreConfig | None = None,
+    *,
+    fmt: Format | None = None,
+    limit: int | None = None,
+    save_adapters: str | Path | None = None,
+    progress: bool = True,
+) -> pa.Table:
+    """Train the LoRA ensemble on `data`, write the statistics table (Parquet) to `out`."""
+    config = config or ScoreConfig()
+    config.validate()
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    dataset = read_dataset(data, fmt, limit)
+    device = resolve_device(config.device)  # type: ignore[arg-type]
+    dtype = resolve_dtype(config.dtype, device)  # type: ignore[arg-type]
+    tokenizer = load_tokenizer(config.proxy)
+    template, encoded, reasons = _encode_all(dataset, tokenizer, config)
+    timings["read_and_tokenize"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    torch.manual_seed(config.seed)
+    model = load_model(config.proxy, device)
+    targets = config.lora_targets or default_targets(model)
+    config = replace(config, lora_targets=tuple(targets))
+    ensemble = LoRAEnsemble(model, config.members, config.lora_rank, config.lora_alpha,
+                            config.lora_targets, config.seed)
+    timings["load_proxy"] = time.perf_counter() - start
+
+    scorable = np.array([i for i, r in enumerate(reasons) if r is None], dtype=np.int64)
+
+    def export(epoch: int) -> None:
+        if save_adapters is not None:
+            for m in range(config.members):
+                ensemble.save_member(m, Path(save_adapters) / f"epoch{epoch}" / f"member{m}",
+                                     config.proxy)
+
+    raw = train_and_collect(ensemble, encoded, scorable, config, device, dtype, progress, export)
+    timings.update(raw.phase_seconds)
+    table = with_utilities(stats_table(
+        len(dataset.records), scorable,
+        np.array([e.n_response_tokens for e in encoded]),
+        np.array([e.truncated for e in encoded]), reasons, raw, config,
+    ))
+    start = time.perf_counter()
+    with atomic_path(Path(out)) as tmp:
+        pq.write_table(table, tmp)
+    timings["write_table"] = time.perf_counter() - start
+    write_run_record(Path(out), {
+        "stage": "score",
+        "data": str(dataset.path),
+        "format": dataset.format,
+        "template": template,
+        "records": len(dataset.records),
+        "scored": len(scorable),
+        "unscored": {str(i): r for i, r in enumerate(reasons) if r is not None},
+        "truncated": int(sum(e.truncated for e in encoded)),
+        "read_warnings": dataset.report.warnings,
+        "config": asdict(config),
+        "seeds": {"seed": config.seed, "member_seed_rule": "derived_seed(seed, m, ...)"},
+        "device": device_description(str(device)),
+        "dtype": str(dtype),
+        "train_loss_first_last": raw.train_losses[:1] + raw.train_losses[-1:],
+        "wall_seconds": timings,
+        "save_adapters": str(save_adapters) if save_adapters else None,
+    })
+    return table
+
+
+def load_stats(path: str | Path) -> pa.Table:
+    path = Path(path)
+    if not path.is_file():
+        raise GradfilterError(f"{path}: no such statistics table")
+    try:
+        return pq.read_table(path)
+    except pa.ArrowInvalid as exc:
+        raise GradfilterError(f"{path}: not a Parquet statistics table: {exc}") from None
+
+
+def select(
+    data: str | Path,
+    stats: str | Path | pa.Table,
+    out: str | Path,
+    *,
+    utility: str = "gsnr",
+    ratio: float | None = None,
+    count: int | None = None,
+    order: str = "input",
+    score_field: str | None = None,
+    fmt: Format | None = None,
+) -> Selection:
+    """Write the top records of `data` by `utility` to `out`, unchanged, in the input's format."""
+    start = time.perf_counter()
+    table = stats if isinstance(stats, pa.Table) else load_stats(stats)
+    scores = utility_scores(table, utility)
+    dataset = read_dataset(data, fmt)
+    if table.num_rows != len(dataset.records):
+        raise GradfilterError(
+            f"the statistics table has {table.num_rows} rows but {dataset.path} has "
+            f"{len(dataset.records)} records; score this file first"
+        )
+    selection = select_top(scores, ratio=ratio, count=count)
+    chosen = selection.in_order(order)
+    formats.write_records(
+        Path(out), [dataset.records[i] for i in chosen], dataset.container,
+        score_field, [float(scores[i]) for i in chosen] if score_field else None,
+    )
+    write_run_record(Path(out), {
+        "stage": "select",
+        "data": str(dataset.path),
+        "stats": str(stats) if not isinstance(stats, pa.Table) else None,
+        "utility": utility,
+        "ratio": ratio,
+        "count": count,
+        "order": order,
+        "score_field": score_field,
+        "selected": len(chosen),
+        "requested": selection.requested,
+        "nonfinite_scores": selection.n_nonfinite,
+        "wall_seconds": {"select": time.perf_counter() - start},
+    })
+    return selection

@@ -1,0 +1,50 @@
+"""Selection: a pure function from scores to the chosen indices (method.md §5)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import GradfilterError
+
+
+@dataclass(frozen=True)
+class Selection:
+    indices: np.ndarray  # selected record indices, highest score first
+    requested: int
+    n_records: int
+    n_nonfinite: int
+
+    def in_order(self, order: str) -> np.ndarray:
+        if order == "score":
+            return self.indices
+        if order == "input":
+            return np.sort(self.indices)
+        raise GradfilterError(f"--order must be 'input' or 'score', got {order!r}")
+
+
+def budget(n_records: int, ratio: float | None, count: int | None) -> int:
+    """How many to keep: `count`, or `ratio` of all records rounded half up."""
+    if (ratio is None) == (count is None):
+        raise GradfilterError("give exactly one of --ratio and --count")
+    if count is not None:
+        if count < 0:
+            raise GradfilterError("--count must not be negative")
+        return count
+    assert ratio is not None
+    if not 0 < ratio <= 1:
+        raise GradfilterError(f"--ratio must be in (0, 1], got {ratio}")
+    return math.floor(ratio * n_records + 0.5)
+
+
+def select_top(scores: np.ndarray, ratio: float | None = None, count: int | None = None) -> Selection:
+    """Highest scores first, ties broken by position; non-finite scores are never selected."""
+    scores = np.asarray(scores, dtype=np.float64)
+    finite = np.isfinite(scores)
+    wanted = budget(len(scores), ratio, count)
+    candidates = np.flatnonzero(finite)
+    order = np.lexsort((candidates, -scores[candidates]))  # primary: score desc; then position
+    chosen = candidates[order][:wanted]
+    return Selection(chosen, wanted, len(scores), int((~finite).sum()))

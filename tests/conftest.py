@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny import make_proxy  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def gpt2_proxy(tmp_path_factory) -> str:
+    return make_proxy(tmp_path_factory.mktemp("gpt2"), "gpt2")
+
+
+@pytest.fixture(scope="session")
+def llama_proxy(tmp_path_factory) -> str:
+    return make_proxy(tmp_path_factory.mktemp("llama"), "llama", chat=True)
+
+
+def alpaca_records(n: int) -> list[dict]:
+    """Alpaca records of varied lengths, some with an input, some with unicode."""
+    records = []
+    for i in range(n):
+        record = {"instruction": f"Give {i} tips for staying healthy" + " please" * (i % 4)}
+        record["input"] = "" if i % 3 else f"café {i} 日本語"
+        record["output"] = "Eat a balanced diet and sleep well. " * (1 + i % 5) + str(i)
+        records.append(record)
+    return records
+
+
+def sharegpt_records(n: int) -> list[dict]:
+    records = []
+    for i in range(n):
+        turns = [{"from": "human", "value": f"Question {i}: what is {i} + {i}?"},
+                 {"from": "gpt", "value": f"It is {2 * i}. " * (1 + i % 3)}]
+        if i % 2:
+            turns = [{"from": "system", "value": "Be brief."}, *turns,
+                     {"from": "human", "value": "And times two?"},
+                     {"from": "gpt", "value": f"{4 * i} 🙂"}]
+        records.append({"id": f"conv-{i}", "conversations": turns})
+    return records
+
+
+def messages_records(n: int) -> list[dict]:
+    return [
+        {"messages": [{"role": "user", "content": t["value"]} if t["from"] == "human" else
+                      {"role": "system" if t["from"] == "system" else "assistant",
+                       "content": t["value"]} for t in r["conversations"]],
+         "meta": {"n": i}}
+        for i, r in enumerate(sharegpt_records(n))
+    ]
+
+
+def write_json(path: Path, records: list[dict]) -> Path:
+    path.write_text(json.dumps(records, ensure_ascii=False, indent=2), encoding="utf-8")
+    return path
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
+                    encoding="utf-8")
+    return path
