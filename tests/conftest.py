@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny import make_proxy  # noqa: E402
+from tiny import make_proxy
 
 
 @pytest.fixture(scope="session")

@@ -188,7 +188,7 @@ def detect_format(record: Record, path: Path) -> Format:
 
 
 def to_turns(record: Record, fmt: Format, path: Path) -> list[Turn]:
-    """The record as a list of turns (system and user turns are prompt, assistant turns response)."""
+    """The record as turns: system and user turns are prompt, assistant turns response."""
     if fmt == "alpaca":
         return _alpaca_turns(record, path)
     if fmt == "sharegpt":
@@ -205,7 +205,8 @@ def _string_field(record: Record, path: Path, name: str, required: bool) -> str:
     if value is None and not required:
         return ""
     if not isinstance(value, str):
-        raise record_error(path, record.index, name, f"must be a string, got {type(value).__name__}")
+        kind = type(value).__name__
+        raise record_error(path, record.index, name, f"must be a string, got {kind}")
     return value
 
 

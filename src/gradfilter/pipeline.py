@@ -164,12 +164,13 @@ def select(
     order: str = "input",
     score_field: str | None = None,
     fmt: Format | None = None,
+    limit: int | None = None,
 ) -> Selection:
     """Write the top records of `data` by `utility` to `out`, unchanged, in the input's format."""
     start = time.perf_counter()
     table = stats if isinstance(stats, pa.Table) else load_stats(stats)
     scores = utility_scores(table, utility)
-    dataset = read_dataset(data, fmt)
+    dataset = read_dataset(data, fmt, limit)
     if table.num_rows != len(dataset.records):
         raise GradfilterError(
             f"the statistics table has {table.num_rows} rows but {dataset.path} has "
@@ -185,6 +186,7 @@ def select(
         "stage": "select",
         "data": str(dataset.path),
         "stats": str(stats) if not isinstance(stats, pa.Table) else None,
+        "limit": limit,
         "utility": utility,
         "ratio": ratio,
         "count": count,

@@ -39,7 +39,9 @@ def budget(n_records: int, ratio: float | None, count: int | None) -> int:
     return math.floor(ratio * n_records + 0.5)
 
 
-def select_top(scores: np.ndarray, ratio: float | None = None, count: int | None = None) -> Selection:
+def select_top(
+    scores: np.ndarray, ratio: float | None = None, count: int | None = None
+) -> Selection:
     """Highest scores first, ties broken by position; non-finite scores are never selected."""
     scores = np.asarray(scores, dtype=np.float64)
     finite = np.isfinite(scores)

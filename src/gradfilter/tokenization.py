@@ -11,6 +11,9 @@ Chat template: the conversation is rendered with the tokenizer's template; each 
 turn's span is the text the template adds between the prompt rendered with
 `add_generation_prompt=True` and the conversation rendered up to and including that turn
 (content plus end-of-turn marker), so no generation tags are needed.
+
+With either template, an assistant turn that opens a conversation (no prompt before it) is
+context, not response.
 """
 
 from __future__ import annotations
@@ -70,7 +73,8 @@ def encode(
 
 
 def _loss_turn_positions(turns: list[Turn], turns_mode: TurnsChoice) -> set[int]:
-    positions = [k for k, turn in enumerate(turns) if turn.role == "assistant"]
+    """Assistant turns that carry loss; one that opens the conversation answers no prompt."""
+    positions = [k for k, turn in enumerate(turns) if turn.role == "assistant" and k > 0]
     if turns_mode == "last":
         positions = positions[-1:]
     return set(positions)
@@ -90,7 +94,7 @@ def _encode_plain(
     turns: list[Turn], tokenizer, loss_turns: set[int]
 ) -> tuple[list[int], list[bool]]:
     if tokenizer.eos_token_id is None:
-        raise GradfilterError("the proxy's tokenizer has no EOS token, needed by the plain template")
+        raise GradfilterError("the plain template needs an EOS token; the tokenizer has none")
     ids = _leading_special_ids(tokenizer)
     mask = [False] * len(ids)
     for k, turn in enumerate(turns):

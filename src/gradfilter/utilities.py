@@ -2,7 +2,7 @@
 
     G_i^(e) = mean_m n_i^(m,e)                      ensemble gradient magnitude
     D_i     = (G_i^(s) - G_i^(t)) / (G_i^(s) + eps)  relative drop
-    V_i     = var_m n_i^(m,t)                        late-stage ensemble variance (population, ddof=0)
+    V_i     = var_m n_i^(m,t)                        late-stage variance (population, ddof=0)
 
 Where every member's late norm is zero, V_i / G_i^(t)^2 is taken as 0 (it is 0/0 otherwise).
 Unscored examples (NaN statistics) get NaN utilities and are never selected.
@@ -54,7 +54,9 @@ def sqnorm_matrix(table: pa.Table, epoch: int) -> np.ndarray:
     ).astype(np.float64)
 
 
-def compute_utilities(early: np.ndarray, late: np.ndarray, eps: float = EPS) -> dict[str, np.ndarray]:
+def compute_utilities(
+    early: np.ndarray, late: np.ndarray, eps: float = EPS
+) -> dict[str, np.ndarray]:
     """All utilities from [examples, members] squared norms at epochs s and t."""
     magnitude_early = early.mean(axis=1)
     magnitude_late = late.mean(axis=1)

@@ -1,0 +1,217 @@
+"""The `gradfilter` command line: score, select, run (both) and demo."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import click
+import numpy as np
+from rich.console import Console
+
+from .errors import GradfilterError
+from .gradstats import ScoreConfig
+from .utilities import UTILITIES
+
+console = Console(stderr=True)
+DEFAULTS = ScoreConfig()
+
+
+def score_options(command):
+    """The options of `score` and `run`, defaults from ScoreConfig (method.md §2)."""
+    options = [
+        click.option("--proxy", default=DEFAULTS.proxy, show_default=True,
+                     help="Hub id, local directory or .gguf file of a causal LM."),
+        click.option("--members", type=int, default=DEFAULTS.members, show_default=True),
+        click.option("--epochs", type=int, default=DEFAULTS.epochs, show_default=True),
+        click.option("--early", type=int, default=DEFAULTS.early, show_default=True,
+                     help="Epoch s of the early gradient snapshot."),
+        click.option("--late", type=int, default=DEFAULTS.late, show_default=True,
+                     help="Epoch t of the late gradient snapshot."),
+        click.option("--lora-rank", type=int, default=DEFAULTS.lora_rank, show_default=True),
+        click.option("--lora-alpha", type=float, default=DEFAULTS.lora_alpha, show_default=True),
+        click.option("--lora-targets", default=None,
+                     help="Comma-separated module names (default: all attention and MLP "
+                          "projections of the architecture)."),
+        click.option("--lr", type=float, default=DEFAULTS.lr, show_default=True),
+        click.option("--batch-size", type=int, default=DEFAULTS.batch_size, show_default=True),
+        click.option("--collect-batch-size", type=int, default=DEFAULTS.collect_batch_size,
+                     show_default=True),
+        click.option("--max-length", type=int, default=DEFAULTS.max_length, show_default=True),
+        click.option("--grad-clip", type=float, default=DEFAULTS.grad_clip, show_default=True),
+        click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]),
+                     default=DEFAULTS.device, show_default=True),
+        click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]),
+                     default=DEFAULTS.dtype, show_default=True),
+        click.option("--template", type=click.Choice(["auto", "plain", "chat"]),
+                     default=DEFAULTS.template, show_default=True),
+        click.option("--turns", type=click.Choice(["all", "last"]), default=DEFAULTS.turns,
+                     show_default=True, help="Which assistant turns carry loss."),
+        click.option("--limit", type=int, default=None, help="Score only the first N records."),
+        click.option("--save-adapters", type=click.Path(path_type=Path), default=None,
+                     help="Write every member's PEFT adapter at each collected epoch here."),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def select_options(command):
+    options = [
+        click.option("--ratio", type=float, default=None, help="Fraction of records to keep."),
+        click.option("--count", type=int, default=None, help="Number of records to keep."),
+        click.option("--utility", type=click.Choice(UTILITIES), default="gsnr",
+                     show_default=True),
+        click.option("--order", type=click.Choice(["input", "score"]), default="input",
+                     show_default=True),
+        click.option("--score-field", default=None, help="Add the score to each kept record."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+format_option = click.option(
+    "--format", "fmt", type=click.Choice(["alpaca", "sharegpt", "messages"]), default=None,
+    help="Override the detected format.")
+
+
+def _config(options: dict) -> ScoreConfig:
+    names = {f.name for f in fields(ScoreConfig)}
+    values = {k: v for k, v in options.items() if k in names}
+    if values.get("lora_targets"):
+        values["lora_targets"] = tuple(t.strip() for t in values["lora_targets"].split(","))
+    return ScoreConfig(**values)
+
+
+@click.group()
+@click.version_option(package_name="gradfilter")
+def app() -> None:
+    """Select the high-value part of an instruction-tuning dataset by gradient signal-to-noise."""
+
+
+@app.command()
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Statistics table (Parquet).")
+@format_option
+@score_options
+def score(data: Path, out: Path, fmt, limit, save_adapters, quiet, **options) -> None:
+    """Train the LoRA ensemble on DATA and write the per-example statistics table."""
+    from .pipeline import score as run_score
+
+    run_score(data, out, _config(options), fmt=fmt, limit=limit,
+              save_adapters=save_adapters, progress=not quiet)
+    console.print(f"statistics table: {out}")
+
+
+@app.command()
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--stats", type=click.Path(path_type=Path), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Subset file.")
+@format_option
+@click.option("--limit", type=int, default=None, help="Select from the first N records only.")
+@select_options
+def select(data: Path, stats: Path, out: Path, fmt, limit, **options) -> None:
+    """Write the top records of DATA by a utility from a statistics table (no model needed)."""
+    from .pipeline import load_stats
+    from .pipeline import select as run_select
+
+    table = load_stats(stats)
+    selection = run_select(data, table, out, fmt=fmt, limit=limit, **options)
+    _summary(data, table, selection, options["utility"], out, stats, fmt, limit)
+
+
+@app.command()
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Subset file.")
+@click.option("--stats", type=click.Path(path_type=Path), default=None,
+              help="Statistics table (default: <out>.stats.parquet).")
+@format_option
+@select_options
+@score_options
+def run(data: Path, out: Path, stats: Path | None, fmt, limit, save_adapters, quiet,
+        ratio, count, utility, order, score_field, **options) -> None:
+    """Score DATA and write the selected subset in one go."""
+    if ratio is None and count is None:
+        ratio = 0.1
+    _score_and_select(data, out, stats, fmt, limit, save_adapters, quiet, _config(options),
+                      dict(ratio=ratio, count=count, utility=utility, order=order,
+                           score_field=score_field))
+
+
+def _score_and_select(data, out, stats, fmt, limit, save_adapters, quiet, config, choice) -> None:
+    from .pipeline import score as run_score
+    from .pipeline import select as run_select
+
+    stats = stats or out.with_name(out.name + ".stats.parquet")
+    table = run_score(data, stats, config, fmt=fmt, limit=limit, save_adapters=save_adapters,
+                      progress=not quiet)
+    selection = run_select(data, table, out, fmt=fmt, limit=limit, **choice)
+    _summary(data, table, selection, choice["utility"], out, stats, fmt, limit)
+
+
+@app.command()
+@click.option("--out-dir", type=click.Path(path_type=Path), default=Path("gradfilter-demo"),
+              show_default=True)
+@click.option("--records", type=int, default=32, show_default=True)
+@click.option("--quiet", is_flag=True)
+def demo(out_dir: Path, records: int, quiet: bool) -> None:
+    """Run the whole pipeline offline on the embedded default (ShareGPT sample, SmolLM2-135M)."""
+    from .demo import demo_config, demo_data
+
+    data, config = demo_data(), demo_config()
+    console.print(f"demo: first {records} conversations of {data}\n      proxy {config.proxy}")
+    _score_and_select(data, out_dir / "subset.json", out_dir / "stats.parquet", None, records,
+                      None, quiet, config, dict(ratio=0.25, count=None, utility="gsnr",
+                                                order="input", score_field="gsnr"))
+
+
+def _preview(record, fmt, path) -> str:
+    from .formats import to_turns
+
+    turns = to_turns(record, fmt, path)
+    prompt = next((t.text for t in turns if t.role == "user"), "")
+    text = " ".join(prompt.split())
+    return text[:70] + ("..." if len(text) > 70 else "")
+
+
+def _summary(data: Path, table, selection, utility: str, out: Path, stats: Path, fmt,
+             limit: int | None) -> None:
+    from .outputs import run_record_path
+    from .pipeline import read_dataset
+    from .utilities import utility_scores
+
+    dataset = read_dataset(data, fmt, limit)
+    scores = utility_scores(table, utility)
+    finite = np.flatnonzero(np.isfinite(scores))
+    ranked = finite[np.lexsort((finite, -scores[finite]))]
+    out_console = Console()
+    out_console.print(
+        f"kept {len(selection.indices)} of {selection.n_records} records by {utility} "
+        f"(asked for {selection.requested}; {selection.n_nonfinite} without a finite score)"
+    )
+    out_console.print(f"subset:           {out}\nstatistics table: {stats}\n"
+                      f"run record:       {run_record_path(out)}")
+    for title, picks in (("best", ranked[:3]), ("worst", ranked[::-1][:3])):
+        out_console.print(f"{title} 3 by {utility}:")
+        for i in picks:
+            preview = _preview(dataset.records[i], dataset.format, dataset.path)
+            out_console.print(f"  #{i:<6} {scores[i]: .4g}  {preview}", markup=False)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except GradfilterError as exc:
+        console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        console.print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
