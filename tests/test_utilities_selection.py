@@ -1,0 +1,72 @@
+"""Utilities against their formulas on a hand-made table; selection rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from gradfilter import GradfilterError, select_top, utility_scores, with_utilities
+from gradfilter.utilities import EPS, UTILITIES
+
+# Two members; rows: ordinary, zero variance, zero magnitude (all norms 0), unscored (NaN).
+EARLY = np.array([[4.0, 2.0], [3.0, 3.0], [0.0, 0.0], [np.nan, np.nan]])
+LATE = np.array([[1.0, 3.0], [1.5, 1.5], [0.0, 0.0], [np.nan, np.nan]])
+
+
+def _table() -> pa.Table:
+    columns = {"index": pa.array(np.arange(4))}
+    for epoch, values in ((1, EARLY), (2, LATE)):
+        for m in range(2):
+            columns[f"sqnorm_e{epoch}_m{m}"] = pa.array(values[:, m])
+    return pa.table(columns)
+
+
+def test_utilities_follow_their_formulas():
+    table = with_utilities(_table())
+    # Row 0: G_s = 3, G_t = 2, D = 1/3, V = var(1, 3) = 1.
+    expected_row0 = {"gsnr": (1 / 3) / (1 + EPS), "gsnr-cv": (1 / 3) / (1 / 4 + EPS),
+                     "drop": 1 / 3, "gradnorm": 2.0, "uncertainty": 1.0}
+    # Row 1: zero variance: G_s = 3, G_t = 1.5, D = 0.5, V = 0.
+    expected_row1 = {"gsnr": 0.5 / EPS, "gsnr-cv": 0.5 / EPS, "drop": 0.5, "gradnorm": 1.5,
+                     "uncertainty": 0.0}
+    # Row 2: zero magnitude: D = 0 / eps = 0, V = 0, V / G^2 taken as 0.
+    expected_row2 = {"gsnr": 0.0, "gsnr-cv": 0.0, "drop": 0.0, "gradnorm": 0.0,
+                     "uncertainty": 0.0}
+    for utility in UTILITIES:
+        scores = utility_scores(table, utility)
+        assert scores[0] == pytest.approx(expected_row0[utility], rel=1e-12)
+        assert scores[1] == pytest.approx(expected_row1[utility], rel=1e-12)
+        assert scores[2] == pytest.approx(expected_row2[utility], abs=1e-300)
+        assert np.isnan(scores[3])
+
+
+def test_utility_from_raw_columns_equals_stored_column():
+    raw, full = _table(), with_utilities(_table())
+    for utility in UTILITIES:
+        np.testing.assert_array_equal(utility_scores(raw, utility), utility_scores(full, utility))
+
+
+def test_unknown_utility_is_a_clear_error():
+    with pytest.raises(GradfilterError, match="unknown utility"):
+        utility_scores(_table(), "magic")
+
+
+def test_selection_highest_first_ties_by_position_nonfinite_never():
+    scores = np.array([0.5, np.nan, 2.0, 0.5, np.inf, 2.0, -1.0, 0.5])
+    picked = select_top(scores, count=4)
+    assert picked.indices.tolist() == [2, 5, 0, 3]
+    assert picked.n_nonfinite == 2
+    assert picked.in_order("input").tolist() == [0, 2, 3, 5]
+    everything = select_top(scores, ratio=1.0)
+    assert everything.requested == 8
+    assert sorted(everything.indices.tolist()) == [0, 2, 3, 5, 6, 7]
+
+
+def test_ratio_rounds_half_up_and_bad_budgets_fail():
+    scores = np.arange(25, dtype=float)
+    assert len(select_top(scores, ratio=0.1).indices) == 3  # 2.5 -> 3
+    assert len(select_top(scores, ratio=0.05).indices) == 1  # 1.25 -> 1
+    for bad in (dict(), dict(ratio=0.1, count=3), dict(ratio=1.5), dict(count=-1)):
+        with pytest.raises(GradfilterError):
+            select_top(scores, **bad)
