@@ -157,7 +157,7 @@ def _score_and_select(data, out, stats, fmt, limit, save_adapters, quiet, config
 @app.command()
 @click.option("--out-dir", type=click.Path(path_type=Path), default=Path("gradfilter-demo"),
               show_default=True)
-@click.option("--records", type=int, default=32, show_default=True)
+@click.option("--records", type=int, default=24, show_default=True)
 @click.option("--quiet", is_flag=True)
 def demo(out_dir: Path, records: int, quiet: bool) -> None:
     """Run the whole pipeline offline on the embedded default (ShareGPT sample, SmolLM2-135M)."""

