@@ -62,3 +62,10 @@ def test_empty_file_is_a_clear_error(tmp_path):
     path.write_text("  \n", encoding="utf-8")
     with pytest.raises(GradfilterError, match="the file is empty"):
         list(iter_records(path))
+
+
+def test_bytes_that_are_not_utf8_are_a_clear_error(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes('{"instruction": "caf\u00e9", "output": "b"}\n'.encode("latin-1"))
+    with pytest.raises(GradfilterError, match=r"latin1.jsonl: not UTF-8 text \(byte 0xe9"):
+        list(iter_records(path))

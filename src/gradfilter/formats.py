@@ -75,10 +75,15 @@ def iter_records(path: Path, report: ReadReport | None = None) -> Iterator[Recor
     """Yield every record of a JSON array or JSONL file, in file order, with its source text."""
     path = Path(path)
     report = report if report is not None else ReadReport()
-    if detect_container(path) == "json":
-        yield from _iter_json_array(path, report)
-    else:
-        yield from _iter_jsonl(path)
+    try:
+        if detect_container(path) == "json":
+            yield from _iter_json_array(path, report)
+        else:
+            yield from _iter_jsonl(path)
+    except UnicodeDecodeError as exc:
+        raise GradfilterError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} in a chunk read)"
+        ) from None
 
 
 def _iter_jsonl(path: Path) -> Iterator[Record]:

@@ -7,6 +7,7 @@ the squared norm n_i^(m,e) of the gradient of L_i alone, taken from the one batc
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -160,6 +161,7 @@ def train_and_collect(
         optimizer, linear_warmup_decay(config.epochs * steps_per_epoch, WARMUP_RATIO)
     )
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    step_losses: list[torch.Tensor] = []
     with _progress(progress) as bars:
         for epoch in range(1, config.epochs + 1):
             start = time.perf_counter()
@@ -176,7 +178,7 @@ def train_and_collect(
                 optimizer.step()
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
-                stats.train_losses.append(float(losses.detach().mean()))
+                step_losses.append(losses.detach().mean())  # no host sync per step
                 _advance(bars, task, rows, start)
             stats.phase_seconds[f"train_epoch{epoch}"] = time.perf_counter() - start
             if epoch in (config.early, config.late):
@@ -187,6 +189,7 @@ def train_and_collect(
                 stats.phase_seconds[f"collect_epoch{epoch}"] = time.perf_counter() - start
                 if on_collected is not None:
                     on_collected(epoch)
+    stats.train_losses = torch.stack(step_losses).tolist()
     return stats
 
 
@@ -242,10 +245,4 @@ def stats_table(n_records: int, scorable: np.ndarray, n_response_tokens: np.ndar
                 columns[f"{name}_e{epoch}_m{m}"] = pa.array(full)
     meta = {"early": config.early, "late": config.late, "members": config.members,
             "config": asdict(config)}
-    return pa.table(columns).replace_schema_metadata({"gradfilter": _json(meta)})
-
-
-def _json(value) -> str:
-    import json
-
-    return json.dumps(value, default=list)
+    return pa.table(columns).replace_schema_metadata({"gradfilter": json.dumps(meta)})
