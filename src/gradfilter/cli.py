@@ -7,7 +7,6 @@ from dataclasses import fields
 from pathlib import Path
 
 import click
-import numpy as np
 from rich.console import Console
 
 from .errors import GradfilterError
@@ -183,12 +182,12 @@ def _summary(data: Path, table, selection, utility: str, out: Path, stats: Path,
              limit: int | None) -> None:
     from .outputs import run_record_path
     from .pipeline import read_dataset
+    from .selection import select_top
     from .utilities import utility_scores
 
     dataset = read_dataset(data, fmt, limit)
     scores = utility_scores(table, utility)
-    finite = np.flatnonzero(np.isfinite(scores))
-    ranked = finite[np.lexsort((finite, -scores[finite]))]
+    ranked = select_top(scores, ratio=1.0).indices
     out_console = Console()
     out_console.print(
         f"kept {len(selection.indices)} of {selection.n_records} records by {utility} "
