@@ -116,12 +116,13 @@ def score(data: Path, out: Path, fmt, limit, save_adapters, quiet, **options) ->
 @select_options
 def select(data: Path, stats: Path, out: Path, fmt, limit, **options) -> None:
     """Write the top records of DATA by a utility from a statistics table (no model needed)."""
-    from .pipeline import load_stats
+    from .pipeline import load_stats, read_dataset
     from .pipeline import select as run_select
 
     table = load_stats(stats)
-    selection = run_select(data, table, out, fmt=fmt, limit=limit, **options)
-    _summary(data, table, selection, options["utility"], out, stats, fmt, limit)
+    dataset = read_dataset(data, fmt, limit)
+    selection = run_select(dataset, table, out, **options)
+    _summary(dataset, table, selection, options["utility"], out, stats)
 
 
 @app.command()
@@ -143,14 +144,15 @@ def run(data: Path, out: Path, stats: Path | None, fmt, limit, save_adapters, qu
 
 
 def _score_and_select(data, out, stats, fmt, limit, save_adapters, quiet, config, choice) -> None:
+    from .pipeline import read_dataset
     from .pipeline import score as run_score
     from .pipeline import select as run_select
 
     stats = stats or out.with_name(out.name + ".stats.parquet")
-    table = run_score(data, stats, config, fmt=fmt, limit=limit, save_adapters=save_adapters,
-                      progress=not quiet)
-    selection = run_select(data, table, out, fmt=fmt, limit=limit, **choice)
-    _summary(data, table, selection, choice["utility"], out, stats, fmt, limit)
+    dataset = read_dataset(data, fmt, limit)
+    table = run_score(dataset, stats, config, save_adapters=save_adapters, progress=not quiet)
+    selection = run_select(dataset, table, out, **choice)
+    _summary(dataset, table, selection, choice["utility"], out, stats)
 
 
 @app.command()
@@ -178,14 +180,11 @@ def _preview(record, fmt, path) -> str:
     return text[:70] + ("..." if len(text) > 70 else "")
 
 
-def _summary(data: Path, table, selection, utility: str, out: Path, stats: Path, fmt,
-             limit: int | None) -> None:
+def _summary(dataset, table, selection, utility: str, out: Path, stats: Path) -> None:
     from .outputs import run_record_path
-    from .pipeline import read_dataset
     from .selection import select_top
     from .utilities import utility_scores
 
-    dataset = read_dataset(data, fmt, limit)
     scores = utility_scores(table, utility)
     ranked = select_top(scores, ratio=1.0).indices
     out_console = Console()

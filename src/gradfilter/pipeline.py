@@ -56,6 +56,12 @@ def read_dataset(path: str | Path, fmt: Format | None = None, limit: int | None 
     return Dataset(path, records, fmt, formats.detect_container(path), report)
 
 
+def as_dataset(data: str | Path | Dataset, fmt: Format | None = None,
+               limit: int | None = None) -> Dataset:
+    """`data` itself if it was read already, else the file read now."""
+    return data if isinstance(data, Dataset) else read_dataset(data, fmt, limit)
+
+
 def _encode_all(dataset: Dataset, tokenizer, config: ScoreConfig):
     template = resolve_template(tokenizer, config.template)  # type: ignore[arg-type]
     encoded, reasons = [], []
@@ -73,7 +79,7 @@ def _encode_all(dataset: Dataset, tokenizer, config: ScoreConfig):
 
 
 def score(
-    data: str | Path,
+    data: str | Path | Dataset,
     out: str | Path,
     config: ScoreConfig | None = None,
     *,
@@ -87,7 +93,7 @@ def score(
     config.validate()
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    dataset = read_dataset(data, fmt, limit)
+    dataset = as_dataset(data, fmt, limit)
     device = resolve_device(config.device)  # type: ignore[arg-type]
     dtype = resolve_dtype(config.dtype, device)  # type: ignore[arg-type]
     tokenizer = load_tokenizer(config.proxy)
@@ -154,7 +160,7 @@ def load_stats(path: str | Path) -> pa.Table:
 
 
 def select(
-    data: str | Path,
+    data: str | Path | Dataset,
     stats: str | Path | pa.Table,
     out: str | Path,
     *,
@@ -170,7 +176,7 @@ def select(
     start = time.perf_counter()
     table = stats if isinstance(stats, pa.Table) else load_stats(stats)
     scores = utility_scores(table, utility)
-    dataset = read_dataset(data, fmt, limit)
+    dataset = as_dataset(data, fmt, limit)
     if table.num_rows != len(dataset.records):
         raise GradfilterError(
             f"the statistics table has {table.num_rows} rows but {dataset.path} has "
@@ -186,7 +192,7 @@ def select(
         "stage": "select",
         "data": str(dataset.path),
         "stats": str(stats) if not isinstance(stats, pa.Table) else None,
-        "limit": limit,
+        "records": len(dataset.records),
         "utility": utility,
         "ratio": ratio,
         "count": count,
