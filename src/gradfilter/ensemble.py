@@ -61,7 +61,6 @@ class EnsembleLoRA(nn.Module):
         self.base = base
         self.members = members
         self.in_features = in_features
-        self.out_features = out_features
         self.scale = alpha / rank
         self.lora_A = nn.Parameter(torch.zeros(members, rank, in_features))
         self.lora_B = nn.Parameter(torch.zeros(members, out_features, rank))
