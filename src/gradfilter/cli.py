@@ -10,6 +10,7 @@ import click
 from rich.console import Console
 
 from .errors import GradfilterError
+from .formats import CONTAINERS, FORMATS
 from .gradstats import ScoreConfig
 from .utilities import UTILITIES
 
@@ -48,7 +49,6 @@ def score_options(command):
                      default=DEFAULTS.template, show_default=True),
         click.option("--turns", type=click.Choice(["all", "last"]), default=DEFAULTS.turns,
                      show_default=True, help="Which assistant turns carry loss."),
-        click.option("--limit", type=int, default=None, help="Score only the first N records."),
         click.option("--save-adapters", type=click.Path(path_type=Path), default=None,
                      help="Write every member's PEFT adapter at each collected epoch here."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
@@ -73,9 +73,35 @@ def select_options(command):
     return command
 
 
-format_option = click.option(
-    "--format", "fmt", type=click.Choice(["alpaca", "sharegpt", "messages"]), default=None,
-    help="Override the detected format.")
+def data_options(command):
+    """How DATA is read: format override, key-name mapping, first N records."""
+    options = [
+        click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+                     help="Override the detected format."),
+        click.option("--fields", default=None,
+                     help="Map key names onto the format, e.g. instruction=question,"
+                          "output=answer."),
+        click.option("--limit", type=int, default=None, help="Use only the first N records."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+out_format_option = click.option(
+    "--out-format", type=click.Choice(CONTAINERS), default=None,
+    help="Container of the subset (default: the input's).")
+skip_option = click.option(
+    "--skip-bad-records", is_flag=True,
+    help="Keep records that fail validation as unscored rows (listed in the run record) "
+         "instead of stopping.")
+
+
+def _read(data: Path, fmt, fields, limit):
+    from .formats import parse_fields
+    from .pipeline import read_dataset
+
+    return read_dataset(data, fmt, limit, parse_fields(fields))
 
 
 def _config(options: dict) -> ScoreConfig:
@@ -96,14 +122,17 @@ def app() -> None:
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Statistics table (Parquet).")
-@format_option
+@data_options
+@skip_option
 @score_options
-def score(data: Path, out: Path, fmt, limit, save_adapters, quiet, **options) -> None:
+def score(data: Path, out: Path, fmt, fields, limit, skip_bad_records, save_adapters, quiet,
+          **options) -> None:
     """Train the LoRA ensemble on DATA and write the per-example statistics table."""
     from .pipeline import score as run_score
 
-    run_score(data, out, _config(options), fmt=fmt, limit=limit,
-              save_adapters=save_adapters, progress=not quiet)
+    run_score(_read(data, fmt, fields, limit), out, _config(options),
+              save_adapters=save_adapters, skip_bad_records=skip_bad_records,
+              progress=not quiet)
     console.print(f"statistics table: {out}")
 
 
@@ -111,16 +140,16 @@ def score(data: Path, out: Path, fmt, limit, save_adapters, quiet, **options) ->
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--stats", type=click.Path(path_type=Path), required=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Subset file.")
-@format_option
-@click.option("--limit", type=int, default=None, help="Select from the first N records only.")
+@data_options
+@out_format_option
 @select_options
-def select(data: Path, stats: Path, out: Path, fmt, limit, **options) -> None:
+def select(data: Path, stats: Path, out: Path, fmt, fields, limit, **options) -> None:
     """Write the top records of DATA by a utility from a statistics table (no model needed)."""
-    from .pipeline import load_stats, read_dataset
+    from .pipeline import load_stats
     from .pipeline import select as run_select
 
     table = load_stats(stats)
-    dataset = read_dataset(data, fmt, limit)
+    dataset = _read(data, fmt, fields, limit)
     selection = run_select(dataset, table, out, **options)
     _summary(dataset, table, selection, options["utility"], out, stats)
 
@@ -130,27 +159,31 @@ def select(data: Path, stats: Path, out: Path, fmt, limit, **options) -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Subset file.")
 @click.option("--stats", type=click.Path(path_type=Path), default=None,
               help="Statistics table (default: <out>.stats.parquet).")
-@format_option
+@data_options
+@out_format_option
 @select_options
+@skip_option
 @score_options
-def run(data: Path, out: Path, stats: Path | None, fmt, limit, save_adapters, quiet,
-        ratio, count, utility, order, score_field, **options) -> None:
-    """Score DATA and write the selected subset in one go."""
+def run(data: Path, out: Path, stats: Path | None, fmt, fields, limit, out_format,
+        skip_bad_records, save_adapters, quiet, ratio, count, utility, order, score_field,
+        **options) -> None:
+    """Score DATA and write the selected subset in one go (default --ratio 0.1)."""
     if ratio is None and count is None:
         ratio = 0.1
-    _score_and_select(data, out, stats, fmt, limit, save_adapters, quiet, _config(options),
+    _score_and_select(_read(data, fmt, fields, limit), out, stats, _config(options),
+                      dict(save_adapters=save_adapters, skip_bad_records=skip_bad_records,
+                           progress=not quiet),
                       dict(ratio=ratio, count=count, utility=utility, order=order,
-                           score_field=score_field))
+                           score_field=score_field, out_format=out_format))
 
 
-def _score_and_select(data, out, stats, fmt, limit, save_adapters, quiet, config, choice) -> None:
-    from .pipeline import read_dataset
+def _score_and_select(dataset, out: Path, stats: Path | None, config: ScoreConfig, how: dict,
+                      choice: dict) -> None:
     from .pipeline import score as run_score
     from .pipeline import select as run_select
 
     stats = stats or out.with_name(out.name + ".stats.parquet")
-    dataset = read_dataset(data, fmt, limit)
-    table = run_score(dataset, stats, config, save_adapters=save_adapters, progress=not quiet)
+    table = run_score(dataset, stats, config, **how)
     selection = run_select(dataset, table, out, **choice)
     _summary(dataset, table, selection, choice["utility"], out, stats)
 
@@ -166,15 +199,13 @@ def demo(out_dir: Path, records: int, quiet: bool) -> None:
 
     data, config = demo_data(), demo_config()
     console.print(f"demo: first {records} conversations of {data}\n      proxy {config.proxy}")
-    _score_and_select(data, out_dir / "subset.json", out_dir / "stats.parquet", None, records,
-                      None, quiet, config, dict(ratio=0.25, count=None, utility="gsnr",
-                                                order="input", score_field="gsnr"))
+    _score_and_select(_read(data, None, None, records), out_dir / "subset.json",
+                      out_dir / "stats.parquet", config, dict(progress=not quiet),
+                      dict(ratio=0.25, utility="gsnr", score_field="gsnr"))
 
 
-def _preview(record, fmt, path) -> str:
-    from .formats import to_turns
-
-    turns = to_turns(record, fmt, path)
+def _preview(dataset, record) -> str:
+    turns = dataset.turns(record)
     prompt = next((t.text for t in turns if t.role == "user"), "")
     text = " ".join(prompt.split())
     return text[:70] + ("..." if len(text) > 70 else "")
@@ -197,7 +228,7 @@ def _summary(dataset, table, selection, utility: str, out: Path, stats: Path) ->
     for title, picks in (("best", ranked[:3]), ("worst", ranked[::-1][:3])):
         out_console.print(f"{title} 3 by {utility}:")
         for i in picks:
-            preview = _preview(dataset.records[i], dataset.format, dataset.path)
+            preview = _preview(dataset, dataset.records[i])
             out_console.print(f"  #{i:<6} {scores[i]: .4g}  {preview}", markup=False)
 
 

@@ -25,7 +25,7 @@ from .proxy import (
     resolve_dtype,
 )
 from .selection import Selection, select_top
-from .tokenization import encode, resolve_template
+from .tokenization import Encoded, encode, resolve_template
 from .utilities import utility_scores, with_utilities
 
 
@@ -36,11 +36,20 @@ class Dataset:
     format: Format
     container: formats.Container
     report: ReadReport
+    fields: dict[str, str]
+
+    def turns(self, record: Record) -> list[formats.Turn]:
+        return formats.to_turns(record, self.format, self.path, self.fields)
 
 
-def read_dataset(path: str | Path, fmt: Format | None = None, limit: int | None = None) -> Dataset:
-    """All records of a JSON/JSONL file (the first `limit` if given) and its detected format."""
+def read_dataset(path: str | Path, fmt: Format | None = None, limit: int | None = None,
+                 fields: dict[str, str] | None = None) -> Dataset:
+    """All records of a file (the first `limit` if given) and its detected format.
+
+    `fields` maps canonical field names onto the file's own keys (see formats.parse_fields).
+    """
     path = Path(path)
+    fields = fields or {}
     report = ReadReport()
     records = []
     for record in formats.iter_records(path, report):
@@ -50,10 +59,10 @@ def read_dataset(path: str | Path, fmt: Format | None = None, limit: int | None 
     if not records:
         raise GradfilterError(f"{path}: the dataset holds no records")
     if fmt is None:
-        fmt = formats.detect_format(records[0], path)
+        fmt = formats.detect_format(records[0], path, fields)
     elif fmt not in formats.FORMATS:
         raise GradfilterError(f"--format must be one of {list(formats.FORMATS)}, got {fmt!r}")
-    return Dataset(path, records, fmt, formats.detect_container(path), report)
+    return Dataset(path, records, fmt, formats.detect_container(path), report, fields)
 
 
 def as_dataset(data: str | Path | Dataset, fmt: Format | None = None,
@@ -62,11 +71,19 @@ def as_dataset(data: str | Path | Dataset, fmt: Format | None = None,
     return data if isinstance(data, Dataset) else read_dataset(data, fmt, limit)
 
 
-def _encode_all(dataset: Dataset, tokenizer, config: ScoreConfig):
+def _encode_all(dataset: Dataset, tokenizer, config: ScoreConfig, skip_bad_records: bool):
+    """Token ids, masks and, per record, why it cannot be scored (None if it can)."""
     template = resolve_template(tokenizer, config.template)  # type: ignore[arg-type]
     encoded, reasons = [], []
     for record in dataset.records:
-        turns = formats.to_turns(record, dataset.format, dataset.path)
+        try:
+            turns = dataset.turns(record)
+        except GradfilterError as exc:
+            if not skip_bad_records:
+                raise
+            reasons.append(f"invalid record: {exc}")
+            encoded.append(Encoded(np.zeros(0, np.int64), np.zeros(0, bool), truncated=False))
+            continue
         item = encode(turns, tokenizer, template, config.max_length, config.turns)  # type: ignore[arg-type]
         encoded.append(item)
         if not any(turn.role == "assistant" for turn in turns):
@@ -86,6 +103,7 @@ def score(
     fmt: Format | None = None,
     limit: int | None = None,
     save_adapters: str | Path | None = None,
+    skip_bad_records: bool = False,
     progress: bool = True,
 ) -> pa.Table:
     """Train the LoRA ensemble on `data`, write the statistics table (Parquet) to `out`."""
@@ -97,7 +115,7 @@ def score(
     device = resolve_device(config.device)  # type: ignore[arg-type]
     dtype = resolve_dtype(config.dtype, device)  # type: ignore[arg-type]
     tokenizer = load_tokenizer(config.proxy)
-    template, encoded, reasons = _encode_all(dataset, tokenizer, config)
+    template, encoded, reasons = _encode_all(dataset, tokenizer, config, skip_bad_records)
     timings["read_and_tokenize"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -171,8 +189,10 @@ def select(
     score_field: str | None = None,
     fmt: Format | None = None,
     limit: int | None = None,
+    out_format: formats.Container | None = None,
 ) -> Selection:
-    """Write the top records of `data` by `utility` to `out`, unchanged, in the input's format."""
+    """Write the top records of `data` by `utility` to `out`, unchanged, in the input's
+    container unless `out_format` names another."""
     start = time.perf_counter()
     table = stats if isinstance(stats, pa.Table) else load_stats(stats)
     scores = utility_scores(table, utility)
@@ -184,9 +204,12 @@ def select(
         )
     selection = select_top(scores, ratio=ratio, count=count)
     chosen = selection.in_order(order)
+    container = out_format or dataset.container
+    if container not in formats.CONTAINERS:
+        raise GradfilterError(f"--out-format must be one of {list(formats.CONTAINERS)}")
     formats.write_records(
-        Path(out), [dataset.records[i] for i in chosen], dataset.container,
-        score_field, [float(scores[i]) for i in chosen] if score_field else None,
+        Path(out), dataset.path, [dataset.records[i] for i in chosen], container, score_field,
+        [float(scores[i]) for i in chosen] if score_field else None,
     )
     write_run_record(Path(out), {
         "stage": "select",
@@ -197,6 +220,7 @@ def select(
         "ratio": ratio,
         "count": count,
         "order": order,
+        "out_format": container,
         "score_field": score_field,
         "selected": len(chosen),
         "requested": selection.requested,
