@@ -55,6 +55,55 @@ def messages_records(n: int) -> list[dict]:
     ]
 
 
+def prompt_completion_records(n: int) -> list[dict]:
+    """TRL prompt/completion, half as strings, half as message lists."""
+    records = []
+    for i in range(n):
+        if i % 2:
+            records.append({"prompt": [{"role": "user", "content": f"Count to {i}."}],
+                            "completion": [{"role": "assistant", "content": " ".join(
+                                str(k) for k in range(i + 1))}]})
+        else:
+            records.append({"prompt": f"Spell {i} in words: ", "completion": f"number {i} ✓"})
+    return records
+
+
+def write_records_as(path: Path, records: list[dict]) -> Path:
+    """Write records in the container its name says: .json, .jsonl (+ .gz) or .parquet."""
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    name = path.name.removesuffix(".gz")
+    if name.endswith(".parquet"):
+        pq.write_table(pa.Table.from_pylist(records), path)
+        return path
+    if name.endswith(".jsonl"):
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    else:
+        text = json.dumps(records, ensure_ascii=False, indent=2)
+    if path.name.endswith(".gz"):
+        path.write_bytes(gzip.compress(text.encode("utf-8")))
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def read_records_as(path: Path) -> list[dict]:
+    import gzip
+
+    import pyarrow.parquet as pq
+
+    if path.name.endswith(".parquet"):
+        return pq.read_table(path).to_pylist()
+    data = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+    text = data.decode("utf-8")
+    if path.name.removesuffix(".gz").endswith(".jsonl"):
+        return [json.loads(line) for line in text.splitlines()]
+    return json.loads(text)
+
+
 def write_json(path: Path, records: list[dict]) -> Path:
     path.write_text(json.dumps(records, ensure_ascii=False, indent=2), encoding="utf-8")
     return path

@@ -337,8 +337,9 @@ def write_records(
 ) -> None:
     """Write records to `path` in `container` (gzip-compressed if `path` ends in `.gz`).
 
-    A JSON record goes out as its source text unless a score is added; a Parquet subset of a
-    Parquet input is the input's rows, taken with the input's schema.
+    A JSON record goes out as its source text unless a score is added (or a multi-line record
+    goes into JSONL: then it is re-serialised on one line); a Parquet subset of a Parquet input
+    is the input's rows, taken with the input's schema.
     """
     from .outputs import atomic_path
 
@@ -347,8 +348,10 @@ def write_records(
         return
     texts = []
     for k, record in enumerate(records):
-        if score_field is None and record.raw is not None:
-            texts.append(record.raw)
+        raw = record.raw
+        fits = raw is not None and (container == "json" or not ("\n" in raw or "\r" in raw))
+        if score_field is None and fits:
+            texts.append(raw)
         else:
             data = dict(record.data)
             if score_field is not None:
