@@ -189,6 +189,34 @@ def _score_and_select(dataset, out: Path, stats: Path | None, config: ScoreConfi
 
 
 @app.command()
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None)
+@click.option("--fields", default=None, help="Map key names onto the format.")
+@click.option("--max-problems", type=int, default=50, show_default=True,
+              help="How many problems to print (all are counted).")
+def inspect(data: Path, fmt, fields, max_problems: int) -> None:
+    """Read DATA without a model: format, counts, turn and length statistics, every problem."""
+    from .formats import parse_fields
+    from .inspection import inspect_dataset
+
+    found = inspect_dataset(data, fmt, parse_fields(fields))
+    out = Console(soft_wrap=True)
+    out.print(f"{found.path}: {found.records} records, format {found.format}, "
+              f"container {found.container}", markup=False)
+    out.print(f"roles: {dict(found.roles)}", markup=False)
+    out.print(f"turns per record (percentiles): {found.percentiles(found.turns_per_record)}")
+    out.print(f"response length in characters (percentiles): "
+              f"{found.percentiles(found.response_chars)}")
+    for warning in found.warnings:
+        out.print(f"warning: {warning}", markup=False)
+    out.print(f"{len(found.problems)} problems")
+    for problem in found.problems[:max_problems]:
+        out.print(f"  {problem}", markup=False)
+    if len(found.problems) > max_problems:
+        out.print(f"  ... and {len(found.problems) - max_problems} more (--max-problems)")
+
+
+@app.command()
 @click.option("--out-dir", type=click.Path(path_type=Path), default=Path("gradfilter-demo"),
               show_default=True)
 @click.option("--records", type=int, default=24, show_default=True)

@@ -1,0 +1,74 @@
+"""`inspect` on a messy file, and random structures fed to every loader."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import gradfilter as gf
+from gradfilter.inspection import inspect_dataset
+
+
+def test_inspect_reports_counts_and_every_problem(tmp_path):
+    records = [
+        {"id": "a", "conversations": [{"from": "human", "value": "hi"},
+                                      {"from": "gpt", "value": "hello"}]},
+        {"id": "a", "conversations": []},
+        {"id": "b", "conversations": [{"from": "human", "value": "only a question"}]},
+        {"id": "c", "conversations": [{"from": "robot", "value": "?"}]},
+        {"id": "d", "conversations": [{"from": "human", "value": "q"},
+                                      {"from": "gpt", "value": "a"},
+                                      {"from": "human", "value": "and?"}]},
+    ]
+    path = tmp_path / "messy.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    found = inspect_dataset(path)
+    assert (found.records, found.format, found.container) == (5, "sharegpt", "jsonl")
+    assert found.roles == {"user": 4, "assistant": 2}
+    problems = "\n".join(found.problems)
+    assert "record 1: field 'id': duplicate of record 0" in problems
+    assert "record 1: empty conversation" in problems
+    assert "record 2: no assistant turn" in problems
+    assert "record 3: field 'conversations[0].from': unknown role 'robot'" in problems
+    assert "record 4: ends on a user turn" in problems
+    assert len(found.problems) == 5
+    result = subprocess.run(
+        [sys.executable, "-c", "from gradfilter.cli import main; main()", "inspect", str(path)],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "5 records, format sharegpt" in result.stdout and "5 problems" in result.stdout
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["instruction", "input", "output", "conversations", "from", "value",
+                         "messages", "role", "content", "prompt", "completion", "x"]),
+        inner, max_size=5),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(records=st.lists(json_values, max_size=5), container=st.sampled_from(["json", "jsonl"]),
+       cut=st.integers(min_value=0, max_value=400))
+def test_loaders_give_a_clear_error_or_a_correct_parse(tmp_path, records, container, cut):
+    path = tmp_path / f"fuzz.{container}"
+    if container == "json":
+        text = json.dumps(records)
+    else:
+        text = "".join(json.dumps(r) + "\n" for r in records)
+    path.write_text(text[: max(1, len(text) - cut % (len(text) + 1))], encoding="utf-8")
+    try:
+        dataset = gf.read_dataset(path)
+        for record in dataset.records:
+            assert json.loads(record.raw) == record.data
+            turns = dataset.turns(record)
+            assert all(isinstance(turn.text, str) for turn in turns)
+    except gf.GradfilterError as exc:
+        assert "\n" not in str(exc) and str(exc)
