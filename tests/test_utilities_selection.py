@@ -48,7 +48,7 @@ def test_utility_from_raw_columns_equals_stored_column():
 
 
 def test_unknown_utility_is_a_clear_error():
-    with pytest.raises(GradfilterError, match="unknown utility"):
+    with pytest.raises(GradfilterError, match="no utility 'magic'; it offers"):
         utility_scores(_table(), "magic")
 
 

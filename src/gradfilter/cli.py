@@ -12,7 +12,8 @@ from rich.console import Console
 from .errors import GradfilterError
 from .formats import CONTAINERS, FORMATS
 from .gradstats import ScoreConfig
-from .utilities import UTILITIES
+from .pipeline import METHODS
+from .utilities import BASELINE_SCORES, UTILITIES
 
 console = Console(stderr=True)
 DEFAULTS = ScoreConfig()
@@ -21,6 +22,9 @@ DEFAULTS = ScoreConfig()
 def score_options(command):
     """The options of `score` and `run`, defaults from ScoreConfig (method.md §2)."""
     options = [
+        click.option("--method", type=click.Choice(METHODS), default="gsnr", show_default=True,
+                     help="gsnr (the LoRA ensemble) or a baseline: ifd, perplexity, length, "
+                          "random."),
         click.option("--proxy", default=DEFAULTS.proxy, show_default=True,
                      help="Hub id, local directory or .gguf file of a causal LM."),
         click.option("--members", type=int, default=DEFAULTS.members, show_default=True),
@@ -62,8 +66,9 @@ def select_options(command):
     options = [
         click.option("--ratio", type=float, default=None, help="Fraction of records to keep."),
         click.option("--count", type=int, default=None, help="Number of records to keep."),
-        click.option("--utility", type=click.Choice(UTILITIES), default="gsnr",
-                     show_default=True),
+        click.option("--utility", type=click.Choice((*UTILITIES, *BASELINE_SCORES)),
+                     default=None,
+                     help="What to rank by (default: gsnr, or the baseline that made the table)."),
         click.option("--order", type=click.Choice(["input", "score"]), default="input",
                      show_default=True),
         click.option("--score-field", default=None, help="Add the score to each kept record."),
@@ -125,12 +130,12 @@ def app() -> None:
 @data_options
 @skip_option
 @score_options
-def score(data: Path, out: Path, fmt, fields, limit, skip_bad_records, save_adapters, quiet,
-          **options) -> None:
+def score(data: Path, out: Path, fmt, fields, limit, skip_bad_records, method, save_adapters,
+          quiet, **options) -> None:
     """Train the LoRA ensemble on DATA and write the per-example statistics table."""
     from .pipeline import score as run_score
 
-    run_score(_read(data, fmt, fields, limit), out, _config(options),
+    run_score(_read(data, fmt, fields, limit), out, _config(options), method=method,
               save_adapters=save_adapters, skip_bad_records=skip_bad_records,
               progress=not quiet)
     console.print(f"statistics table: {out}")
@@ -165,14 +170,14 @@ def select(data: Path, stats: Path, out: Path, fmt, fields, limit, **options) ->
 @skip_option
 @score_options
 def run(data: Path, out: Path, stats: Path | None, fmt, fields, limit, out_format,
-        skip_bad_records, save_adapters, quiet, ratio, count, utility, order, score_field,
-        **options) -> None:
+        skip_bad_records, method, save_adapters, quiet, ratio, count, utility, order,
+        score_field, **options) -> None:
     """Score DATA and write the selected subset in one go (default --ratio 0.1)."""
     if ratio is None and count is None:
         ratio = 0.1
     _score_and_select(_read(data, fmt, fields, limit), out, stats, _config(options),
-                      dict(save_adapters=save_adapters, skip_bad_records=skip_bad_records,
-                           progress=not quiet),
+                      dict(method=method, save_adapters=save_adapters,
+                           skip_bad_records=skip_bad_records, progress=not quiet),
                       dict(ratio=ratio, count=count, utility=utility, order=order,
                            score_field=score_field, out_format=out_format))
 
@@ -242,8 +247,9 @@ def _preview(dataset, record) -> str:
 def _summary(dataset, table, selection, utility: str, out: Path, stats: Path) -> None:
     from .outputs import run_record_path
     from .selection import select_top
-    from .utilities import utility_scores
+    from .utilities import default_utility, utility_scores
 
+    utility = utility or default_utility(table)
     scores = utility_scores(table, utility)
     ranked = select_top(scores, ratio=1.0).indices
     out_console = Console()

@@ -85,7 +85,7 @@ class RawStats:
     train_losses: list[float] = field(default_factory=list)
 
 
-def _progress(enabled: bool) -> Progress:
+def progress_bars(enabled: bool) -> Progress:
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -162,7 +162,7 @@ def train_and_collect(
     )
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     step_losses: list[torch.Tensor] = []
-    with _progress(progress) as bars:
+    with progress_bars(progress) as bars:
         for epoch in range(1, config.epochs + 1):
             start = time.perf_counter()
             orders = member_orders(n, config.members, config.seed, epoch)
@@ -179,7 +179,7 @@ def train_and_collect(
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
                 step_losses.append(losses.detach().mean())  # no host sync per step
-                _advance(bars, task, rows, start)
+                advance_bar(bars, task, rows, start)
             stats.phase_seconds[f"train_epoch{epoch}"] = time.perf_counter() - start
             if epoch in (config.early, config.late):
                 start = time.perf_counter()
@@ -193,7 +193,7 @@ def train_and_collect(
     return stats
 
 
-def _advance(bars: Progress, task, rows: int, start: float) -> None:
+def advance_bar(bars: Progress, task, rows: int, start: float) -> None:
     bars.advance(task, rows)
     done = bars.tasks[task].completed
     bars.update(task, rate=f"{done / max(time.perf_counter() - start, 1e-9):.1f} ex/s")
@@ -223,26 +223,32 @@ def collect(ensemble: LoRAEnsemble, batcher: Batcher, scorable: np.ndarray, conf
             p.grad = None
         losses[step] = row_losses.detach().double().cpu().numpy().reshape(members, rows).T
         sqnorms[step] = recorder.sqnorms.double().cpu().numpy().reshape(members, rows).T
-        _advance(bars, task, rows, start)
+        advance_bar(bars, task, rows, start)
     return losses, sqnorms
 
 
-def stats_table(n_records: int, scorable: np.ndarray, n_response_tokens: np.ndarray,
-                truncated: np.ndarray, skip_reasons: list[str | None], raw: RawStats,
+def stats_table(n_records: int, scorable: np.ndarray, head: dict[str, pa.Array], raw: RawStats,
                 config: ScoreConfig) -> pa.Table:
-    """One row per input record: raw statistics (NaN where unscored) in input order."""
-    columns: dict[str, pa.Array] = {
-        "index": pa.array(np.arange(n_records, dtype=np.int64)),
-        "n_response_tokens": pa.array(n_response_tokens.astype(np.int32)),
-        "truncated": pa.array(truncated.astype(bool)),
-        "skip_reason": pa.array(skip_reasons, type=pa.string()),
-    }
+    """One row per input record: `head` (record_columns), then raw statistics (NaN where
+    unscored) in input order."""
+    columns = dict(head)
     for epoch in (config.early, config.late):
         for name, values in (("loss", raw.losses[epoch]), ("sqnorm", raw.sqnorms[epoch])):
             for m in range(config.members):
                 full = np.full(n_records, np.nan)
                 full[scorable] = values[:, m]
                 columns[f"{name}_e{epoch}_m{m}"] = pa.array(full)
-    meta = {"early": config.early, "late": config.late, "members": config.members,
-            "config": asdict(config)}
+    meta = {"method": "gsnr", "early": config.early, "late": config.late,
+            "members": config.members, "config": asdict(config)}
     return pa.table(columns).replace_schema_metadata({"gradfilter": json.dumps(meta)})
+
+
+def record_columns(n_records: int, n_response_tokens: np.ndarray, truncated: np.ndarray,
+                   skip_reasons: list[str | None]) -> dict[str, pa.Array]:
+    """The columns every statistics table starts with, whatever the method."""
+    return {
+        "index": pa.array(np.arange(n_records, dtype=np.int64)),
+        "n_response_tokens": pa.array(n_response_tokens.astype(np.int32)),
+        "truncated": pa.array(truncated.astype(bool)),
+        "skip_reason": pa.array(skip_reasons, type=pa.string()),
+    }

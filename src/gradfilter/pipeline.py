@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -12,10 +13,17 @@ import pyarrow.parquet as pq
 import torch
 
 from . import formats
+from .baselines import BASELINES, NEEDS_MODEL, baseline_columns, proxy_forward
 from .ensemble import LoRAEnsemble
 from .errors import GradfilterError
 from .formats import Format, ReadReport, Record
-from .gradstats import ScoreConfig, stats_table, train_and_collect
+from .gradstats import (
+    ScoreConfig,
+    progress_bars,
+    record_columns,
+    stats_table,
+    train_and_collect,
+)
 from .outputs import atomic_path, device_description, write_run_record
 from .proxy import (
     default_targets,
@@ -26,7 +34,7 @@ from .proxy import (
 )
 from .selection import Selection, select_top
 from .tokenization import Encoded, encode, resolve_template
-from .utilities import utility_scores, with_utilities
+from .utilities import default_utility, utility_scores, with_utilities
 
 
 @dataclass(frozen=True)
@@ -95,20 +103,30 @@ def _encode_all(dataset: Dataset, tokenizer, config: ScoreConfig, skip_bad_recor
     return template, encoded, reasons
 
 
+METHODS = ("gsnr", *BASELINES)
+
+
 def score(
     data: str | Path | Dataset,
     out: str | Path,
     config: ScoreConfig | None = None,
     *,
+    method: str = "gsnr",
     fmt: Format | None = None,
     limit: int | None = None,
     save_adapters: str | Path | None = None,
     skip_bad_records: bool = False,
     progress: bool = True,
 ) -> pa.Table:
-    """Train the LoRA ensemble on `data`, write the statistics table (Parquet) to `out`."""
+    """Score `data` with `method` and write the statistics table (Parquet) to `out`.
+
+    `gsnr` trains the LoRA ensemble (all G-SNR utilities); the baselines of method.md §6 need
+    at most a forward pass of the proxy.
+    """
     config = config or ScoreConfig()
     config.validate()
+    if method not in METHODS:
+        raise GradfilterError(f"--method must be one of {list(METHODS)}, got {method!r}")
     timings: dict[str, float] = {}
     start = time.perf_counter()
     dataset = as_dataset(data, fmt, limit)
@@ -116,38 +134,24 @@ def score(
     dtype = resolve_dtype(config.dtype, device)  # type: ignore[arg-type]
     tokenizer = load_tokenizer(config.proxy)
     template, encoded, reasons = _encode_all(dataset, tokenizer, config, skip_bad_records)
-    timings["read_and_tokenize"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    torch.manual_seed(config.seed)
-    model = load_model(config.proxy, device)
-    targets = config.lora_targets or default_targets(model)
-    config = replace(config, lora_targets=tuple(targets))
-    ensemble = LoRAEnsemble(model, config.members, config.lora_rank, config.lora_alpha,
-                            config.lora_targets, config.seed)
-    timings["load_proxy"] = time.perf_counter() - start
-
     scorable = np.array([i for i, r in enumerate(reasons) if r is None], dtype=np.int64)
-
-    def export(epoch: int) -> None:
-        if save_adapters is not None:
-            for m in range(config.members):
-                ensemble.save_member(m, Path(save_adapters) / f"epoch{epoch}" / f"member{m}",
-                                     config.proxy)
-
-    raw = train_and_collect(ensemble, encoded, scorable, config, device, dtype, progress, export)
-    timings.update(raw.phase_seconds)
-    table = with_utilities(stats_table(
-        len(dataset.records), scorable,
-        np.array([e.n_response_tokens for e in encoded]),
-        np.array([e.truncated for e in encoded]), reasons, raw, config,
-    ))
+    timings["read_and_tokenize"] = time.perf_counter() - start
+    head = record_columns(len(dataset.records), np.array([e.n_response_tokens for e in encoded]),
+                          np.array([e.truncated for e in encoded]), reasons)
+    if method == "gsnr":
+        table, config, details = _score_gsnr(encoded, scorable, head, config, device, dtype,
+                                             save_adapters, progress)
+    else:
+        table, details = _score_baseline(method, encoded, scorable, head, tokenizer, config,
+                                         device, dtype, progress)
+    timings.update(details.pop("wall_seconds"))
     start = time.perf_counter()
     with atomic_path(Path(out)) as tmp:
         pq.write_table(table, tmp)
     timings["write_table"] = time.perf_counter() - start
     write_run_record(Path(out), {
         "stage": "score",
+        "method": method,
         "data": str(dataset.path),
         "format": dataset.format,
         "template": template,
@@ -160,11 +164,58 @@ def score(
         "seeds": {"seed": config.seed, "member_seed_rule": "derived_seed(seed, m, ...)"},
         "device": device_description(str(device)),
         "dtype": str(dtype),
-        "train_loss_first_last": raw.train_losses[:1] + raw.train_losses[-1:],
+        **details,
         "wall_seconds": timings,
-        "save_adapters": str(save_adapters) if save_adapters else None,
     })
     return table
+
+
+def _score_gsnr(encoded, scorable, head, config: ScoreConfig, device, dtype, save_adapters,
+                progress: bool):
+    """Train the ensemble and collect; the table with every G-SNR utility."""
+    start = time.perf_counter()
+    torch.manual_seed(config.seed)
+    model = load_model(config.proxy, device)
+    targets = config.lora_targets or default_targets(model)
+    config = replace(config, lora_targets=tuple(targets))
+    ensemble = LoRAEnsemble(model, config.members, config.lora_rank, config.lora_alpha,
+                            config.lora_targets, config.seed)
+    load_seconds = time.perf_counter() - start
+
+    def export(epoch: int) -> None:
+        if save_adapters is not None:
+            for m in range(config.members):
+                ensemble.save_member(m, Path(save_adapters) / f"epoch{epoch}" / f"member{m}",
+                                     config.proxy)
+
+    raw = train_and_collect(ensemble, encoded, scorable, config, device, dtype, progress, export)
+    table = with_utilities(stats_table(len(encoded), scorable, head, raw, config))
+    return table, config, {
+        "train_loss_first_last": raw.train_losses[:1] + raw.train_losses[-1:],
+        "save_adapters": str(save_adapters) if save_adapters else None,
+        "wall_seconds": {"load_proxy": load_seconds, **raw.phase_seconds},
+    }
+
+
+def _score_baseline(method: str, encoded, scorable, head, tokenizer, config: ScoreConfig, device,
+                    dtype, progress: bool):
+    """A baseline's table: the record columns plus the method's score columns."""
+    timings: dict[str, float] = {}
+    forward = None
+    with progress_bars(progress) as bars:
+        if method in NEEDS_MODEL:
+            start = time.perf_counter()
+            model = load_model(config.proxy, device)
+            timings["load_proxy"] = time.perf_counter() - start
+            forward = proxy_forward(model, tokenizer, config.collect_batch_size, device, dtype,
+                                    bars)
+        start = time.perf_counter()
+        columns = baseline_columns(method, encoded, scorable, len(encoded), config.seed, forward)
+        timings[method] = time.perf_counter() - start
+    table = pa.table({**head, **{name: pa.array(v) for name, v in columns.items()}})
+    meta = {"method": method, "utility": method, "config": asdict(config)}
+    table = table.replace_schema_metadata({"gradfilter": json.dumps(meta)})
+    return table, {"wall_seconds": timings}
 
 
 def load_stats(path: str | Path) -> pa.Table:
@@ -182,7 +233,7 @@ def select(
     stats: str | Path | pa.Table,
     out: str | Path,
     *,
-    utility: str = "gsnr",
+    utility: str | None = None,
     ratio: float | None = None,
     count: int | None = None,
     order: str = "input",
@@ -192,9 +243,11 @@ def select(
     out_format: formats.Container | None = None,
 ) -> Selection:
     """Write the top records of `data` by `utility` to `out`, unchanged, in the input's
-    container unless `out_format` names another."""
+    container unless `out_format` names another. `utility` defaults to the table's own
+    (gsnr, or the baseline that made it)."""
     start = time.perf_counter()
     table = stats if isinstance(stats, pa.Table) else load_stats(stats)
+    utility = utility or default_utility(table)
     scores = utility_scores(table, utility)
     dataset = as_dataset(data, fmt, limit)
     if table.num_rows != len(dataset.records):

@@ -20,6 +20,7 @@ from .errors import GradfilterError
 
 EPS = 1e-12
 UTILITIES = ("gsnr", "gsnr-cv", "drop", "gradnorm", "uncertainty")
+BASELINE_SCORES = ("ifd", "perplexity", "length", "random")  # columns of baseline tables
 _SQNORM = re.compile(r"^sqnorm_e(\d+)_m(\d+)$")
 
 
@@ -30,9 +31,8 @@ def column_name(utility: str) -> str:
 
 def table_epochs(table: pa.Table) -> tuple[int, int]:
     """(early, late) from the table's metadata, else the smallest and largest epoch present."""
-    meta = (table.schema.metadata or {}).get(b"gradfilter")
-    if meta:
-        info = json.loads(meta)
+    info = table_meta(table)
+    if "early" in info:
         return int(info["early"]), int(info["late"])
     epochs = sorted({int(m.group(1)) for c in table.column_names if (m := _SQNORM.match(c))})
     if len(epochs) < 2:
@@ -86,13 +86,30 @@ def with_utilities(table: pa.Table) -> pa.Table:
     return table
 
 
+def table_meta(table: pa.Table) -> dict:
+    meta = (table.schema.metadata or {}).get(b"gradfilter")
+    return json.loads(meta) if meta else {}
+
+
+def default_utility(table: pa.Table) -> str:
+    """What `select` ranks by unless told: G-SNR, or the baseline the table was made by."""
+    return table_meta(table).get("utility", "gsnr")
+
+
+def available_utilities(table: pa.Table) -> list[str]:
+    names = set(table.column_names)
+    baseline = [u for u in BASELINE_SCORES if u in names]
+    if any(_SQNORM.match(c) for c in names):
+        return [*UTILITIES, *baseline]
+    return baseline + [u for u in UTILITIES if column_name(u) in names]
+
+
 def utility_scores(table: pa.Table, utility: str) -> np.ndarray:
     """Scores for one utility: the stored column, else computed from the raw statistics."""
+    if utility not in available_utilities(table):
+        raise GradfilterError(f"the statistics table has no utility {utility!r}; it offers "
+                              f"{available_utilities(table)}")
     name = column_name(utility)
-    if name in table.column_names:
-        return table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
-    if utility in UTILITIES:
-        return utility_scores(with_utilities(table), utility)
-    raise GradfilterError(
-        f"unknown utility {utility!r}; the table offers {list(UTILITIES)}"
-    )
+    if name not in table.column_names:
+        table = with_utilities(table)
+    return table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)

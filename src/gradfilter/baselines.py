@@ -1,0 +1,118 @@
+"""Baselines of method.md §6, each written as a statistics table that `select` reads like G-SNR's.
+
+    perplexity  PPL(y|x): exp of the mean cross-entropy of the response tokens given the prompt
+    ifd         PPL(y|x) / PPL(y) (Superfiltering); kept only where < 1, highest first
+    length      response tokens
+    random      a seeded uniform draw
+
+PPL(y) scores the same response tokens as PPL(y|x), preceded by one start token (the
+tokenizer's BOS, else its EOS) instead of the prompt, so both perplexities average over
+exactly the same tokens. Both are forward-only passes over length-sorted batches.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .ensemble import derived_seed, per_example_losses
+from .errors import GradfilterError
+from .gradstats import Batcher, advance_bar, chunks
+from .tokenization import Encoded
+
+BASELINES = ("ifd", "perplexity", "length", "random")
+NEEDS_MODEL = ("ifd", "perplexity")
+RANDOM_STREAM = 7  # keeps the random baseline's draw apart from every other seeded stream
+
+
+def random_scores(n_records: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(derived_seed(seed, RANDOM_STREAM)).random(n_records)
+
+
+def response_alone(item: Encoded, start_id: int) -> Encoded:
+    """The response tokens of `item` with only a start token before them."""
+    ids = np.concatenate([[start_id], item.input_ids[item.response_mask]]).astype(np.int64)
+    mask = np.ones(len(ids), dtype=bool)
+    mask[0] = False
+    return Encoded(ids, mask, item.truncated)
+
+
+def start_token(tokenizer) -> int:
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if start is None:
+        raise GradfilterError("ifd needs a BOS or EOS token to score a response alone; "
+                              "the proxy's tokenizer has neither")
+    return int(start)
+
+
+@torch.no_grad()
+def mean_nll(model: torch.nn.Module, encoded: Sequence[Encoded], batch_size: int,
+             device: torch.device, dtype: torch.dtype, on_batch=None) -> np.ndarray:
+    """Each example's mean cross-entropy over its response tokens, in `encoded`'s order.
+
+    Examples are sorted by length (longest first) so that each batch pads little.
+    """
+    order = np.argsort([-len(item.input_ids) for item in encoded], kind="stable")
+    batcher = Batcher(encoded, device)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    results = []
+    for step in chunks(len(order), batch_size):
+        ids, attention, response = batcher.batch([order[step]])
+        with autocast:
+            results.append(per_example_losses(model, ids, attention, response))
+        if on_batch is not None:
+            on_batch(step.stop - step.start)
+    nll = np.empty(len(order), dtype=np.float64)
+    if results:
+        nll[order] = torch.cat(results).double().cpu().numpy()
+    return nll
+
+
+def baseline_columns(method: str, encoded: Sequence[Encoded], scorable: np.ndarray,
+                     n_records: int, seed: int, forward=None) -> dict[str, np.ndarray]:
+    """The score columns of `method` over all records (NaN where unscorable).
+
+    `forward(list[Encoded]) -> mean NLL per example` runs the proxy (for ifd and perplexity).
+    """
+    def full(values: np.ndarray) -> np.ndarray:
+        column = np.full(n_records, np.nan)
+        column[scorable] = values
+        return column
+
+    if method == "random":
+        return {"random": full(random_scores(n_records, seed)[scorable])}
+    if method == "length":
+        return {"length": full(np.array([encoded[i].n_response_tokens for i in scorable],
+                                        dtype=np.float64))}
+    if method not in NEEDS_MODEL:
+        raise GradfilterError(f"unknown method {method!r}; choose gsnr or one of {BASELINES}")
+    assert forward is not None
+    conditional = np.exp(forward([encoded[i] for i in scorable]))
+    columns = {"perplexity": full(conditional)}
+    if method == "ifd":
+        alone = np.exp(forward([encoded[i] for i in scorable], response_only=True))
+        ratio = conditional / alone
+        columns["perplexity_response"] = full(alone)
+        columns["ifd_ratio"] = full(ratio)
+        columns["ifd"] = full(np.where(ratio < 1, ratio, np.nan))  # IFD >= 1: never selected
+    return columns
+
+
+def proxy_forward(model, tokenizer, batch_size: int, device: torch.device, dtype: torch.dtype,
+                  bars) -> Callable[..., np.ndarray]:
+    """The `forward` of baseline_columns over a loaded proxy, with a progress bar per pass."""
+    start_id = start_token(tokenizer)
+
+    def forward(items: list[Encoded], response_only: bool = False) -> np.ndarray:
+        if response_only:
+            items = [response_alone(item, start_id) for item in items]
+        name = "PPL(y) of the response alone" if response_only else "PPL(y|x)"
+        task = bars.add_task(name, total=len(items), rate="")
+        started = time.perf_counter()
+        return mean_nll(model, items, batch_size, device, dtype,
+                        lambda rows: advance_bar(bars, task, rows, started))
+
+    return forward

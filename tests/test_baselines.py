@@ -1,0 +1,123 @@
+"""Baselines: IFD and perplexity against a one-example-at-a-time reference, length, random."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import alpaca_records, sharegpt_records, write_json, write_jsonl
+from test_cli import _cli
+
+import gradfilter as gf
+from gradfilter.formats import Turn
+from gradfilter.proxy import load_model, load_tokenizer
+from gradfilter.tokenization import encode
+
+
+def _config(proxy: str, **overrides) -> gf.ScoreConfig:
+    return gf.ScoreConfig(proxy=proxy, collect_batch_size=5, max_length=200, device="cpu",
+                          **overrides)
+
+
+def _reference_nll(model, ids: list[int], scored: list[bool]) -> float:
+    """One forward of one example; HF's own loss over the tokens marked `scored`."""
+    labels = [t if keep else -100 for t, keep in zip(ids, scored, strict=True)]
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]))
+    return float(out.loss)
+
+
+def _reference_ifd(model, tokenizer, prompt: str, response: str) -> tuple[float, float]:
+    """Superfiltering's definition with the plain template: prompt `instruction\\n[input\\n]`,
+    response = output + EOS; PPL(y) from the response after one start token."""
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    response_ids = [*tokenizer(response, add_special_tokens=False)["input_ids"],
+                    tokenizer.eos_token_id]
+    conditional = math.exp(_reference_nll(model, prompt_ids + response_ids,
+                                          [False] * len(prompt_ids) + [True] * len(response_ids)))
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    alone = math.exp(_reference_nll(model, [start, *response_ids],
+                                    [False] + [True] * len(response_ids)))
+    return conditional, alone
+
+
+def test_ifd_batched_equals_one_example_at_a_time(tmp_path, gpt2_proxy):
+    records = alpaca_records(13)
+    table = gf.score(write_json(tmp_path / "a.json", records), tmp_path / "ifd.parquet",
+                     _config(gpt2_proxy), method="ifd", progress=False)
+    model, tokenizer = load_model(gpt2_proxy, torch.device("cpu")), load_tokenizer(gpt2_proxy)
+    for i, record in enumerate(records):
+        prompt = record["instruction"] + "\n" + (record["input"] + "\n" if record["input"] else "")
+        conditional, alone = _reference_ifd(model, tokenizer, prompt, record["output"])
+        assert table["perplexity"][i].as_py() == pytest.approx(conditional, rel=1e-4)
+        assert table["perplexity_response"][i].as_py() == pytest.approx(alone, rel=1e-4)
+        ratio = conditional / alone
+        assert table["ifd_ratio"][i].as_py() == pytest.approx(ratio, rel=1e-4)
+        assert (table["ifd"][i].as_py() is None or math.isnan(table["ifd"][i].as_py())) == (
+            ratio >= 1)
+
+
+def test_ifd_with_a_chat_template_and_multi_turn_matches_the_reference(tmp_path, llama_proxy):
+    records = sharegpt_records(6)
+    table = gf.score(write_json(tmp_path / "s.json", records), tmp_path / "ifd.parquet",
+                     _config(llama_proxy), method="ifd", progress=False)
+    model, tokenizer = load_model(llama_proxy, torch.device("cpu")), load_tokenizer(llama_proxy)
+    roles = {"human": "user", "gpt": "assistant", "system": "system"}
+    for i, record in enumerate(records):
+        turns = [Turn(roles[t["from"]], t["value"]) for t in record["conversations"]]
+        item = encode(turns, tokenizer, "chat", 200)
+        ids, mask = item.input_ids.tolist(), item.response_mask.tolist()
+        conditional = math.exp(_reference_nll(model, ids, mask))
+        response = [t for t, keep in zip(ids, mask, strict=True) if keep]
+        alone = math.exp(_reference_nll(model, [tokenizer.eos_token_id, *response],
+                                        [False] + [True] * len(response)))
+        assert table["perplexity"][i].as_py() == pytest.approx(conditional, rel=1e-4)
+        assert table["ifd_ratio"][i].as_py() == pytest.approx(conditional / alone, rel=1e-4)
+
+
+def test_length_random_and_unscorable_records(tmp_path, gpt2_proxy):
+    records = alpaca_records(9)
+    records[4]["output"] = ""  # the plain template still scores its EOS
+    records[6] = {"instruction": "x " * 400, "input": "", "output": "too late"}
+    data = write_json(tmp_path / "a.json", records)
+    length = gf.score(data, tmp_path / "length.parquet", _config(gpt2_proxy), method="length",
+                      progress=False)
+    expected = length["n_response_tokens"].to_numpy().astype(float)
+    expected[6] = np.nan
+    np.testing.assert_array_equal(length["length"].to_numpy(zero_copy_only=False), expected)
+    assert length["skip_reason"][6].as_py() == "no response tokens within max_length"
+
+    def draw(seed: int) -> np.ndarray:
+        table = gf.score(data, tmp_path / f"random{seed}.parquet", _config(gpt2_proxy, seed=seed),
+                         method="random", progress=False)
+        return table["random"].to_numpy(zero_copy_only=False)
+
+    first, again, other = draw(3), draw(3), draw(4)
+    np.testing.assert_array_equal(first, again)
+    assert np.isnan(first[6]) and np.isfinite(np.delete(first, 6)).all()
+    assert not np.allclose(np.delete(first, 6), np.delete(other, 6))
+
+
+def test_cli_scores_with_a_baseline_and_selects_by_it(tmp_path, gpt2_proxy):
+    records = alpaca_records(12)
+    data = write_jsonl(tmp_path / "a.jsonl", records)
+    out = tmp_path / "subset.jsonl"
+    result = _cli("run", str(data), "--method", "perplexity", "--count", "3", "--out", str(out),
+                  "--proxy", gpt2_proxy, "--device", "cpu", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "kept 3 of 12 records by perplexity" in result.stdout
+    stats = gf.load_stats(tmp_path / "subset.jsonl.stats.parquet")
+    top = np.argsort(-stats["perplexity"].to_numpy(), kind="stable")[:3]
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    assert kept == [records[i] for i in sorted(top)]
+    run = json.loads((tmp_path / "subset.jsonl.stats.parquet.run.json").read_text())
+    assert run["method"] == "perplexity"
+
+    wrong = _cli("select", str(data), "--stats", str(tmp_path / "subset.jsonl.stats.parquet"),
+                 "--utility", "gsnr", "--count", "2", "--out", str(tmp_path / "no.jsonl"))
+    assert wrong.returncode == 2
+    assert "no utility 'gsnr'; it offers ['perplexity']" in wrong.stderr
+    assert not (tmp_path / "no.jsonl").exists()
