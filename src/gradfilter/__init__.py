@@ -2,11 +2,13 @@
 
 from .errors import GradfilterError
 from .gradstats import ScoreConfig
-from .pipeline import load_stats, read_dataset, score, select
+from .noise_benchmark import register_corruption, run_noise_benchmark
+from .pipeline import METHODS, load_stats, read_dataset, score, select
 from .selection import Selection, select_top
 from .utilities import UTILITIES, compute_utilities, utility_scores, with_utilities
 
 __all__ = [
+    "METHODS",
     "UTILITIES",
     "GradfilterError",
     "ScoreConfig",
@@ -14,6 +16,8 @@ __all__ = [
     "compute_utilities",
     "load_stats",
     "read_dataset",
+    "register_corruption",
+    "run_noise_benchmark",
     "score",
     "select",
     "select_top",

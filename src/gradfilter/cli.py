@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
@@ -19,47 +20,59 @@ console = Console(stderr=True)
 DEFAULTS = ScoreConfig()
 
 
-def score_options(command):
-    """The options of `score` and `run`, defaults from ScoreConfig (method.md §2)."""
-    options = [
-        click.option("--method", type=click.Choice(METHODS), default="gsnr", show_default=True,
-                     help="gsnr (the LoRA ensemble) or a baseline: ifd, perplexity, length, "
-                          "random."),
-        click.option("--proxy", default=DEFAULTS.proxy, show_default=True,
-                     help="Hub id, local directory or .gguf file of a causal LM."),
-        click.option("--members", type=int, default=DEFAULTS.members, show_default=True),
-        click.option("--epochs", type=int, default=DEFAULTS.epochs, show_default=True),
-        click.option("--early", type=int, default=DEFAULTS.early, show_default=True,
-                     help="Epoch s of the early gradient snapshot."),
-        click.option("--late", type=int, default=DEFAULTS.late, show_default=True,
-                     help="Epoch t of the late gradient snapshot."),
-        click.option("--lora-rank", type=int, default=DEFAULTS.lora_rank, show_default=True),
-        click.option("--lora-alpha", type=float, default=DEFAULTS.lora_alpha, show_default=True),
-        click.option("--lora-targets", default=None,
-                     help="Comma-separated module names (default: all attention and MLP "
-                          "projections of the architecture)."),
-        click.option("--lr", type=float, default=DEFAULTS.lr, show_default=True),
-        click.option("--batch-size", type=int, default=DEFAULTS.batch_size, show_default=True),
-        click.option("--collect-batch-size", type=int, default=DEFAULTS.collect_batch_size,
-                     show_default=True),
-        click.option("--max-length", type=int, default=DEFAULTS.max_length, show_default=True),
-        click.option("--grad-clip", type=float, default=DEFAULTS.grad_clip, show_default=True),
-        click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]),
-                     default=DEFAULTS.device, show_default=True),
-        click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]),
-                     default=DEFAULTS.dtype, show_default=True),
-        click.option("--template", type=click.Choice(["auto", "plain", "chat"]),
-                     default=DEFAULTS.template, show_default=True),
-        click.option("--turns", type=click.Choice(["all", "last"]), default=DEFAULTS.turns,
-                     show_default=True, help="Which assistant turns carry loss."),
-        click.option("--save-adapters", type=click.Path(path_type=Path), default=None,
-                     help="Write every member's PEFT adapter at each collected epoch here."),
-        click.option("--quiet", is_flag=True, help="No progress bars."),
-    ]
-    for option in reversed(options):
-        command = option(command)
+def _default(name: str, **kwargs) -> Callable:
+    """An option whose default is ScoreConfig's field of the same name."""
+    field = name.lstrip("-").replace("-", "_")
+    return click.option(name, default=getattr(DEFAULTS, field), show_default=True, **kwargs)
+
+
+def _score_option_table() -> dict[str, Callable]:
+    """The options of `score` and `run` by parameter name."""
+    return {
+        "method": click.option(
+            "--method", type=click.Choice(METHODS), default="gsnr", show_default=True,
+            help="gsnr (the LoRA ensemble) or a baseline: ifd, perplexity, length, random."),
+        "proxy": _default("--proxy", help="Hub id, local directory or .gguf file of a causal LM."),
+        "members": _default("--members", type=int),
+        "epochs": _default("--epochs", type=int),
+        "early": _default("--early", type=int, help="Epoch s of the early gradient snapshot."),
+        "late": _default("--late", type=int, help="Epoch t of the late gradient snapshot."),
+        "lora_rank": _default("--lora-rank", type=int),
+        "lora_alpha": _default("--lora-alpha", type=float),
+        "lora_targets": click.option(
+            "--lora-targets", default=None,
+            help="Comma-separated module names (default: all attention and MLP projections "
+                 "of the architecture)."),
+        "lr": _default("--lr", type=float),
+        "batch_size": _default("--batch-size", type=int),
+        "collect_batch_size": _default(
+            "--collect-batch-size", type=int,
+            help="Batch size of gradient collection and of forward-only (baseline) passes."),
+        "max_length": _default("--max-length", type=int),
+        "grad_clip": _default("--grad-clip", type=float),
+        "seed": _default("--seed", type=int),
+        "device": _default("--device", type=click.Choice(["auto", "cpu", "cuda"])),
+        "dtype": _default("--dtype", type=click.Choice(["auto", "float32", "bfloat16"])),
+        "template": _default("--template", type=click.Choice(["auto", "plain", "chat"])),
+        "turns": _default("--turns", type=click.Choice(["all", "last"]),
+                          help="Which assistant turns carry loss."),
+        "save_adapters": click.option(
+            "--save-adapters", type=click.Path(path_type=Path), default=None,
+            help="Write every member's PEFT adapter at each collected epoch here."),
+        "quiet": click.option("--quiet", is_flag=True, help="No progress bars."),
+    }
+
+
+def score_options(command, exclude: tuple[str, ...] = ()):
+    """Add the scoring options (method.md §2) to `command`, except those in `exclude`."""
+    for name, option in reversed(_score_option_table().items()):
+        if name not in exclude:
+            command = option(command)
     return command
+
+
+def score_options_except(*exclude: str):
+    return lambda command: score_options(command, exclude)
 
 
 def select_options(command):
@@ -235,6 +248,55 @@ def demo(out_dir: Path, records: int, quiet: bool) -> None:
     _score_and_select(_read(data, None, None, records), out_dir / "subset.json",
                       out_dir / "stats.parquet", config, dict(progress=not quiet),
                       dict(ratio=0.25, utility="gsnr", score_field="gsnr"))
+
+
+@app.group()
+def bench() -> None:
+    """Benchmarks: how well each method selects (noise) and how fast it scores."""
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+@bench.command()
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--out-dir", type=click.Path(path_type=Path), required=True)
+@click.option("--corrupt", "fraction", type=float, default=0.2, show_default=True,
+              help="Fraction of records to corrupt.")
+@click.option("--corruptions", default="swap,truncate,repeat,echo", show_default=True,
+              help="Corruption types, applied in equal shares.")
+@click.option("--corrupt-seed", type=int, default=0, show_default=True)
+@click.option("--methods", default=",".join((*UTILITIES, *BASELINE_SCORES)), show_default=True,
+              help="Utilities and baselines to compare (the G-SNR utilities share one run).")
+@click.option("--budgets", default="0.05,0.1,0.15", show_default=True,
+              help="Fractions of records kept at which contamination is reported.")
+@click.option("--plugin", "plugins", multiple=True,
+              help="Import this module first (it may register corruptions).")
+@data_options
+@score_options_except("method", "save_adapters")
+def noise(data: Path, out_dir: Path, fraction: float, corruptions: str, corrupt_seed: int,
+          methods: str, budgets: str, plugins: tuple[str, ...], fmt, fields, limit, quiet,
+          **options) -> None:
+    """Corrupt part of DATA, score it with every method, report contamination and AUROC."""
+    import importlib
+
+    from .noise_benchmark import results_markdown, run_noise_benchmark
+
+    for module in plugins:
+        importlib.import_module(module)
+    try:
+        budget_values = [float(b) for b in _csv(budgets)]
+    except ValueError:
+        raise GradfilterError(
+            f"--budgets must be comma-separated numbers, got {budgets!r}") from None
+    results = run_noise_benchmark(
+        _read(data, fmt, fields, limit), out_dir, _config(options), methods=_csv(methods),
+        corruptions=_csv(corruptions), fraction=fraction, budgets=budget_values,
+        corrupt_seed=corrupt_seed, progress=not quiet, log=console.print)
+    Console(soft_wrap=True).print(results_markdown(results), markup=False)
+    console.print(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}, "
+                  f"plots {out_dir / 'contamination.png'}, {out_dir / 'distributions.png'}")
 
 
 def _preview(dataset, record) -> str:

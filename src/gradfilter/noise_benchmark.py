@@ -1,0 +1,396 @@
+"""The noise benchmark of evaluation.md §1: corrupt a known part of the data, score the mixed
+set with every method, and measure how much corruption each method keeps.
+
+Corruptions act on every assistant turn that answers a prompt (the turns that carry loss);
+they are registered by name, so users can add their own with `register_corruption`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from .ensemble import derived_seed
+from .errors import GradfilterError
+from .formats import Turn
+from .gradstats import ScoreConfig
+from .outputs import atomic_path, atomic_write_text, write_run_record
+from .selection import select_top
+from .utilities import UTILITIES, utility_scores
+
+DEFAULT_BUDGETS = (0.05, 0.10, 0.15)
+CURVE_BUDGETS = tuple(round(0.01 * k, 2) for k in range(1, 51))
+CORRUPTION_STREAM = 11  # the corruption's draws, apart from every scoring stream
+
+
+@dataclass(frozen=True)
+class CorruptionContext:
+    """What a corruption may use: its own seeded generator, the proxy's tokenizer, and the
+    assistant texts of the whole dataset (for swaps)."""
+
+    rng: np.random.Generator
+    tokenizer: object
+    responses: Sequence[str]
+
+
+Corruption = Callable[[str, str, CorruptionContext], str]  # (prompt, response, context) -> new
+CORRUPTIONS: dict[str, Corruption] = {}
+
+
+def register_corruption(name: str) -> Callable[[Corruption], Corruption]:
+    """Register `fn(prompt, response, context) -> corrupted response` under `name`."""
+
+    def register(fn: Corruption) -> Corruption:
+        CORRUPTIONS[name] = fn
+        return fn
+
+    return register
+
+
+@register_corruption("swap")
+def swap_response(prompt: str, response: str, context: CorruptionContext) -> str:
+    """Another example's response (drawn until it differs from this one)."""
+    for _ in range(100):
+        other = context.responses[int(context.rng.integers(len(context.responses)))]
+        if other != response:
+            return other
+    raise GradfilterError("swap corruption: every response in the data is the same")
+
+
+@register_corruption("truncate")
+def truncate_response(prompt: str, response: str, context: CorruptionContext) -> str:
+    """The response cut to its first 15% of tokens (at least one)."""
+    ids = context.tokenizer(response, add_special_tokens=False)["input_ids"]
+    return context.tokenizer.decode(ids[: max(1, math.ceil(0.15 * len(ids)))])
+
+
+@register_corruption("repeat")
+def repeat_ngram(prompt: str, response: str, context: CorruptionContext) -> str:
+    """A short n-gram of the response (1-3 words) repeated to the response's word count."""
+    words = response.split() or ["the"]
+    n = int(context.rng.integers(1, 4))
+    start = int(context.rng.integers(max(1, len(words) - n + 1)))
+    gram = words[start : start + n]
+    return " ".join((gram * (len(words) // len(gram) + 2))[: max(len(words), 2 * len(gram))])
+
+
+@register_corruption("echo")
+def echo_prompt(prompt: str, response: str, context: CorruptionContext) -> str:
+    """The prompt echoed back as the response."""
+    return prompt
+
+
+@dataclass(frozen=True)
+class MixedSet:
+    conversations: list[list[Turn]]  # every usable record, corrupted or not, in input order
+    source_index: np.ndarray  # the input record each conversation came from
+    corruption: list[str | None]  # the corruption applied, None when clean
+
+
+def answering_turns(turns: Sequence[Turn]) -> list[int]:
+    """Assistant turns with a user turn somewhere before them: the turns that carry loss."""
+    seen_user, positions = False, []
+    for k, turn in enumerate(turns):
+        seen_user |= turn.role == "user"
+        if turn.role == "assistant" and seen_user:
+            positions.append(k)
+    return positions
+
+
+def corrupt(conversations: list[list[Turn]], fraction: float, kinds: Sequence[str], seed: int,
+            tokenizer) -> tuple[list[list[Turn]], list[str | None]]:
+    """Corrupt round(fraction * N) conversations, the kinds in equal shares, all seeded."""
+    unknown = [k for k in kinds if k not in CORRUPTIONS]
+    if unknown:
+        raise GradfilterError(f"unknown corruption {unknown}; registered: {list(CORRUPTIONS)}")
+    if not 0 < fraction < 1:
+        raise GradfilterError(f"--corrupt must be in (0, 1), got {fraction}")
+    eligible = [i for i, turns in enumerate(conversations) if answering_turns(turns)]
+    count = math.floor(fraction * len(conversations) + 0.5)
+    if count > len(eligible):
+        raise GradfilterError(f"cannot corrupt {count} records: only {len(eligible)} have an "
+                              "assistant turn answering a prompt")
+    rng = np.random.default_rng(derived_seed(seed, CORRUPTION_STREAM))
+    chosen = rng.permutation(eligible)[:count]
+    responses = [t.text for turns in conversations for t in turns if t.role == "assistant"]
+    context = CorruptionContext(rng, tokenizer, responses)
+    labels: list[str | None] = [None] * len(conversations)
+    mixed = list(conversations)
+    for position, i in enumerate(sorted(int(c) for c in chosen)):
+        kind = kinds[position % len(kinds)]
+        mixed[i] = _corrupt_turns(conversations[i], CORRUPTIONS[kind], context)
+        labels[i] = kind
+    return mixed, labels
+
+
+def _corrupt_turns(turns: list[Turn], corruption: Corruption, context) -> list[Turn]:
+    new = list(turns)
+    for k in answering_turns(turns):
+        prompt = next(t.text for t in reversed(turns[:k]) if t.role == "user")
+        new[k] = Turn("assistant", corruption(prompt, turns[k].text, context))
+    return new
+
+
+def write_messages(path: Path, conversations: list[list[Turn]]) -> None:
+    """The mixed set as OpenAI `messages` JSONL, one conversation per line, in order."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
+        for turns in conversations:
+            messages = [{"role": t.role, "content": t.text} for t in turns]
+            out.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """P(score of a positive > score of a negative), ties counting one half (Mann-Whitney U).
+
+    Non-finite scores rank lowest: the method would never select them.
+    """
+    scores = np.where(np.isfinite(scores), scores, -np.inf)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = _average_ranks(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, tied values sharing their mean rank."""
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)
+    return (last - (counts - 1) / 2)[inverse]
+
+
+def contamination(scores: np.ndarray, labels: np.ndarray, budget: float) -> dict[str, float]:
+    """Share of the records selected at `budget` that are corrupted: overall ("all") and per
+    kind. `labels` holds the kind, or "" where clean."""
+    picked = labels[select_top(scores, ratio=budget).indices]
+    kinds = sorted(set(labels) - {""})
+    if len(picked) == 0:
+        return {"all": float("nan"), **dict.fromkeys(kinds, float("nan"))}
+    return {"all": float((picked != "").mean()), **{k: float((picked == k).mean()) for k in kinds}}
+
+
+def method_metrics(scores: np.ndarray, labels: Sequence[str | None],
+                   budgets: Sequence[float]) -> dict:
+    """AUROC (clean above corrupted) and contamination per budget, overall and per kind."""
+    labels_arr = np.array([label or "" for label in labels])
+    clean = labels_arr == ""
+    by_kind = {k: clean | (labels_arr == k) for k in sorted(set(labels_arr) - {""})}
+    result: dict = {
+        "auroc": auroc(scores, clean),
+        "auroc_by_type": {k: auroc(scores[rows], clean[rows]) for k, rows in by_kind.items()},
+        "selected": {}, "contamination": {}, "contamination_by_type": {},
+    }
+    for budget in budgets:
+        key = f"{budget:g}"
+        shares = contamination(scores, labels_arr, budget)
+        result["selected"][key] = len(select_top(scores, ratio=budget).indices)
+        result["contamination"][key] = shares.pop("all")
+        result["contamination_by_type"][key] = shares
+    return result
+
+
+def method_groups(methods: Sequence[str]) -> dict[str, list[str]]:
+    """Which scoring run serves each method: one ensemble run serves every G-SNR utility and
+    one IFD run serves perplexity too."""
+    groups: dict[str, list[str]] = {}
+    for method in methods:
+        if method in UTILITIES:
+            run = "gsnr"
+        elif method in ("ifd", "perplexity"):
+            run = "ifd" if "ifd" in methods else "perplexity"
+        elif method in ("length", "random"):
+            run = method
+        else:
+            raise GradfilterError(f"unknown method {method!r}")
+        groups.setdefault(run, []).append(method)
+    return groups
+
+
+def scores_path(out_dir: Path, run: str, config: ScoreConfig, data_sha256: str) -> Path:
+    """A name that changes whenever anything that affects the scores changes, so a rerun with
+    the same arguments finds (and reuses) the finished table."""
+    key = json.dumps({"run": run, "config": asdict(config), "data": data_sha256},
+                     sort_keys=True)
+    return out_dir / "scores" / f"{run}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.parquet"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_labels(path: Path, source_index: np.ndarray, labels: Sequence[str | None]) -> None:
+    table = pa.table({"index": pa.array(np.arange(len(labels), dtype=np.int64)),
+                      "source_index": pa.array(source_index.astype(np.int64)),
+                      "corruption": pa.array(list(labels), type=pa.string())})
+    import pyarrow.parquet as pq
+
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def results_markdown(results: dict) -> str:
+    """The human-readable report: one row per method, then per-type tables."""
+    budgets = results["budgets"]
+    head = ["method", "AUROC", *[f"contam. @{float(b):.0%}" for b in budgets]]
+    lines = [f"# Noise benchmark: {results['data']}", "",
+             f"{results['records']} records, {results['corrupted']} corrupted "
+             f"({results['corrupt_fraction']:.0%}: " +
+             ", ".join(f"{k} {n}" for k, n in results["corrupted_by_type"].items()) +
+             f"); random would keep {results['corrupt_fraction']:.1%} corrupted.", "",
+             _row(head), _row(["---"] * len(head))]
+    for method, m in results["methods"].items():
+        lines.append(_row([method, f"{m['auroc']:.3f}",
+                           *[f"{m['contamination'][b]:.3f}" for b in budgets]]))
+    for kind in results["corruptions"]:
+        lines += ["", f"## {kind}", "", _row(head), _row(["---"] * len(head))]
+        for method, m in results["methods"].items():
+            lines.append(_row([method, f"{m['auroc_by_type'][kind]:.3f}",
+                               *[f"{m['contamination_by_type'][b][kind]:.3f}" for b in budgets]]))
+    return "\n".join(lines) + "\n"
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def plot_contamination(path: Path, curves: dict[str, dict[str, float]], rate: float) -> None:
+    """Contamination against budget, one line per method, random's expectation dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, curve in curves.items():
+        ax.plot([100 * float(b) for b in curve], list(curve.values()), label=method)
+    ax.axhline(rate, color="grey", linestyle="--", label="corruption rate")
+    ax.set(xlabel="budget (% of records kept)", ylabel="contamination (corrupted / kept)",
+           title="Contamination of the selected subset")
+    ax.legend(fontsize=8, ncol=2)
+    _save(fig, path)
+
+
+def plot_distributions(path: Path, scores: dict[str, np.ndarray],
+                       labels: Sequence[str | None]) -> None:
+    """Each method's score histogram, clean against each corruption (1st-99th percentile)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = sorted({label for label in labels if label})
+    labels_arr = np.array([label or "" for label in labels])
+    cols = 3
+    rows = -(-len(scores) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    for ax, (method, values) in zip(axes.flat, scores.items(), strict=False):
+        finite = np.isfinite(values)
+        if not finite.any():
+            ax.set_title(f"{method} (no finite score)")
+            continue
+        lo, hi = np.percentile(values[finite], [1, 99])
+        bins = np.linspace(lo, hi if hi > lo else lo + 1, 30)
+        for group in ["", *kinds]:
+            chosen = finite & (labels_arr == group)
+            ax.hist(np.clip(values[chosen], lo, hi), bins=bins, histtype="step", density=True,
+                    label=group or "clean")
+        ax.set_title(method)
+    for ax in list(axes.flat)[len(scores):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("Score distributions: clean vs corrupted")
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def run_noise_benchmark(data, out_dir: Path, config: ScoreConfig, *, methods: Sequence[str],
+                        corruptions: Sequence[str], fraction: float, budgets: Sequence[float],
+                        corrupt_seed: int, progress: bool = True, log=print) -> dict:
+    """Corrupt, score with every method (reusing finished tables), measure, report."""
+    from .pipeline import as_dataset, load_stats, score
+    from .proxy import load_tokenizer
+
+    dataset = as_dataset(data)
+    conversations, source = [], []
+    for record in dataset.records:
+        try:
+            conversations.append(dataset.turns(record))
+            source.append(record.index)
+        except GradfilterError as exc:
+            log(f"skipping record {record.index}: {exc}")
+    mixed, labels = corrupt(conversations, fraction, corruptions,
+                            corrupt_seed, load_tokenizer(config.proxy))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mixed_path = out_dir / "mixed.jsonl"
+    write_messages(mixed_path, mixed)
+    write_labels(out_dir / "labels.parquet", np.array(source), labels)
+    digest = file_sha256(mixed_path)
+
+    all_scores: dict[str, np.ndarray] = {}
+    tables: dict[str, str] = {}
+    for run, members in method_groups(methods).items():
+        path = scores_path(out_dir, run, config, digest)
+        if path.is_file():
+            log(f"{run}: reusing {path}")
+            table = load_stats(path)
+        else:
+            log(f"{run}: scoring {len(mixed)} records")
+            table = score(mixed_path, path, config, method=run, progress=progress)
+        for method in members:
+            all_scores[method] = utility_scores(table, method)
+            tables[method] = str(path)
+
+    results = _results(dataset.path, labels, corruptions, fraction, budgets, all_scores, tables)
+    results["config"] = asdict(config)
+    results["corrupt_seed"] = corrupt_seed
+    _write_reports(out_dir, results, all_scores, labels)
+    return results
+
+
+def _results(data_path, labels, kinds, fraction, budgets, all_scores, tables) -> dict:
+    corrupted = [label for label in labels if label]
+    return {
+        "data": str(data_path),
+        "records": len(labels),
+        "corrupt_fraction": fraction,
+        "corrupted": len(corrupted),
+        "corrupted_by_type": {k: corrupted.count(k) for k in kinds},
+        "corruptions": list(kinds),
+        "budgets": [f"{b:g}" for b in budgets],
+        "tables": tables,
+        "labels": "labels.parquet",
+        "methods": {m: method_metrics(s, labels, budgets) for m, s in all_scores.items()},
+    }
+
+
+def _write_reports(out_dir: Path, results: dict, all_scores, labels) -> None:
+    rate = results["corrupted"] / results["records"]
+    labels_arr = np.array([label or "" for label in labels])
+    curves = {m: {f"{b:g}": contamination(s, labels_arr, b)["all"] for b in CURVE_BUDGETS}
+              for m, s in all_scores.items()}
+    plot_contamination(out_dir / "contamination.png", curves, rate)
+    plot_distributions(out_dir / "distributions.png", all_scores, labels)
+    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(out_dir / "results.md", results_markdown(results))
+    write_run_record(out_dir / "results.json", {"stage": "bench noise", **{
+        k: results[k] for k in ("data", "config", "corrupt_seed", "corrupt_fraction",
+                                "corruptions", "budgets", "tables")}})

@@ -1,0 +1,141 @@
+"""The noise benchmark: corruptions, metrics against brute force, report consistency, reuse."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from conftest import alpaca_records, sharegpt_records, write_json, write_jsonl
+
+import gradfilter as gf
+from gradfilter.formats import Turn
+from gradfilter.noise_benchmark import (
+    CORRUPTIONS,
+    answering_turns,
+    auroc,
+    corrupt,
+    run_noise_benchmark,
+)
+from gradfilter.proxy import load_tokenizer
+
+PLUGIN = '''
+from gradfilter.noise_benchmark import register_corruption
+
+@register_corruption("shout")
+def shout(prompt, response, context):
+    return response.upper() + "!!!"
+'''
+
+
+def _brute_auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    scores = np.where(np.isfinite(scores), scores, -np.inf)
+    wins = [1.0 if p > n else 0.5 if p == n else 0.0
+            for p in scores[positive] for n in scores[~positive]]
+    return float(np.mean(wins))
+
+
+def test_auroc_equals_pair_counting_with_ties_and_nan():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, 60).astype(float)
+    scores[[3, 17]] = np.nan
+    positive = rng.random(60) < 0.7
+    assert auroc(scores, positive) == pytest.approx(_brute_auroc(scores, positive), abs=1e-12)
+
+
+def test_each_corruption_does_what_it_says(gpt2_proxy):
+    tokenizer = load_tokenizer(gpt2_proxy)
+    conversations = [[Turn("user", f"Question {i}?"),
+                      Turn("assistant", f"Answer number {i} is long enough to cut. " * 4)]
+                     for i in range(40)]
+    kinds = ["swap", "truncate", "repeat", "echo"]
+    mixed, labels = corrupt(conversations, 0.2, kinds, seed=5, tokenizer=tokenizer)
+    assert sum(label is not None for label in labels) == 8
+    assert corrupt(conversations, 0.2, kinds, seed=5, tokenizer=tokenizer) == (mixed, labels)
+    assert corrupt(conversations, 0.2, kinds, seed=6, tokenizer=tokenizer)[1] != labels
+    originals = {turns[1].text for turns in conversations}
+    for before, after, label in zip(conversations, mixed, labels, strict=True):
+        new, old = after[1].text, before[1].text
+        assert after[0] == before[0]
+        if label is None:
+            assert after == before
+        elif label == "swap":
+            assert new != old and new in originals
+        elif label == "truncate":
+            n_old = len(tokenizer(old, add_special_tokens=False)["input_ids"])
+            n_new = len(tokenizer(new, add_special_tokens=False)["input_ids"])
+            assert old.startswith(new) and n_new <= math.ceil(0.15 * n_old) + 1
+        elif label == "repeat":
+            assert len(set(new.split())) <= 3 and len(new.split()) >= len(old.split())
+        else:
+            assert new == before[0].text
+
+
+def test_only_answering_turns_are_corrupted():
+    turns = [Turn("assistant", "hello"), Turn("system", "s"), Turn("user", "q1"),
+             Turn("assistant", "a1"), Turn("user", "q2"), Turn("assistant", "a2")]
+    assert answering_turns(turns) == [3, 5]
+    mixed, _ = corrupt([turns] * 4, 0.25, ["echo"], seed=0, tokenizer=None)
+    corrupted = next(m for m in mixed if m != turns)
+    assert [t.text for t in corrupted] == ["hello", "s", "q1", "q1", "q2", "q2"]
+
+
+def test_random_keeps_the_corruption_rate_within_sampling_error(tmp_path, gpt2_proxy):
+    data = write_jsonl(tmp_path / "big.jsonl", alpaca_records(1000))
+    config = gf.ScoreConfig(proxy=gpt2_proxy, device="cpu", seed=3)
+    results = run_noise_benchmark(
+        data, tmp_path / "bench", config, methods=["random"], corruptions=list(CORRUPTIONS)[:4],
+        fraction=0.2, budgets=[0.05, 0.1, 0.15], corrupt_seed=1, progress=False, log=lambda _: None)
+    assert results["corrupted"] == 200
+    for budget, share in results["methods"]["random"]["contamination"].items():
+        kept = results["methods"]["random"]["selected"][budget]
+        # hypergeometric standard deviation of the corrupted share among `kept` of 1000
+        sd = math.sqrt(0.2 * 0.8 / kept * (1000 - kept) / 999)
+        assert abs(share - 0.2) < 4 * sd, (budget, share)
+    assert abs(results["methods"]["random"]["auroc"] - 0.5) < 0.07
+
+
+def test_cli_report_follows_from_the_saved_tables_and_reruns_reuse_them(tmp_path, gpt2_proxy):
+    (tmp_path / "shoutplugin.py").write_text(PLUGIN)
+    records = [*sharegpt_records(30), {"id": "bad", "conversations": "not a list"}]
+    data = write_json(tmp_path / "chat.json", records)
+    out = tmp_path / "bench"
+    args = [sys.executable, "-c", "from gradfilter.cli import main; main()", "bench", "noise",
+            str(data), "--out-dir", str(out), "--plugin", "shoutplugin", "--corruptions",
+            "swap,echo,shout", "--corrupt", "0.3", "--proxy", gpt2_proxy, "--members", "2",
+            "--lora-rank", "2", "--batch-size", "4", "--max-length", "128", "--device", "cpu",
+            "--quiet"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    first = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert first.returncode == 0, first.stderr
+    assert "skipping record 30" in first.stderr
+    results = json.loads((out / "results.json").read_text())
+    for name in ("results.md", "contamination.png", "distributions.png", "results.json.run.json"):
+        assert (out / name).stat().st_size > 0
+    assert results["records"] == 30 and results["corrupted"] == 9
+    assert results["corrupted_by_type"] == {"swap": 3, "echo": 3, "shout": 3}
+    assert set(results["methods"]) == {*gf.UTILITIES, "ifd", "perplexity", "length", "random"}
+
+    labels = pq.read_table(out / "labels.parquet")["corruption"].to_pylist()
+    mixed = [json.loads(line) for line in (out / "mixed.jsonl").read_text().splitlines()]
+    shouted = [m for m, label in zip(mixed, labels, strict=True) if label == "shout"]
+    assert all(m["messages"][-1]["content"].endswith("!!!") for m in shouted)
+    corrupted = np.array([label is not None for label in labels])
+    for method, metrics in results["methods"].items():
+        scores = gf.utility_scores(gf.load_stats(results["tables"][method]), method)
+        assert metrics["auroc"] == pytest.approx(_brute_auroc(scores, ~corrupted), abs=1e-12)
+        for budget, share in metrics["contamination"].items():
+            kept = gf.select_top(scores, ratio=float(budget)).indices
+            assert share == pytest.approx(corrupted[kept].mean(), abs=1e-12)
+            assert metrics["selected"][budget] == len(kept)
+
+    again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.count("reusing") == 4 and "scoring" not in again.stderr
+    assert json.loads((out / "results.json").read_text()) == results
