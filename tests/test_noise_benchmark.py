@@ -118,7 +118,7 @@ def test_cli_report_follows_from_the_saved_tables_and_reruns_reuse_them(tmp_path
     results = json.loads((out / "results.json").read_text())
     for name in ("results.md", "contamination.png", "distributions.png", "results.json.run.json"):
         assert (out / name).stat().st_size > 0
-    assert results["records"] == 30 and results["corrupted"] == 9
+    assert results["records"] == 30 and results["corrupted"] == 9 and results["unscorable"] == 0
     assert results["corrupted_by_type"] == {"swap": 3, "echo": 3, "shout": 3}
     assert set(results["methods"]) == {*gf.UTILITIES, "ifd", "perplexity", "length", "random"}
 
@@ -128,7 +128,9 @@ def test_cli_report_follows_from_the_saved_tables_and_reruns_reuse_them(tmp_path
     assert all(m["messages"][-1]["content"].endswith("!!!") for m in shouted)
     corrupted = np.array([label is not None for label in labels])
     for method, metrics in results["methods"].items():
-        scores = gf.utility_scores(gf.load_stats(results["tables"][method]), method)
+        table = gf.load_stats(results["tables"][method])
+        assert table["skip_reason"].null_count == table.num_rows  # all scored: none left out
+        scores = gf.utility_scores(table, method)
         assert metrics["auroc"] == pytest.approx(_brute_auroc(scores, ~corrupted), abs=1e-12)
         for budget, share in metrics["contamination"].items():
             kept = gf.select_top(scores, ratio=float(budget)).indices

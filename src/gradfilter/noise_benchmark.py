@@ -243,11 +243,14 @@ def results_markdown(results: dict) -> str:
     """The human-readable report: one row per method, then per-type tables."""
     budgets = results["budgets"]
     head = ["method", "AUROC", *[f"contam. @{float(b):.0%}" for b in budgets]]
+    rate = results["corrupted"] / results["records"]
     lines = [f"# Noise benchmark: {results['data']}", "",
-             f"{results['records']} records, {results['corrupted']} corrupted "
-             f"({results['corrupt_fraction']:.0%}: " +
+             f"{results['records']} scored records ({results['unscorable']} more could not be "
+             f"scored and are left out), {results['corrupted']} corrupted: " +
              ", ".join(f"{k} {n}" for k, n in results["corrupted_by_type"].items()) +
-             f"); random would keep {results['corrupt_fraction']:.1%} corrupted.", "",
+             f". Random selection keeps {rate:.1%} corrupted on average.", "",
+             "Contamination (share of the kept records that are corrupted; lower is better) at "
+             "each budget, and AUROC of the score for clean vs corrupted (higher is better).", "",
              _row(head), _row(["---"] * len(head))]
     for method, m in results["methods"].items():
         lines.append(_row([method, f"{m['auroc']:.3f}",
@@ -333,10 +336,14 @@ def run_noise_benchmark(data, out_dir: Path, config: ScoreConfig, *, methods: Se
     conversations, source = [], []
     for record in dataset.records:
         try:
-            conversations.append(dataset.turns(record))
-            source.append(record.index)
+            turns = dataset.turns(record)
         except GradfilterError as exc:
             log(f"skipping record {record.index}: {exc}")
+            continue
+        if answering_turns(turns):
+            conversations.append(turns)
+            source.append(record.index)
+    log(f"{len(conversations)} of {len(dataset.records)} records have a response to a prompt")
     mixed, labels = corrupt(conversations, fraction, corruptions,
                             corrupt_seed, load_tokenizer(config.proxy))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -347,6 +354,7 @@ def run_noise_benchmark(data, out_dir: Path, config: ScoreConfig, *, methods: Se
 
     all_scores: dict[str, np.ndarray] = {}
     tables: dict[str, str] = {}
+    scored = np.ones(len(mixed), dtype=bool)
     for run, members in method_groups(methods).items():
         path = scores_path(out_dir, run, config, digest)
         if path.is_file():
@@ -355,11 +363,17 @@ def run_noise_benchmark(data, out_dir: Path, config: ScoreConfig, *, methods: Se
         else:
             log(f"{run}: scoring {len(mixed)} records")
             table = score(mixed_path, path, config, method=run, progress=progress)
+        scored = table["skip_reason"].is_null().to_numpy(zero_copy_only=False)
         for method in members:
             all_scores[method] = utility_scores(table, method)
             tables[method] = str(path)
 
+    # Records no method could score (e.g. a prompt longer than max_length) are left out of
+    # every metric alike; the skip reasons are the same for every method.
+    all_scores = {m: s[scored] for m, s in all_scores.items()}
+    labels = [label for label, keep in zip(labels, scored, strict=True) if keep]
     results = _results(dataset.path, labels, corruptions, fraction, budgets, all_scores, tables)
+    results["unscorable"] = int((~scored).sum())
     results["config"] = asdict(config)
     results["corrupt_seed"] = corrupt_seed
     _write_reports(out_dir, results, all_scores, labels)
@@ -373,7 +387,7 @@ def _results(data_path, labels, kinds, fraction, budgets, all_scores, tables) ->
         "records": len(labels),
         "corrupt_fraction": fraction,
         "corrupted": len(corrupted),
-        "corrupted_by_type": {k: corrupted.count(k) for k in kinds},
+        "corrupted_by_type": {k: corrupted.count(k) for k in kinds},  # among the scored
         "corruptions": list(kinds),
         "budgets": [f"{b:g}" for b in budgets],
         "tables": tables,
