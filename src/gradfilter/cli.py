@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import click
@@ -297,6 +297,47 @@ def noise(data: Path, out_dir: Path, fraction: float, corruptions: str, corrupt_
     Console(soft_wrap=True).print(results_markdown(results), markup=False)
     console.print(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}, "
                   f"plots {out_dir / 'contamination.png'}, {out_dir / 'distributions.png'}")
+
+
+@bench.command()
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--paths", default="fused,naive,ifd", show_default=True,
+              help="fused (gradfilter), naive (PEFT per member, one backward per example), "
+                   "ifd (forward only).")
+@click.option("--tokenizer", default=None,
+              help="With --proxy random-gpt2[:LAYERS:WIDTH]: whose tokenizer to use "
+                   "(default: the demo's SmolLM2).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Also write the figures as JSON here.")
+@data_options
+@score_options_except("method", "save_adapters")
+def speed(data: Path, paths: str, tokenizer, out, fmt, fields, limit, quiet, **options) -> None:
+    """Time gradfilter's fused scoring against a naive PEFT loop and a forward-only IFD pass."""
+    import json
+    import tempfile
+
+    from .outputs import atomic_write_text, write_run_record
+    from .pipeline import _encode_all
+    from .speed_benchmark import random_gpt2, run_speed_benchmark, speed_table
+
+    config = _config(options)
+    if config.proxy.startswith("random-gpt2"):
+        from .demo import demo_config
+
+        directory = Path(tempfile.mkdtemp(prefix="gradfilter-speed-"))
+        config = replace(config, proxy=random_gpt2(config.proxy, tokenizer or demo_config().proxy,
+                                                   directory))
+    dataset = _read(data, fmt, fields, limit)
+    from .proxy import load_tokenizer
+
+    _, encoded, reasons = _encode_all(dataset, load_tokenizer(config.proxy), config, True)
+    usable = [item for item, reason in zip(encoded, reasons, strict=True) if reason is None]
+    report = run_speed_benchmark(usable, config, tuple(_csv(paths)), log=console.print)
+    report["data"] = str(data)
+    Console(soft_wrap=True).print(speed_table(report), markup=False)
+    if out is not None:
+        atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+        write_run_record(out, {"stage": "bench speed", **report})
 
 
 def _preview(dataset, record) -> str:

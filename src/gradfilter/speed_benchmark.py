@@ -1,0 +1,250 @@
+"""`gradfilter bench speed`: the fused path against the loop a user would write, and IFD.
+
+(a) fused: gradfilter's own scoring (M members as one batched model, per-example norms from
+    one backward per batch);
+(b) naive: each member trained on its own PEFT model, then one `backward()` per example and
+    member in each collection pass, squared norms summed over the LoRA gradients;
+(c) ifd: the forward-only IFD baseline (two forward passes per example).
+
+All three run in one process on the same tokenised data and proxy. Each path's wall time
+counts only its own work (the proxy is loaded before), and its peak memory is the process's
+high-water mark during that path (Linux: reset through /proc/self/clear_refs).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .baselines import proxy_forward
+from .ensemble import LoRAEnsemble, linear_warmup_decay, per_example_losses
+from .gradstats import WARMUP_RATIO, Batcher, ScoreConfig, chunks, member_orders, progress_bars
+from .proxy import default_targets, load_model, load_tokenizer, resolve_device, resolve_dtype
+from .tokenization import Encoded
+
+BF16_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
+
+
+@dataclass
+class PathTiming:
+    name: str
+    seconds: float
+    examples: int
+    tokens: int
+    host_peak_mib: float
+    device_peak_mib: float | None
+    row_tokens: int  # tokens through the backbone, counting every member's copy
+
+    @property
+    def examples_per_s(self) -> float:
+        return self.examples / self.seconds
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds
+
+
+def reset_peaks(device: torch.device) -> None:
+    """Restart the host (VmHWM) and device high-water marks."""
+    clear_refs = Path("/proc/self/clear_refs")
+    if clear_refs.exists():
+        clear_refs.write_text("5")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def host_peak_mib() -> float:
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measured(name: str, work: Callable[[], object], encoded: list[Encoded], row_tokens: int,
+             device: torch.device) -> tuple[PathTiming, object]:
+    reset_peaks(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    result = work()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    device_peak = (torch.cuda.max_memory_allocated(device) / 2**20
+                   if device.type == "cuda" else None)
+    tokens = sum(len(item.input_ids) for item in encoded)
+    return PathTiming(name, seconds, len(encoded), tokens, host_peak_mib(), device_peak,
+                      row_tokens), result
+
+
+def fused_path(model, encoded, config: ScoreConfig, device, dtype) -> dict[int, np.ndarray]:
+    """gradfilter's scoring on an already loaded backbone; squared norms per epoch."""
+    from .gradstats import train_and_collect
+
+    ensemble = LoRAEnsemble(model, config.members, config.lora_rank, config.lora_alpha,
+                            config.lora_targets, config.seed)
+    scorable = np.arange(len(encoded))
+    raw = train_and_collect(ensemble, encoded, scorable, config, device, dtype, progress=False)
+    return raw.sqnorms
+
+
+def naive_path(model, encoded, config: ScoreConfig, device, dtype) -> dict[int, np.ndarray]:
+    """One PEFT model per member, trained alone; one backward per example to collect."""
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+    n = len(encoded)
+    # The same initial adapters as the fused path, so the two can be compared number for number.
+    initial = LoRAEnsemble(copy.deepcopy(model), config.members, config.lora_rank,
+                           config.lora_alpha, config.lora_targets, config.seed)
+    sqnorms = {e: np.zeros((n, config.members)) for e in (config.early, config.late)}
+    batcher = Batcher(encoded, device)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    for m in range(config.members):
+        lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0,
+                          target_modules=list(config.lora_targets),
+                          fan_in_fan_out=initial.uses_conv1d)
+        peft_model = get_peft_model(copy.deepcopy(model), lora)
+        set_peft_model_state_dict(peft_model, initial.member_state(m))
+        network = peft_model.get_base_model()
+        params = [p for p in peft_model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+        steps = -(-n // config.batch_size)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, linear_warmup_decay(config.epochs * steps, WARMUP_RATIO))
+        for epoch in range(1, config.epochs + 1):
+            order = member_orders(n, config.members, config.seed, epoch)[m]
+            for step in chunks(n, config.batch_size):
+                ids, attention, response = batcher.batch([order[step]])
+                with autocast:
+                    loss = per_example_losses(network, ids, attention, response).mean()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+            if epoch in sqnorms:
+                for i in range(n):
+                    ids, attention, response = batcher.batch([[i]])
+                    with autocast:
+                        per_example_losses(network, ids, attention, response).sum().backward()
+                    sqnorms[epoch][i, m] = float(sum(p.grad.float().pow(2).sum() for p in params))
+                    peft_model.zero_grad(set_to_none=True)
+    return sqnorms
+
+
+def ifd_path(model, tokenizer, encoded, config: ScoreConfig, device, dtype) -> np.ndarray:
+    with progress_bars(False) as bars:
+        forward = proxy_forward(model, tokenizer, config.collect_batch_size, device, dtype, bars)
+        return np.exp(forward(encoded)) / np.exp(forward(encoded, response_only=True))
+
+
+def max_relative_difference(a: dict[int, np.ndarray], b: dict[int, np.ndarray]) -> float:
+    return max(float(np.max(np.abs(a[e] - b[e]) / np.maximum(np.abs(b[e]), 1e-30))) for e in a)
+
+
+def utilisation(timing: PathTiming, flops_per_token: float, device: torch.device) -> float | None:
+    """Model FLOPs per second over the device's bf16 dense peak (GPU only)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    peak = next((v for k, v in BF16_PEAK_FLOPS.items() if k in name), None)
+    if peak is None:
+        return None
+    return flops_per_token * timing.row_tokens / timing.seconds / peak
+
+
+def run_speed_benchmark(encoded: list[Encoded], config: ScoreConfig, paths: tuple[str, ...],
+                        log=print) -> dict:
+    """Time each requested path ('fused', 'naive', 'ifd') on `encoded`; figures as a dict."""
+    device = resolve_device(config.device)  # type: ignore[arg-type]
+    dtype = resolve_dtype(config.dtype, device)  # type: ignore[arg-type]
+    tokenizer = load_tokenizer(config.proxy)
+    model = load_model(config.proxy, device)
+    config = replace(config, lora_targets=config.lora_targets or default_targets(model))
+    params = sum(p.numel() for p in model.parameters())
+    tokens = sum(len(item.input_ids) for item in encoded)
+    # Every training epoch and collection pass runs each member's copy of every example.
+    gradient_row_tokens = tokens * config.members * (config.epochs + 2)
+    # Frozen backbone: forward 2P and input-gradient backward 2P per token.
+    flops = {"fused": 4.0 * params, "naive": 4.0 * params, "ifd": 2.0 * params}
+    row_tokens = {"fused": gradient_row_tokens, "naive": gradient_row_tokens,
+                  "ifd": tokens + sum(int(item.response_mask.sum()) + 1 for item in encoded)}
+    timings, outputs = {}, {}
+    for name in paths:
+        log(f"{name}: running on {len(encoded)} examples ({tokens} tokens)")
+        if name == "fused":
+            work = partial(fused_path, copy.deepcopy(model), encoded, config, device, dtype)
+        elif name == "naive":
+            work = partial(naive_path, model, encoded, config, device, dtype)
+        else:
+            work = partial(ifd_path, model, tokenizer, encoded, config, device, dtype)
+        timings[name], outputs[name] = measured(name, work, encoded, row_tokens[name], device)
+        log(f"{name}: {timings[name].seconds:.1f} s")
+    report = {
+        "config": asdict(config),
+        "device": str(device),
+        "dtype": str(dtype),
+        "proxy_parameters": params,
+        "examples": len(encoded),
+        "tokens": tokens,
+        "paths": {
+            name: {**asdict(t), "examples_per_s": t.examples_per_s,
+                   "tokens_per_s": t.tokens_per_s,
+                   "utilisation": utilisation(t, flops[name], device)}
+            for name, t in timings.items()
+        },
+    }
+    if "fused" in timings and "naive" in timings:
+        report["fused_over_naive"] = timings["naive"].seconds / timings["fused"].seconds
+        report["max_relative_difference_fused_vs_naive"] = max_relative_difference(
+            outputs["fused"], outputs["naive"])
+    if "fused" in timings and "ifd" in timings:
+        report["fused_over_ifd"] = timings["ifd"].seconds / timings["fused"].seconds
+    return report
+
+
+def speed_table(report: dict) -> str:
+    rows = ["| path | seconds | examples/s | tokens/s | host peak MiB | device peak MiB | "
+            "utilisation |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, p in report["paths"].items():
+        device_peak = "-" if p["device_peak_mib"] is None else f"{p['device_peak_mib']:.0f}"
+        use = "-" if p["utilisation"] is None else f"{p['utilisation']:.1%}"
+        rows.append(f"| {name} | {p['seconds']:.2f} | {p['examples_per_s']:.2f} | "
+                    f"{p['tokens_per_s']:.0f} | {p['host_peak_mib']:.0f} | {device_peak} | {use} |")
+    lines = ["\n".join(rows), ""]
+    if "fused_over_naive" in report:
+        lines.append(f"a/b (fused throughput / naive throughput): "
+                     f"{report['fused_over_naive']:.2f}x; largest relative difference of the "
+                     f"squared norms: "
+                     f"{report['max_relative_difference_fused_vs_naive']:.2e}")
+    if "fused_over_ifd" in report:
+        lines.append(f"a/c (fused throughput / IFD throughput): {report['fused_over_ifd']:.3f}")
+    return "\n".join(lines) + "\n"
+
+
+def random_gpt2(spec: str, tokenizer_source: str, directory: Path) -> str:
+    """Save a randomly initialised GPT-2-shaped model ('random-gpt2:LAYERS:WIDTH') with the
+    tokenizer of `tokenizer_source`, for measuring speed where no GPT-2 download is possible."""
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    parts = spec.split(":")
+    layers, width = (int(parts[1]), int(parts[2])) if len(parts) == 3 else (12, 768)
+    tokenizer = load_tokenizer(tokenizer_source)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=1024, n_embd=width,
+                        n_layer=layers, n_head=max(1, width // 64),
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
