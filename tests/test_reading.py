@@ -66,6 +66,13 @@ def test_empty_file_is_a_clear_error(tmp_path):
 
 def test_bytes_that_are_not_utf8_are_a_clear_error(tmp_path):
     path = tmp_path / "latin1.jsonl"
-    path.write_bytes('{"instruction": "caf\u00e9", "output": "b"}\n'.encode("latin-1"))
-    with pytest.raises(GradfilterError, match=r"latin1.jsonl: not UTF-8 text \(byte 0xe9"):
+    line = '{"instruction": "caf\u00e9", "output": "b"}\n'
+    path.write_bytes(('{"instruction": "a", "output": "b"}\n' + line).encode("latin-1"))
+    offset = len('{"instruction": "a", "output": "b"}\n{"instruction": "caf')
+    with pytest.raises(GradfilterError, match=(
+            rf"latin1.jsonl: line 2 \(record 1\): not UTF-8 text \(byte 0xe9 at byte {offset} ")):
         list(iter_records(path))
+    array = tmp_path / "latin1.json"
+    array.write_bytes(("[" + line + "]").encode("latin-1"))
+    with pytest.raises(GradfilterError, match=r"latin1.json: not UTF-8 text \(byte 0xe9"):
+        list(iter_records(array))

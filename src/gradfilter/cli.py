@@ -74,7 +74,7 @@ def select_options(command):
 
 
 def data_options(command):
-    """How DATA is read: format override, key-name mapping, first N records."""
+    """How DATA is read: format override, key-name mapping, split, first N records."""
     options = [
         click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
                      help="Override the detected format."),
@@ -82,26 +82,32 @@ def data_options(command):
                      help="Map key names onto the format, e.g. instruction=question,"
                           "output=answer."),
         click.option("--limit", type=int, default=None, help="Use only the first N records."),
+        split_option,
     ]
     for option in reversed(options):
         command = option(command)
     return command
 
 
+split_option = click.option(
+    "--split", default=None,
+    help="Split of a Hugging Face DatasetDict or hub dataset (default: train).")
 out_format_option = click.option(
     "--out-format", type=click.Choice(CONTAINERS), default=None,
-    help="Container of the subset (default: the input's).")
+    help="Container of the subset (default: the input's; hf is a save_to_disk directory).")
 skip_option = click.option(
     "--skip-bad-records", is_flag=True,
-    help="Keep records that fail validation as unscored rows (listed in the run record) "
-         "instead of stopping.")
+    help="Keep records that cannot be read or fail validation (a malformed JSONL line, a "
+         "missing field) as unscored rows in their place (listed in the run record) instead "
+         "of stopping.")
 
 
-def _read(data: Path, fmt, fields, limit):
+def _read(data: str, fmt, fields, limit, split=None, skip_bad_records: bool = False):
     from .formats import parse_fields
     from .pipeline import read_dataset
 
-    return read_dataset(data, fmt, limit, parse_fields(fields))
+    return read_dataset(data, fmt, limit, parse_fields(fields), split=split,
+                        skip_bad_records=skip_bad_records)
 
 
 def _config(options: dict) -> ScoreConfig:
@@ -115,48 +121,58 @@ def _config(options: dict) -> ScoreConfig:
 @click.group()
 @click.version_option(package_name="gradfilter")
 def app() -> None:
-    """Select the high-value part of an instruction-tuning dataset by gradient signal-to-noise."""
+    """Select the high-value part of an instruction-tuning dataset by gradient signal-to-noise.
+
+    DATA: a .json/.jsonl(.gz)/.parquet file, a directory written by a Hugging Face dataset's
+    save_to_disk, or a hub dataset id (owner/name).
+    """
 
 
 @app.command()
-@click.argument("data", type=click.Path(path_type=Path))
+@click.argument("data")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Statistics table (Parquet).")
 @data_options
 @skip_option
 @score_options
-def score(data: Path, out: Path, fmt, fields, limit, skip_bad_records, save_adapters, quiet,
-          **options) -> None:
+def score(data: str, out: Path, fmt, fields, limit, split, skip_bad_records, save_adapters,
+          quiet, **options) -> None:
     """Train the LoRA ensemble on DATA and write the per-example statistics table."""
     from .pipeline import score as run_score
 
-    run_score(_read(data, fmt, fields, limit), out, _config(options),
+    run_score(_read(data, fmt, fields, limit, split, skip_bad_records), out, _config(options),
               save_adapters=save_adapters, skip_bad_records=skip_bad_records,
               progress=not quiet)
     console.print(f"statistics table: {out}")
 
 
 @app.command()
-@click.argument("data", type=click.Path(path_type=Path))
+@click.argument("data")
 @click.option("--stats", type=click.Path(path_type=Path), required=True)
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Subset file.")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Subset file (a directory for --out-format hf).")
 @data_options
 @out_format_option
 @select_options
-def select(data: Path, stats: Path, out: Path, fmt, fields, limit, **options) -> None:
-    """Write the top records of DATA by a utility from a statistics table (no model needed)."""
-    from .pipeline import load_stats
-    from .pipeline import select as run_select
+def select(data: str, stats: Path, out: Path, fmt, fields, limit, split, **options) -> None:
+    """Write the top records of DATA by a utility from a statistics table (no model needed).
+
+    DATA is streamed, never held: memory holds the table's scores and the chosen indices.
+    """
+    from .formats import parse_fields
+    from .pipeline import load_stats, select_subset
 
     table = load_stats(stats)
-    dataset = _read(data, fmt, fields, limit)
-    selection = run_select(dataset, table, out, **options)
-    _summary(dataset, table, selection, options["utility"], out, stats)
+    subset = select_subset(data, table, out, fmt=fmt, fields=parse_fields(fields), limit=limit,
+                           split=split, remember=_preview_indices(table, options["utility"]),
+                           **options)
+    _summary(subset, table, options["utility"], out, stats)
 
 
 @app.command()
-@click.argument("data", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Subset file.")
+@click.argument("data")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Subset file (a directory for --out-format hf).")
 @click.option("--stats", type=click.Path(path_type=Path), default=None,
               help="Statistics table (default: <out>.stats.parquet).")
 @data_options
@@ -164,13 +180,14 @@ def select(data: Path, stats: Path, out: Path, fmt, fields, limit, **options) ->
 @select_options
 @skip_option
 @score_options
-def run(data: Path, out: Path, stats: Path | None, fmt, fields, limit, out_format,
+def run(data: str, out: Path, stats: Path | None, fmt, fields, limit, split, out_format,
         skip_bad_records, save_adapters, quiet, ratio, count, utility, order, score_field,
         **options) -> None:
     """Score DATA and write the selected subset in one go (default --ratio 0.1)."""
     if ratio is None and count is None:
         ratio = 0.1
-    _score_and_select(_read(data, fmt, fields, limit), out, stats, _config(options),
+    _score_and_select(_read(data, fmt, fields, limit, split, skip_bad_records), out, stats,
+                      _config(options),
                       dict(save_adapters=save_adapters, skip_bad_records=skip_bad_records,
                            progress=not quiet),
                       dict(ratio=ratio, count=count, utility=utility, order=order,
@@ -180,26 +197,31 @@ def run(data: Path, out: Path, stats: Path | None, fmt, fields, limit, out_forma
 def _score_and_select(dataset, out: Path, stats: Path | None, config: ScoreConfig, how: dict,
                       choice: dict) -> None:
     from .pipeline import score as run_score
-    from .pipeline import select as run_select
+    from .pipeline import select_subset
 
     stats = stats or out.with_name(out.name + ".stats.parquet")
     table = run_score(dataset, stats, config, **how)
-    selection = run_select(dataset, table, out, **choice)
-    _summary(dataset, table, selection, choice["utility"], out, stats)
+    subset = select_subset(dataset, table, out,
+                           remember=_preview_indices(table, choice["utility"]), **choice)
+    _summary(subset, table, choice["utility"], out, stats)
 
 
 @app.command()
-@click.argument("data", type=click.Path(path_type=Path))
+@click.argument("data")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None)
 @click.option("--fields", default=None, help="Map key names onto the format.")
+@split_option
 @click.option("--max-problems", type=int, default=50, show_default=True,
               help="How many problems to print (all are counted).")
-def inspect(data: Path, fmt, fields, max_problems: int) -> None:
-    """Read DATA without a model: format, counts, turn and length statistics, every problem."""
+def inspect(data: str, fmt, fields, split, max_problems: int) -> None:
+    """Read DATA without a model: format, counts, turn and length statistics, every problem.
+
+    DATA is streamed: memory holds counters and lengths, never the records.
+    """
     from .formats import parse_fields
     from .inspection import inspect_dataset
 
-    found = inspect_dataset(data, fmt, parse_fields(fields))
+    found = inspect_dataset(data, fmt, parse_fields(fields), split)
     out = Console(soft_wrap=True)
     out.print(f"{found.path}: {found.records} records, format {found.format}, "
               f"container {found.container}", markup=False)
@@ -232,18 +254,28 @@ def demo(out_dir: Path, records: int, quiet: bool) -> None:
                       dict(ratio=0.25, utility="gsnr", score_field="gsnr"))
 
 
-def _preview(dataset, record) -> str:
-    turns = dataset.turns(record)
+def _preview_indices(table, utility: str) -> list[int]:
+    """The 3 best and 3 worst records by `utility`: the summary shows their prompts."""
+    from .selection import select_top
+    from .utilities import utility_scores
+
+    ranked = select_top(utility_scores(table, utility), ratio=1.0).indices
+    return [int(i) for i in (*ranked[:3], *ranked[::-1][:3])]
+
+
+def _preview(subset, record) -> str:
+    turns = subset.turns(record)
     prompt = next((t.text for t in turns if t.role == "user"), "")
     text = " ".join(prompt.split())
     return text[:70] + ("..." if len(text) > 70 else "")
 
 
-def _summary(dataset, table, selection, utility: str, out: Path, stats: Path) -> None:
+def _summary(subset, table, utility: str, out: Path, stats: Path) -> None:
     from .outputs import run_record_path
     from .selection import select_top
     from .utilities import utility_scores
 
+    selection = subset.selection
     scores = utility_scores(table, utility)
     ranked = select_top(scores, ratio=1.0).indices
     out_console = Console()
@@ -256,7 +288,7 @@ def _summary(dataset, table, selection, utility: str, out: Path, stats: Path) ->
     for title, picks in (("best", ranked[:3]), ("worst", ranked[::-1][:3])):
         out_console.print(f"{title} 3 by {utility}:")
         for i in picks:
-            preview = _preview(dataset, dataset.records[i])
+            preview = _preview(subset, subset.records[int(i)])
             out_console.print(f"  #{i:<6} {scores[i]: .4g}  {preview}", markup=False)
 
 
