@@ -113,3 +113,26 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
                     encoding="utf-8")
     return path
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run `gradfilter ARGS...` in this process (the real entry point, `main`): returns
+    (exit code, stdout, stderr)."""
+    from gradfilter.cli import main
+
+    def invoke(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        argv = sys.argv
+        sys.argv = ["gradfilter", *map(str, args)]
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        finally:
+            sys.argv = argv
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return invoke

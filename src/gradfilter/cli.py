@@ -138,12 +138,17 @@ def app() -> None:
 def score(data: str, out: Path, fmt, fields, limit, split, skip_bad_records, save_adapters,
           quiet, **options) -> None:
     """Train the LoRA ensemble on DATA and write the per-example statistics table."""
+    from .pipeline import record_notes
     from .pipeline import score as run_score
 
-    run_score(_read(data, fmt, fields, limit, split, skip_bad_records), out, _config(options),
-              save_adapters=save_adapters, skip_bad_records=skip_bad_records,
-              progress=not quiet)
-    console.print(f"statistics table: {out}")
+    dataset = _read(data, fmt, fields, limit, split, skip_bad_records)
+    table = run_score(dataset, out, _config(options), save_adapters=save_adapters,
+                      skip_bad_records=skip_bad_records, progress=not quiet)
+    unscored = sum(reason is not None for reason in table.column("skip_reason").to_pylist())
+    console.print(f"statistics table: {out} ({table.num_rows} records, {unscored} unscored: "
+                  "reasons in the table's skip_reason and the run record)")
+    for line in _recoveries(dataset.report, record_notes(dataset)):
+        console.print(line, markup=False)
 
 
 @app.command()
@@ -196,14 +201,14 @@ def run(data: str, out: Path, stats: Path | None, fmt, fields, limit, split, out
 
 def _score_and_select(dataset, out: Path, stats: Path | None, config: ScoreConfig, how: dict,
                       choice: dict) -> None:
+    from .pipeline import record_notes, select_subset
     from .pipeline import score as run_score
-    from .pipeline import select_subset
 
     stats = stats or out.with_name(out.name + ".stats.parquet")
     table = run_score(dataset, stats, config, **how)
     subset = select_subset(dataset, table, out,
                            remember=_preview_indices(table, choice["utility"]), **choice)
-    _summary(subset, table, choice["utility"], out, stats)
+    _summary(subset, table, choice["utility"], out, stats, record_notes(dataset))
 
 
 @app.command()
@@ -254,6 +259,21 @@ def demo(out_dir: Path, records: int, quiet: bool) -> None:
                       dict(ratio=0.25, utility="gsnr", score_field="gsnr"))
 
 
+def _recoveries(report, notes: dict) -> list[str]:
+    """What the run recovered from, one line each; the run record lists every record."""
+    lines = [f"warning: {warning}" for warning in report.warnings]
+    if report.skipped:
+        lines.append(f"skipped {len(report.skipped)} unreadable records (kept in place, "
+                     f"unscored), the first: {report.skipped[0]}")
+    if notes.get("duplicate_ids"):
+        lines.append(f"{len(notes['duplicate_ids'])} records repeat an earlier record's id "
+                     "(all kept)")
+    if notes.get("ends_on_prompt"):
+        lines.append(f"{len(notes['ends_on_prompt'])} conversations end on a prompt turn "
+                     "(scored; the unanswered tail carries no loss)")
+    return lines
+
+
 def _preview_indices(table, utility: str) -> list[int]:
     """The 3 best and 3 worst records by `utility`: the summary shows their prompts."""
     from .selection import select_top
@@ -270,7 +290,8 @@ def _preview(subset, record) -> str:
     return text[:70] + ("..." if len(text) > 70 else "")
 
 
-def _summary(subset, table, utility: str, out: Path, stats: Path) -> None:
+def _summary(subset, table, utility: str, out: Path, stats: Path,
+             notes: dict | None = None) -> None:
     from .outputs import run_record_path
     from .selection import select_top
     from .utilities import utility_scores
@@ -285,6 +306,8 @@ def _summary(subset, table, utility: str, out: Path, stats: Path) -> None:
     )
     out_console.print(f"subset:           {out}\nstatistics table: {stats}\n"
                       f"run record:       {run_record_path(out)}")
+    for line in _recoveries(subset.report, notes or {}):
+        out_console.print(line, markup=False)
     for title, picks in (("best", ranked[:3]), ("worst", ranked[::-1][:3])):
         out_console.print(f"{title} 3 by {utility}:")
         for i in picks:

@@ -382,6 +382,21 @@ def _warn_truncated(source: Source, report: ReadReport, count: int, byte_offset:
     )
 
 
+class IdTracker:
+    """Finds records whose `id` an earlier record already has (both are kept; it is reported)."""
+
+    def __init__(self) -> None:
+        self.first: dict[object, int] = {}
+
+    def see(self, record: Record) -> int | None:
+        """The index of the earlier record with this record's id, if there is one."""
+        record_id = record.data.get("id")
+        if record_id is None or not isinstance(record_id, str | int):
+            return None
+        earlier = self.first.setdefault(record_id, record.index)
+        return earlier if earlier != record.index else None
+
+
 def detect_format(
     record: Record, path: Path | Source, fields: Mapping[str, str] | None = None
 ) -> Format:

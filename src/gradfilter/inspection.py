@@ -45,7 +45,7 @@ def inspect_dataset(path: str | Path, fmt: Format | None = None,
                     fields: dict[str, str] | None = None, split: str | None = None) -> Inspection:
     source = formats.resolve_source(path, split)
     report = ReadReport()
-    seen_ids: dict[object, int] = {}
+    ids = formats.IdTracker()
     result = Inspection(source.label, source.container, fmt or "")
     for record in formats.iter_records(source, report, skip_bad_records=True):
         result.records += 1
@@ -54,7 +54,7 @@ def inspect_dataset(path: str | Path, fmt: Format | None = None,
             continue
         if not result.format:
             result.format = formats.detect_format(record, source, fields)
-        _check_id(record, seen_ids, result, source)
+        _check_id(record, ids, result, source)
         try:
             turns = formats.to_turns(record, result.format, source, fields)  # type: ignore[arg-type]
         except GradfilterError as exc:
@@ -70,16 +70,12 @@ def inspect_dataset(path: str | Path, fmt: Format | None = None,
     return result
 
 
-def _check_id(record, seen_ids: dict, result: Inspection, path: object) -> None:
-    record_id = record.data.get("id")
-    if record_id is None or not isinstance(record_id, str | int):
-        return
-    if record_id in seen_ids:
+def _check_id(record, ids: formats.IdTracker, result: Inspection, path: object) -> None:
+    earlier = ids.see(record)
+    if earlier is not None:
         result.problems.append(
-            f"{path}: record {record.index}: field 'id': duplicate of record "
-            f"{seen_ids[record_id]} ({record_id!r})")
-    else:
-        seen_ids[record_id] = record.index
+            f"{path}: record {record.index}: field 'id': duplicate of record {earlier} "
+            f"({record.data['id']!r}; both are kept)")
 
 
 def _count_turns(index: int, turns: list[formats.Turn], result: Inspection,

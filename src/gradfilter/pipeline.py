@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -103,8 +104,10 @@ def _encode_all(dataset: Dataset, tokenizer, config: ScoreConfig, skip_bad_recor
             continue
         item = encode(turns, tokenizer, template, config.max_length, config.turns)  # type: ignore[arg-type]
         encoded.append(item)
-        if not any(turn.role == "assistant" for turn in turns):
-            reasons.append("no assistant turn")
+        if not turns:
+            reasons.append("empty conversation")
+        elif not any(turn.role == "assistant" for turn in turns[1:]):
+            reasons.append("no assistant turn after a prompt")
         elif item.n_response_tokens == 0:
             reasons.append("no response tokens within max_length")
         else:
@@ -172,6 +175,7 @@ def score(
         "scored": len(scorable),
         "unscored": {str(i): r for i, r in enumerate(reasons) if r is not None},
         "truncated": int(sum(e.truncated for e in encoded)),
+        **record_notes(dataset),
         "read_warnings": dataset.report.warnings,
         "config": asdict(config),
         "seeds": {"seed": config.seed, "member_seed_rule": "derived_seed(seed, m, ...)"},
@@ -182,6 +186,29 @@ def score(
         "save_adapters": str(save_adapters) if save_adapters else None,
     })
     return table
+
+
+def record_notes(dataset: Dataset) -> dict[str, Any]:
+    """Recoveries that keep a record in the run, each listed by record number: a duplicate
+    `id` (both records are kept and scored) and a conversation that ends on a prompt turn after
+    an answer (scored; the unanswered tail carries no loss)."""
+    ids = formats.IdTracker()
+    duplicates: dict[str, int] = {}
+    ends_on_prompt: list[int] = []
+    for record in dataset.records:
+        if record.error is not None:
+            continue
+        earlier = ids.see(record)
+        if earlier is not None:
+            duplicates[str(record.index)] = earlier
+        try:
+            turns = dataset.turns(record)
+        except GradfilterError:
+            continue  # unscored, with its reason, elsewhere
+        answered = any(turn.role == "assistant" for turn in turns[1:])
+        if answered and turns[-1].role != "assistant":
+            ends_on_prompt.append(record.index)
+    return {"duplicate_ids": duplicates, "ends_on_prompt": ends_on_prompt}
 
 
 def load_stats(path: str | Path) -> pa.Table:
@@ -204,6 +231,7 @@ class Subset:
     fields: dict[str, str]
     container: formats.Container
     records: dict[int, Record]  # the records at `remember`, by index
+    report: ReadReport  # warnings and unreadable places met while reading the input
 
     def turns(self, record: Record) -> list[formats.Turn]:
         return formats.to_turns(record, self.format, self.source, self.fields)
@@ -305,7 +333,7 @@ def select_subset(
         "unreadable_records": report.skipped,
         "wall_seconds": {"select": time.perf_counter() - start},
     })
-    return Subset(selection, source, fmt, fields, container, kept)
+    return Subset(selection, source, fmt, fields, container, kept, report)
 
 
 def _read(source: formats.Source, report: ReadReport, limit: int | None) -> Iterator[Record]:
