@@ -115,24 +115,28 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
-@pytest.fixture
-def cli(capsys):
-    """Run `gradfilter ARGS...` in this process (the real entry point, `main`): returns
+def run_cli(*args: object) -> tuple[int, str, str]:
+    """Run `gradfilter ARGS...` in this process through the real entry point (`main`):
     (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
     from gradfilter.cli import main
 
-    def invoke(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        argv = sys.argv
-        sys.argv = ["gradfilter", *map(str, args)]
-        try:
+    out, err = io.StringIO(), io.StringIO()
+    argv = sys.argv
+    sys.argv = ["gradfilter", *map(str, args)]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        finally:
-            sys.argv = argv
-        out, err = capsys.readouterr()
-        return code, out, err
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = argv
+    return code, out.getvalue(), err.getvalue()
 
-    return invoke
+
+@pytest.fixture
+def cli():
+    return run_cli

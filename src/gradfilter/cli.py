@@ -299,7 +299,7 @@ def _summary(subset, table, utility: str, out: Path, stats: Path,
     selection = subset.selection
     scores = utility_scores(table, utility)
     ranked = select_top(scores, ratio=1.0).indices
-    out_console = Console()
+    out_console = Console(soft_wrap=True)
     out_console.print(
         f"kept {len(selection.indices)} of {selection.n_records} records by {utility} "
         f"(asked for {selection.requested}; {selection.n_nonfinite} without a finite score)"

@@ -508,9 +508,12 @@ def _chat_turns(
     record: Record, path: Path | Source, key: str, role_key: str, text_key: str,
     roles: dict[str, str],
 ) -> list[Turn]:
-    turns_data = record.data.get(key)
+    if key not in record.data:
+        raise record_error(path, record.index, key, "is missing")
+    turns_data = record.data[key]
     if not isinstance(turns_data, list):
-        raise record_error(path, record.index, key, "must be a list of turns")
+        kind = type(turns_data).__name__
+        raise record_error(path, record.index, key, f"must be a list of turns, got {kind}")
     turns = []
     for k, turn in enumerate(turns_data):
         where = f"{key}[{k}]"
