@@ -41,9 +41,12 @@ def _load_from_disk(source: Source, path: Path):
         )
     try:
         loaded = datasets.load_from_disk(str(path))
-    except (FileNotFoundError, ValueError, OSError) as exc:
+    except Exception as exc:
+        # Whatever a damaged directory makes datasets raise (an empty one: IndexError) is a
+        # problem with the user's input: one line, not a traceback.
         raise GradfilterError(
-            f"{source}: cannot load this Hugging Face dataset directory: {_one_line(exc)}"
+            f"{source}: cannot load this Hugging Face dataset directory "
+            f"({type(exc).__name__}: {_one_line(exc)})"
         ) from None
     return _pick_split(source, loaded)
 
