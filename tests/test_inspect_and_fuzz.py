@@ -113,12 +113,12 @@ arrow_rows = st.lists(st.fixed_dictionaries(
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=arrow_rows, container=st.sampled_from(["parquet", "hf"]))
 def test_arrow_loaders_give_a_clear_error_or_a_correct_parse(tmp_path, rows, container):
+    import tempfile
+
     import datasets
     import pyarrow as pa
     import pyarrow.parquet as pq
     from hypothesis import assume
-
-    import tempfile
 
     fresh = Path(tempfile.mkdtemp(dir=tmp_path))  # hypothesis reuses tmp_path across examples
     path = fresh / ("fuzz.parquet" if container == "parquet" else "fuzz")
