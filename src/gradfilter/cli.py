@@ -1,9 +1,9 @@
-"""The `gradfilter` command line: score, select, run (both) and demo."""
+"""The `gradfilter` command line: score, select, run (both), inspect and demo."""
 
 from __future__ import annotations
 
+import importlib
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import click
@@ -11,51 +11,24 @@ from rich.console import Console
 
 from .errors import GradfilterError
 from .formats import CONTAINERS, FORMATS
-from .gradstats import ScoreConfig
 from .utilities import UTILITIES
 
 console = Console(stderr=True)
-DEFAULTS = ScoreConfig()
+# Commands that load a model live in cli_model (it imports torch), loaded only when they run.
+MODEL_COMMANDS = {"score": "cli_model", "run": "cli_model", "demo": "cli_model"}
 
 
-def score_options(command):
-    """The options of `score` and `run`, defaults from ScoreConfig (method.md §2)."""
-    options = [
-        click.option("--proxy", default=DEFAULTS.proxy, show_default=True,
-                     help="Hub id, local directory or .gguf file of a causal LM."),
-        click.option("--members", type=int, default=DEFAULTS.members, show_default=True),
-        click.option("--epochs", type=int, default=DEFAULTS.epochs, show_default=True),
-        click.option("--early", type=int, default=DEFAULTS.early, show_default=True,
-                     help="Epoch s of the early gradient snapshot."),
-        click.option("--late", type=int, default=DEFAULTS.late, show_default=True,
-                     help="Epoch t of the late gradient snapshot."),
-        click.option("--lora-rank", type=int, default=DEFAULTS.lora_rank, show_default=True),
-        click.option("--lora-alpha", type=float, default=DEFAULTS.lora_alpha, show_default=True),
-        click.option("--lora-targets", default=None,
-                     help="Comma-separated module names (default: all attention and MLP "
-                          "projections of the architecture)."),
-        click.option("--lr", type=float, default=DEFAULTS.lr, show_default=True),
-        click.option("--batch-size", type=int, default=DEFAULTS.batch_size, show_default=True),
-        click.option("--collect-batch-size", type=int, default=DEFAULTS.collect_batch_size,
-                     show_default=True),
-        click.option("--max-length", type=int, default=DEFAULTS.max_length, show_default=True),
-        click.option("--grad-clip", type=float, default=DEFAULTS.grad_clip, show_default=True),
-        click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]),
-                     default=DEFAULTS.device, show_default=True),
-        click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]),
-                     default=DEFAULTS.dtype, show_default=True),
-        click.option("--template", type=click.Choice(["auto", "plain", "chat"]),
-                     default=DEFAULTS.template, show_default=True),
-        click.option("--turns", type=click.Choice(["all", "last"]), default=DEFAULTS.turns,
-                     show_default=True, help="Which assistant turns carry loss."),
-        click.option("--save-adapters", type=click.Path(path_type=Path), default=None,
-                     help="Write every member's PEFT adapter at each collected epoch here."),
-        click.option("--quiet", is_flag=True, help="No progress bars."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+class _Commands(click.Group):
+    """The command group; `MODEL_COMMANDS` come from their module on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *MODEL_COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in MODEL_COMMANDS:
+            module = importlib.import_module(f".{MODEL_COMMANDS[name]}", __package__)
+            return getattr(module, name)
+        return super().get_command(ctx, name)
 
 
 def select_options(command):
@@ -103,22 +76,14 @@ skip_option = click.option(
 
 
 def _read(data: str, fmt, fields, limit, split=None, skip_bad_records: bool = False):
+    from .dataset import read_dataset
     from .formats import parse_fields
-    from .pipeline import read_dataset
 
     return read_dataset(data, fmt, limit, parse_fields(fields), split=split,
                         skip_bad_records=skip_bad_records)
 
 
-def _config(options: dict) -> ScoreConfig:
-    names = {f.name for f in fields(ScoreConfig)}
-    values = {k: v for k, v in options.items() if k in names}
-    if values.get("lora_targets"):
-        values["lora_targets"] = tuple(t.strip() for t in values["lora_targets"].split(","))
-    return ScoreConfig(**values)
-
-
-@click.group()
+@click.group(cls=_Commands)
 @click.version_option(package_name="gradfilter")
 def app() -> None:
     """Select the high-value part of an instruction-tuning dataset by gradient signal-to-noise.
@@ -126,29 +91,6 @@ def app() -> None:
     DATA: a .json/.jsonl(.gz)/.parquet file, a directory written by a Hugging Face dataset's
     save_to_disk, or a hub dataset id (owner/name).
     """
-
-
-@app.command()
-@click.argument("data")
-@click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="Statistics table (Parquet).")
-@data_options
-@skip_option
-@score_options
-def score(data: str, out: Path, fmt, fields, limit, split, skip_bad_records, save_adapters,
-          quiet, **options) -> None:
-    """Train the LoRA ensemble on DATA and write the per-example statistics table."""
-    from .pipeline import record_notes
-    from .pipeline import score as run_score
-
-    dataset = _read(data, fmt, fields, limit, split, skip_bad_records)
-    table = run_score(dataset, out, _config(options), save_adapters=save_adapters,
-                      skip_bad_records=skip_bad_records, progress=not quiet)
-    unscored = sum(reason is not None for reason in table.column("skip_reason").to_pylist())
-    console.print(f"statistics table: {out} ({table.num_rows} records, {unscored} unscored: "
-                  "reasons in the table's skip_reason and the run record)")
-    for line in _recoveries(dataset.report, record_notes(dataset)):
-        console.print(line, markup=False)
 
 
 @app.command()
@@ -165,50 +107,12 @@ def select(data: str, stats: Path, out: Path, fmt, fields, limit, split, **optio
     DATA is streamed, never held: memory holds the table's scores and the chosen indices.
     """
     from .formats import parse_fields
-    from .pipeline import load_stats, select_subset
+    from .subset import load_scores, select_subset
 
-    table = load_stats(stats)
-    subset = select_subset(data, table, out, fmt=fmt, fields=parse_fields(fields), limit=limit,
-                           split=split, remember=_preview_indices(table, options["utility"]),
-                           **options)
-    _summary(subset, table, options["utility"], out, stats)
-
-
-@app.command()
-@click.argument("data")
-@click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="Subset file (a directory for --out-format hf).")
-@click.option("--stats", type=click.Path(path_type=Path), default=None,
-              help="Statistics table (default: <out>.stats.parquet).")
-@data_options
-@out_format_option
-@select_options
-@skip_option
-@score_options
-def run(data: str, out: Path, stats: Path | None, fmt, fields, limit, split, out_format,
-        skip_bad_records, save_adapters, quiet, ratio, count, utility, order, score_field,
-        **options) -> None:
-    """Score DATA and write the selected subset in one go (default --ratio 0.1)."""
-    if ratio is None and count is None:
-        ratio = 0.1
-    _score_and_select(_read(data, fmt, fields, limit, split, skip_bad_records), out, stats,
-                      _config(options),
-                      dict(save_adapters=save_adapters, skip_bad_records=skip_bad_records,
-                           progress=not quiet),
-                      dict(ratio=ratio, count=count, utility=utility, order=order,
-                           score_field=score_field, out_format=out_format))
-
-
-def _score_and_select(dataset, out: Path, stats: Path | None, config: ScoreConfig, how: dict,
-                      choice: dict) -> None:
-    from .pipeline import record_notes, select_subset
-    from .pipeline import score as run_score
-
-    stats = stats or out.with_name(out.name + ".stats.parquet")
-    table = run_score(dataset, stats, config, **how)
-    subset = select_subset(dataset, table, out,
-                           remember=_preview_indices(table, choice["utility"]), **choice)
-    _summary(subset, table, choice["utility"], out, stats, record_notes(dataset))
+    scores = load_scores(stats, options["utility"])
+    subset = select_subset(data, stats, out, fmt=fmt, fields=parse_fields(fields), limit=limit,
+                           split=split, remember=_preview_indices(scores), **options)
+    _summary(subset, scores, options["utility"], out, stats)
 
 
 @app.command()
@@ -243,22 +147,6 @@ def inspect(data: str, fmt, fields, split, max_problems: int) -> None:
         out.print(f"  ... and {len(found.problems) - max_problems} more (--max-problems)")
 
 
-@app.command()
-@click.option("--out-dir", type=click.Path(path_type=Path), default=Path("gradfilter-demo"),
-              show_default=True)
-@click.option("--records", type=int, default=24, show_default=True)
-@click.option("--quiet", is_flag=True)
-def demo(out_dir: Path, records: int, quiet: bool) -> None:
-    """Run the whole pipeline offline on the embedded default (ShareGPT sample, SmolLM2-135M)."""
-    from .demo import demo_config, demo_data
-
-    data, config = demo_data(), demo_config()
-    console.print(f"demo: first {records} conversations of {data}\n      proxy {config.proxy}")
-    _score_and_select(_read(data, None, None, records), out_dir / "subset.json",
-                      out_dir / "stats.parquet", config, dict(progress=not quiet),
-                      dict(ratio=0.25, utility="gsnr", score_field="gsnr"))
-
-
 def _recoveries(report, notes: dict) -> list[str]:
     """What the run recovered from, one line each; the run record lists every record."""
     lines = [f"warning: {warning}" for warning in report.warnings]
@@ -274,12 +162,11 @@ def _recoveries(report, notes: dict) -> list[str]:
     return lines
 
 
-def _preview_indices(table, utility: str) -> list[int]:
-    """The 3 best and 3 worst records by `utility`: the summary shows their prompts."""
+def _preview_indices(scores) -> list[int]:
+    """The 3 best and 3 worst records by their scores: the summary shows their prompts."""
     from .selection import select_top
-    from .utilities import utility_scores
 
-    ranked = select_top(utility_scores(table, utility), ratio=1.0).indices
+    ranked = select_top(scores, ratio=1.0).indices
     return [int(i) for i in (*ranked[:3], *ranked[::-1][:3])]
 
 
@@ -290,14 +177,14 @@ def _preview(subset, record) -> str:
     return text[:70] + ("..." if len(text) > 70 else "")
 
 
-def _summary(subset, table, utility: str, out: Path, stats: Path,
+def _summary(subset, scores, utility: str, out: Path, stats: Path,
              notes: dict | None = None) -> None:
+    """What was kept, where everything went, what was recovered, and the 3 best and worst
+    records by `scores` (one per input record)."""
     from .outputs import run_record_path
     from .selection import select_top
-    from .utilities import utility_scores
 
     selection = subset.selection
-    scores = utility_scores(table, utility)
     ranked = select_top(scores, ratio=1.0).indices
     out_console = Console(soft_wrap=True)
     out_console.print(

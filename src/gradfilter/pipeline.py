@@ -1,23 +1,23 @@
-"""The Python API: score a dataset into a statistics table, select from it, or both."""
+"""The Python API: score a dataset into a statistics table, select from it, or both.
+
+Scoring (torch, the proxy) is here; reading (`dataset`) and selecting (`subset`) need no model.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, replace
-from functools import partial
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from . import formats
+from .dataset import Dataset, as_dataset, read_dataset, record_notes
 from .ensemble import LoRAEnsemble
 from .errors import GradfilterError
-from .formats import Format, ReadReport, Record
+from .formats import Format
 from .gradstats import ScoreConfig, stats_table, train_and_collect
 from .outputs import atomic_path, device_description, write_run_record
 from .proxy import (
@@ -27,66 +27,13 @@ from .proxy import (
     resolve_device,
     resolve_dtype,
 )
-from .selection import Selection, select_top
+from .subset import Subset, load_stats, select, select_subset
 from .tokenization import Encoded, encode, resolve_template
-from .utilities import utility_scores, with_utilities
-from .writing import write_subset
+from .utilities import with_utilities
 
-
-@dataclass(frozen=True)
-class Dataset:
-    path: Path  # the data as the user named it (a hub id reads as a relative path)
-    records: list[Record]
-    format: Format
-    container: formats.Container
-    report: ReadReport
-    fields: dict[str, str]
-    source: formats.Source | None = None  # where the records came from, to write a subset
-
-    def turns(self, record: Record) -> list[formats.Turn]:
-        return formats.to_turns(record, self.format, self.path, self.fields)
-
-
-def read_dataset(path: str | Path, fmt: Format | None = None, limit: int | None = None,
-                 fields: dict[str, str] | None = None, *, split: str | None = None,
-                 skip_bad_records: bool = False) -> Dataset:
-    """All records of `path` (the first `limit` if given) and its detected format.
-
-    `path` is a JSON/JSONL(.gz)/Parquet file, a `save_to_disk` directory, or a hub dataset id;
-    `split` picks a DatasetDict's split (default train). `fields` maps canonical field names
-    onto the file's own keys (see formats.parse_fields). With `skip_bad_records`, a place the
-    reader cannot read becomes a record with `error` set (never scored) instead of an error.
-    """
-    fields = fields or {}
-    source = formats.resolve_source(path, split)
-    report = ReadReport()
-    records = list(formats.iter_records(source, report, skip_bad_records=skip_bad_records,
-                                        limit=limit))
-    fmt = _resolve_format(records, source, fmt, fields)
-    return Dataset(source.label, records, fmt, source.container, report, fields, source)
-
-
-def _resolve_format(records: Iterable[Record], source: formats.Source, fmt: Format | None,
-                    fields: dict[str, str]) -> Format:
-    """`fmt` if given (checked), else detected from the first record the reader could read."""
-    if fmt is not None and fmt not in formats.FORMATS:
-        raise GradfilterError(f"--format must be one of {list(formats.FORMATS)}, got {fmt!r}")
-    first_bad = None
-    for record in records:
-        if record.error is None:
-            return fmt or formats.detect_format(record, source, fields)
-        first_bad = first_bad or record
-    if first_bad is not None:
-        raise GradfilterError(f"no record of {source} could be read; the first: {first_bad.error}")
-    raise GradfilterError(f"{source}: the dataset holds no records")
-
-
-def as_dataset(data: str | Path | Dataset, fmt: Format | None = None,
-               limit: int | None = None, skip_bad_records: bool = False) -> Dataset:
-    """`data` itself if it was read already, else the file read now."""
-    if isinstance(data, Dataset):
-        return data
-    return read_dataset(data, fmt, limit, skip_bad_records=skip_bad_records)
+# The API of this module: reading and selecting live in torch-free modules, re-exported here.
+__all__ = ["Dataset", "Subset", "as_dataset", "load_stats", "read_dataset", "record_notes",
+           "score", "select", "select_subset"]
 
 
 def _encode_all(dataset: Dataset, tokenizer, config: ScoreConfig, skip_bad_records: bool):
@@ -186,199 +133,3 @@ def score(
         "save_adapters": str(save_adapters) if save_adapters else None,
     })
     return table
-
-
-def record_notes(dataset: Dataset) -> dict[str, Any]:
-    """Recoveries that keep a record in the run, each listed by record number: a duplicate
-    `id` (both records are kept and scored) and a conversation that ends on a prompt turn after
-    an answer (scored; the unanswered tail carries no loss)."""
-    ids = formats.IdTracker()
-    duplicates: dict[str, int] = {}
-    ends_on_prompt: list[int] = []
-    for record in dataset.records:
-        if record.error is not None:
-            continue
-        earlier = ids.see(record)
-        if earlier is not None:
-            duplicates[str(record.index)] = earlier
-        try:
-            turns = dataset.turns(record)
-        except GradfilterError:
-            continue  # unscored, with its reason, elsewhere
-        answered = any(turn.role == "assistant" for turn in turns[1:])
-        if answered and turns[-1].role != "assistant":
-            ends_on_prompt.append(record.index)
-    return {"duplicate_ids": duplicates, "ends_on_prompt": ends_on_prompt}
-
-
-def load_stats(path: str | Path) -> pa.Table:
-    path = Path(path)
-    if not path.is_file():
-        raise GradfilterError(f"{path}: no such statistics table")
-    try:
-        return pq.read_table(path)
-    except pa.ArrowInvalid as exc:
-        raise GradfilterError(f"{path}: not a Parquet statistics table: {exc}") from None
-
-
-@dataclass(frozen=True)
-class Subset:
-    """What `select_subset` wrote, and the few input records the caller asked to see."""
-
-    selection: Selection
-    source: formats.Source
-    format: Format
-    fields: dict[str, str]
-    container: formats.Container
-    records: dict[int, Record]  # the records at `remember`, by index
-    report: ReadReport  # warnings and unreadable places met while reading the input
-
-    def turns(self, record: Record) -> list[formats.Turn]:
-        return formats.to_turns(record, self.format, self.source, self.fields)
-
-
-def select(
-    data: str | Path | Dataset,
-    stats: str | Path | pa.Table,
-    out: str | Path,
-    *,
-    utility: str = "gsnr",
-    ratio: float | None = None,
-    count: int | None = None,
-    order: str = "input",
-    score_field: str | None = None,
-    fmt: Format | None = None,
-    limit: int | None = None,
-    out_format: formats.Container | None = None,
-    split: str | None = None,
-    fields: dict[str, str] | None = None,
-) -> Selection:
-    """Write the top records of `data` by `utility` to `out`, unchanged, in the input's
-    container unless `out_format` names another.
-
-    Only the table's scores are held in memory: the input is read again as a stream and the
-    chosen records written as they pass (`order="score"` holds the chosen ones only).
-    """
-    return select_subset(data, stats, out, utility=utility, ratio=ratio, count=count,
-                         order=order, score_field=score_field, fmt=fmt, limit=limit,
-                         out_format=out_format, split=split, fields=fields).selection
-
-
-def select_subset(
-    data: str | Path | Dataset,
-    stats: str | Path | pa.Table,
-    out: str | Path,
-    *,
-    utility: str = "gsnr",
-    ratio: float | None = None,
-    count: int | None = None,
-    order: str = "input",
-    score_field: str | None = None,
-    fmt: Format | None = None,
-    limit: int | None = None,
-    out_format: formats.Container | None = None,
-    split: str | None = None,
-    fields: dict[str, str] | None = None,
-    remember: Iterable[int] = (),
-) -> Subset:
-    """`select`, also returning the format and the input records at `remember` (previews)."""
-    start = time.perf_counter()
-    table = stats if isinstance(stats, pa.Table) else load_stats(stats)
-    scores = utility_scores(table, utility)
-    selection = select_top(scores, ratio=ratio, count=count)
-    chosen = selection.in_order(order)
-    remember = {int(i) for i in remember}
-    report = ReadReport()
-    if isinstance(data, Dataset):
-        source = data.source or formats.resolve_source(data.path)
-        fmt, fields, report = data.format, data.fields, data.report
-        _check_rows(table, source, len(data.records))
-        watch = _Watch(remember, None, table, source)
-        records = partial(watch.stream, data.records)
-        kept: dict[int, Record] | None = {
-            i: data.records[i] for i in remember if i < len(data.records)}
-    else:
-        fields = fields or {}
-        source = formats.resolve_source(data, split)
-        fmt = _resolve_format(_read(source, ReadReport(), limit), source, fmt, fields)
-        if source.container in formats.ARROW_CONTAINERS:
-            n_rows = formats.arrow_num_rows(source)
-            _check_rows(table, source, n_rows if limit is None else min(n_rows, limit))
-        watch = _Watch(remember, table.num_rows, table, source)
-        records = partial(watch.stream, _read(source, report, limit))
-        kept = None
-    container = out_format or source.container
-    if container not in formats.CONTAINERS:
-        raise GradfilterError(f"--out-format must be one of {list(formats.CONTAINERS)}")
-    write_subset(Path(out), source, chosen, container, records, n_records=table.num_rows,
-                 score_field=score_field, scores=scores if score_field else None)
-    if kept is None:  # the records went by on their way to the writer, or were not read
-        kept = watch.kept if watch.count else _take(source, remember, limit)
-    write_run_record(Path(out), {
-        "stage": "select",
-        "data": str(source),
-        "split": source.split,
-        "stats": str(stats) if not isinstance(stats, pa.Table) else None,
-        "records": table.num_rows,
-        "utility": utility,
-        "ratio": ratio,
-        "count": count,
-        "order": order,
-        "out_format": container,
-        "score_field": score_field,
-        "selected": len(chosen),
-        "requested": selection.requested,
-        "nonfinite_scores": selection.n_nonfinite,
-        "read_warnings": report.warnings,
-        "unreadable_records": report.skipped,
-        "wall_seconds": {"select": time.perf_counter() - start},
-    })
-    return Subset(selection, source, fmt, fields, container, kept, report)
-
-
-def _read(source: formats.Source, report: ReadReport, limit: int | None) -> Iterator[Record]:
-    """The input again, as a stream; unreadable places come as records with `error` (they are
-    unscored in any table made from this input, so never chosen)."""
-    return formats.iter_records(source, report, skip_bad_records=True, limit=limit)
-
-
-def _take(source: formats.Source, indices: set[int], limit: int | None) -> dict[int, Record]:
-    wanted = {i for i in indices if limit is None or i < limit}
-    if not wanted:
-        return {}
-    if source.container in formats.ARROW_CONTAINERS:
-        return formats.take_records(source, wanted)
-    return {r.index: r for r in _read(source, ReadReport(), limit) if r.index in wanted}
-
-
-def _mismatch(table: pa.Table, source: formats.Source, n_records: int) -> GradfilterError:
-    return GradfilterError(
-        f"the statistics table has {table.num_rows} rows but {source} has "
-        f"{n_records} records; score this file first"
-    )
-
-
-def _check_rows(table: pa.Table, source: formats.Source, n_records: int) -> None:
-    if table.num_rows != n_records:
-        raise _mismatch(table, source, n_records)
-
-
-class _Watch:
-    """Counts the records on their way to the writer and keeps the few asked for; at the end
-    of the stream, a count that differs from the table's rows is an error (raised inside the
-    writer, so no output is left)."""
-
-    def __init__(self, remember: set[int], expected: int | None, table: pa.Table,
-                 source: formats.Source) -> None:
-        self.remember, self.expected, self.table, self.source = remember, expected, table, source
-        self.count = 0
-        self.kept: dict[int, Record] = {}
-
-    def stream(self, records: Iterable[Record]) -> Iterator[Record]:
-        for record in records:
-            self.count += 1
-            if record.index in self.remember:
-                self.kept[record.index] = record
-            yield record
-        if self.expected is not None and self.count != self.expected:
-            raise _mismatch(self.table, self.source, self.count)
