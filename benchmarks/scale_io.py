@@ -88,11 +88,21 @@ def measure(name: str, args: list[str], log: Path) -> dict:
     return {"step": name, "wall_s": round(wall, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024)}
 
 
+def _generate(args: argparse.Namespace) -> None:
+    """Write the data and the table in a child: this process stays small, and a child inherits
+    its parent's peak RSS (Linux carries it across fork and exec), which would hide the
+    commands' own."""
+    subprocess.run([sys.executable, __file__, "--generate", "--records", str(args.records),
+                    "--dir", str(args.dir)], check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/gradfilter-scale"))
     parser.add_argument("--keep", action="store_true", help="Keep the scratch files.")
+    parser.add_argument("--reuse", action="store_true",
+                        help="Use the files an earlier --keep run left in --dir.")
     parser.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
@@ -102,10 +112,8 @@ def main() -> None:
         write_stats(stats, args.records)
         return
     start = time.perf_counter()
-    # In a child: this process stays small, and a child inherits its parent's peak RSS
-    # (Linux carries it across fork and exec), which would hide the commands' own.
-    subprocess.run([sys.executable, __file__, "--generate", "--records", str(args.records),
-                    "--dir", str(args.dir)], check=True)
+    if not (args.reuse and data.is_file() and stats.is_file()):  # else an earlier --keep's
+        _generate(args)
     made = time.perf_counter() - start
     size_mib = data.stat().st_size / 2**20
     per_record = data.stat().st_size / args.records

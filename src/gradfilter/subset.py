@@ -23,8 +23,16 @@ from .errors import GradfilterError
 from .formats import Format, ReadReport, Record
 from .outputs import write_run_record
 from .selection import Selection, select_top
-from .utilities import column_name, utility_scores
+from .utilities import (
+    UTILITIES,
+    column_name,
+    compute_utilities,
+    table_epochs,
+    utility_scores,
+)
 from .writing import write_subset
+
+_STATS_BATCH_ROWS = 1 << 16
 
 
 def load_stats(path: str | Path, columns: list[str] | None = None) -> pa.Table:
@@ -39,21 +47,74 @@ def load_stats(path: str | Path, columns: list[str] | None = None) -> pa.Table:
         raise GradfilterError(f"{path}: not a Parquet statistics table: {exc}") from None
 
 
-def load_scores(stats: str | Path | pa.Table, utility: str) -> np.ndarray:
-    """One utility per record, reading from a table file only the columns it needs (its
-    stored column, else the squared-norm columns): 8 bytes a record in memory."""
+def load_scores(stats: str | Path | pa.Table | np.ndarray, utility: str) -> np.ndarray:
+    """One utility per record (NaN where unscored).
+
+    From a table file, only the columns it needs are read (its stored column, else the
+    squared-norm columns), batch by batch, and the utility is computed batch by batch (every
+    utility is a function of one record's row): memory holds 8 bytes a record and one batch.
+    """
+    if isinstance(stats, np.ndarray):  # the scores themselves, read already
+        return stats.astype(np.float64, copy=False)
     if isinstance(stats, pa.Table):
         return utility_scores(stats, utility)
     path = Path(stats)
     if not path.is_file():
         raise GradfilterError(f"{path}: no such statistics table")
     try:
-        names = pq.ParquetFile(path).schema_arrow.names
+        # Column chunks streamed in 1 MiB reads, not buffered whole: a lower peak.
+        table_file = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
+        schema = table_file.schema_arrow
+        scores = np.empty(table_file.metadata.num_rows, dtype=np.float64)
+        stored = column_name(utility)
+        if stored in schema.names:
+            for start, batch in _stat_batches(table_file, [stored]):
+                scores[start:start + batch.num_rows] = _as_float64(batch.column(0))
+            return scores
+        empty = pa.Table.from_batches([], schema=schema)  # (schema.empty_table imports pandas)
+        if utility not in UTILITIES:
+            utility_scores(empty, utility)  # the error naming what there is
+        early, late = table_epochs(empty)
+        columns = {e: _sqnorm_columns(schema.names, e) for e in (early, late)}
+        for start, batch in _stat_batches(table_file, columns[early] + columns[late]):
+            early_late = [np.stack([_as_float64(batch.column(name)) for name in columns[e]],
+                                   axis=1) for e in (early, late)]
+            scores[start:start + batch.num_rows] = compute_utilities(*early_late)[utility]
+        return scores
     except (pa.ArrowInvalid, OSError) as exc:
         raise GradfilterError(f"{path}: not a Parquet statistics table: {exc}") from None
-    stored = column_name(utility)
-    needed = [stored] if stored in names else [n for n in names if n.startswith("sqnorm_e")]
-    return utility_scores(load_stats(path, needed), utility)
+
+
+def _stat_batches(table_file: pq.ParquetFile, columns: list[str]):
+    start = 0
+    for batch in table_file.iter_batches(batch_size=_STATS_BATCH_ROWS, columns=columns):
+        yield start, batch
+        start += batch.num_rows
+
+
+def _sqnorm_columns(names: list[str], epoch: int) -> list[str]:
+    """`sqnorm_e{epoch}_m{m}` of every member m, in member order."""
+    members = sorted(int(name.rsplit("_m", 1)[1]) for name in names
+                     if name.startswith(f"sqnorm_e{epoch}_m"))
+    if not members:
+        raise GradfilterError(f"the statistics table has no sqnorm columns for epoch {epoch}")
+    return [f"sqnorm_e{epoch}_m{m}" for m in members]
+
+
+def _as_float64(array: pa.Array) -> np.ndarray:
+    """A numeric column as float64, NaN where null. Read from the Arrow buffers: pyarrow's own
+    conversion imports pandas (tens of MB) just to do this."""
+    if not pa.types.is_float64(array.type):
+        array = array.cast(pa.float64())
+    if len(array) == 0:
+        return np.zeros(0, dtype=np.float64)
+    validity, data = array.buffers()[:2]
+    values = np.frombuffer(data, dtype=np.float64, count=len(array), offset=array.offset * 8)
+    values = values.copy()
+    if array.null_count:
+        bits = np.unpackbits(np.frombuffer(validity, dtype=np.uint8), bitorder="little")
+        values[~bits[array.offset:array.offset + len(array)].astype(bool)] = np.nan
+    return values
 
 
 @dataclass(frozen=True)
@@ -74,7 +135,7 @@ class Subset:
 
 def select(
     data: str | Path | Dataset,
-    stats: str | Path | pa.Table,
+    stats: str | Path | pa.Table | np.ndarray,
     out: str | Path,
     *,
     utility: str = "gsnr",
@@ -89,7 +150,8 @@ def select(
     fields: dict[str, str] | None = None,
 ) -> Selection:
     """Write the top records of `data` by `utility` to `out`, unchanged, in the input's
-    container unless `out_format` names another.
+    container unless `out_format` names another. `stats` is the statistics table (a Parquet
+    path or a table), or the scores of `utility` themselves (one per record).
 
     Only the table's scores are held in memory: the input is read again as a stream and the
     chosen records written as they pass (`order="score"` holds the chosen ones only).
@@ -101,7 +163,7 @@ def select(
 
 def select_subset(
     data: str | Path | Dataset,
-    stats: str | Path | pa.Table,
+    stats: str | Path | pa.Table | np.ndarray,
     out: str | Path,
     *,
     utility: str = "gsnr",
@@ -152,7 +214,7 @@ def select_subset(
         "stage": "select",
         "data": str(source),
         "split": source.split,
-        "stats": str(stats) if not isinstance(stats, pa.Table) else None,
+        "stats": str(stats) if isinstance(stats, str | Path) else None,
         "records": len(scores),
         "utility": utility,
         "ratio": ratio,
