@@ -123,21 +123,25 @@ def _one_line(exc: BaseException) -> str:
 def quiet_hf() -> Iterator[None]:
     """No progress bars and no retry chatter from `datasets` and the hub client while we use
     them: gradfilter reports problems itself, on one line."""
-    import datasets
+    from datasets.utils import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
 
     loggers = [logging.getLogger(name) for name in _QUIET_LOGGERS]
     levels = [logger.level for logger in loggers]
-    bars_were_on = not datasets.are_progress_bars_disabled()
+    bars_were_on = not are_progress_bars_disabled()
     for logger in loggers:
         logger.setLevel(logging.ERROR)
-    datasets.disable_progress_bars()
+    disable_progress_bars()
     try:
         yield
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
         if bars_were_on:
-            datasets.enable_progress_bars()
+            enable_progress_bars()
 
 
 def save_dataset(dataset: Any, path: Path) -> None:
