@@ -66,6 +66,56 @@ def test_empty_file_is_a_clear_error(tmp_path):
 
 def test_bytes_that_are_not_utf8_are_a_clear_error(tmp_path):
     path = tmp_path / "latin1.jsonl"
-    path.write_bytes('{"instruction": "caf\u00e9", "output": "b"}\n'.encode("latin-1"))
-    with pytest.raises(GradfilterError, match=r"latin1.jsonl: not UTF-8 text \(byte 0xe9"):
+    line = '{"instruction": "caf\u00e9", "output": "b"}\n'
+    path.write_bytes(('{"instruction": "a", "output": "b"}\n' + line).encode("latin-1"))
+    offset = len('{"instruction": "a", "output": "b"}\n{"instruction": "caf')
+    with pytest.raises(GradfilterError, match=(
+            rf"latin1.jsonl: line 2 \(record 1\): not UTF-8 text \(byte 0xe9 at byte {offset} ")):
         list(iter_records(path))
+    array = tmp_path / "latin1.json"
+    array.write_bytes(("[" + line + "]").encode("latin-1"))
+    with pytest.raises(GradfilterError, match=r"latin1.json: not UTF-8 text \(byte 0xe9"):
+        list(iter_records(array))
+
+
+@pytest.mark.parametrize("suffix", ["json", "json.gz"])
+def test_truncation_offset_counts_the_byte_order_mark(tmp_path, small_chunks, suffix):
+    import gzip
+
+    text = json.dumps(alpaca_records(4), ensure_ascii=False, indent=2)
+    cut = text.index('"instruction": "Give 2')
+    data = "\ufeff".encode() + text[:cut].encode("utf-8")
+    path = tmp_path / f"bom.{suffix}"
+    path.write_bytes(gzip.compress(data) if suffix.endswith(".gz") else data)
+    report = ReadReport()
+    assert [r.data for r in iter_records(path, report)] == alpaca_records(4)[:2]
+    start = int(report.warnings[0].split("starting at byte ")[1].split()[0])
+    assert data[start:start + 1] == b"{"
+    assert start == 3 + len(text[: text.rindex("{", 0, cut)].encode("utf-8"))
+
+
+def test_skip_bad_records_keeps_unreadable_lines_in_place(tmp_path):
+    path = tmp_path / "d.jsonl"
+    lines = [b'{"instruction": "a", "output": "b"}', b'{"instruction": ', b"42", b"",
+             '{"instruction": "caf\u00e9", "output": "b"}'.encode("latin-1"),
+             b'{"instruction": "c", "output": "d"}']
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    report = ReadReport()
+    read = list(iter_records(path, report, skip_bad_records=True))
+    assert [r.index for r in read] == [0, 1, 2, 3, 4]
+    assert [r.error is None for r in read] == [True, False, False, False, True]
+    assert read[1].error.endswith("d.jsonl: line 2 (record 1): malformed JSON: Expecting value")
+    assert read[2].error.endswith("line 3 (record 2): is not a JSON object (a int)")
+    assert "line 5 (record 3): not UTF-8 text (byte 0xe9" in read[3].error
+    assert read[4].data == {"instruction": "c", "output": "d"}
+    assert report.skipped == [read[1].error, read[2].error, read[3].error]
+    with pytest.raises(GradfilterError, match=r"line 2 \(record 1\): malformed JSON"):
+        list(iter_records(path))
+    array = tmp_path / "d.json"
+    array.write_text('[{"instruction": "a", "output": "b"}, 42, {"instruction": "c", '
+                     '"output": "d"}]', encoding="utf-8")
+    read = list(iter_records(array, skip_bad_records=True))
+    assert [(r.index, r.error is None) for r in read] == [(0, True), (1, False), (2, True)]
+    assert read[1].error.endswith("d.json: record 1: is not a JSON object (a int)")
+    with pytest.raises(GradfilterError, match=r"d.json: record 1: is not a JSON object"):
+        list(iter_records(array))

@@ -1,11 +1,32 @@
-"""gradfilter: select the high-value part of an instruction-tuning dataset by G-SNR."""
+"""gradfilter: select the high-value part of an instruction-tuning dataset by G-SNR.
+
+The names below load on first use, so that reading, inspecting and selecting (which need no
+model) never import torch: `gradfilter select` and `gradfilter inspect` start fast and small.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 from .errors import GradfilterError
-from .gradstats import ScoreConfig
-from .noise_benchmark import register_corruption, run_noise_benchmark
-from .pipeline import METHODS, load_stats, read_dataset, score, select
-from .selection import Selection, select_top
-from .utilities import UTILITIES, compute_utilities, utility_scores, with_utilities
+
+_EXPORTS = {
+    "METHODS": "pipeline",
+    "ScoreConfig": "gradstats",
+    "Selection": "selection",
+    "UTILITIES": "utilities",
+    "compute_utilities": "utilities",
+    "load_stats": "subset",
+    "read_dataset": "dataset",
+    "register_corruption": "noise_benchmark",
+    "run_noise_benchmark": "noise_benchmark",
+    "score": "pipeline",
+    "select": "subset",
+    "select_top": "selection",
+    "utility_scores": "utilities",
+    "with_utilities": "utilities",
+}
 
 __all__ = [
     "METHODS",
@@ -25,3 +46,31 @@ __all__ = [
     "with_utilities",
 ]
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .dataset import read_dataset
+    from .gradstats import ScoreConfig
+    from .noise_benchmark import register_corruption, run_noise_benchmark
+    from .pipeline import METHODS, score
+    from .selection import Selection, select_top
+    from .subset import load_stats, select
+    from .utilities import UTILITIES, compute_utilities, utility_scores, with_utilities
+
+
+def __getattr__(name: str) -> Any:
+    """An exported name from its module, or a submodule (`gradfilter.formats`), on first use."""
+    if name in _EXPORTS:
+        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    else:
+        try:
+            value = import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -1,10 +1,13 @@
 """`gradfilter inspect`: what a dataset holds and every problem in it, without a model.
 
-Streams the file once; memory holds counters and lengths, never the records.
+Streams the data once; memory holds counters, one small integer array per length statistic
+(8 bytes a record) and the problem lines, never the records. A place the reader cannot read (a
+malformed JSONL line, say) is one more problem, not a stop.
 """
 
 from __future__ import annotations
 
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,55 +28,58 @@ class Inspection:
     format: str
     records: int = 0
     roles: Counter = field(default_factory=Counter)
-    turns_per_record: list[int] = field(default_factory=list)
-    response_chars: list[int] = field(default_factory=list)
+    turns_per_record: array = field(default_factory=lambda: array("q"))
+    response_chars: array = field(default_factory=lambda: array("q"))
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
-    def percentiles(self, values: list[int]) -> dict[int, int]:
-        if not values:
+    def percentiles(self, values: array | list[int]) -> dict[int, int]:
+        if not len(values):
             return {}
-        points = np.percentile(np.asarray(values), PERCENTILES, method="nearest")
+        points = np.percentile(np.asarray(values, dtype=np.int64), PERCENTILES,
+                               method="nearest")
         return dict(zip(PERCENTILES, (int(v) for v in points), strict=True))
 
 
 def inspect_dataset(path: str | Path, fmt: Format | None = None,
-                    fields: dict[str, str] | None = None) -> Inspection:
-    path = Path(path)
+                    fields: dict[str, str] | None = None, split: str | None = None) -> Inspection:
+    source = formats.resolve_source(path, split)
     report = ReadReport()
-    seen_ids: dict[object, int] = {}
-    result: Inspection | None = None
-    for record in formats.iter_records(path, report):
-        if result is None:
-            fmt = fmt or formats.detect_format(record, path, fields)
-            result = Inspection(path, formats.detect_container(path), fmt)
+    ids = formats.IdTracker()
+    result = Inspection(source.label, source.container, fmt or "")
+    for record in formats.iter_records(source, report, skip_bad_records=True):
         result.records += 1
-        _check_id(record, seen_ids, result, path)
+        if record.error is not None:
+            result.problems.append(record.error)
+            continue
+        if not result.format:
+            result.format = formats.detect_format(record, source, fields)
+        _check_id(record, ids, result, source)
         try:
-            turns = formats.to_turns(record, result.format, path, fields)  # type: ignore[arg-type]
+            turns = formats.to_turns(record, result.format, source, fields)  # type: ignore[arg-type]
         except GradfilterError as exc:
             result.problems.append(str(exc))
             continue
-        _count_turns(record.index, turns, result, path)
-    if result is None:
-        raise GradfilterError(f"{path}: the dataset holds no records")
+        _count_turns(record.index, turns, result, source)
+    if result.records == 0:
+        raise GradfilterError(f"{source}: the dataset holds no records")
+    if not result.format:
+        raise GradfilterError(f"no record of {source} could be read; the first: "
+                              f"{result.problems[0]}")
     result.warnings = report.warnings
     return result
 
 
-def _check_id(record, seen_ids: dict, result: Inspection, path: Path) -> None:
-    record_id = record.data.get("id")
-    if record_id is None or not isinstance(record_id, str | int):
-        return
-    if record_id in seen_ids:
+def _check_id(record, ids: formats.IdTracker, result: Inspection, path: object) -> None:
+    earlier = ids.see(record)
+    if earlier is not None:
         result.problems.append(
-            f"{path}: record {record.index}: field 'id': duplicate of record "
-            f"{seen_ids[record_id]} ({record_id!r})")
-    else:
-        seen_ids[record_id] = record.index
+            f"{path}: record {record.index}: field 'id': duplicate of record {earlier} "
+            f"({record.data['id']!r}; both are kept)")
 
 
-def _count_turns(index: int, turns: list[formats.Turn], result: Inspection, path: Path) -> None:
+def _count_turns(index: int, turns: list[formats.Turn], result: Inspection,
+                 path: object) -> None:
     result.turns_per_record.append(len(turns))
     result.roles.update(turn.role for turn in turns)
     answers = [turn for k, turn in enumerate(turns) if turn.role == "assistant" and k > 0]

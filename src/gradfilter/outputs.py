@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -12,7 +13,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-RECORD_PACKAGES = ("gradfilter", "torch", "transformers", "peft", "pyarrow", "numpy", "gguf")
+RECORD_PACKAGES = ("gradfilter", "torch", "transformers", "peft", "pyarrow", "numpy", "gguf",
+                   "datasets")
 
 
 @contextmanager
@@ -24,10 +26,44 @@ def atomic_path(path: Path):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it a new file's mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def atomic_dir(path: Path):
+    """Yield a fresh temporary directory beside `path`; it takes the place of `path` (a
+    directory written earlier is removed) only if the block succeeds."""
+    from .errors import GradfilterError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise GradfilterError(f"{path}: exists and is not a directory; a Hugging Face dataset "
+                              "is written as a directory (name another --out)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        if path.is_dir():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -1,10 +1,13 @@
-"""The Python API: score a dataset into a statistics table, select from it, or both."""
+"""The Python API: score a dataset into a statistics table, select from it, or both.
+
+Scoring (torch, the proxy) is here; reading (`dataset`) and selecting (`subset`) need no model.
+"""
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from . import formats
 from .baselines import BASELINES, NEEDS_MODEL, baseline_columns, proxy_forward
+from .dataset import Dataset, as_dataset, read_dataset, record_notes
 from .ensemble import LoRAEnsemble
 from .errors import GradfilterError
-from .formats import Format, ReadReport, Record
+from .formats import Format
 from .gradstats import (
     ScoreConfig,
     progress_bars,
@@ -32,51 +35,13 @@ from .proxy import (
     resolve_device,
     resolve_dtype,
 )
-from .selection import Selection, select_top
+from .subset import Subset, load_stats, select, select_subset
 from .tokenization import Encoded, encode, resolve_template
-from .utilities import default_utility, utility_scores, with_utilities
+from .utilities import with_utilities
 
-
-@dataclass(frozen=True)
-class Dataset:
-    path: Path
-    records: list[Record]
-    format: Format
-    container: formats.Container
-    report: ReadReport
-    fields: dict[str, str]
-
-    def turns(self, record: Record) -> list[formats.Turn]:
-        return formats.to_turns(record, self.format, self.path, self.fields)
-
-
-def read_dataset(path: str | Path, fmt: Format | None = None, limit: int | None = None,
-                 fields: dict[str, str] | None = None) -> Dataset:
-    """All records of a file (the first `limit` if given) and its detected format.
-
-    `fields` maps canonical field names onto the file's own keys (see formats.parse_fields).
-    """
-    path = Path(path)
-    fields = fields or {}
-    report = ReadReport()
-    records = []
-    for record in formats.iter_records(path, report):
-        if limit is not None and len(records) >= limit:
-            break
-        records.append(record)
-    if not records:
-        raise GradfilterError(f"{path}: the dataset holds no records")
-    if fmt is None:
-        fmt = formats.detect_format(records[0], path, fields)
-    elif fmt not in formats.FORMATS:
-        raise GradfilterError(f"--format must be one of {list(formats.FORMATS)}, got {fmt!r}")
-    return Dataset(path, records, fmt, formats.detect_container(path), report, fields)
-
-
-def as_dataset(data: str | Path | Dataset, fmt: Format | None = None,
-               limit: int | None = None) -> Dataset:
-    """`data` itself if it was read already, else the file read now."""
-    return data if isinstance(data, Dataset) else read_dataset(data, fmt, limit)
+# The API of this module: reading and selecting live in torch-free modules, re-exported here.
+__all__ = ["METHODS", "Dataset", "Subset", "as_dataset", "load_stats", "read_dataset",
+           "record_notes", "score", "select", "select_subset"]
 
 
 def _encode_all(dataset: Dataset, tokenizer, config: ScoreConfig, skip_bad_records: bool):
@@ -94,8 +59,10 @@ def _encode_all(dataset: Dataset, tokenizer, config: ScoreConfig, skip_bad_recor
             continue
         item = encode(turns, tokenizer, template, config.max_length, config.turns)  # type: ignore[arg-type]
         encoded.append(item)
-        if not any(turn.role == "assistant" for turn in turns):
-            reasons.append("no assistant turn")
+        if not turns:
+            reasons.append("empty conversation")
+        elif not any(turn.role == "assistant" for turn in turns[1:]):
+            reasons.append("no assistant turn after a prompt")
         elif item.n_response_tokens == 0:
             reasons.append("no response tokens within max_length")
         else:
@@ -129,7 +96,7 @@ def score(
         raise GradfilterError(f"--method must be one of {list(METHODS)}, got {method!r}")
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    dataset = as_dataset(data, fmt, limit)
+    dataset = as_dataset(data, fmt, limit, skip_bad_records)
     device = resolve_device(config.device)  # type: ignore[arg-type]
     dtype = resolve_dtype(config.dtype, device)  # type: ignore[arg-type]
     tokenizer = load_tokenizer(config.proxy)
@@ -159,6 +126,7 @@ def score(
         "scored": len(scorable),
         "unscored": {str(i): r for i, r in enumerate(reasons) if r is not None},
         "truncated": int(sum(e.truncated for e in encoded)),
+        **record_notes(dataset),
         "read_warnings": dataset.report.warnings,
         "config": asdict(config),
         "seeds": {"seed": config.seed, "member_seed_rule": "derived_seed(seed, m, ...)"},
@@ -216,68 +184,3 @@ def _score_baseline(method: str, encoded, scorable, head, tokenizer, config: Sco
     meta = {"method": method, "utility": method, "config": asdict(config)}
     table = table.replace_schema_metadata({"gradfilter": json.dumps(meta)})
     return table, {"wall_seconds": timings}
-
-
-def load_stats(path: str | Path) -> pa.Table:
-    path = Path(path)
-    if not path.is_file():
-        raise GradfilterError(f"{path}: no such statistics table")
-    try:
-        return pq.read_table(path)
-    except pa.ArrowInvalid as exc:
-        raise GradfilterError(f"{path}: not a Parquet statistics table: {exc}") from None
-
-
-def select(
-    data: str | Path | Dataset,
-    stats: str | Path | pa.Table,
-    out: str | Path,
-    *,
-    utility: str | None = None,
-    ratio: float | None = None,
-    count: int | None = None,
-    order: str = "input",
-    score_field: str | None = None,
-    fmt: Format | None = None,
-    limit: int | None = None,
-    out_format: formats.Container | None = None,
-) -> Selection:
-    """Write the top records of `data` by `utility` to `out`, unchanged, in the input's
-    container unless `out_format` names another. `utility` defaults to the table's own
-    (gsnr, or the baseline that made it)."""
-    start = time.perf_counter()
-    table = stats if isinstance(stats, pa.Table) else load_stats(stats)
-    utility = utility or default_utility(table)
-    scores = utility_scores(table, utility)
-    dataset = as_dataset(data, fmt, limit)
-    if table.num_rows != len(dataset.records):
-        raise GradfilterError(
-            f"the statistics table has {table.num_rows} rows but {dataset.path} has "
-            f"{len(dataset.records)} records; score this file first"
-        )
-    selection = select_top(scores, ratio=ratio, count=count)
-    chosen = selection.in_order(order)
-    container = out_format or dataset.container
-    if container not in formats.CONTAINERS:
-        raise GradfilterError(f"--out-format must be one of {list(formats.CONTAINERS)}")
-    formats.write_records(
-        Path(out), dataset.path, [dataset.records[i] for i in chosen], container, score_field,
-        [float(scores[i]) for i in chosen] if score_field else None,
-    )
-    write_run_record(Path(out), {
-        "stage": "select",
-        "data": str(dataset.path),
-        "stats": str(stats) if not isinstance(stats, pa.Table) else None,
-        "records": len(dataset.records),
-        "utility": utility,
-        "ratio": ratio,
-        "count": count,
-        "order": order,
-        "out_format": container,
-        "score_field": score_field,
-        "selected": len(chosen),
-        "requested": selection.requested,
-        "nonfinite_scores": selection.n_nonfinite,
-        "wall_seconds": {"select": time.perf_counter() - start},
-    })
-    return selection

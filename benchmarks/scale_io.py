@@ -1,0 +1,150 @@
+"""Streaming at scale: `gradfilter inspect` and `gradfilter select` on 1M synthetic records.
+
+Writes a synthetic Alpaca JSONL file (a few hundred bytes a record) and a matching statistics
+table (the squared-norm columns of 2 members x 2 epochs that `select` computes G-SNR from, a few
+records unscored) to a scratch directory, then runs each command as a child process and reports
+its wall time and peak resident memory (from the kernel's accounting of that child, `wait4`),
+beside the file's size and the resident memory of a child that only starts the command line.
+
+    python benchmarks/scale_io.py                     # 1M records under /tmp/gradfilter-scale
+    python benchmarks/scale_io.py --records 100000 --dir /tmp/x --keep
+
+Not a test: it takes minutes and a few GB of scratch disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+WORDS = (
+    "the", "model", "data", "answer", "question", "list", "explain", "write", "short", "story",
+    "about", "health", "water", "energy", "city", "river", "music", "history", "number",
+    "code", "function", "value", "error", "example", "people", "simple", "clear", "because",
+    "first", "second", "third", "light", "sound", "table", "chair", "window", "garden",
+    "travel", "school", "market", "summer", "winter", "bright", "quiet", "quick", "careful",
+    "gentle", "ancient",
+)
+CLI = [sys.executable, "-c", "from gradfilter.cli import main; main()"]
+
+
+def sentence(rng: random.Random, n_words: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n_words)).capitalize() + "."
+
+
+def write_jsonl(path: Path, n: int, seed: int = 0) -> None:
+    """Alpaca records: a one-sentence instruction, an input on a third of them, a few-sentence
+    output, and a few non-ASCII characters; about 450 bytes each."""
+    rng = random.Random(seed)
+    with open(path, "w", encoding="utf-8") as handle:
+        for i in range(n):
+            record = {
+                "instruction": f"{sentence(rng, 10)} (#{i})",
+                "input": sentence(rng, 12) + " café" if i % 3 == 0 else "",
+                "output": " ".join(sentence(rng, rng.randint(8, 14)) for _ in range(5)),
+            }
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def write_stats(path: Path, n: int, seed: int = 0) -> None:
+    """A statistics table as `score` writes one, reduced to what `select` reads: index and
+    squared gradient norms for members 0-1 at epochs 1-2; every 1000th record unscored."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    columns = {"index": pa.array(np.arange(n, dtype=np.int64))}
+    for epoch, scale in ((1, 2.0), (2, 1.0)):
+        for member in range(2):
+            values = rng.gamma(2.0, scale, n)
+            values[::1000] = np.nan
+            columns[f"sqnorm_e{epoch}_m{member}"] = pa.array(values)
+    meta = {"early": 1, "late": 2, "members": 2}
+    table = pa.table(columns).replace_schema_metadata({"gradfilter": json.dumps(meta)})
+    pq.write_table(table, path)
+
+
+def measure(name: str, args: list[str], log: Path) -> dict:
+    """Run one child; its wall time and peak RSS (ru_maxrss, KiB on Linux) from wait4."""
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        child = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - start
+    code = os.waitstatus_to_exitcode(status)
+    child.returncode = code
+    if code != 0:
+        raise SystemExit(f"{name} failed ({code}):\n{log.read_text()[-2000:]}")
+    return {"step": name, "wall_s": round(wall, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024)}
+
+
+def _generate(args: argparse.Namespace) -> None:
+    """Write the data and the table in a child: this process stays small, and a child inherits
+    its parent's peak RSS (Linux carries it across fork and exec), which would hide the
+    commands' own."""
+    subprocess.run([sys.executable, __file__, "--generate", "--records", str(args.records),
+                    "--dir", str(args.dir)], check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/gradfilter-scale"))
+    parser.add_argument("--keep", action="store_true", help="Keep the scratch files.")
+    parser.add_argument("--reuse", action="store_true",
+                        help="Use the files an earlier --keep run left in --dir.")
+    parser.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.dir.mkdir(parents=True, exist_ok=True)
+    data, stats = args.dir / "data.jsonl", args.dir / "stats.parquet"
+    if args.generate:
+        write_jsonl(data, args.records)
+        write_stats(stats, args.records)
+        return
+    start = time.perf_counter()
+    if not (args.reuse and data.is_file() and stats.is_file()):  # else an earlier --keep's
+        _generate(args)
+    made = time.perf_counter() - start
+    size_mib = data.stat().st_size / 2**20
+    per_record = data.stat().st_size / args.records
+    print(f"{args.records} records, {size_mib:.0f} MiB JSONL ({per_record:.0f} bytes a record), "
+          f"statistics table {stats.stat().st_size / 2**20:.0f} MiB; generated in {made:.0f} s")
+    subset = args.dir / "subset.jsonl"
+    steps = [
+        ("start the command line only", [*CLI, "--version"]),
+        ("inspect", [*CLI, "inspect", str(data)]),
+        ("select --ratio 0.1", [*CLI, "select", str(data), "--stats", str(stats), "--ratio",
+                                "0.1", "--out", str(subset)]),
+        ("select --ratio 0.1 --order score", [*CLI, "select", str(data), "--stats", str(stats),
+                                              "--ratio", "0.1", "--order", "score", "--out",
+                                              str(args.dir / "subset-by-score.jsonl")]),
+    ]
+    results = [measure(name, argv, args.dir / f"step{k}.log")
+               for k, (name, argv) in enumerate(steps)]
+    with open(subset, encoding="utf-8") as handle:
+        kept = sum(1 for _ in handle)
+    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python "
+          f"{platform.python_version()}")
+    print(f"{'step':<36}{'wall s':>8}{'peak RSS MiB':>14}{'of file size':>14}")
+    for row in results:
+        share = row["peak_rss_mib"] / size_mib
+        print(f"{row['step']:<36}{row['wall_s']:>8}{row['peak_rss_mib']:>14}{share:>13.0%}")
+    print(f"subset: {kept} records, {subset.stat().st_size / 2**20:.0f} MiB; this script's own "
+          f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    print(json.dumps({"records": args.records, "file_mib": round(size_mib), "steps": results}))
+    if not args.keep:
+        shutil.rmtree(args.dir)
+
+
+if __name__ == "__main__":
+    main()

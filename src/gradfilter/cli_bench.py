@@ -1,0 +1,108 @@
+"""`gradfilter bench`: how well each method selects (noise) and how fast it scores (speed).
+
+Like `cli_model`, loaded only when the command runs (it imports torch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from .cli import _read, console, data_options
+from .cli_model import _config, score_options_except
+from .errors import GradfilterError
+from .utilities import BASELINE_SCORES, UTILITIES
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks: how well each method selects (noise) and how fast it scores."""
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+@bench.command()
+@click.argument("data")
+@click.option("--out-dir", type=click.Path(path_type=Path), required=True)
+@click.option("--corrupt", "fraction", type=float, default=0.2, show_default=True,
+              help="Fraction of records to corrupt.")
+@click.option("--corruptions", default="swap,truncate,repeat,echo", show_default=True,
+              help="Corruption types, applied in equal shares.")
+@click.option("--corrupt-seed", type=int, default=0, show_default=True)
+@click.option("--methods", default=",".join((*UTILITIES, *BASELINE_SCORES)), show_default=True,
+              help="Utilities and baselines to compare (the G-SNR utilities share one run).")
+@click.option("--budgets", default="0.05,0.1,0.15", show_default=True,
+              help="Fractions of records kept at which contamination is reported.")
+@click.option("--plugin", "plugins", multiple=True,
+              help="Import this module first (it may register corruptions).")
+@data_options
+@score_options_except("method", "save_adapters")
+def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_seed: int,
+          methods: str, budgets: str, plugins: tuple[str, ...], fmt, fields, limit, split, quiet,
+          **options) -> None:
+    """Corrupt part of DATA, score it with every method, report contamination and AUROC."""
+    import importlib
+
+    from .noise_benchmark import results_markdown, run_noise_benchmark
+
+    for module in plugins:
+        importlib.import_module(module)
+    try:
+        budget_values = [float(b) for b in _csv(budgets)]
+    except ValueError:
+        raise GradfilterError(
+            f"--budgets must be comma-separated numbers, got {budgets!r}") from None
+    results = run_noise_benchmark(
+        _read(data, fmt, fields, limit, split), out_dir, _config(options), methods=_csv(methods),
+        corruptions=_csv(corruptions), fraction=fraction, budgets=budget_values,
+        corrupt_seed=corrupt_seed, progress=not quiet, log=console.print)
+    Console(soft_wrap=True).print(results_markdown(results), markup=False)
+    console.print(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}, "
+                  f"plots {out_dir / 'contamination.png'}, {out_dir / 'distributions.png'}")
+
+
+@bench.command()
+@click.argument("data")
+@click.option("--paths", default="fused,naive,ifd", show_default=True,
+              help="fused (gradfilter), naive (PEFT per member, one backward per example), "
+                   "ifd (forward only).")
+@click.option("--tokenizer", default=None,
+              help="With --proxy random-gpt2[:LAYERS:WIDTH]: whose tokenizer to use "
+                   "(default: the demo's SmolLM2).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Also write the figures as JSON here.")
+@data_options
+@score_options_except("method", "save_adapters")
+def speed(data: str, paths: str, tokenizer, out, fmt, fields, limit, split, quiet,
+          **options) -> None:
+    """Time gradfilter's fused scoring against a naive PEFT loop and a forward-only IFD pass."""
+    import json
+    import tempfile
+
+    from .outputs import atomic_write_text, write_run_record
+    from .pipeline import _encode_all
+    from .speed_benchmark import random_gpt2, run_speed_benchmark, speed_table
+
+    config = _config(options)
+    if config.proxy.startswith("random-gpt2"):
+        from .demo import demo_config
+
+        directory = Path(tempfile.mkdtemp(prefix="gradfilter-speed-"))
+        config = replace(config, proxy=random_gpt2(config.proxy, tokenizer or demo_config().proxy,
+                                                   directory))
+    dataset = _read(data, fmt, fields, limit, split)
+    from .proxy import load_tokenizer
+
+    _, encoded, reasons = _encode_all(dataset, load_tokenizer(config.proxy), config, True)
+    usable = [item for item, reason in zip(encoded, reasons, strict=True) if reason is None]
+    report = run_speed_benchmark(usable, config, tuple(_csv(paths)), log=console.print)
+    report["data"] = str(data)
+    Console(soft_wrap=True).print(speed_table(report), markup=False)
+    if out is not None:
+        atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+        write_run_record(out, {"stage": "bench speed", **report})

@@ -1,0 +1,91 @@
+"""A dataset read into memory: its records, format and where they came from (no model here)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import formats
+from .errors import GradfilterError
+from .formats import Format, ReadReport, Record
+
+
+@dataclass(frozen=True)
+class Dataset:
+    path: Path  # the data as the user named it (a hub id reads as a relative path)
+    records: list[Record]
+    format: Format
+    container: formats.Container
+    report: ReadReport
+    fields: dict[str, str]
+    source: formats.Source | None = None  # where the records came from, to write a subset
+
+    def turns(self, record: Record) -> list[formats.Turn]:
+        return formats.to_turns(record, self.format, self.path, self.fields)
+
+
+def read_dataset(path: str | Path, fmt: Format | None = None, limit: int | None = None,
+                 fields: dict[str, str] | None = None, *, split: str | None = None,
+                 skip_bad_records: bool = False) -> Dataset:
+    """All records of `path` (the first `limit` if given) and its detected format.
+
+    `path` is a JSON/JSONL(.gz)/Parquet file, a `save_to_disk` directory, or a hub dataset id;
+    `split` picks a DatasetDict's split (default train). `fields` maps canonical field names
+    onto the file's own keys (see formats.parse_fields). With `skip_bad_records`, a place the
+    reader cannot read becomes a record with `error` set (never scored) instead of an error.
+    """
+    fields = fields or {}
+    source = formats.resolve_source(path, split)
+    report = ReadReport()
+    records = list(formats.iter_records(source, report, skip_bad_records=skip_bad_records,
+                                        limit=limit))
+    fmt = resolve_format(records, source, fmt, fields)
+    return Dataset(source.label, records, fmt, source.container, report, fields, source)
+
+
+def resolve_format(records: Iterable[Record], source: formats.Source, fmt: Format | None,
+                    fields: dict[str, str]) -> Format:
+    """`fmt` if given (checked), else detected from the first record the reader could read."""
+    if fmt is not None and fmt not in formats.FORMATS:
+        raise GradfilterError(f"--format must be one of {list(formats.FORMATS)}, got {fmt!r}")
+    first_bad = None
+    for record in records:
+        if record.error is None:
+            return fmt or formats.detect_format(record, source, fields)
+        first_bad = first_bad or record
+    if first_bad is not None:
+        raise GradfilterError(f"no record of {source} could be read; the first: {first_bad.error}")
+    raise GradfilterError(f"{source}: the dataset holds no records")
+
+
+def as_dataset(data: str | Path | Dataset, fmt: Format | None = None,
+               limit: int | None = None, skip_bad_records: bool = False) -> Dataset:
+    """`data` itself if it was read already, else the file read now."""
+    if isinstance(data, Dataset):
+        return data
+    return read_dataset(data, fmt, limit, skip_bad_records=skip_bad_records)
+
+
+def record_notes(dataset: Dataset) -> dict[str, Any]:
+    """Recoveries that keep a record in the run, each listed by record number: a duplicate
+    `id` (both records are kept and scored) and a conversation that ends on a prompt turn after
+    an answer (scored; the unanswered tail carries no loss)."""
+    ids = formats.IdTracker()
+    duplicates: dict[str, int] = {}
+    ends_on_prompt: list[int] = []
+    for record in dataset.records:
+        if record.error is not None:
+            continue
+        earlier = ids.see(record)
+        if earlier is not None:
+            duplicates[str(record.index)] = earlier
+        try:
+            turns = dataset.turns(record)
+        except GradfilterError:
+            continue  # unscored, with its reason, elsewhere
+        answered = any(turn.role == "assistant" for turn in turns[1:])
+        if answered and turns[-1].role != "assistant":
+            ends_on_prompt.append(record.index)
+    return {"duplicate_ids": duplicates, "ends_on_prompt": ends_on_prompt}
