@@ -49,8 +49,17 @@ def score_options(command):
                      default=DEFAULTS.template, show_default=True),
         click.option("--turns", type=click.Choice(["all", "last"]), default=DEFAULTS.turns,
                      show_default=True, help="Which assistant turns carry loss."),
+        click.option("--bucket/--no-bucket", "length_bucketing", default=DEFAULTS.length_bucketing,
+                     show_default=True,
+                     help="Batch examples of similar length together (changes the scores)."),
         click.option("--save-adapters", type=click.Path(path_type=Path), default=None,
                      help="Write every member's PEFT adapter at each collected epoch here."),
+        click.option("--checkpoint-dir", type=click.Path(path_type=Path), default=None,
+                     help="Commit the run's state here as it goes; rerunning with the same "
+                          "settings continues from the last commit (kept after the end)."),
+        click.option("--checkpoint-every", type=click.IntRange(min=1), default=50,
+                     show_default=True,
+                     help="Commit every N optimiser steps (and N collection batches)."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
     for option in reversed(options):
@@ -126,14 +135,21 @@ def app() -> None:
 @skip_option
 @score_options
 def score(data: Path, out: Path, fmt, fields, limit, skip_bad_records, save_adapters, quiet,
-          **options) -> None:
-    """Train the LoRA ensemble on DATA and write the per-example statistics table."""
+          checkpoint_dir, checkpoint_every, **options) -> None:
+    """Train the LoRA ensemble on DATA and write the per-example statistics table.
+
+    Under torchrun (e.g. `torchrun --nproc_per_node 4 -m gradfilter score ...`) the ranks
+    split the ensemble's members; rank 0 writes the table.
+    """
+    from .distributed import is_main_process
     from .pipeline import score as run_score
 
     run_score(_read(data, fmt, fields, limit), out, _config(options),
               save_adapters=save_adapters, skip_bad_records=skip_bad_records,
-              progress=not quiet)
-    console.print(f"statistics table: {out}")
+              progress=not quiet, checkpoint_dir=checkpoint_dir,
+              checkpoint_every=checkpoint_every)
+    if is_main_process():
+        console.print(f"statistics table: {out}")
 
 
 @app.command()
@@ -165,25 +181,29 @@ def select(data: Path, stats: Path, out: Path, fmt, fields, limit, **options) ->
 @skip_option
 @score_options
 def run(data: Path, out: Path, stats: Path | None, fmt, fields, limit, out_format,
-        skip_bad_records, save_adapters, quiet, ratio, count, utility, order, score_field,
-        **options) -> None:
+        skip_bad_records, save_adapters, quiet, checkpoint_dir, checkpoint_every, ratio, count,
+        utility, order, score_field, **options) -> None:
     """Score DATA and write the selected subset in one go (default --ratio 0.1)."""
     if ratio is None and count is None:
         ratio = 0.1
     _score_and_select(_read(data, fmt, fields, limit), out, stats, _config(options),
                       dict(save_adapters=save_adapters, skip_bad_records=skip_bad_records,
-                           progress=not quiet),
+                           progress=not quiet, checkpoint_dir=checkpoint_dir,
+                           checkpoint_every=checkpoint_every),
                       dict(ratio=ratio, count=count, utility=utility, order=order,
                            score_field=score_field, out_format=out_format))
 
 
 def _score_and_select(dataset, out: Path, stats: Path | None, config: ScoreConfig, how: dict,
                       choice: dict) -> None:
+    from .distributed import is_main_process
     from .pipeline import score as run_score
     from .pipeline import select as run_select
 
     stats = stats or out.with_name(out.name + ".stats.parquet")
     table = run_score(dataset, stats, config, **how)
+    if not is_main_process():
+        return
     selection = run_select(dataset, table, out, **choice)
     _summary(dataset, table, selection, choice["utility"], out, stats)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -11,7 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from . import formats
+from . import distributed, formats
+from .checkpoint import Checkpoint
 from .ensemble import LoRAEnsemble
 from .errors import GradfilterError
 from .formats import Format, ReadReport, Record
@@ -95,6 +97,28 @@ def _encode_all(dataset: Dataset, tokenizer, config: ScoreConfig, skip_bad_recor
     return template, encoded, reasons
 
 
+def run_fingerprint(config: ScoreConfig, device: torch.device, dtype: torch.dtype,
+                    template: str, encoded: list[Encoded], reasons: list[str | None]) -> dict:
+    """Every setting that affects the statistics, and a hash of the tokenised data.
+
+    A checkpoint directory keeps this; resuming with any of it different is refused. Settings
+    that change no number (progress bars, checkpoint frequency, number of processes) are not in
+    it. `lora_targets` None means the proxy's default targets, fixed by `proxy`.
+    """
+    settings = asdict(config)
+    settings.update(device=device.type, dtype=str(dtype).removeprefix("torch."),
+                    template=template)
+    if config.lora_targets is not None:
+        settings["lora_targets"] = list(config.lora_targets)
+    digest = hashlib.sha256()
+    for item, reason in zip(encoded, reasons, strict=True):
+        digest.update(np.int64(len(item.input_ids)).tobytes())
+        digest.update(item.input_ids.astype(np.int64).tobytes())
+        digest.update(item.response_mask.astype(np.uint8).tobytes())
+        digest.update(b"+" if reason is None else b"-")
+    return {**settings, "records": len(encoded), "data_sha256": digest.hexdigest()}
+
+
 def score(
     data: str | Path | Dataset,
     out: str | Path,
@@ -105,65 +129,92 @@ def score(
     save_adapters: str | Path | None = None,
     skip_bad_records: bool = False,
     progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 50,
 ) -> pa.Table:
-    """Train the LoRA ensemble on `data`, write the statistics table (Parquet) to `out`."""
+    """Train the LoRA ensemble on `data`, write the statistics table (Parquet) to `out`.
+
+    With `checkpoint_dir` the run commits its state there every `checkpoint_every` optimiser
+    steps (and collection batches) and at each epoch's end, and a rerun with the same settings
+    continues from the last commit; a finished directory just rebuilds the table. Launched by
+    torchrun, the ranks split the members (see `distributed`); every rank returns the table,
+    rank 0 writes it.
+    """
     config = config or ScoreConfig()
     config.validate()
+    if checkpoint_every < 1:
+        raise GradfilterError("--checkpoint-every must be at least 1")
     timings: dict[str, float] = {}
     start = time.perf_counter()
     dataset = as_dataset(data, fmt, limit)
-    device = resolve_device(config.device)  # type: ignore[arg-type]
-    dtype = resolve_dtype(config.dtype, device)  # type: ignore[arg-type]
-    tokenizer = load_tokenizer(config.proxy)
-    template, encoded, reasons = _encode_all(dataset, tokenizer, config, skip_bad_records)
-    timings["read_and_tokenize"] = time.perf_counter() - start
+    with distributed.session(resolve_device(config.device)) as (comm, device):  # type: ignore[arg-type]
+        dtype = resolve_dtype(config.dtype, device)  # type: ignore[arg-type]
+        tokenizer = load_tokenizer(config.proxy)
+        template, encoded, reasons = _encode_all(dataset, tokenizer, config, skip_bad_records)
+        timings["read_and_tokenize"] = time.perf_counter() - start
+        topology = comm.topology(config.members)
+        checkpoint = None
+        if checkpoint_dir is not None:
+            fingerprint = run_fingerprint(config, device, dtype, template, encoded, reasons)
+            checkpoint = Checkpoint(checkpoint_dir, fingerprint, comm, topology, checkpoint_every)
+            checkpoint.open()  # refuses other settings before the proxy is loaded
+        resumed_from = checkpoint.manifest.step if checkpoint is not None else 0
 
-    start = time.perf_counter()
-    torch.manual_seed(config.seed)
-    model = load_model(config.proxy, device)
-    targets = config.lora_targets or default_targets(model)
-    config = replace(config, lora_targets=tuple(targets))
-    ensemble = LoRAEnsemble(model, config.members, config.lora_rank, config.lora_alpha,
-                            config.lora_targets, config.seed)
-    timings["load_proxy"] = time.perf_counter() - start
+        start = time.perf_counter()
+        torch.manual_seed(config.seed)
+        model = load_model(config.proxy, device)
+        targets = config.lora_targets or default_targets(model)
+        config = replace(config, lora_targets=tuple(targets))
+        ensemble = LoRAEnsemble(model, config.members, config.lora_rank, config.lora_alpha,
+                                config.lora_targets, config.seed,
+                                member_ids=topology.local_members)
+        timings["load_proxy"] = time.perf_counter() - start
 
-    scorable = np.array([i for i, r in enumerate(reasons) if r is None], dtype=np.int64)
+        scorable = np.array([i for i, r in enumerate(reasons) if r is None], dtype=np.int64)
 
-    def export(epoch: int) -> None:
-        if save_adapters is not None:
-            for m in range(config.members):
-                ensemble.save_member(m, Path(save_adapters) / f"epoch{epoch}" / f"member{m}",
-                                     config.proxy)
+        def export(epoch: int) -> None:
+            for k, m in enumerate(ensemble.member_ids):
+                if topology.owns(m):
+                    ensemble.save_member(k, Path(save_adapters) / f"epoch{epoch}" / f"member{m}",
+                                         config.proxy)
 
-    raw = train_and_collect(ensemble, encoded, scorable, config, device, dtype, progress, export)
-    timings.update(raw.phase_seconds)
-    table = with_utilities(stats_table(
-        len(dataset.records), scorable,
-        np.array([e.n_response_tokens for e in encoded]),
-        np.array([e.truncated for e in encoded]), reasons, raw, config,
-    ))
-    start = time.perf_counter()
-    with atomic_path(Path(out)) as tmp:
-        pq.write_table(table, tmp)
-    timings["write_table"] = time.perf_counter() - start
-    write_run_record(Path(out), {
-        "stage": "score",
-        "data": str(dataset.path),
-        "format": dataset.format,
-        "template": template,
-        "records": len(dataset.records),
-        "scored": len(scorable),
-        "unscored": {str(i): r for i, r in enumerate(reasons) if r is not None},
-        "truncated": int(sum(e.truncated for e in encoded)),
-        "read_warnings": dataset.report.warnings,
-        "config": asdict(config),
-        "seeds": {"seed": config.seed, "member_seed_rule": "derived_seed(seed, m, ...)"},
-        "device": device_description(str(device)),
-        "dtype": str(dtype),
-        "train_loss_first_last": raw.train_losses[:1] + raw.train_losses[-1:],
-        "wall_seconds": timings,
-        "save_adapters": str(save_adapters) if save_adapters else None,
-    })
+        raw = train_and_collect(ensemble, encoded, scorable, config, device, dtype, progress,
+                                export if save_adapters is not None else None,
+                                checkpoint=checkpoint, comm=comm)
+        timings.update(raw.phase_seconds)
+        table = with_utilities(stats_table(
+            len(dataset.records), scorable,
+            np.array([e.n_response_tokens for e in encoded]),
+            np.array([e.truncated for e in encoded]), reasons, raw, config,
+        ))
+        if comm.rank == 0:
+            start = time.perf_counter()
+            with atomic_path(Path(out)) as tmp:
+                pq.write_table(table, tmp)
+            timings["write_table"] = time.perf_counter() - start
+            write_run_record(Path(out), {
+                "stage": "score",
+                "data": str(dataset.path),
+                "format": dataset.format,
+                "template": template,
+                "records": len(dataset.records),
+                "scored": len(scorable),
+                "unscored": {str(i): r for i, r in enumerate(reasons) if r is not None},
+                "truncated": int(sum(e.truncated for e in encoded)),
+                "read_warnings": dataset.report.warnings,
+                "config": asdict(config),
+                "seeds": {"seed": config.seed,
+                          "member_seed_rule": "derived_seed(seed, m, ...)"},
+                "device": device_description(str(device)),
+                "dtype": str(dtype),
+                "world_size": comm.world,
+                "checkpoint": {"dir": str(checkpoint_dir), "resumed_from_step": resumed_from}
+                if checkpoint_dir is not None else None,
+                "train_loss_first_last": raw.train_losses[:1] + raw.train_losses[-1:],
+                "wall_seconds": timings,
+                "save_adapters": str(save_adapters) if save_adapters else None,
+            })
+        comm.barrier()
     return table
 
 
