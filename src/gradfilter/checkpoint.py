@@ -3,6 +3,7 @@
 Layout of `--checkpoint-dir DIR`:
 
     fingerprint.json          every setting that affects results, and the data's hash
+    lock                      flock-ed by the run using the directory (rank 0)
     state.json                the commit point: last committed step, collected epochs, finished
     train-<step>/member<m>.pt member m's LoRA A/B, AdamW moments and per-step training losses
     train-<step>/common.pt    AdamW step count and param groups, LR schedule, RNG states
@@ -19,6 +20,7 @@ other superseded training checkpoints are deleted.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
@@ -106,6 +108,7 @@ class Checkpoint:
         self.every = every
         self.manifest = Manifest()
         self.opened = False
+        self._lock: IO[bytes] | None = None
 
     # --- opening -------------------------------------------------------------------------
 
@@ -114,6 +117,8 @@ class Checkpoint:
         if self.root.exists() and not self.root.is_dir():
             raise GradfilterError(f"--checkpoint-dir {self.root} is a file, not a directory")
         self.root.mkdir(parents=True, exist_ok=True)
+        if self.comm.rank == 0:
+            self._take_lock()
         path = self.root / "fingerprint.json"
         if path.exists():
             self._check_fingerprint(_read_json(path))
@@ -127,6 +132,23 @@ class Checkpoint:
         self.manifest = self._read_manifest()
         self.opened = True
         return self.manifest
+
+    def _take_lock(self) -> None:
+        """One run per directory: two would overwrite each other's commits. The kernel drops
+        the lock when the process dies, even by SIGKILL."""
+        handle = open(self.root / "lock", "ab")  # noqa: SIM115 (held until close())
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise GradfilterError(f"checkpoint in {self.root} is in use by another run") from None
+        self._lock = handle
+
+    def close(self) -> None:
+        """Release the directory for the next run."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def _read_manifest(self) -> Manifest:
         path = self.root / "state.json"

@@ -17,7 +17,7 @@ from .checkpoint import Checkpoint
 from .ensemble import LoRAEnsemble
 from .errors import GradfilterError
 from .formats import Format, ReadReport, Record
-from .gradstats import ScoreConfig, stats_table, train_and_collect
+from .gradstats import RawStats, ScoreConfig, stats_table, train_and_collect
 from .outputs import atomic_path, device_description, write_run_record
 from .proxy import (
     default_targets,
@@ -119,6 +119,52 @@ def run_fingerprint(config: ScoreConfig, device: torch.device, dtype: torch.dtyp
     return {**settings, "records": len(encoded), "data_sha256": digest.hexdigest()}
 
 
+@dataclass
+class _Prepared:
+    """The tokenised dataset of a scoring run and where it runs."""
+
+    dataset: Dataset
+    template: str
+    encoded: list[Encoded]
+    reasons: list[str | None]
+    device: torch.device
+    dtype: torch.dtype
+    comm: distributed.Comm
+
+    @property
+    def scorable(self) -> np.ndarray:
+        return np.array([i for i, r in enumerate(self.reasons) if r is None], dtype=np.int64)
+
+
+def _train(prepared: _Prepared, config: ScoreConfig, checkpoint: Checkpoint | None,
+           save_adapters: str | Path | None, progress: bool,
+           timings: dict[str, float]) -> tuple[RawStats, ScoreConfig]:
+    """Load the proxy, install this rank's members, train and collect: the statistics of all
+    members, and the config with the LoRA targets resolved."""
+    start = time.perf_counter()
+    topology = prepared.comm.topology(config.members)
+    torch.manual_seed(config.seed)
+    model = load_model(config.proxy, prepared.device)
+    config = replace(config, lora_targets=tuple(config.lora_targets or default_targets(model)))
+    ensemble = LoRAEnsemble(model, config.members, config.lora_rank, config.lora_alpha,
+                            config.lora_targets, config.seed,  # type: ignore[arg-type]
+                            member_ids=topology.local_members)
+    timings["load_proxy"] = time.perf_counter() - start
+
+    def export(epoch: int) -> None:
+        for k, m in enumerate(ensemble.member_ids):
+            if topology.owns(m):
+                ensemble.save_member(k, Path(save_adapters) / f"epoch{epoch}" / f"member{m}",
+                                     config.proxy)
+
+    raw = train_and_collect(ensemble, prepared.encoded, prepared.scorable, config,
+                            prepared.device, prepared.dtype, progress,
+                            export if save_adapters is not None else None,
+                            checkpoint=checkpoint, comm=prepared.comm)
+    timings.update(raw.phase_seconds)
+    return raw, config
+
+
 def score(
     data: str | Path | Dataset,
     out: str | Path,
@@ -147,75 +193,67 @@ def score(
     timings: dict[str, float] = {}
     start = time.perf_counter()
     dataset = as_dataset(data, fmt, limit)
-    with distributed.session(resolve_device(config.device)) as (comm, device):  # type: ignore[arg-type]
+    device = resolve_device(config.device)  # type: ignore[arg-type]
+    with distributed.session(device) as (comm, device):
         dtype = resolve_dtype(config.dtype, device)  # type: ignore[arg-type]
         tokenizer = load_tokenizer(config.proxy)
         template, encoded, reasons = _encode_all(dataset, tokenizer, config, skip_bad_records)
+        prepared = _Prepared(dataset, template, encoded, reasons, device, dtype, comm)
         timings["read_and_tokenize"] = time.perf_counter() - start
-        topology = comm.topology(config.members)
         checkpoint = None
         if checkpoint_dir is not None:
             fingerprint = run_fingerprint(config, device, dtype, template, encoded, reasons)
-            checkpoint = Checkpoint(checkpoint_dir, fingerprint, comm, topology, checkpoint_every)
-            checkpoint.open()  # refuses other settings before the proxy is loaded
-        resumed_from = checkpoint.manifest.step if checkpoint is not None else 0
-
-        start = time.perf_counter()
-        torch.manual_seed(config.seed)
-        model = load_model(config.proxy, device)
-        targets = config.lora_targets or default_targets(model)
-        config = replace(config, lora_targets=tuple(targets))
-        ensemble = LoRAEnsemble(model, config.members, config.lora_rank, config.lora_alpha,
-                                config.lora_targets, config.seed,
-                                member_ids=topology.local_members)
-        timings["load_proxy"] = time.perf_counter() - start
-
-        scorable = np.array([i for i, r in enumerate(reasons) if r is None], dtype=np.int64)
-
-        def export(epoch: int) -> None:
-            for k, m in enumerate(ensemble.member_ids):
-                if topology.owns(m):
-                    ensemble.save_member(k, Path(save_adapters) / f"epoch{epoch}" / f"member{m}",
-                                         config.proxy)
-
-        raw = train_and_collect(ensemble, encoded, scorable, config, device, dtype, progress,
-                                export if save_adapters is not None else None,
-                                checkpoint=checkpoint, comm=comm)
-        timings.update(raw.phase_seconds)
+            checkpoint = Checkpoint(checkpoint_dir, fingerprint, comm,
+                                    comm.topology(config.members), checkpoint_every)
+        try:
+            if checkpoint is not None:
+                checkpoint.open()  # refuses other settings before the proxy is loaded
+            resumed_from = checkpoint.manifest.step if checkpoint is not None else None
+            raw, config = _train(prepared, config, checkpoint, save_adapters, progress, timings)
+        finally:
+            if checkpoint is not None:
+                checkpoint.close()
         table = with_utilities(stats_table(
-            len(dataset.records), scorable,
+            len(dataset.records), prepared.scorable,
             np.array([e.n_response_tokens for e in encoded]),
             np.array([e.truncated for e in encoded]), reasons, raw, config,
         ))
         if comm.rank == 0:
-            start = time.perf_counter()
-            with atomic_path(Path(out)) as tmp:
-                pq.write_table(table, tmp)
-            timings["write_table"] = time.perf_counter() - start
-            write_run_record(Path(out), {
-                "stage": "score",
-                "data": str(dataset.path),
-                "format": dataset.format,
-                "template": template,
-                "records": len(dataset.records),
-                "scored": len(scorable),
-                "unscored": {str(i): r for i, r in enumerate(reasons) if r is not None},
-                "truncated": int(sum(e.truncated for e in encoded)),
-                "read_warnings": dataset.report.warnings,
-                "config": asdict(config),
-                "seeds": {"seed": config.seed,
-                          "member_seed_rule": "derived_seed(seed, m, ...)"},
-                "device": device_description(str(device)),
-                "dtype": str(dtype),
+            _write_score_outputs(Path(out), table, prepared, raw, config, timings, {
                 "world_size": comm.world,
-                "checkpoint": {"dir": str(checkpoint_dir), "resumed_from_step": resumed_from}
-                if checkpoint_dir is not None else None,
-                "train_loss_first_last": raw.train_losses[:1] + raw.train_losses[-1:],
-                "wall_seconds": timings,
+                "checkpoint": None if checkpoint_dir is None else
+                {"dir": str(checkpoint_dir), "resumed_from_step": resumed_from},
                 "save_adapters": str(save_adapters) if save_adapters else None,
             })
         comm.barrier()
     return table
+
+
+def _write_score_outputs(out: Path, table: pa.Table, prepared: _Prepared, raw: RawStats,
+                         config: ScoreConfig, timings: dict[str, float], extra: dict) -> None:
+    start = time.perf_counter()
+    with atomic_path(out) as tmp:
+        pq.write_table(table, tmp)
+    timings["write_table"] = time.perf_counter() - start
+    dataset, encoded, reasons = prepared.dataset, prepared.encoded, prepared.reasons
+    write_run_record(out, {
+        "stage": "score",
+        "data": str(dataset.path),
+        "format": dataset.format,
+        "template": prepared.template,
+        "records": len(dataset.records),
+        "scored": len(prepared.scorable),
+        "unscored": {str(i): r for i, r in enumerate(reasons) if r is not None},
+        "truncated": int(sum(e.truncated for e in encoded)),
+        "read_warnings": dataset.report.warnings,
+        "config": asdict(config),
+        "seeds": {"seed": config.seed, "member_seed_rule": "derived_seed(seed, m, ...)"},
+        "device": device_description(str(prepared.device)),
+        "dtype": str(prepared.dtype),
+        "train_loss_first_last": raw.train_losses[:1] + raw.train_losses[-1:],
+        "wall_seconds": timings,
+        **extra,
+    })
 
 
 def load_stats(path: str | Path) -> pa.Table:
