@@ -87,15 +87,23 @@ def data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(data, gpt2_proxy, tmp_path_factory):
-    """The uninterrupted run, without any checkpoint."""
-    out = tmp_path_factory.mktemp("reference") / "stats.parquet"
+def reference_run(data, gpt2_proxy, tmp_path_factory):
+    """The uninterrupted run, without any checkpoint: its table and its adapters."""
+    root = tmp_path_factory.mktemp("reference")
     config = gf.ScoreConfig(proxy=gpt2_proxy, device="cpu", **SETTINGS)
-    return gf.score(data, out, config, progress=False)
+    table = gf.score(data, root / "stats.parquet", config, progress=False,
+                     save_adapters=root / "adapters")
+    return table, root / "adapters"
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run):
+    return reference_run[0]
 
 
 def test_killed_in_training_and_in_collection_then_resumed(tmp_path, data, gpt2_proxy,
-                                                           reference):
+                                                           reference_run):
+    reference, reference_adapters = reference_run
     checkpoint, out, logs = tmp_path / "ckpt", tmp_path / "stats.parquet", tmp_path / "logs"
     args = _cli_args(data, out, gpt2_proxy, checkpoint)
 
@@ -122,13 +130,20 @@ def test_killed_in_training_and_in_collection_then_resumed(tmp_path, data, gpt2_
     assert "train_epoch1" not in record["wall_seconds"]
     assert _state(checkpoint)["finished"] and _state(checkpoint)["step"] == TOTAL_STEPS
 
-    # 4: a finished checkpoint rebuilds the table without training or collecting
+    # 4: a finished checkpoint rebuilds the table without training or collecting, and can
+    # still export each collected epoch's adapters (from the snapshots it keeps)
     again = gf.score(data, tmp_path / "again.parquet",
                      gf.ScoreConfig(proxy=gpt2_proxy, device="cpu", **SETTINGS),
-                     progress=False, checkpoint_dir=checkpoint)
+                     progress=False, checkpoint_dir=checkpoint,
+                     save_adapters=tmp_path / "adapters")
     _assert_same_statistics(again, reference)
     record = json.loads((tmp_path / "again.parquet.run.json").read_text())
     assert not any(k.startswith("train_epoch") for k in record["wall_seconds"])
+    for epoch in (1, 2):
+        for member in (0, 1):
+            name = f"epoch{epoch}/member{member}/adapter_model.safetensors"
+            assert (tmp_path / "adapters" / name).read_bytes() == \
+                (reference_adapters / name).read_bytes(), name
 
 
 def test_killed_at_an_arbitrary_moment_then_resumed(tmp_path, data, gpt2_proxy, reference):

@@ -394,6 +394,8 @@ class _Run:
         """Compute collection batches `todo`; results go to the host (and to a shard) once
         every `checkpoint.every` batches, not per batch."""
         ensemble, members = self.ensemble, self.ensemble.member_ids
+        if not todo:
+            return
         total = sum(len(batches[j]) for j in todo)
         task = bars.add_task(f"collect gradients after epoch {epoch}", total=total, rate="")
         start = time.perf_counter()
