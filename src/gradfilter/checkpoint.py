@@ -21,6 +21,7 @@ other superseded training checkpoints are deleted.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import random
@@ -176,8 +177,7 @@ class Checkpoint:
         """Remove what a kill left half-done: temporary files, uncommitted or stale train dirs."""
         for tmp in self.root.rglob(".*.tmp"):
             tmp.unlink()
-        for directory in self.root.glob("train-*"):
-            step = int(directory.name.removeprefix("train-"))
+        for directory, step in _train_dirs(self.root):
             if step != self.manifest.step and step not in self.manifest.kept:
                 shutil.rmtree(directory)
 
@@ -223,8 +223,7 @@ class Checkpoint:
         self.manifest = Manifest(step, self.manifest.collected, kept, False)
         if self.comm.rank == 0:
             self._commit(self.manifest)
-            for old in self.root.glob("train-*"):
-                old_step = int(old.name.removeprefix("train-"))
+            for old, old_step in _train_dirs(self.root):
                 if old_step < step and old_step not in kept:
                     shutil.rmtree(old)
         _sleep_hook()
@@ -274,10 +273,11 @@ class Checkpoint:
         """Commit the results of whole collection `batches` for `members` (rows x members)."""
         directory = self._collect_dir(epoch)
         directory.mkdir(parents=True, exist_ok=True)
-        name = f"b{batches[0]:07d}-{batches[-1]:07d}-m{'_'.join(map(str, members))}.npz"
-        arrays = {"batches": np.asarray(batches, np.int64), "members": np.asarray(members,
-                  np.int64), "rows": rows.astype(np.int64), "losses": losses,
-                  "sqnorms": sqnorms}
+        which = np.asarray(batches, np.int64)
+        digest = hashlib.sha256(which.tobytes()).hexdigest()[:8]  # the batch set, not its ends
+        name = f"b{batches[0]:07d}-{batches[-1]:07d}-{digest}-m{'_'.join(map(str, members))}.npz"
+        arrays = {"batches": which, "members": np.asarray(members, np.int64),
+                  "rows": rows.astype(np.int64), "losses": losses, "sqnorms": sqnorms}
         durable_write(directory / name, lambda h: np.savez(h, **arrays))
         _sleep_hook()
 
@@ -309,6 +309,16 @@ class Checkpoint:
 
     def _commit(self, manifest: Manifest) -> None:
         _write_json(self.root / "state.json", {"format": FORMAT, **manifest.__dict__})
+
+
+def _train_dirs(root: Path) -> list[tuple[Path, int]]:
+    """The training checkpoint directories under `root` and their steps."""
+    found = []
+    for path in root.glob("train-*"):
+        step = path.name.removeprefix("train-")
+        if path.is_dir() and step.isdigit():
+            found.append((path, int(step)))
+    return found
 
 
 def _load(path: Path) -> dict:
