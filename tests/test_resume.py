@@ -117,8 +117,8 @@ def test_killed_in_training_and_in_collection_then_resumed(tmp_path, data, gpt2_
     # 2: resumed, then killed inside the collection pass after epoch 1
     proc = _launch(args, logs, sleep=0.25)
     shards = checkpoint / "collect-e1"
-    _wait_until(proc, lambda: shards.is_dir() and len(list(shards.glob("*.npz"))) >= 2,
-                "two collection shards")
+    _wait_until(proc, lambda: shards.is_dir() and any(shards.glob("*.npz")),
+                "a collection shard")
     assert _kill(proc) == -signal.SIGKILL
     assert 1 not in _state(checkpoint)["collected"] and not out.exists()
 
