@@ -45,6 +45,7 @@ from .tokenization import Encoded
 
 WARMUP_RATIO = 0.03
 BUCKET_BATCHES = 50  # length bucketing sorts within chunks of this many training batches
+FLUSH_BATCHES = 50  # without a checkpoint, collection results reach the host this often
 
 
 @dataclass(frozen=True)
@@ -393,33 +394,19 @@ class _Run:
                          into: tuple[np.ndarray, np.ndarray, np.ndarray], bars: Progress) -> None:
         """Compute collection batches `todo`; results go to the host (and to a shard) once
         every `checkpoint.every` batches, not per batch."""
-        ensemble, members = self.ensemble, self.ensemble.member_ids
+        members = self.ensemble.member_ids
         if not todo:
             return
         total = sum(len(batches[j]) for j in todo)
         task = bars.add_task(f"collect gradients after epoch {epoch}", total=total, rate="")
         start = time.perf_counter()
-        group = self.checkpoint.every if self.checkpoint is not None else BUCKET_BATCHES
+        group = self.checkpoint.every if self.checkpoint is not None else FLUSH_BATCHES
         for first in range(0, len(todo), group):
             part = todo[first:first + group]
             pending = []
             for j in part:
-                rows = batches[j]
-                batch = self.batcher.batch([rows] * len(members))
-                recorder = RowGradRecorder(len(rows) * len(members), batch.input_ids.device)
-                ensemble.set_recorder(recorder)
-                try:
-                    with self.autocast:
-                        row_losses = per_example_losses(ensemble.model, batch.input_ids,
-                                                        batch.attention_mask,
-                                                        batch.response_mask, batch.targets)
-                    row_losses.sum().backward()
-                finally:
-                    ensemble.set_recorder(None)
-                for p in ensemble.parameters():
-                    p.grad = None
-                pending.append((row_losses.detach(), recorder.sqnorms))
-                _advance(bars, task, len(rows), start)
+                pending.append(self._measure(batches[j]))
+                _advance(bars, task, len(batches[j]), start)
             rows = np.concatenate([batches[j] for j in part])
             loss_part, sqnorm_part = (
                 torch.cat([p[i].view(len(members), -1) for p in pending], 1)
@@ -428,6 +415,25 @@ class _Run:
             losses[rows], sqnorms[rows], filled[rows] = loss_part, sqnorm_part, True
             if self.checkpoint is not None:
                 self.checkpoint.save_shard(epoch, part, members, rows, loss_part, sqnorm_part)
+
+    def _measure(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every held member's loss and squared gradient norm for `rows`, member-major, left
+        on the device."""
+        ensemble = self.ensemble
+        batch = self.batcher.batch([rows] * ensemble.members)
+        recorder = RowGradRecorder(len(rows) * ensemble.members, batch.input_ids.device)
+        ensemble.set_recorder(recorder)
+        try:
+            with self.autocast:
+                row_losses = per_example_losses(ensemble.model, batch.input_ids,
+                                                batch.attention_mask, batch.response_mask,
+                                                batch.targets)
+            row_losses.sum().backward()
+        finally:
+            ensemble.set_recorder(None)
+        for p in ensemble.parameters():
+            p.grad = None
+        return row_losses.detach(), recorder.sqnorms
 
     # --- results -------------------------------------------------------------------------
 
