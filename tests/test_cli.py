@@ -47,7 +47,8 @@ def test_score_options_are_all_there():
     result = _cli("score", "--help")
     for option in ("--proxy", "--members", "--epochs", "--early", "--late", "--lora-rank",
                    "--lora-alpha", "--lr", "--batch-size", "--collect-batch-size",
-                   "--max-length", "--seed", "--device", "--dtype", "--save-adapters"):
+                   "--max-length", "--seed", "--device", "--dtype", "--save-adapters",
+                   "--checkpoint-dir", "--checkpoint-every", "--bucket / --no-bucket"):
         assert option in result.stdout
 
 

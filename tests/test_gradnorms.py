@@ -37,10 +37,11 @@ def _ensemble(proxy: str) -> LoRAEnsemble:
 
 def _batched(ensemble: LoRAEnsemble, encoded) -> tuple[torch.Tensor, torch.Tensor]:
     rows = list(range(len(encoded)))
-    ids, attention, response = Batcher(encoded, torch.device("cpu")).batch([rows] * MEMBERS)
-    recorder = RowGradRecorder(ids.shape[0], ids.device)
+    batch = Batcher(encoded, torch.device("cpu")).batch([rows] * MEMBERS)
+    recorder = RowGradRecorder(batch.input_ids.shape[0], batch.input_ids.device)
     ensemble.set_recorder(recorder)
-    losses = per_example_losses(ensemble.model, ids, attention, response)
+    losses = per_example_losses(ensemble.model, batch.input_ids, batch.attention_mask,
+                                batch.response_mask, batch.targets)
     losses.sum().backward()
     ensemble.set_recorder(None)
     shape = (MEMBERS, len(encoded))

@@ -60,9 +60,10 @@ def mean_nll(model: torch.nn.Module, encoded: Sequence[Encoded], batch_size: int
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     results = []
     for step in chunks(len(order), batch_size):
-        ids, attention, response = batcher.batch([order[step]])
+        batch = batcher.batch([order[step]])
         with autocast:
-            results.append(per_example_losses(model, ids, attention, response))
+            results.append(per_example_losses(model, batch.input_ids, batch.attention_mask,
+                                              batch.response_mask, batch.targets))
         if on_batch is not None:
             on_batch(step.stop - step.start)
     nll = np.empty(len(order), dtype=np.float64)

@@ -66,9 +66,20 @@ def _score_option_table() -> dict[str, Callable]:
         "template": _default("--template", type=click.Choice(["auto", "plain", "chat"])),
         "turns": _default("--turns", type=click.Choice(["all", "last"]),
                           help="Which assistant turns carry loss."),
+        "length_bucketing": click.option(
+            "--bucket/--no-bucket", "length_bucketing", default=DEFAULTS.length_bucketing,
+            show_default=True,
+            help="Batch examples of similar length together (changes the scores)."),
         "save_adapters": click.option(
             "--save-adapters", type=click.Path(path_type=Path), default=None,
             help="Write every member's PEFT adapter at each collected epoch here."),
+        "checkpoint_dir": click.option(
+            "--checkpoint-dir", type=click.Path(path_type=Path), default=None,
+            help="Commit the run's state here as it goes; rerunning with the same settings "
+                 "continues from the last commit (kept after the end)."),
+        "checkpoint_every": click.option(
+            "--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True,
+            help="Commit every N optimiser steps (and N collection batches)."),
         "quiet": click.option("--quiet", is_flag=True, help="No progress bars."),
     }
 
@@ -101,14 +112,22 @@ def _config(options: dict) -> ScoreConfig:
 @skip_option
 @score_options
 def score(data: str, out: Path, fmt, fields, limit, split, skip_bad_records, method,
-          save_adapters, quiet, **options) -> None:
-    """Train the LoRA ensemble on DATA and write the per-example statistics table."""
+          save_adapters, checkpoint_dir, checkpoint_every, quiet, **options) -> None:
+    """Score DATA (the LoRA ensemble, or a baseline) and write the statistics table.
+
+    Under torchrun (e.g. `torchrun --nproc_per_node 4 -m gradfilter score ...`) the ranks
+    split the ensemble's members; rank 0 writes the table.
+    """
+    from .distributed import is_main_process
     from .pipeline import record_notes
     from .pipeline import score as run_score
 
     dataset = _read(data, fmt, fields, limit, split, skip_bad_records)
     table = run_score(dataset, out, _config(options), method=method, save_adapters=save_adapters,
-                      skip_bad_records=skip_bad_records, progress=not quiet)
+                      skip_bad_records=skip_bad_records, progress=not quiet,
+                      checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every)
+    if not is_main_process():
+        return
     unscored = sum(reason is not None for reason in table.column("skip_reason").to_pylist())
     console.print(f"statistics table: {out} ({table.num_rows} records, {unscored} unscored: "
                   "reasons in the table's skip_reason and the run record)")
@@ -128,26 +147,30 @@ def score(data: str, out: Path, fmt, fields, limit, split, skip_bad_records, met
 @skip_option
 @score_options
 def run(data: str, out: Path, stats: Path | None, fmt, fields, limit, split, out_format,
-        skip_bad_records, method, save_adapters, quiet, ratio, count, utility, order,
-        score_field, **options) -> None:
+        skip_bad_records, method, save_adapters, checkpoint_dir, checkpoint_every, quiet, ratio,
+        count, utility, order, score_field, **options) -> None:
     """Score DATA and write the selected subset in one go (default --ratio 0.1)."""
     if ratio is None and count is None:
         ratio = 0.1
     _score_and_select(_read(data, fmt, fields, limit, split, skip_bad_records), out, stats,
                       _config(options),
                       dict(method=method, save_adapters=save_adapters,
-                           skip_bad_records=skip_bad_records, progress=not quiet),
+                           skip_bad_records=skip_bad_records, progress=not quiet,
+                           checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every),
                       dict(ratio=ratio, count=count, utility=utility, order=order,
                            score_field=score_field, out_format=out_format))
 
 
 def _score_and_select(dataset, out: Path, stats: Path | None, config: ScoreConfig, how: dict,
                       choice: dict) -> None:
+    from .distributed import is_main_process
     from .pipeline import record_notes, select_subset
     from .pipeline import score as run_score
 
     stats = stats or out.with_name(out.name + ".stats.parquet")
     table = run_score(dataset, stats, config, **how)
+    if not is_main_process():
+        return
     choice["utility"] = choice["utility"] or default_utility(table)
     scores = utility_scores(table, choice["utility"])
     subset = select_subset(dataset, table, out, remember=_preview_indices(scores), **choice)

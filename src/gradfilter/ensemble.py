@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -85,11 +86,21 @@ def _linear_shape(module: nn.Module) -> tuple[int, int] | None:
 
 
 class LoRAEnsemble:
-    """Installs EnsembleLoRA layers into a frozen model and trains them as M members."""
+    """Installs EnsembleLoRA layers into a frozen model and trains them as M members.
+
+    `member_ids` are the (global) members this process holds, default all of range(members);
+    under torchrun a rank holds a subset. Local slot k of every stacked tensor is member
+    member_ids[k], initialised from (seed, member_ids[k]) whatever else is held beside it.
+    """
 
     def __init__(self, model: nn.Module, members: int, rank: int, alpha: float,
-                 targets: tuple[str, ...], seed: int) -> None:
+                 targets: tuple[str, ...], seed: int,
+                 member_ids: Sequence[int] | None = None) -> None:
         self.model = model
+        self.member_ids = list(range(members)) if member_ids is None else list(member_ids)
+        if not self.member_ids or any(not 0 <= m < members for m in self.member_ids):
+            raise GradfilterError(f"member ids {self.member_ids} are not within 0..{members - 1}")
+        members = len(self.member_ids)
         self.members = members
         self.rank = rank
         self.alpha = alpha
@@ -112,18 +123,27 @@ class LoRAEnsemble:
         self.initialise(seed)
 
     def parameters(self) -> list[nn.Parameter]:
-        return [p for layer in self.layers.values() for p in (layer.lora_A, layer.lora_B)]
+        return [p for _, p in self.named_parameters()]
+
+    def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """Stacked LoRA tensors [members, ...] under stable names, e.g. 'h.0.attn.c_attn.A'."""
+        return [(f"{name}.{key}", p) for name, layer in self.layers.items()
+                for key, p in (("A", layer.lora_A), ("B", layer.lora_B))]
+
+    def local_index(self, member: int) -> int:
+        """The slot of global member `member` in this process's stacked tensors."""
+        return self.member_ids.index(member)
 
     @torch.no_grad()
     def initialise(self, seed: int) -> None:
         """PEFT's default init per member: A ~ U(+-1/sqrt(in)), B = 0, from seed (seed, m)."""
-        for m in range(self.members):
+        for k, m in enumerate(self.member_ids):
             generator = torch.Generator().manual_seed(derived_seed(seed, m, 0))
             for layer in self.layers.values():
                 bound = 1.0 / math.sqrt(layer.in_features)
                 values = torch.rand(layer.lora_A.shape[1:], generator=generator) * 2 * bound - bound
-                layer.lora_A[m].copy_(values)
-                layer.lora_B[m].zero_()
+                layer.lora_A[k].copy_(values)
+                layer.lora_B[k].zero_()
 
     def set_recorder(self, recorder: RowGradRecorder | None) -> None:
         for layer in self.layers.values():
@@ -138,7 +158,7 @@ class LoRAEnsemble:
             p.grad.mul_(coef.view(-1, *([1] * (p.dim() - 1))))
 
     def member_state(self, m: int) -> dict[str, torch.Tensor]:
-        """Member m's adapter under PEFT's saved key names."""
+        """The adapter in local slot m (global member member_ids[m]) under PEFT's key names."""
         state = {}
         for name, layer in self.layers.items():
             prefix = f"base_model.model.{name}"
@@ -147,7 +167,7 @@ class LoRAEnsemble:
         return state
 
     def save_member(self, m: int, directory: Path, base_name: str) -> None:
-        """A standard PEFT LoRA adapter directory for member m."""
+        """A standard PEFT LoRA adapter directory for the member in local slot m."""
         from safetensors.torch import save_file
 
         from .outputs import atomic_write_text
@@ -171,21 +191,63 @@ class LoRAEnsemble:
         atomic_write_text(directory / "adapter_config.json", json.dumps(config, indent=2) + "\n")
 
 
+@dataclass(frozen=True)
+class ResponseTargets:
+    """Where a padded batch's response tokens are, precomputed on the host.
+
+    `positions` index the flattened [rows * width] hidden states at the positions that predict
+    a response token, `rows` is the row of each, `labels` the token predicted, `counts` each
+    row's number of response tokens (at least 1). With these the loss needs no data-dependent
+    shape on the device, so a training step makes no host sync.
+    """
+
+    positions: torch.Tensor
+    rows: torch.Tensor
+    labels: torch.Tensor
+    counts: torch.Tensor
+
+    @classmethod
+    def from_masks(cls, input_ids: np.ndarray, response_mask: np.ndarray) -> ResponseTargets:
+        width = input_ids.shape[1]
+        targets = response_mask[:, 1:]
+        row_of, col = np.nonzero(targets)
+        counts = np.maximum(targets.sum(1), 1).astype(np.float32)
+        return cls(torch.from_numpy((row_of * width + col).astype(np.int64)),
+                   torch.from_numpy(row_of.astype(np.int64)),
+                   torch.from_numpy(input_ids[row_of, col + 1]),
+                   torch.from_numpy(counts))
+
+    def to(self, device: torch.device) -> ResponseTargets:
+        pin = device.type == "cuda"
+        return ResponseTargets(*(_to(t, device, pin) for t in
+                                 (self.positions, self.rows, self.labels, self.counts)))
+
+
+def _to(tensor: torch.Tensor, device: torch.device, pin: bool) -> torch.Tensor:
+    if pin:
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def per_example_losses(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                       response_mask: torch.Tensor) -> torch.Tensor:
+                       response_mask: torch.Tensor,
+                       targets: ResponseTargets | None = None) -> torch.Tensor:
     """Each row's own mean cross-entropy over its response tokens (float32, [rows]).
 
     Logits are formed only at positions that predict a response token, so the LM head's cost
-    and memory scale with the response tokens, not the padded batch.
+    and memory scale with the response tokens, not the padded batch. Pass `targets` (built on
+    the host) to avoid the host sync that finding those positions on the device costs.
     """
+    if targets is None:
+        targets = ResponseTargets.from_masks(input_ids.cpu().numpy(),
+                                             response_mask.cpu().numpy()).to(input_ids.device)
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    targets = response_mask[:, 1:]
-    logits = model.get_output_embeddings()(hidden[:, :-1][targets]).float()
-    token_losses = F.cross_entropy(logits, input_ids[:, 1:][targets], reduction="none")
-    rows = targets.nonzero()[:, 0]
+    flat = hidden.reshape(-1, hidden.shape[-1]).index_select(0, targets.positions)
+    logits = model.get_output_embeddings()(flat).float()
+    token_losses = F.cross_entropy(logits, targets.labels, reduction="none")
     sums = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
-    sums.index_add_(0, rows, token_losses)
-    return sums / targets.sum(1).clamp(min=1)
+    sums.index_add_(0, targets.rows, token_losses)
+    return sums / targets.counts
 
 
 def linear_warmup_decay(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:

@@ -25,7 +25,7 @@ import torch
 
 from .baselines import proxy_forward
 from .ensemble import LoRAEnsemble, linear_warmup_decay, per_example_losses
-from .gradstats import WARMUP_RATIO, Batcher, ScoreConfig, chunks, member_orders, progress_bars
+from .gradstats import WARMUP_RATIO, Batcher, ScoreConfig, member_batches, progress_bars
 from .proxy import default_targets, load_model, load_tokenizer, resolve_device, resolve_dtype
 from .tokenization import Encoded
 
@@ -109,6 +109,7 @@ def naive_path(model, encoded, config: ScoreConfig, device, dtype) -> dict[int, 
                            config.lora_alpha, config.lora_targets, config.seed)
     sqnorms = {e: np.zeros((n, config.members)) for e in (config.early, config.late)}
     batcher = Batcher(encoded, device)
+    lengths = np.array([len(item.input_ids) for item in encoded])
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     for m in range(config.members):
         lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0,
@@ -123,11 +124,12 @@ def naive_path(model, encoded, config: ScoreConfig, device, dtype) -> dict[int, 
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, linear_warmup_decay(config.epochs * steps, WARMUP_RATIO))
         for epoch in range(1, config.epochs + 1):
-            order = member_orders(n, config.members, config.seed, epoch)[m]
-            for step in chunks(n, config.batch_size):
-                ids, attention, response = batcher.batch([order[step]])
+            for rows in member_batches(lengths, config.batch_size, config.members, config.seed,
+                                       epoch, config.length_bucketing)[m]:
+                batch = batcher.batch([rows])
                 with autocast:
-                    loss = per_example_losses(network, ids, attention, response).mean()
+                    loss = per_example_losses(network, batch.input_ids, batch.attention_mask,
+                                              batch.response_mask, batch.targets).mean()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
                 optimizer.step()
@@ -135,9 +137,10 @@ def naive_path(model, encoded, config: ScoreConfig, device, dtype) -> dict[int, 
                 optimizer.zero_grad(set_to_none=True)
             if epoch in sqnorms:
                 for i in range(n):
-                    ids, attention, response = batcher.batch([[i]])
+                    batch = batcher.batch([[i]])
                     with autocast:
-                        per_example_losses(network, ids, attention, response).sum().backward()
+                        per_example_losses(network, batch.input_ids, batch.attention_mask,
+                                           batch.response_mask, batch.targets).sum().backward()
                     sqnorms[epoch][i, m] = float(sum(p.grad.float().pow(2).sum() for p in params))
                     peft_model.zero_grad(set_to_none=True)
     return sqnorms

@@ -1,0 +1,357 @@
+"""Resumable scoring: a checkpoint directory that a SIGKILL at any moment leaves usable.
+
+Layout of `--checkpoint-dir DIR`:
+
+    fingerprint.json          every setting that affects results, and the data's hash
+    lock                      flock-ed by the run using the directory (rank 0)
+    state.json                the commit point: last committed step, collected epochs, finished
+    train-<step>/member<m>.pt member m's LoRA A/B, AdamW moments and per-step training losses
+    train-<step>/common.pt    AdamW step count and param groups, LR schedule, RNG states
+    collect-e<e>/*.npz        collection shards: rows of whole collection batches, some members
+
+Every file is written to a temporary name in its own directory, fsynced and renamed over its
+final name (then the directory is fsynced), so a file is either absent, the old one or the new
+one. A training checkpoint is committed only when state.json names it, after all its files are
+written (and, under torchrun, after every rank wrote its members); a shard is committed when
+its rename lands. The snapshots taken at the end of the collected epochs are kept (a later
+export of the adapters, or a collection pass interrupted after training went on, needs them);
+other superseded training checkpoints are deleted.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+from .distributed import Comm, Topology
+from .ensemble import LoRAEnsemble
+from .errors import GradfilterError
+
+FORMAT = 1
+SLEEP_HOOK = "GRADFILTER_TEST_SLEEP_AFTER_CHECKPOINT"  # test hook: pause after each commit
+
+
+def durable_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write `path` atomically and durably: temporary file beside it, fsync, rename, fsync dir."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    durable_write(path, lambda h: h.write((json.dumps(value, indent=2) + "\n").encode("utf-8")))
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise GradfilterError(f"{path}: unreadable checkpoint file: {exc}") from None
+
+
+def _shown(key: str, value: Any) -> str:
+    if key == "data_sha256" and isinstance(value, str):
+        value = value[:12]
+    if isinstance(value, list):
+        value = ",".join(str(v) for v in value)
+    return f"{key}={value}"
+
+
+@dataclass
+class Manifest:
+    step: int = 0
+    collected: list[int] = field(default_factory=list)
+    kept: list[int] = field(default_factory=list)
+    finished: bool = False
+
+
+class Checkpoint:
+    """The checkpoint directory of one scoring run (one instance per rank)."""
+
+    def __init__(self, directory: str | Path, fingerprint: dict[str, Any], comm: Comm,
+                 topology: Topology, every: int = 50) -> None:
+        if every < 1:
+            raise GradfilterError("--checkpoint-every must be at least 1")
+        self.root = Path(directory)
+        self.fingerprint = fingerprint
+        self.comm = comm
+        self.topology = topology
+        self.every = every
+        self.manifest = Manifest()
+        self.opened = False
+        self._lock: IO[bytes] | None = None
+
+    # --- opening -------------------------------------------------------------------------
+
+    def open(self) -> Manifest:
+        """Check the fingerprint (or record it), tidy up after a kill, read the manifest."""
+        if self.root.exists() and not self.root.is_dir():
+            raise GradfilterError(f"--checkpoint-dir {self.root} is a file, not a directory")
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self.comm.rank == 0:
+            self._take_lock()
+        path = self.root / "fingerprint.json"
+        if path.exists():
+            self._check_fingerprint(_read_json(path))
+        self.comm.barrier()
+        if self.comm.rank == 0:
+            if not path.exists():
+                _write_json(path, self.fingerprint)
+            self.manifest = self._read_manifest()
+            self._tidy()
+        self.comm.barrier()
+        self.manifest = self._read_manifest()
+        self.opened = True
+        return self.manifest
+
+    def _take_lock(self) -> None:
+        """One run per directory: two would overwrite each other's commits. The kernel drops
+        the lock when the process dies, even by SIGKILL."""
+        handle = open(self.root / "lock", "ab")  # noqa: SIM115 (held until close())
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise GradfilterError(f"checkpoint in {self.root} is in use by another run") from None
+        self._lock = handle
+
+    def close(self) -> None:
+        """Release the directory for the next run."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def _read_manifest(self) -> Manifest:
+        path = self.root / "state.json"
+        if not path.exists():
+            return Manifest()
+        state = _read_json(path)
+        if state.pop("format", None) != FORMAT:
+            raise GradfilterError(f"{path}: checkpoint format is not {FORMAT}; use a new "
+                                  "--checkpoint-dir")
+        return Manifest(**state)
+
+    def _check_fingerprint(self, stored: dict[str, Any]) -> None:
+        keys = [k for k in {**stored, **self.fingerprint}
+                if stored.get(k) != self.fingerprint.get(k)]
+        if not keys:
+            return
+        made = ", ".join(_shown(k, stored.get(k)) for k in keys)
+        this = ", ".join(_shown(k, self.fingerprint.get(k)) for k in keys)
+        raise GradfilterError(
+            f"checkpoint in {self.root} was made with {made}, this run has {this}; "
+            "use a new --checkpoint-dir or the same settings"
+        )
+
+    def _tidy(self) -> None:
+        """Remove what a kill left half-done: temporary files, uncommitted or stale train dirs."""
+        for tmp in self.root.rglob(".*.tmp"):
+            tmp.unlink()
+        for directory, step in _train_dirs(self.root):
+            if step != self.manifest.step and step not in self.manifest.kept:
+                shutil.rmtree(directory)
+
+    # --- training state ------------------------------------------------------------------
+
+    def _train_dir(self, step: int) -> Path:
+        return self.root / f"train-{step:09d}"
+
+    def save_train(self, step: int, ensemble: LoRAEnsemble, optimizer: torch.optim.Optimizer,
+                   schedule: torch.optim.lr_scheduler.LRScheduler,
+                   member_losses: dict[int, torch.Tensor], keep: bool) -> None:
+        """Commit the training state after optimiser step `step` (all ranks call this)."""
+        directory = self._train_dir(step)
+        directory.mkdir(parents=True, exist_ok=True)
+        optimizer_state = optimizer.state_dict()
+        state = optimizer_state["state"]
+        named = ensemble.named_parameters()
+        for k, m in enumerate(ensemble.member_ids):
+            if not self.topology.owns(m):
+                continue
+            payload = {
+                "member": m,
+                "step": step,
+                "params": {name: p.detach()[k].cpu().clone() for name, p in named},
+                "exp_avg": {name: state[i]["exp_avg"][k].cpu().clone()
+                            for i, (name, _) in enumerate(named)},
+                "exp_avg_sq": {name: state[i]["exp_avg_sq"][k].cpu().clone()
+                               for i, (name, _) in enumerate(named)},
+                "losses": member_losses[m].cpu().clone(),
+            }
+            durable_write(directory / f"member{m}.pt", lambda h, p=payload: torch.save(p, h))
+        if self.comm.rank == 0:
+            common = {
+                "step": step,
+                "adam_step": state[0]["step"].cpu().clone(),
+                "param_groups": optimizer_state["param_groups"],
+                "schedule": schedule.state_dict(),
+                "rng": _rng_state(),
+            }
+            durable_write(directory / "common.pt", lambda h: torch.save(common, h))
+        self.comm.barrier()
+        kept = sorted({*self.manifest.kept, step}) if keep else self.manifest.kept
+        self.manifest = Manifest(step, self.manifest.collected, kept, False)
+        if self.comm.rank == 0:
+            self._commit(self.manifest)
+            for old, old_step in _train_dirs(self.root):
+                if old_step < step and old_step not in kept:
+                    shutil.rmtree(old)
+        _sleep_hook()
+
+    def load_train(self, ensemble: LoRAEnsemble, optimizer: torch.optim.Optimizer,
+                   schedule: torch.optim.lr_scheduler.LRScheduler) -> dict[int, torch.Tensor]:
+        """Restore the last committed training state; the per-member training-loss history."""
+        step = self.manifest.step
+        directory = self._train_dir(step)
+        common = _load(directory / "common.pt")
+        members = {m: _load(directory / f"member{m}.pt") for m in ensemble.member_ids}
+        named = ensemble.named_parameters()
+        self._set_params(ensemble, members)
+        state = {
+            i: {"step": common["adam_step"].clone(),
+                "exp_avg": torch.stack([members[m]["exp_avg"][name]
+                                        for m in ensemble.member_ids]),
+                "exp_avg_sq": torch.stack([members[m]["exp_avg_sq"][name]
+                                           for m in ensemble.member_ids])}
+            for i, (name, _) in enumerate(named)
+        }
+        optimizer.load_state_dict({"state": state, "param_groups": common["param_groups"]})
+        schedule.load_state_dict(common["schedule"])
+        _set_rng_state(common["rng"])
+        return {m: members[m]["losses"] for m in ensemble.member_ids}
+
+    def load_adapters(self, ensemble: LoRAEnsemble, step: int) -> None:
+        """Put the adapters of committed step `step` into the ensemble (optimiser untouched)."""
+        directory = self._train_dir(step)
+        self._set_params(ensemble, {m: _load(directory / f"member{m}.pt")
+                                    for m in ensemble.member_ids})
+
+    @staticmethod
+    @torch.no_grad()
+    def _set_params(ensemble: LoRAEnsemble, members: dict[int, dict]) -> None:
+        for name, p in ensemble.named_parameters():
+            for k, m in enumerate(ensemble.member_ids):
+                p[k].copy_(members[m]["params"][name])
+
+    # --- collection shards ---------------------------------------------------------------
+
+    def _collect_dir(self, epoch: int) -> Path:
+        return self.root / f"collect-e{epoch}"
+
+    def save_shard(self, epoch: int, batches: list[int], members: list[int], rows: np.ndarray,
+                   losses: np.ndarray, sqnorms: np.ndarray) -> None:
+        """Commit the results of whole collection `batches` for `members` (rows x members)."""
+        directory = self._collect_dir(epoch)
+        directory.mkdir(parents=True, exist_ok=True)
+        which = np.asarray(batches, np.int64)
+        digest = hashlib.sha256(which.tobytes()).hexdigest()[:8]  # the batch set, not its ends
+        name = f"b{batches[0]:07d}-{batches[-1]:07d}-{digest}-m{'_'.join(map(str, members))}.npz"
+        arrays = {"batches": which, "members": np.asarray(members, np.int64),
+                  "rows": rows.astype(np.int64), "losses": losses, "sqnorms": sqnorms}
+        durable_write(directory / name, lambda h: np.savez(h, **arrays))
+        _sleep_hook()
+
+    def shards(self, epoch: int) -> list[dict[str, np.ndarray]]:
+        """Every committed shard of the collection after `epoch`, in name order."""
+        shards = []
+        for path in sorted(self._collect_dir(epoch).glob("*.npz")):
+            try:
+                with np.load(path, allow_pickle=False) as data:
+                    shards.append({key: data[key] for key in data.files})
+            except (OSError, ValueError) as exc:
+                raise GradfilterError(f"{path}: unreadable collection shard: {exc}") from None
+        return shards
+
+    def mark_collected(self, epoch: int) -> None:
+        self.comm.barrier()
+        collected = sorted({*self.manifest.collected, epoch})
+        self.manifest = Manifest(self.manifest.step, collected, self.manifest.kept, False)
+        if self.comm.rank == 0:
+            self._commit(self.manifest)
+        _sleep_hook()
+
+    def mark_finished(self) -> None:
+        self.comm.barrier()
+        self.manifest = Manifest(self.manifest.step, self.manifest.collected,
+                                 self.manifest.kept, True)
+        if self.comm.rank == 0:
+            self._commit(self.manifest)
+
+    def _commit(self, manifest: Manifest) -> None:
+        _write_json(self.root / "state.json", {"format": FORMAT, **manifest.__dict__})
+
+
+def _train_dirs(root: Path) -> list[tuple[Path, int]]:
+    """The training checkpoint directories under `root` and their steps."""
+    found = []
+    for path in root.glob("train-*"):
+        step = path.name.removeprefix("train-")
+        if path.is_dir() and step.isdigit():
+            found.append((path, int(step)))
+    return found
+
+
+def _load(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise GradfilterError(f"{path}: unreadable checkpoint file: {exc}") from None
+
+
+def _rng_state() -> dict[str, Any]:
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "python_gauss": random.getstate()[2],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _sleep_hook() -> None:
+    seconds = os.environ.get(SLEEP_HOOK)
+    if seconds:
+        time.sleep(float(seconds))
