@@ -2,8 +2,10 @@
 
 (a) fused: gradfilter's own scoring (M members as one batched model, per-example norms from
     one backward per batch);
-(b) naive: each member trained on its own PEFT model, then one `backward()` per example and
-    member in each collection pass, squared norms summed over the LoRA gradients;
+(b) naive: what a user writes with `peft` and a loop: each member trained on its own PEFT
+    model (logits at every position, as the model's forward gives them), then one
+    `backward()` of the model's own loss per example and member in each collection pass,
+    squared norms summed over the LoRA gradients;
 (c) ifd: the forward-only IFD baseline (two forward passes per example).
 
 All three run in one process on the same tokenised data and proxy. Each path's wall time
@@ -22,10 +24,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .baselines import proxy_forward
-from .ensemble import LoRAEnsemble, linear_warmup_decay, per_example_losses
-from .gradstats import WARMUP_RATIO, Batcher, ScoreConfig, member_batches, progress_bars
+from .ensemble import LoRAEnsemble, linear_warmup_decay
+from .gradstats import (
+    WARMUP_RATIO,
+    Batcher,
+    RawStats,
+    ScoreConfig,
+    member_batches,
+    progress_bars,
+    train_and_collect,
+)
 from .proxy import default_targets, load_model, load_tokenizer, resolve_device, resolve_dtype
 from .tokenization import Encoded
 
@@ -88,15 +99,12 @@ def measured(name: str, work: Callable[[], object], encoded: list[Encoded], row_
                       row_tokens), result
 
 
-def fused_path(model, encoded, config: ScoreConfig, device, dtype) -> dict[int, np.ndarray]:
-    """gradfilter's scoring on an already loaded backbone; squared norms per epoch."""
-    from .gradstats import train_and_collect
-
+def fused_path(model, encoded, config: ScoreConfig, device, dtype) -> RawStats:
+    """gradfilter's scoring on an already loaded backbone."""
     ensemble = LoRAEnsemble(model, config.members, config.lora_rank, config.lora_alpha,
                             config.lora_targets, config.seed)
     scorable = np.arange(len(encoded))
-    raw = train_and_collect(ensemble, encoded, scorable, config, device, dtype, progress=False)
-    return raw.sqnorms
+    return train_and_collect(ensemble, encoded, scorable, config, device, dtype, progress=False)
 
 
 def naive_path(model, encoded, config: ScoreConfig, device, dtype) -> dict[int, np.ndarray]:
@@ -128,8 +136,7 @@ def naive_path(model, encoded, config: ScoreConfig, device, dtype) -> dict[int, 
                                        epoch, config.length_bucketing)[m]:
                 batch = batcher.batch([rows])
                 with autocast:
-                    loss = per_example_losses(network, batch.input_ids, batch.attention_mask,
-                                              batch.response_mask, batch.targets).mean()
+                    loss = full_logits_losses(network, batch).mean()
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
                 optimizer.step()
@@ -138,12 +145,21 @@ def naive_path(model, encoded, config: ScoreConfig, device, dtype) -> dict[int, 
             if epoch in sqnorms:
                 for i in range(n):
                     batch = batcher.batch([[i]])
+                    labels = batch.input_ids.masked_fill(~batch.response_mask, -100)
                     with autocast:
-                        per_example_losses(network, batch.input_ids, batch.attention_mask,
-                                           batch.response_mask, batch.targets).sum().backward()
+                        network(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                labels=labels).loss.backward()
                     sqnorms[epoch][i, m] = float(sum(p.grad.float().pow(2).sum() for p in params))
                     peft_model.zero_grad(set_to_none=True)
     return sqnorms
+
+
+def full_logits_losses(network, batch) -> torch.Tensor:
+    """Each row's mean response cross-entropy the usual way: logits at every position."""
+    logits = network(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    targets = batch.input_ids[:, 1:].masked_fill(~batch.response_mask[:, 1:], -100)
+    tokens = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, reduction="none")
+    return tokens.sum(1) / (targets != -100).sum(1)
 
 
 def ifd_path(model, tokenizer, encoded, config: ScoreConfig, device, dtype) -> np.ndarray:
@@ -211,7 +227,9 @@ def run_speed_benchmark(encoded: list[Encoded], config: ScoreConfig, paths: tupl
     if "fused" in timings and "naive" in timings:
         report["fused_over_naive"] = timings["naive"].seconds / timings["fused"].seconds
         report["max_relative_difference_fused_vs_naive"] = max_relative_difference(
-            outputs["fused"], outputs["naive"])
+            outputs["fused"].sqnorms, outputs["naive"])
+    if "fused" in timings:
+        report["fused_phase_seconds"] = outputs["fused"].phase_seconds
     if "fused" in timings and "ifd" in timings:
         report["fused_over_ifd"] = timings["ifd"].seconds / timings["fused"].seconds
     return report
@@ -231,6 +249,9 @@ def speed_table(report: dict) -> str:
                      f"{report['fused_over_naive']:.2f}x; largest relative difference of the "
                      f"squared norms: "
                      f"{report['max_relative_difference_fused_vs_naive']:.2e}")
+    if "fused_phase_seconds" in report:
+        lines.append("fused, seconds per phase: " + ", ".join(
+            f"{name} {seconds:.1f}" for name, seconds in report["fused_phase_seconds"].items()))
     if "fused_over_ifd" in report:
         lines.append(f"a/c (fused throughput / IFD throughput): {report['fused_over_ifd']:.3f}")
     return "\n".join(lines) + "\n"
