@@ -140,3 +140,26 @@ def run_cli(*args: object) -> tuple[int, str, str]:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture
+def records_alive(monkeypatch) -> list[int]:
+    """Wraps formats.iter_records; after each record it gave, appends how many of the records
+    given so far are still held by anyone (1: only the one in hand)."""
+    import weakref
+
+    from gradfilter import formats
+
+    alive: list[int] = []
+    read = formats.iter_records
+
+    def watched(*args, **kwargs):
+        given: list[weakref.ref] = []
+        for record in read(*args, **kwargs):
+            given.append(weakref.ref(record))
+            yield record
+            del record
+            alive.append(sum(ref() is not None for ref in given))
+
+    monkeypatch.setattr(formats, "iter_records", watched)
+    return alive

@@ -140,23 +140,9 @@ def test_arrow_loaders_give_a_clear_error_or_a_correct_parse(tmp_path, rows, con
         assert "\n" not in str(exc) and str(exc)
 
 
-def test_inspect_streams_holding_no_record(tmp_path, monkeypatch):
-    import weakref
-
+def test_inspect_streams_holding_no_record(tmp_path, records_alive):
     from conftest import sharegpt_records, write_jsonl
 
     path = write_jsonl(tmp_path / "d.jsonl", sharegpt_records(25))
-    alive: list[int] = []
-    read = gf.formats.iter_records
-
-    def watched(*args, **kwargs):
-        given: list[weakref.ref] = []
-        for record in read(*args, **kwargs):
-            given.append(weakref.ref(record))
-            yield record
-            del record
-            alive.append(sum(ref() is not None for ref in given))
-
-    monkeypatch.setattr(gf.formats, "iter_records", watched)
     found = inspect_dataset(path)
-    assert found.records == 25 and len(alive) == 25 and max(alive) <= 1
+    assert found.records == 25 and len(records_alive) == 25 and max(records_alive) <= 1

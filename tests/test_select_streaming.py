@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import weakref
 
 import numpy as np
 import pyarrow as pa
@@ -65,7 +64,7 @@ def test_scores_from_a_table_without_what_is_needed(tmp_path):
 
 @pytest.mark.parametrize("name", ["d.jsonl", "d.jsonl.gz", "d.json"])
 @pytest.mark.parametrize("order", ["input", "score"])
-def test_select_streams_json_input_holding_no_record(tmp_path, monkeypatch, name, order):
+def test_select_streams_json_input_holding_no_record(tmp_path, records_alive, name, order):
     records = alpaca_records(17)
     text = ("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
             if ".jsonl" in name else json.dumps(records, ensure_ascii=False, indent=2))
@@ -73,22 +72,9 @@ def test_select_streams_json_input_holding_no_record(tmp_path, monkeypatch, name
     data.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
     table = _sqnorm_table(17)
 
-    alive: list[int] = []
-    read = formats.iter_records
-
-    def watched(*args, **kwargs):
-        """The reader, counting how many of the records it gave are still held by anyone."""
-        given: list[weakref.ref] = []
-        for record in read(*args, **kwargs):
-            given.append(weakref.ref(record))
-            yield record
-            del record
-            alive.append(sum(ref() is not None for ref in given))
-
-    monkeypatch.setattr(formats, "iter_records", watched)
     out = tmp_path / f"subset-{name}"
     selection = gf.select(data, table, out, ratio=0.5, order=order, score_field="s")
-    assert len(alive) >= 17 and max(alive) <= 1  # at most the one in hand
+    assert len(records_alive) >= 17 and max(records_alive) <= 1  # at most the one in hand
     chosen = selection.in_order(order)
     scores = gf.utility_scores(table, "gsnr")
     assert len(chosen) == 9 and not {0, 2} & set(chosen.tolist())
