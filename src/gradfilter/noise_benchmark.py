@@ -25,7 +25,6 @@ from .outputs import atomic_path, atomic_write_text, write_run_record
 from .selection import select_top
 from .utilities import UTILITIES, utility_scores
 
-DEFAULT_BUDGETS = (0.05, 0.10, 0.15)
 CURVE_BUDGETS = tuple(round(0.01 * k, 2) for k in range(1, 51))
 CORRUPTION_STREAM = 11  # the corruption's draws, apart from every scoring stream
 
@@ -85,13 +84,6 @@ def repeat_ngram(prompt: str, response: str, context: CorruptionContext) -> str:
 def echo_prompt(prompt: str, response: str, context: CorruptionContext) -> str:
     """The prompt echoed back as the response."""
     return prompt
-
-
-@dataclass(frozen=True)
-class MixedSet:
-    conversations: list[list[Turn]]  # every usable record, corrupted or not, in input order
-    source_index: np.ndarray  # the input record each conversation came from
-    corruption: list[str | None]  # the corruption applied, None when clean
 
 
 def answering_turns(turns: Sequence[Turn]) -> list[int]:
