@@ -53,10 +53,13 @@ def test_scores_read_batch_by_batch_equal_the_whole_table(tmp_path, small_batche
 
 def test_scores_from_a_table_without_what_is_needed(tmp_path):
     pq.write_table(pa.table({"index": [0, 1]}), tmp_path / "t.parquet")
-    with pytest.raises(gf.GradfilterError, match="needs sqnorm columns for two epochs"):
+    with pytest.raises(gf.GradfilterError, match="holds no scores: neither sqnorm columns"):
         load_scores(tmp_path / "t.parquet", "gsnr")
-    with pytest.raises(gf.GradfilterError, match="unknown utility 'nope'"):
+    with pytest.raises(gf.GradfilterError, match="holds no scores"):
         load_scores(tmp_path / "t.parquet", "nope")
+    pq.write_table(_sqnorm_table(3), tmp_path / "s.parquet")
+    with pytest.raises(gf.GradfilterError, match="no utility 'nope'; it offers"):
+        load_scores(tmp_path / "s.parquet", "nope")
     (tmp_path / "x.parquet").write_text("not parquet")
     with pytest.raises(gf.GradfilterError, match=r"x\.parquet: not a Parquet statistics table"):
         load_scores(tmp_path / "x.parquet", "gsnr")

@@ -106,9 +106,13 @@ def available_utilities(table: pa.Table) -> list[str]:
 
 def utility_scores(table: pa.Table, utility: str) -> np.ndarray:
     """Scores for one utility: the stored column, else computed from the raw statistics."""
-    if utility not in available_utilities(table):
+    offered = available_utilities(table)
+    if not offered:
+        raise GradfilterError("the statistics table holds no scores: neither sqnorm columns "
+                              "nor a baseline's score column")
+    if utility not in offered:
         raise GradfilterError(f"the statistics table has no utility {utility!r}; it offers "
-                              f"{available_utilities(table)}")
+                              f"{offered}")
     name = column_name(utility)
     if name not in table.column_names:
         table = with_utilities(table)
