@@ -5,6 +5,9 @@ Like `cli_model`, loaded only when the command runs (it imports torch).
 
 from __future__ import annotations
 
+import importlib
+import json
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +16,13 @@ from rich.console import Console
 
 from .cli import _read, console, data_options
 from .cli_model import _config, score_options_except
+from .demo import demo_config
 from .errors import GradfilterError
+from .noise_benchmark import results_markdown, run_noise_benchmark
+from .outputs import atomic_write_text, write_run_record
+from .pipeline import _encode_all
+from .proxy import load_tokenizer
+from .speed_benchmark import random_gpt2, run_speed_benchmark, speed_table
 from .utilities import BASELINE_SCORES, UTILITIES
 
 
@@ -41,15 +50,11 @@ def _csv(text: str) -> list[str]:
 @click.option("--plugin", "plugins", multiple=True,
               help="Import this module first (it may register corruptions).")
 @data_options
-@score_options_except("method", "save_adapters")
+@score_options_except("method", "save_adapters", "checkpoint_dir", "checkpoint_every")
 def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_seed: int,
           methods: str, budgets: str, plugins: tuple[str, ...], fmt, fields, limit, split, quiet,
           **options) -> None:
     """Corrupt part of DATA, score it with every method, report contamination and AUROC."""
-    import importlib
-
-    from .noise_benchmark import results_markdown, run_noise_benchmark
-
     for module in plugins:
         importlib.import_module(module)
     try:
@@ -77,31 +82,20 @@ def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_s
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Also write the figures as JSON here.")
 @data_options
-@score_options_except("method", "save_adapters")
+@score_options_except("method", "save_adapters", "checkpoint_dir", "checkpoint_every")
 def speed(data: str, paths: str, tokenizer, out, fmt, fields, limit, split, quiet,
           **options) -> None:
     """Time gradfilter's fused scoring against a naive PEFT loop and a forward-only IFD pass."""
-    import json
-    import tempfile
-
-    from .outputs import atomic_write_text, write_run_record
-    from .pipeline import _encode_all
-    from .speed_benchmark import random_gpt2, run_speed_benchmark, speed_table
-
     config = _config(options)
-    if config.proxy.startswith("random-gpt2"):
-        from .demo import demo_config
-
-        directory = Path(tempfile.mkdtemp(prefix="gradfilter-speed-"))
-        config = replace(config, proxy=random_gpt2(config.proxy, tokenizer or demo_config().proxy,
-                                                   directory))
-    dataset = _read(data, fmt, fields, limit, split)
-    from .proxy import load_tokenizer
-
-    _, encoded, reasons = _encode_all(dataset, load_tokenizer(config.proxy), config, True)
-    usable = [item for item, reason in zip(encoded, reasons, strict=True) if reason is None]
-    report = run_speed_benchmark(usable, config, tuple(_csv(paths)), log=console.print)
-    report["data"] = str(data)
+    with tempfile.TemporaryDirectory(prefix="gradfilter-speed-") as scratch:
+        if config.proxy.startswith("random-gpt2"):
+            config = replace(config, proxy=random_gpt2(
+                config.proxy, tokenizer or demo_config().proxy, Path(scratch)))
+        dataset = _read(data, fmt, fields, limit, split)
+        _, encoded, reasons = _encode_all(dataset, load_tokenizer(config.proxy), config, True)
+        usable = [item for item, reason in zip(encoded, reasons, strict=True) if reason is None]
+        report = run_speed_benchmark(usable, config, tuple(_csv(paths)), log=console.print)
+    report["data"], report["proxy_requested"] = str(data), options["proxy"]
     Console(soft_wrap=True).print(speed_table(report), markup=False)
     if out is not None:
         atomic_write_text(out, json.dumps(report, indent=2) + "\n")
