@@ -109,49 +109,59 @@ def fused_path(model, encoded, config: ScoreConfig, device, dtype) -> RawStats:
 
 def naive_path(model, encoded, config: ScoreConfig, device, dtype) -> dict[int, np.ndarray]:
     """One PEFT model per member, trained alone; one backward per example to collect."""
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
-
-    n = len(encoded)
     # The same initial adapters as the fused path, so the two can be compared number for number.
     initial = LoRAEnsemble(copy.deepcopy(model), config.members, config.lora_rank,
                            config.lora_alpha, config.lora_targets, config.seed)
-    sqnorms = {e: np.zeros((n, config.members)) for e in (config.early, config.late)}
+    per_member = [_naive_member(model, initial, m, encoded, config, device, dtype)
+                  for m in range(config.members)]
+    return {e: np.stack([member[e] for member in per_member], axis=1) for e in per_member[0]}
+
+
+def _naive_member(model, initial: LoRAEnsemble, m: int, encoded, config: ScoreConfig, device,
+                  dtype) -> dict[int, np.ndarray]:
+    """Member m on its own PEFT copy: its squared norms per example at each collected epoch."""
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0,
+                      target_modules=list(config.lora_targets), fan_in_fan_out=initial.uses_conv1d)
+    peft_model = get_peft_model(copy.deepcopy(model), lora)
+    set_peft_model_state_dict(peft_model, initial.member_state(m))
+    network = peft_model.get_base_model()
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    steps = -(-len(encoded) // config.batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, linear_warmup_decay(config.epochs * steps, WARMUP_RATIO))
     batcher = Batcher(encoded, device)
     lengths = np.array([len(item.input_ids) for item in encoded])
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-    for m in range(config.members):
-        lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0,
-                          target_modules=list(config.lora_targets),
-                          fan_in_fan_out=initial.uses_conv1d)
-        peft_model = get_peft_model(copy.deepcopy(model), lora)
-        set_peft_model_state_dict(peft_model, initial.member_state(m))
-        network = peft_model.get_base_model()
-        params = [p for p in peft_model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-        steps = -(-n // config.batch_size)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, linear_warmup_decay(config.epochs * steps, WARMUP_RATIO))
-        for epoch in range(1, config.epochs + 1):
-            for rows in member_batches(lengths, config.batch_size, config.members, config.seed,
-                                       epoch, config.length_bucketing)[m]:
-                batch = batcher.batch([rows])
-                with autocast:
-                    loss = full_logits_losses(network, batch).mean()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-                optimizer.step()
-                schedule.step()
-                optimizer.zero_grad(set_to_none=True)
-            if epoch in sqnorms:
-                for i in range(n):
-                    batch = batcher.batch([[i]])
-                    labels = batch.input_ids.masked_fill(~batch.response_mask, -100)
-                    with autocast:
-                        network(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                labels=labels).loss.backward()
-                    sqnorms[epoch][i, m] = float(sum(p.grad.float().pow(2).sum() for p in params))
-                    peft_model.zero_grad(set_to_none=True)
+    sqnorms = {}
+    for epoch in range(1, config.epochs + 1):
+        for rows in member_batches(lengths, config.batch_size, config.members, config.seed,
+                                   epoch, config.length_bucketing)[m]:
+            with autocast:
+                full_logits_losses(network, batcher.batch([rows])).mean().backward()
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+        if epoch in (config.early, config.late):
+            sqnorms[epoch] = np.array([_one_example_sqnorm(network, batcher.batch([[i]]), params,
+                                                           autocast)
+                                       for i in range(len(encoded))])
     return sqnorms
+
+
+def _one_example_sqnorm(network, batch, params, autocast) -> float:
+    """One `backward()` of the model's own loss for one example; its LoRA gradient's norm^2."""
+    labels = batch.input_ids.masked_fill(~batch.response_mask, -100)
+    with autocast:
+        network(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                labels=labels).loss.backward()
+    value = float(sum(p.grad.float().pow(2).sum() for p in params))
+    for p in params:
+        p.grad = None
+    return value
 
 
 def full_logits_losses(network, batch) -> torch.Tensor:
