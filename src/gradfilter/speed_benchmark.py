@@ -140,7 +140,8 @@ def _naive_member(model, initial: LoRAEnsemble, m: int, encoded, config: ScoreCo
         for rows in member_batches(lengths, config.batch_size, config.members, config.seed,
                                    epoch, config.length_bucketing)[m]:
             with autocast:
-                full_logits_losses(network, batcher.batch([rows])).mean().backward()
+                loss = full_logits_losses(network, batcher.batch([rows])).mean()
+            loss.backward()
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
             schedule.step()
@@ -156,8 +157,9 @@ def _one_example_sqnorm(network, batch, params, autocast) -> float:
     """One `backward()` of the model's own loss for one example; its LoRA gradient's norm^2."""
     labels = batch.input_ids.masked_fill(~batch.response_mask, -100)
     with autocast:
-        network(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                labels=labels).loss.backward()
+        loss = network(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       labels=labels).loss
+    loss.backward()
     value = float(sum(p.grad.float().pow(2).sum() for p in params))
     for p in params:
         p.grad = None
