@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .ensemble import derived_seed
 from .errors import GradfilterError
@@ -225,8 +226,6 @@ def write_labels(path: Path, source_index: np.ndarray, labels: Sequence[str | No
     table = pa.table({"index": pa.array(np.arange(len(labels), dtype=np.int64)),
                       "source_index": pa.array(source_index.astype(np.int64)),
                       "corruption": pa.array(list(labels), type=pa.string())})
-    import pyarrow.parquet as pq
-
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 
