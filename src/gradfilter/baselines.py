@@ -20,7 +20,7 @@ import torch
 
 from .ensemble import derived_seed, per_example_losses
 from .errors import GradfilterError
-from .gradstats import Batcher, advance_bar, chunks
+from .gradstats import Batcher, advance_bar, collection_batches
 from .tokenization import Encoded
 
 BASELINES = ("ifd", "perplexity", "length", "random")
@@ -53,22 +53,23 @@ def mean_nll(model: torch.nn.Module, encoded: Sequence[Encoded], batch_size: int
              device: torch.device, dtype: torch.dtype, on_batch=None) -> np.ndarray:
     """Each example's mean cross-entropy over its response tokens, in `encoded`'s order.
 
-    Examples are sorted by length (longest first) so that each batch pads little.
+    Batches are cut longest first, as in a collection pass, so that each pads little.
     """
-    order = np.argsort([-len(item.input_ids) for item in encoded], kind="stable")
+    lengths = np.array([len(item.input_ids) for item in encoded], dtype=np.int64)
+    batches = collection_batches(lengths, batch_size, bucketing=True)
     batcher = Batcher(encoded, device)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     results = []
-    for step in chunks(len(order), batch_size):
-        batch = batcher.batch([order[step]])
+    for rows in batches:
+        batch = batcher.batch([rows])
         with autocast:
             results.append(per_example_losses(model, batch.input_ids, batch.attention_mask,
                                               batch.response_mask, batch.targets))
         if on_batch is not None:
-            on_batch(step.stop - step.start)
-    nll = np.empty(len(order), dtype=np.float64)
+            on_batch(len(rows))
+    nll = np.empty(len(encoded), dtype=np.float64)
     if results:
-        nll[order] = torch.cat(results).double().cpu().numpy()
+        nll[np.concatenate(batches)] = torch.cat(results).double().cpu().numpy()
     return nll
 
 

@@ -24,10 +24,11 @@ from .formats import Format, ReadReport, Record
 from .outputs import write_run_record
 from .selection import Selection, select_top
 from .utilities import (
-    available_utilities,
     column_name,
     compute_utilities,
     default_utility,
+    require_utility,
+    sqnorm_columns,
     table_epochs,
     utility_scores,
 )
@@ -73,10 +74,9 @@ def load_scores(stats: str | Path | pa.Table | np.ndarray, utility: str) -> np.n
                 scores[start:start + batch.num_rows] = _as_float64(batch.column(0))
             return scores
         empty = pa.Table.from_batches([], schema=schema)  # (schema.empty_table imports pandas)
-        if utility not in available_utilities(empty):
-            utility_scores(empty, utility)  # the error naming what there is
+        require_utility(empty, utility)
         early, late = table_epochs(empty)
-        columns = {e: _sqnorm_columns(schema.names, e) for e in (early, late)}
+        columns = {e: sqnorm_columns(schema.names, e) for e in (early, late)}
         for start, batch in _stat_batches(table_file, columns[early] + columns[late]):
             early_late = [np.stack([_as_float64(batch.column(name)) for name in columns[e]],
                                    axis=1) for e in (early, late)]
@@ -104,15 +104,6 @@ def _stat_batches(table_file: pq.ParquetFile, columns: list[str]):
     for batch in table_file.iter_batches(batch_size=_STATS_BATCH_ROWS, columns=columns):
         yield start, batch
         start += batch.num_rows
-
-
-def _sqnorm_columns(names: list[str], epoch: int) -> list[str]:
-    """`sqnorm_e{epoch}_m{m}` of every member m, in member order."""
-    members = sorted(int(name.rsplit("_m", 1)[1]) for name in names
-                     if name.startswith(f"sqnorm_e{epoch}_m"))
-    if not members:
-        raise GradfilterError(f"the statistics table has no sqnorm columns for epoch {epoch}")
-    return [f"sqnorm_e{epoch}_m{m}" for m in members]
 
 
 def _as_float64(array: pa.Array) -> np.ndarray:

@@ -40,16 +40,20 @@ def table_epochs(table: pa.Table) -> tuple[int, int]:
     return epochs[0], epochs[-1]
 
 
-def sqnorm_matrix(table: pa.Table, epoch: int) -> np.ndarray:
-    """[examples, members] squared gradient norms at one epoch."""
-    members = sorted(
-        int(m.group(2)) for c in table.column_names
-        if (m := _SQNORM.match(c)) and int(m.group(1)) == epoch
-    )
+def sqnorm_columns(names: list[str], epoch: int) -> list[str]:
+    """`sqnorm_e{epoch}_m{m}` of every member m present, in member order."""
+    members = sorted(int(m.group(2)) for c in names
+                     if (m := _SQNORM.match(c)) and int(m.group(1)) == epoch)
     if not members:
         raise GradfilterError(f"the statistics table has no sqnorm columns for epoch {epoch}")
+    return [f"sqnorm_e{epoch}_m{m}" for m in members]
+
+
+def sqnorm_matrix(table: pa.Table, epoch: int) -> np.ndarray:
+    """[examples, members] squared gradient norms at one epoch."""
     return np.stack(
-        [table.column(f"sqnorm_e{epoch}_m{m}").to_numpy(zero_copy_only=False) for m in members],
+        [table.column(name).to_numpy(zero_copy_only=False)
+         for name in sqnorm_columns(table.column_names, epoch)],
         axis=1,
     ).astype(np.float64)
 
@@ -104,8 +108,8 @@ def available_utilities(table: pa.Table) -> list[str]:
     return baseline + [u for u in UTILITIES if column_name(u) in names]
 
 
-def utility_scores(table: pa.Table, utility: str) -> np.ndarray:
-    """Scores for one utility: the stored column, else computed from the raw statistics."""
+def require_utility(table: pa.Table, utility: str) -> None:
+    """A clear error unless `table` (its columns are enough) can give `utility`."""
     offered = available_utilities(table)
     if not offered:
         raise GradfilterError("the statistics table holds no scores: neither sqnorm columns "
@@ -113,6 +117,11 @@ def utility_scores(table: pa.Table, utility: str) -> np.ndarray:
     if utility not in offered:
         raise GradfilterError(f"the statistics table has no utility {utility!r}; it offers "
                               f"{offered}")
+
+
+def utility_scores(table: pa.Table, utility: str) -> np.ndarray:
+    """Scores for one utility: the stored column, else computed from the raw statistics."""
+    require_utility(table, utility)
     name = column_name(utility)
     if name not in table.column_names:
         table = with_utilities(table)
