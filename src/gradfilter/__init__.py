@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 from .errors import GradfilterError
 
 _EXPORTS = {
-    "METHODS": "pipeline",
-    "ScoreConfig": "gradstats",
+    "METHODS": "config",
+    "ScoreConfig": "config",
     "Selection": "selection",
     "UTILITIES": "utilities",
     "compute_utilities": "utilities",
@@ -48,10 +48,10 @@ __all__ = [
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from .config import METHODS, ScoreConfig
     from .dataset import read_dataset
-    from .gradstats import ScoreConfig
     from .noise_benchmark import register_corruption, run_noise_benchmark
-    from .pipeline import METHODS, score
+    from .pipeline import score
     from .selection import Selection, select_top
     from .subset import load_stats, select
     from .utilities import UTILITIES, compute_utilities, utility_scores, with_utilities

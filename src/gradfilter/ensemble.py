@@ -21,12 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import GradfilterError
-
-
-def derived_seed(*parts: int) -> int:
-    """A 63-bit seed that depends only on `parts` (e.g. (seed, member, epoch))."""
-    state = np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
+from .seeds import INIT_STREAM, derived_seed
 
 
 class RowGradRecorder:
@@ -138,7 +133,7 @@ class LoRAEnsemble:
     def initialise(self, seed: int) -> None:
         """PEFT's default init per member: A ~ U(+-1/sqrt(in)), B = 0, from seed (seed, m)."""
         for k, m in enumerate(self.member_ids):
-            generator = torch.Generator().manual_seed(derived_seed(seed, m, 0))
+            generator = torch.Generator().manual_seed(derived_seed(seed, m, INIT_STREAM))
             for layer in self.layers.values():
                 bound = 1.0 / math.sqrt(layer.in_features)
                 values = torch.rand(layer.lora_A.shape[1:], generator=generator) * 2 * bound - bound

@@ -31,60 +31,22 @@ from rich.progress import (
 )
 
 from .checkpoint import Checkpoint
+from .config import ScoreConfig
 from .distributed import Comm
 from .ensemble import (
     LoRAEnsemble,
     ResponseTargets,
     RowGradRecorder,
-    derived_seed,
     linear_warmup_decay,
     per_example_losses,
 )
 from .errors import GradfilterError
+from .seeds import ORDER_STREAM, SCHEDULE_STREAM, derived_seed
 from .tokenization import Encoded
 
 WARMUP_RATIO = 0.03
 BUCKET_BATCHES = 50  # length bucketing sorts within chunks of this many training batches
 FLUSH_BATCHES = 50  # without a checkpoint, collection results reach the host this often
-
-
-@dataclass(frozen=True)
-class ScoreConfig:
-    """Every setting that affects the scores; method.md §2-3 defaults."""
-
-    proxy: str = "gpt2"
-    members: int = 4
-    epochs: int = 2
-    early: int = 1
-    late: int = 2
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    lora_targets: tuple[str, ...] | None = None
-    lr: float = 2e-4
-    batch_size: int = 16
-    collect_batch_size: int = 32
-    max_length: int = 512
-    grad_clip: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
-    template: str = "auto"
-    turns: str = "all"
-    length_bucketing: bool = True
-
-    def validate(self) -> None:
-        positive = ("members", "epochs", "lora_rank", "batch_size", "collect_batch_size",
-                    "max_length")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise GradfilterError(f"--{name.replace('_', '-')} must be at least 1")
-        if not 1 <= self.early < self.late <= self.epochs:
-            raise GradfilterError(
-                f"need 1 <= --early < --late <= --epochs, got early={self.early}, "
-                f"late={self.late}, epochs={self.epochs}"
-            )
-        if self.lr <= 0 or self.lora_alpha <= 0:
-            raise GradfilterError("--lr and --lora-alpha must be positive")
 
 
 @dataclass
@@ -156,7 +118,7 @@ def member_orders(n: int, members: int, seed: int, epoch: int) -> list[np.ndarra
     """Member m's data order in an epoch: a permutation seeded by (seed, m, epoch) only."""
     orders = []
     for m in range(members):
-        generator = torch.Generator().manual_seed(derived_seed(seed, m, epoch, 1))
+        generator = torch.Generator().manual_seed(derived_seed(seed, m, epoch, ORDER_STREAM))
         orders.append(torch.randperm(n, generator=generator).numpy())
     return orders
 
@@ -182,7 +144,7 @@ def member_batches(lengths: np.ndarray, batch_size: int, members: int, seed: int
     orders = member_orders(n, members, seed, epoch)
     if not bucketing:
         return [[order[step] for step in chunks(n, batch_size)] for order in orders]
-    generator = torch.Generator().manual_seed(derived_seed(seed, epoch, 2))
+    generator = torch.Generator().manual_seed(derived_seed(seed, epoch, SCHEDULE_STREAM))
     schedule = torch.randperm(n // batch_size, generator=generator).numpy()
     return [_bucketed(order, lengths, batch_size, schedule) for order in orders]
 

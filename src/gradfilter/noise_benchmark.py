@@ -18,16 +18,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .ensemble import derived_seed
+from .config import ScoreConfig
 from .errors import GradfilterError
 from .formats import Turn
-from .gradstats import ScoreConfig
 from .outputs import atomic_path, atomic_write_text, write_run_record
+from .seeds import CORRUPTION_STREAM, derived_seed
 from .selection import select_top
 from .utilities import UTILITIES, utility_scores
 
 CURVE_BUDGETS = tuple(round(0.01 * k, 2) for k in range(1, 51))
-CORRUPTION_STREAM = 11  # the corruption's draws, apart from every scoring stream
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +17,15 @@ import pyarrow.parquet as pq
 import torch
 
 from . import distributed
-from .baselines import BASELINES, NEEDS_MODEL, baseline_columns, proxy_forward
+from .baselines import NEEDS_MODEL, baseline_columns, proxy_forward
 from .checkpoint import Checkpoint
+from .config import METHODS, ScoreConfig
 from .dataset import Dataset, as_dataset, read_dataset, record_notes
 from .ensemble import LoRAEnsemble
 from .errors import GradfilterError
 from .formats import Format
 from .gradstats import (
     RawStats,
-    ScoreConfig,
     progress_bars,
     record_columns,
     stats_table,
@@ -50,7 +50,7 @@ __all__ = ["METHODS", "Dataset", "Subset", "as_dataset", "load_stats", "read_dat
 
 def _encode_all(dataset: Dataset, tokenizer, config: ScoreConfig, skip_bad_records: bool):
     """Token ids, masks and, per record, why it cannot be scored (None if it can)."""
-    template = resolve_template(tokenizer, config.template)  # type: ignore[arg-type]
+    template = resolve_template(tokenizer, config.template)
     encoded, reasons = [], []
     for record in dataset.records:
         try:
@@ -61,7 +61,7 @@ def _encode_all(dataset: Dataset, tokenizer, config: ScoreConfig, skip_bad_recor
             reasons.append(f"invalid record: {exc}")
             encoded.append(Encoded(np.zeros(0, np.int64), np.zeros(0, bool), truncated=False))
             continue
-        item = encode(turns, tokenizer, template, config.max_length, config.turns)  # type: ignore[arg-type]
+        item = encode(turns, tokenizer, template, config.max_length, config.turns)
         encoded.append(item)
         if not turns:
             reasons.append("empty conversation")
@@ -122,9 +122,9 @@ def _train(prepared: _Prepared, config: ScoreConfig, checkpoint: Checkpoint | No
     topology = prepared.comm.topology(config.members)
     torch.manual_seed(config.seed)
     model = load_model(config.proxy, prepared.device)
-    config = replace(config, lora_targets=tuple(config.lora_targets or default_targets(model)))
+    config = config.with_targets(default_targets(model))
     ensemble = LoRAEnsemble(model, config.members, config.lora_rank, config.lora_alpha,
-                            config.lora_targets, config.seed,  # type: ignore[arg-type]
+                            config.targets, config.seed,
                             member_ids=topology.local_members)
     timings["load_proxy"] = time.perf_counter() - start
 
@@ -140,9 +140,6 @@ def _train(prepared: _Prepared, config: ScoreConfig, checkpoint: Checkpoint | No
                             checkpoint=checkpoint, comm=prepared.comm)
     timings.update(raw.phase_seconds)
     return raw, config
-
-
-METHODS = ("gsnr", *BASELINES)
 
 
 def score(
@@ -179,9 +176,9 @@ def score(
     timings: dict[str, float] = {}
     start = time.perf_counter()
     dataset = as_dataset(data, fmt, limit, skip_bad_records)
-    device = resolve_device(config.device)  # type: ignore[arg-type]
+    device = resolve_device(config.device)
     with distributed.session(device) as (comm, device):
-        dtype = resolve_dtype(config.dtype, device)  # type: ignore[arg-type]
+        dtype = resolve_dtype(config.dtype, device)
         tokenizer = load_tokenizer(config.proxy)
         template, encoded, reasons = _encode_all(dataset, tokenizer, config, skip_bad_records)
         prepared = _Prepared(dataset, template, encoded, reasons, device, dtype, comm)

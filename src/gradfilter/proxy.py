@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import torch
 
+from .config import DeviceChoice, DtypeChoice
 from .errors import GradfilterError
-
-DeviceChoice = Literal["auto", "cpu", "cuda"]
-DtypeChoice = Literal["auto", "float32", "bfloat16"]
 
 # LoRA targets per architecture: all attention and MLP projections (method.md §2).
 DEFAULT_TARGETS = {

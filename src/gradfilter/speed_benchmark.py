@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 
 from .baselines import proxy_forward
+from .config import ScoreConfig
 from .ensemble import LoRAEnsemble, linear_warmup_decay
 from .gradstats import (
     WARMUP_RATIO,
     Batcher,
     RawStats,
-    ScoreConfig,
     member_batches,
     progress_bars,
     train_and_collect,
@@ -198,11 +198,11 @@ def utilisation(timing: PathTiming, flops_per_token: float, device: torch.device
 def run_speed_benchmark(encoded: list[Encoded], config: ScoreConfig, paths: tuple[str, ...],
                         log=print) -> dict:
     """Time each requested path ('fused', 'naive', 'ifd') on `encoded`; figures as a dict."""
-    device = resolve_device(config.device)  # type: ignore[arg-type]
-    dtype = resolve_dtype(config.dtype, device)  # type: ignore[arg-type]
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
     tokenizer = load_tokenizer(config.proxy)
     model = load_model(config.proxy, device)
-    config = replace(config, lora_targets=config.lora_targets or default_targets(model))
+    config = config.with_targets(default_targets(model))
     params = sum(p.numel() for p in model.parameters())
     tokens = sum(len(item.input_ids) for item in encoded)
     # Every training epoch and collection pass runs each member's copy of every example.

@@ -23,11 +23,9 @@ from typing import Literal
 
 import numpy as np
 
+from .config import TemplateChoice, TurnsChoice
 from .errors import GradfilterError
 from .formats import Turn
-
-TemplateChoice = Literal["auto", "plain", "chat"]
-TurnsChoice = Literal["all", "last"]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,74 @@
+"""The run configuration: every setting that affects the scores, typed (method.md §2-3).
+
+No torch here: the command line builds its options (and `--help`) from this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal, get_args
+
+from .errors import GradfilterError
+
+Method = Literal["gsnr", "ifd", "perplexity", "length", "random"]
+METHODS: tuple[Method, ...] = get_args(Method)
+BASELINES: tuple[Method, ...] = METHODS[1:]  # one pass of the proxy at most
+DeviceChoice = Literal["auto", "cpu", "cuda"]
+DtypeChoice = Literal["auto", "float32", "bfloat16"]
+TemplateChoice = Literal["auto", "plain", "chat"]
+TurnsChoice = Literal["all", "last"]
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Every setting that affects the scores; method.md §2-3 defaults."""
+
+    proxy: str = "gpt2"
+    members: int = 4
+    epochs: int = 2
+    early: int = 1
+    late: int = 2
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] | None = None  # None: the architecture's default targets
+    lr: float = 2e-4
+    batch_size: int = 16
+    collect_batch_size: int = 32
+    max_length: int = 512
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: DeviceChoice = "auto"
+    dtype: DtypeChoice = "auto"
+    template: TemplateChoice = "auto"
+    turns: TurnsChoice = "all"
+    length_bucketing: bool = True
+
+    def validate(self) -> None:
+        positive = ("members", "epochs", "lora_rank", "batch_size", "collect_batch_size",
+                    "max_length")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise GradfilterError(f"--{name.replace('_', '-')} must be at least 1")
+        if not 1 <= self.early < self.late <= self.epochs:
+            raise GradfilterError(
+                f"need 1 <= --early < --late <= --epochs, got early={self.early}, "
+                f"late={self.late}, epochs={self.epochs}"
+            )
+        if self.lr <= 0 or self.lora_alpha <= 0:
+            raise GradfilterError("--lr and --lora-alpha must be positive")
+        for name, kind in (("device", DeviceChoice), ("dtype", DtypeChoice),
+                           ("template", TemplateChoice), ("turns", TurnsChoice)):
+            if getattr(self, name) not in get_args(kind):
+                raise GradfilterError(f"--{name} must be one of {list(get_args(kind))}, got "
+                                      f"{getattr(self, name)!r}")
+
+    def with_targets(self, default: tuple[str, ...]) -> ScoreConfig:
+        """The config with its LoRA targets resolved (`default` where none were named)."""
+        return replace(self, lora_targets=tuple(self.lora_targets or default))
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The resolved LoRA targets (after `with_targets`)."""
+        if self.lora_targets is None:
+            raise ValueError("the LoRA targets are not resolved yet (with_targets)")
+        return self.lora_targets

@@ -1,0 +1,22 @@
+"""Seeds derived from the user's one seed, each use of it a named stream of its own.
+
+A stream depends only on its parts (e.g. (seed, member, epoch)), never on what else runs
+beside it: member m of an M-member run is the same model as member m of any other run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# The last part of the derived seed, keeping each use of the user's seed apart.
+INIT_STREAM = 0  # (seed, member, INIT_STREAM): member m's LoRA initialisation
+ORDER_STREAM = 1  # (seed, member, epoch, ORDER_STREAM): member m's data order in an epoch
+SCHEDULE_STREAM = 2  # (seed, epoch, SCHEDULE_STREAM): the bucketed batches' shared schedule
+RANDOM_STREAM = 7  # (seed, RANDOM_STREAM): the random baseline's draw
+CORRUPTION_STREAM = 11  # (seed, CORRUPTION_STREAM): the noise benchmark's corruptions
+
+
+def derived_seed(*parts: int) -> int:
+    """A 63-bit seed that depends only on `parts` (e.g. (seed, member, epoch))."""
+    state = np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
