@@ -85,7 +85,6 @@ def record_notes(dataset: Dataset) -> dict[str, Any]:
             turns = dataset.turns(record)
         except GradfilterError:
             continue  # unscored, with its reason, elsewhere
-        answered = any(turn.role == "assistant" for turn in turns[1:])
-        if answered and turns[-1].role != "assistant":
+        if formats.ends_on_prompt(turns):
             ends_on_prompt.append(record.index)
     return {"duplicate_ids": duplicates, "ends_on_prompt": ends_on_prompt}

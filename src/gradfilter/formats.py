@@ -16,7 +16,7 @@ import codecs
 import gzip
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -69,6 +69,45 @@ class Record:
 class Turn:
     role: Literal["system", "user", "assistant"]
     text: str
+
+
+# The conversation rule, the one place that says which turns are prompt and which carry loss.
+# System and user turns are prompt. An assistant turn answers a prompt, and so carries loss,
+# when anything comes before it; one that opens the conversation is context.
+
+
+def answering_turns(turns: Sequence[Turn]) -> list[int]:
+    """Positions of the assistant turns that answer a prompt (every assistant turn but a first
+    turn): the turns that carry loss, and the ones a corruption may change."""
+    return [k for k, turn in enumerate(turns) if turn.role == "assistant" and k > 0]
+
+
+def loss_turns(turns: Sequence[Turn], mode: Literal["all", "last"] = "all") -> list[int]:
+    """The answering turns that carry loss: all of them, or the last only."""
+    positions = answering_turns(turns)
+    return positions[-1:] if mode == "last" else positions
+
+
+def unscorable_reason(turns: Sequence[Turn]) -> str | None:
+    """Why a conversation has nothing to score, or None when it has."""
+    if not turns:
+        return "empty conversation"
+    if not answering_turns(turns):
+        return "no assistant turn after a prompt"
+    return None
+
+
+def ends_on_prompt(turns: Sequence[Turn]) -> bool:
+    """Answered at least once, but ends on a prompt turn (that tail carries no loss)."""
+    return bool(answering_turns(turns)) and turns[-1].role != "assistant"
+
+
+def prompt_of(turns: Sequence[Turn], k: int) -> str:
+    """The prompt answered by turn k: the last system or user turn before it (the turn just
+    before it if only assistant turns come first)."""
+    before = turns[:k]
+    asked = [turn for turn in before if turn.role != "assistant"]
+    return (asked or before)[-1].text
 
 
 @dataclass

@@ -82,13 +82,11 @@ def _count_turns(index: int, turns: list[formats.Turn], result: Inspection,
                  path: object) -> None:
     result.turns_per_record.append(len(turns))
     result.roles.update(turn.role for turn in turns)
-    answers = [turn for k, turn in enumerate(turns) if turn.role == "assistant" and k > 0]
-    result.response_chars.extend(len(turn.text) for turn in answers)
+    result.response_chars.extend(len(turns[k].text) for k in formats.answering_turns(turns))
     where = f"{path}: record {index}"
-    if not turns:
-        result.problems.append(f"{where}: empty conversation (not scored)")
-    elif not answers:
-        result.problems.append(f"{where}: no assistant turn after a prompt (not scored)")
-    elif turns[-1].role != "assistant":
+    reason = formats.unscorable_reason(turns)
+    if reason is not None:
+        result.problems.append(f"{where}: {reason} (not scored)")
+    elif formats.ends_on_prompt(turns):
         result.problems.append(f"{where}: ends on a {turns[-1].role} turn (the tail is prompt "
                                "with no answer; it carries no loss)")

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from .config import ScoreConfig
 from .errors import GradfilterError
-from .formats import Turn
+from .formats import Turn, answering_turns, prompt_of
 from .outputs import atomic_path, atomic_write_text, write_run_record
 from .seeds import CORRUPTION_STREAM, derived_seed
 from .selection import select_top
@@ -86,16 +86,6 @@ def echo_prompt(prompt: str, response: str, context: CorruptionContext) -> str:
     return prompt
 
 
-def answering_turns(turns: Sequence[Turn]) -> list[int]:
-    """Assistant turns with a user turn somewhere before them: the turns that carry loss."""
-    seen_user, positions = False, []
-    for k, turn in enumerate(turns):
-        seen_user |= turn.role == "user"
-        if turn.role == "assistant" and seen_user:
-            positions.append(k)
-    return positions
-
-
 def corrupt(conversations: list[list[Turn]], fraction: float, kinds: Sequence[str], seed: int,
             tokenizer) -> tuple[list[list[Turn]], list[str | None]]:
     """Corrupt round(fraction * N) conversations, the kinds in equal shares, all seeded."""
@@ -125,8 +115,7 @@ def corrupt(conversations: list[list[Turn]], fraction: float, kinds: Sequence[st
 def _corrupt_turns(turns: list[Turn], corruption: Corruption, context) -> list[Turn]:
     new = list(turns)
     for k in answering_turns(turns):
-        prompt = next(t.text for t in reversed(turns[:k]) if t.role == "user")
-        new[k] = Turn("assistant", corruption(prompt, turns[k].text, context))
+        new[k] = Turn("assistant", corruption(prompt_of(turns, k), turns[k].text, context))
     return new
 
 

@@ -23,7 +23,7 @@ from .config import METHODS, ScoreConfig
 from .dataset import Dataset, as_dataset, read_dataset, record_notes
 from .ensemble import LoRAEnsemble
 from .errors import GradfilterError
-from .formats import Format
+from .formats import Format, unscorable_reason
 from .gradstats import (
     RawStats,
     progress_bars,
@@ -63,14 +63,10 @@ def _encode_all(dataset: Dataset, tokenizer, config: ScoreConfig, skip_bad_recor
             continue
         item = encode(turns, tokenizer, template, config.max_length, config.turns)
         encoded.append(item)
-        if not turns:
-            reasons.append("empty conversation")
-        elif not any(turn.role == "assistant" for turn in turns[1:]):
-            reasons.append("no assistant turn after a prompt")
-        elif item.n_response_tokens == 0:
-            reasons.append("no response tokens within max_length")
-        else:
-            reasons.append(None)
+        reason = unscorable_reason(turns)
+        if reason is None and item.n_response_tokens == 0:
+            reason = "no response tokens within max_length"
+        reasons.append(reason)
     return template, encoded, reasons
 
 

@@ -23,6 +23,7 @@ from typing import Literal
 
 import numpy as np
 
+from . import formats
 from .config import TemplateChoice, TurnsChoice
 from .errors import GradfilterError
 from .formats import Turn
@@ -57,25 +58,17 @@ def encode(
     turns_mode: TurnsChoice = "all",
 ) -> Encoded:
     """Token ids and response mask, truncated from the end to `max_length`."""
-    loss_turns = _loss_turn_positions(turns, turns_mode)
+    loss = set(formats.loss_turns(turns, turns_mode))
     if template == "plain":
-        ids, mask = _encode_plain(turns, tokenizer, loss_turns)
+        ids, mask = _encode_plain(turns, tokenizer, loss)
     else:
-        ids, mask = _encode_chat(turns, tokenizer, loss_turns)
+        ids, mask = _encode_chat(turns, tokenizer, loss)
     truncated = len(ids) > max_length
     return Encoded(
         np.asarray(ids[:max_length], dtype=np.int64),
         np.asarray(mask[:max_length], dtype=bool),
         truncated,
     )
-
-
-def _loss_turn_positions(turns: list[Turn], turns_mode: TurnsChoice) -> set[int]:
-    """Assistant turns that carry loss; one that opens the conversation answers no prompt."""
-    positions = [k for k, turn in enumerate(turns) if turn.role == "assistant" and k > 0]
-    if turns_mode == "last":
-        positions = positions[-1:]
-    return set(positions)
 
 
 def _leading_special_ids(tokenizer) -> list[int]:

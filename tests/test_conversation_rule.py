@@ -1,0 +1,66 @@
+"""The one conversation rule: which turns are prompt, which carry loss, which answer a prompt.
+
+Scoring, inspection, the run record and the noise benchmark all ask it; each case is pinned
+here and checked where it is used.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from gradfilter.formats import (
+    Turn,
+    answering_turns,
+    ends_on_prompt,
+    loss_turns,
+    prompt_of,
+    unscorable_reason,
+)
+
+S, U, A = "system", "user", "assistant"
+CASES = [
+    # roles, answering turns, unscorable reason, ends on a prompt
+    ([], [], "empty conversation", False),
+    ([U], [], "no assistant turn after a prompt", False),
+    ([S], [], "no assistant turn after a prompt", False),
+    ([A], [], "no assistant turn after a prompt", False),
+    ([U, A], [1], None, False),
+    ([S, A], [1], None, False),  # a system prompt is a prompt: scored and corruptible
+    ([A, U], [], "no assistant turn after a prompt", False),
+    ([A, A], [1], None, False),
+    ([U, A, U], [1], None, True),
+    ([S, U, A, U, A], [2, 4], None, False),
+    ([A, S, U, A, U, A], [3, 5], None, False),
+]
+
+
+@pytest.mark.parametrize(("roles", "answering", "reason", "open_tail"), CASES)
+def test_the_rule(roles, answering, reason, open_tail):
+    turns = [Turn(role, f"t{k}") for k, role in enumerate(roles)]
+    assert answering_turns(turns) == answering
+    assert loss_turns(turns, "all") == answering
+    assert loss_turns(turns, "last") == answering[-1:]
+    assert unscorable_reason(turns) == reason
+    assert ends_on_prompt(turns) == open_tail
+
+
+def test_the_prompt_of_an_answer_is_the_last_prompt_turn_before_it():
+    turns = [Turn(A, "hello"), Turn(S, "s"), Turn(U, "q1"), Turn(A, "a1"), Turn(A, "a2")]
+    assert prompt_of(turns, 3) == "q1"
+    assert prompt_of(turns, 4) == "q1"
+    assert prompt_of([Turn(S, "be brief"), Turn(A, "ok")], 1) == "be brief"
+    assert prompt_of([Turn(A, "a"), Turn(A, "b")], 1) == "a"
+
+
+def test_a_system_then_assistant_record_is_scored_and_can_be_corrupted(gpt2_proxy):
+    """The copy that drifted: such a record carried loss but the noise benchmark skipped it."""
+    from gradfilter.noise_benchmark import corrupt
+    from gradfilter.proxy import load_tokenizer
+    from gradfilter.tokenization import encode
+
+    turns = [Turn(S, "Answer in French."), Turn(A, "Bonjour tout le monde")]
+    tokenizer = load_tokenizer(gpt2_proxy)
+    assert encode(turns, tokenizer, "plain", 64).n_response_tokens > 0
+    mixed, labels = corrupt([turns] * 4, 0.5, ["echo"], seed=0, tokenizer=tokenizer)
+    assert labels.count("echo") == 2
+    assert [t.text for t in mixed[labels.index("echo")]] == ["Answer in French."] * 2
