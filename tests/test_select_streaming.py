@@ -14,8 +14,10 @@ import pytest
 from conftest import alpaca_records, run_cli, write_jsonl
 
 import gradfilter as gf
-from gradfilter import formats, subset
-from gradfilter.subset import load_scores, select_subset
+from gradfilter import formats
+from gradfilter import table as table_contract
+from gradfilter.subset import select_subset
+from gradfilter.table import load_scores
 
 
 def _sqnorm_table(n: int, seed: int = 0) -> pa.Table:
@@ -35,7 +37,7 @@ def _sqnorm_table(n: int, seed: int = 0) -> pa.Table:
 
 @pytest.fixture
 def small_batches(monkeypatch):
-    monkeypatch.setattr(subset, "_STATS_BATCH_ROWS", 4)
+    monkeypatch.setattr(table_contract, "_STATS_BATCH_ROWS", 4)
     monkeypatch.setattr(formats, "_ARROW_BATCH_ROWS", 4)
 
 

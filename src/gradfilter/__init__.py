@@ -17,15 +17,15 @@ _EXPORTS = {
     "Selection": "selection",
     "UTILITIES": "utilities",
     "compute_utilities": "utilities",
-    "load_stats": "subset",
+    "load_stats": "table",
     "read_dataset": "dataset",
     "register_corruption": "noise_benchmark",
     "run_noise_benchmark": "noise_benchmark",
     "score": "pipeline",
     "select": "subset",
     "select_top": "selection",
-    "utility_scores": "utilities",
-    "with_utilities": "utilities",
+    "utility_scores": "table",
+    "with_utilities": "table",
 }
 
 __all__ = [
@@ -53,8 +53,9 @@ if TYPE_CHECKING:
     from .noise_benchmark import register_corruption, run_noise_benchmark
     from .pipeline import score
     from .selection import Selection, select_top
-    from .subset import load_stats, select
-    from .utilities import UTILITIES, compute_utilities, utility_scores, with_utilities
+    from .subset import select
+    from .table import load_stats, utility_scores, with_utilities
+    from .utilities import UTILITIES, compute_utilities
 
 
 def __getattr__(name: str) -> Any:

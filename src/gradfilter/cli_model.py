@@ -24,7 +24,7 @@ from .cli import (
     skip_option,
 )
 from .config import METHODS, ScoreConfig
-from .utilities import default_utility, utility_scores
+from .table import default_utility, utility_scores
 
 DEFAULTS = ScoreConfig()
 

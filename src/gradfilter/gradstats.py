@@ -12,14 +12,12 @@ torchrun rank holding a subset of members pads exactly as a one-process run does
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow as pa
 import torch
 from rich.progress import (
     BarColumn,
@@ -428,30 +426,3 @@ def advance_bar(bars: Progress, task, rows: int, start: float, already: int = 0)
     bars.advance(task, rows)
     done = bars.tasks[task].completed - already
     bars.update(task, rate=f"{done / max(time.perf_counter() - start, 1e-9):.1f} ex/s")
-
-
-def stats_table(n_records: int, scorable: np.ndarray, head: dict[str, pa.Array], raw: RawStats,
-                config: ScoreConfig) -> pa.Table:
-    """One row per input record: `head` (record_columns), then raw statistics (NaN where
-    unscored) in input order."""
-    columns = dict(head)
-    for epoch in (config.early, config.late):
-        for name, values in (("loss", raw.losses[epoch]), ("sqnorm", raw.sqnorms[epoch])):
-            for m in range(config.members):
-                full = np.full(n_records, np.nan)
-                full[scorable] = values[:, m]
-                columns[f"{name}_e{epoch}_m{m}"] = pa.array(full)
-    meta = {"method": "gsnr", "early": config.early, "late": config.late,
-            "members": config.members, "config": asdict(config)}
-    return pa.table(columns).replace_schema_metadata({"gradfilter": json.dumps(meta)})
-
-
-def record_columns(n_records: int, n_response_tokens: np.ndarray, truncated: np.ndarray,
-                   skip_reasons: list[str | None]) -> dict[str, pa.Array]:
-    """The columns every statistics table starts with, whatever the method."""
-    return {
-        "index": pa.array(np.arange(n_records, dtype=np.int64)),
-        "n_response_tokens": pa.array(n_response_tokens.astype(np.int32)),
-        "truncated": pa.array(truncated.astype(bool)),
-        "skip_reason": pa.array(skip_reasons, type=pa.string()),
-    }

@@ -24,7 +24,8 @@ from .formats import Turn, answering_turns, prompt_of
 from .outputs import atomic_path, atomic_write_text, write_run_record
 from .seeds import CORRUPTION_STREAM, derived_seed
 from .selection import select_top
-from .utilities import UTILITIES, utility_scores
+from .table import utility_scores
+from .utilities import UTILITIES
 
 CURVE_BUDGETS = tuple(round(0.01 * k, 2) for k in range(1, 51))
 

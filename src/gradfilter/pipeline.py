@@ -6,14 +6,12 @@ Scoring (torch, the proxy) is here; reading (`dataset`) and selecting (`subset`)
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from . import distributed
@@ -27,11 +25,9 @@ from .formats import Format, unscorable_reason
 from .gradstats import (
     RawStats,
     progress_bars,
-    record_columns,
-    stats_table,
     train_and_collect,
 )
-from .outputs import atomic_path, device_description, write_run_record
+from .outputs import device_description, write_run_record
 from .proxy import (
     default_targets,
     load_model,
@@ -39,9 +35,9 @@ from .proxy import (
     resolve_device,
     resolve_dtype,
 )
-from .subset import Subset, load_stats, select, select_subset
+from .subset import Subset, select, select_subset
+from .table import baseline_table, gsnr_table, load_stats, record_columns, write_table
 from .tokenization import Encoded, encode, resolve_template
-from .utilities import with_utilities
 
 # The API of this module: reading and selecting live in torch-free modules, re-exported here.
 __all__ = ["METHODS", "Dataset", "Subset", "as_dataset", "load_stats", "read_dataset",
@@ -212,8 +208,7 @@ def _score_gsnr(prepared: _Prepared, head, config: ScoreConfig, checkpoint_dir, 
     finally:
         if checkpoint is not None:
             checkpoint.close()
-    table = with_utilities(stats_table(len(prepared.encoded), prepared.scorable, head, raw,
-                                       config))
+    table = gsnr_table(head, prepared.scorable, raw.losses, raw.sqnorms, config)
     return table, config, {
         "world_size": comm.world,
         "checkpoint": None if checkpoint_dir is None else
@@ -238,16 +233,13 @@ def _score_baseline(method: str, prepared: _Prepared, head, tokenizer, config: S
         columns = baseline_columns(method, prepared.encoded, prepared.scorable,
                                    len(prepared.encoded), config.seed, forward)
         timings[method] = time.perf_counter() - start
-    table = pa.table({**head, **{name: pa.array(v) for name, v in columns.items()}})
-    meta = {"method": method, "utility": method, "config": asdict(config)}
-    return table.replace_schema_metadata({"gradfilter": json.dumps(meta)}), {}
+    return baseline_table(head, columns, method, config), {}
 
 
 def _write_score_outputs(out: Path, table: pa.Table, prepared: _Prepared, method: str,
                          config: ScoreConfig, timings: dict[str, float], details: dict) -> None:
     start = time.perf_counter()
-    with atomic_path(out) as tmp:
-        pq.write_table(table, tmp)
+    write_table(table, out)
     timings["write_table"] = time.perf_counter() - start
     dataset, encoded, reasons = prepared.dataset, prepared.encoded, prepared.reasons
     write_run_record(out, {

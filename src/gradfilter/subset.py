@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from . import formats
 from .dataset import Dataset, resolve_format
@@ -23,103 +22,8 @@ from .errors import GradfilterError
 from .formats import Format, ReadReport, Record
 from .outputs import write_run_record
 from .selection import Selection, select_top
-from .utilities import (
-    column_name,
-    compute_utilities,
-    default_utility,
-    require_utility,
-    sqnorm_columns,
-    table_epochs,
-    utility_scores,
-)
+from .table import load_scores, table_utility
 from .writing import write_subset
-
-_STATS_BATCH_ROWS = 1 << 16
-
-
-def load_stats(path: str | Path, columns: list[str] | None = None) -> pa.Table:
-    """The statistics table (only `columns` of it, if given), with its metadata."""
-    path = Path(path)
-    if not path.is_file():
-        raise GradfilterError(f"{path}: no such statistics table")
-    try:
-        # ParquetFile.read, not pq.read_table: the latter brings in pyarrow.dataset and pandas.
-        return pq.ParquetFile(path).read(columns=columns)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise GradfilterError(f"{path}: not a Parquet statistics table: {exc}") from None
-
-
-def load_scores(stats: str | Path | pa.Table | np.ndarray, utility: str) -> np.ndarray:
-    """One utility per record (NaN where unscored).
-
-    From a table file, only the columns it needs are read (its stored column, else the
-    squared-norm columns), batch by batch, and the utility is computed batch by batch (every
-    utility is a function of one record's row): memory holds 8 bytes a record and one batch.
-    """
-    if isinstance(stats, np.ndarray):  # the scores themselves, read already
-        return stats.astype(np.float64, copy=False)
-    if isinstance(stats, pa.Table):
-        return utility_scores(stats, utility)
-    path = Path(stats)
-    if not path.is_file():
-        raise GradfilterError(f"{path}: no such statistics table")
-    try:
-        # Column chunks streamed in 1 MiB reads, not buffered whole: a lower peak.
-        table_file = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
-        schema = table_file.schema_arrow
-        scores = np.empty(table_file.metadata.num_rows, dtype=np.float64)
-        stored = column_name(utility)
-        if stored in schema.names:
-            for start, batch in _stat_batches(table_file, [stored]):
-                scores[start:start + batch.num_rows] = _as_float64(batch.column(0))
-            return scores
-        empty = pa.Table.from_batches([], schema=schema)  # (schema.empty_table imports pandas)
-        require_utility(empty, utility)
-        early, late = table_epochs(empty)
-        columns = {e: sqnorm_columns(schema.names, e) for e in (early, late)}
-        for start, batch in _stat_batches(table_file, columns[early] + columns[late]):
-            early_late = [np.stack([_as_float64(batch.column(name)) for name in columns[e]],
-                                   axis=1) for e in (early, late)]
-            scores[start:start + batch.num_rows] = compute_utilities(*early_late)[utility]
-        return scores
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise GradfilterError(f"{path}: not a Parquet statistics table: {exc}") from None
-
-
-def table_utility(stats: str | Path | pa.Table | np.ndarray) -> str:
-    """What a table ranks by unless told: the baseline that made it, else gsnr."""
-    if isinstance(stats, pa.Table):
-        return default_utility(stats)
-    if isinstance(stats, np.ndarray):
-        return "gsnr"
-    try:
-        schema = pq.ParquetFile(stats).schema_arrow
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise GradfilterError(f"{stats}: not a Parquet statistics table: {exc}") from None
-    return default_utility(pa.Table.from_batches([], schema=schema))
-
-
-def _stat_batches(table_file: pq.ParquetFile, columns: list[str]):
-    start = 0
-    for batch in table_file.iter_batches(batch_size=_STATS_BATCH_ROWS, columns=columns):
-        yield start, batch
-        start += batch.num_rows
-
-
-def _as_float64(array: pa.Array) -> np.ndarray:
-    """A numeric column as float64, NaN where null. Read from the Arrow buffers: pyarrow's own
-    conversion imports pandas (tens of MB) just to do this."""
-    if not pa.types.is_float64(array.type):
-        array = array.cast(pa.float64())
-    if len(array) == 0:
-        return np.zeros(0, dtype=np.float64)
-    validity, data = array.buffers()[:2]
-    values = np.frombuffer(data, dtype=np.float64, count=len(array), offset=array.offset * 8)
-    values = values.copy()
-    if array.null_count:
-        bits = np.unpackbits(np.frombuffer(validity, dtype=np.uint8), bitorder="little")
-        values[~bits[array.offset:array.offset + len(array)].astype(bool)] = np.nan
-    return values
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,244 @@
+"""The statistics table: the contract between `score` and `select` (no torch here).
+
+Parquet, one row per input record: the record columns (`index`, `n_response_tokens`,
+`truncated`, `skip_reason`), then the method's columns. A G-SNR table holds `loss_e{e}_m{m}` and
+`sqnorm_e{e}_m{m}` for the early and late epoch and every member, and one column per utility;
+a baseline's table its score column(s). The schema metadata key `gradfilter` holds JSON:
+the method, the utility `select` ranks by unless told, the epochs, the members and the config.
+
+Every utility is a function of one record's row, so `load_scores` reads only the columns a
+utility needs, batch by batch: memory holds 8 bytes a record and one batch.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .config import ScoreConfig
+from .errors import GradfilterError
+from .outputs import atomic_path
+from .utilities import BASELINE_SCORES, UTILITIES, compute_utilities
+
+META_KEY = "gradfilter"
+_SQNORM = re.compile(r"^sqnorm_e(\d+)_m(\d+)$")
+_STATS_BATCH_ROWS = 1 << 16
+
+
+# --- writing -------------------------------------------------------------------------------
+
+def record_columns(n_records: int, n_response_tokens: np.ndarray, truncated: np.ndarray,
+                   skip_reasons: list[str | None]) -> dict[str, pa.Array]:
+    """The columns every statistics table starts with, whatever the method."""
+    return {
+        "index": pa.array(np.arange(n_records, dtype=np.int64)),
+        "n_response_tokens": pa.array(n_response_tokens.astype(np.int32)),
+        "truncated": pa.array(truncated.astype(bool)),
+        "skip_reason": pa.array(skip_reasons, type=pa.string()),
+    }
+
+
+def gsnr_table(head: dict[str, pa.Array], scorable: np.ndarray, losses: dict[int, np.ndarray],
+               sqnorms: dict[int, np.ndarray], config: ScoreConfig) -> pa.Table:
+    """`head`, then each collected epoch's [scorable examples, members] losses and squared
+    norms spread over all records (NaN where unscored), then every utility."""
+    n_records = len(head["index"])
+    columns = dict(head)
+    for epoch in (config.early, config.late):
+        for name, values in (("loss", losses[epoch]), ("sqnorm", sqnorms[epoch])):
+            for m in range(config.members):
+                full = np.full(n_records, np.nan)
+                full[scorable] = values[:, m]
+                columns[f"{name}_e{epoch}_m{m}"] = pa.array(full)
+    meta = {"method": "gsnr", "early": config.early, "late": config.late,
+            "members": config.members, "config": asdict(config)}
+    return with_utilities(with_meta(pa.table(columns), meta))
+
+
+def baseline_table(head: dict[str, pa.Array], columns: dict[str, np.ndarray], method: str,
+                   config: ScoreConfig) -> pa.Table:
+    """`head` and a baseline's score columns; `select` ranks by the method's own column."""
+    table = pa.table({**head, **{name: pa.array(v) for name, v in columns.items()}})
+    return with_meta(table, {"method": method, "utility": method, "config": asdict(config)})
+
+
+def with_meta(table: pa.Table, meta: dict) -> pa.Table:
+    return table.replace_schema_metadata({META_KEY: json.dumps(meta)})
+
+
+def write_table(table: pa.Table, path: Path) -> None:
+    """The table to `path` (Parquet), atomically."""
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+# --- what a table holds ----------------------------------------------------------------------
+
+def table_meta(table: pa.Table) -> dict:
+    meta = (table.schema.metadata or {}).get(META_KEY.encode())
+    return json.loads(meta) if meta else {}
+
+
+def column_name(utility: str) -> str:
+    """`gsnr-cv` is stored as column `gsnr_cv`."""
+    return utility.replace("-", "_")
+
+
+def table_epochs(table: pa.Table) -> tuple[int, int]:
+    """(early, late) from the table's metadata, else the smallest and largest epoch present."""
+    info = table_meta(table)
+    if "early" in info:
+        return int(info["early"]), int(info["late"])
+    epochs = sorted({int(m.group(1)) for c in table.column_names if (m := _SQNORM.match(c))})
+    if len(epochs) < 2:
+        raise GradfilterError("the statistics table needs sqnorm columns for two epochs")
+    return epochs[0], epochs[-1]
+
+
+def sqnorm_columns(names: list[str], epoch: int) -> list[str]:
+    """`sqnorm_e{epoch}_m{m}` of every member m present, in member order."""
+    members = sorted(int(m.group(2)) for c in names
+                     if (m := _SQNORM.match(c)) and int(m.group(1)) == epoch)
+    if not members:
+        raise GradfilterError(f"the statistics table has no sqnorm columns for epoch {epoch}")
+    return [f"sqnorm_e{epoch}_m{m}" for m in members]
+
+
+def sqnorm_matrix(table: pa.Table, epoch: int) -> np.ndarray:
+    """[examples, members] squared gradient norms at one epoch."""
+    return np.stack([_as_float64(table.column(name).combine_chunks())
+                     for name in sqnorm_columns(table.column_names, epoch)], axis=1)
+
+
+def default_utility(table: pa.Table) -> str:
+    """What `select` ranks by unless told: G-SNR, or the baseline the table was made by."""
+    return table_meta(table).get("utility", "gsnr")
+
+
+def available_utilities(table: pa.Table) -> list[str]:
+    names = set(table.column_names)
+    baseline = [u for u in BASELINE_SCORES if u in names]
+    if any(_SQNORM.match(c) for c in names):
+        return [*UTILITIES, *baseline]
+    return baseline + [u for u in UTILITIES if column_name(u) in names]
+
+
+def require_utility(table: pa.Table, utility: str) -> None:
+    """A clear error unless `table` (its columns are enough) can give `utility`."""
+    offered = available_utilities(table)
+    if not offered:
+        raise GradfilterError("the statistics table holds no scores: neither sqnorm columns "
+                              "nor a baseline's score column")
+    if utility not in offered:
+        raise GradfilterError(f"the statistics table has no utility {utility!r}; it offers "
+                              f"{offered}")
+
+
+def with_utilities(table: pa.Table) -> pa.Table:
+    """The table with one column per utility, replacing any that are there."""
+    early, late = table_epochs(table)
+    values = compute_utilities(sqnorm_matrix(table, early), sqnorm_matrix(table, late))
+    for utility in UTILITIES:
+        name = column_name(utility)
+        if name in table.column_names:
+            table = table.drop_columns([name])
+        table = table.append_column(name, pa.array(values[utility]))
+    return table
+
+
+def utility_scores(table: pa.Table, utility: str) -> np.ndarray:
+    """Scores for one utility: the stored column, else computed from the raw statistics."""
+    require_utility(table, utility)
+    name = column_name(utility)
+    if name not in table.column_names:
+        table = with_utilities(table)
+    return _as_float64(table.column(name).combine_chunks())
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+def load_stats(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """The statistics table (only `columns` of it, if given), with its metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise GradfilterError(f"{path}: no such statistics table")
+    try:
+        # ParquetFile.read, not pq.read_table: the latter brings in pyarrow.dataset and pandas.
+        return pq.ParquetFile(path).read(columns=columns)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise GradfilterError(f"{path}: not a Parquet statistics table: {exc}") from None
+
+
+def load_scores(stats: str | Path | pa.Table | np.ndarray, utility: str) -> np.ndarray:
+    """One utility per record (NaN where unscored): from a table file, only the columns it
+    needs (its stored column, else the squared-norm columns), batch by batch."""
+    if isinstance(stats, np.ndarray):  # the scores themselves, read already
+        return stats.astype(np.float64, copy=False)
+    if isinstance(stats, pa.Table):
+        return utility_scores(stats, utility)
+    path = Path(stats)
+    if not path.is_file():
+        raise GradfilterError(f"{path}: no such statistics table")
+    try:
+        # Column chunks streamed in 1 MiB reads, not buffered whole: a lower peak.
+        table_file = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
+        schema = table_file.schema_arrow
+        scores = np.empty(table_file.metadata.num_rows, dtype=np.float64)
+        stored = column_name(utility)
+        if stored in schema.names:
+            for start, batch in _stat_batches(table_file, [stored]):
+                scores[start:start + batch.num_rows] = _as_float64(batch.column(0))
+            return scores
+        empty = pa.Table.from_batches([], schema=schema)  # (schema.empty_table imports pandas)
+        require_utility(empty, utility)
+        early, late = table_epochs(empty)
+        columns = {e: sqnorm_columns(schema.names, e) for e in (early, late)}
+        for start, batch in _stat_batches(table_file, columns[early] + columns[late]):
+            early_late = [np.stack([_as_float64(batch.column(name)) for name in columns[e]],
+                                   axis=1) for e in (early, late)]
+            scores[start:start + batch.num_rows] = compute_utilities(*early_late)[utility]
+        return scores
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise GradfilterError(f"{path}: not a Parquet statistics table: {exc}") from None
+
+
+def table_utility(stats: str | Path | pa.Table | np.ndarray) -> str:
+    """What a table ranks by unless told: the baseline that made it, else gsnr."""
+    if isinstance(stats, pa.Table):
+        return default_utility(stats)
+    if isinstance(stats, np.ndarray):
+        return "gsnr"
+    try:
+        schema = pq.ParquetFile(stats).schema_arrow
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise GradfilterError(f"{stats}: not a Parquet statistics table: {exc}") from None
+    return default_utility(pa.Table.from_batches([], schema=schema))
+
+
+def _stat_batches(table_file: pq.ParquetFile, columns: list[str]):
+    start = 0
+    for batch in table_file.iter_batches(batch_size=_STATS_BATCH_ROWS, columns=columns):
+        yield start, batch
+        start += batch.num_rows
+
+
+def _as_float64(array: pa.Array) -> np.ndarray:
+    """A numeric column as float64, NaN where null. Read from the Arrow buffers: pyarrow's own
+    conversion imports pandas (tens of MB) just to do this."""
+    if not pa.types.is_float64(array.type):
+        array = array.cast(pa.float64())
+    if len(array) == 0:
+        return np.zeros(0, dtype=np.float64)
+    validity, data = array.buffers()[:2]
+    values = np.frombuffer(data, dtype=np.float64, count=len(array), offset=array.offset * 8)
+    values = values.copy()
+    if array.null_count:
+        bits = np.unpackbits(np.frombuffer(validity, dtype=np.uint8), bitorder="little")
+        values[~bits[array.offset:array.offset + len(array)].astype(bool)] = np.nan
+    return values
