@@ -7,15 +7,15 @@ import pytest
 import torch
 
 import gradfilter as gf
-from gradfilter.checkpoint import Checkpoint
-from gradfilter.distributed import Comm, Topology
-from gradfilter.gradstats import (
+from gradfilter.batching import (
     BUCKET_BATCHES,
     Batcher,
     collection_batches,
     member_batches,
     step_widths,
 )
+from gradfilter.checkpoint import Checkpoint
+from gradfilter.distributed import Comm, Topology
 from gradfilter.tokenization import Encoded
 
 N, BATCH = 1000, 8

@@ -6,10 +6,15 @@ model) never import torch: `gradfilter select` and `gradfilter inspect` start fa
 
 from __future__ import annotations
 
+import os
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from .errors import GradfilterError
+
+# Same seed, same scores, on a busy machine too: MKL may otherwise run a matrix product on
+# fewer threads when the CPU is loaded, which changes the order of its float sums.
+os.environ.setdefault("MKL_DYNAMIC", "FALSE")
 
 _EXPORTS = {
     "METHODS": "config",

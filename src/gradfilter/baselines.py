@@ -18,10 +18,11 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from .batching import Batcher, collection_batches
 from .config import BASELINES
 from .ensemble import per_example_losses
 from .errors import GradfilterError
-from .gradstats import Batcher, advance_bar, collection_batches
+from .progress import advance_bar
 from .seeds import RANDOM_STREAM, derived_seed
 from .tokenization import Encoded
 

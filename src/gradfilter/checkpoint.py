@@ -5,8 +5,10 @@ Layout of `--checkpoint-dir DIR`:
     fingerprint.json          every setting that affects results, and the data's hash
     lock                      flock-ed by the run using the directory (rank 0)
     state.json                the commit point: last committed step, collected epochs, finished
-    train-<step>/member<m>.pt member m's LoRA A/B, AdamW moments and per-step training losses
-    train-<step>/common.pt    AdamW step count and param groups, LR schedule, RNG states
+    train-<step>/member<m>.pt member m's own training state (the ensemble's payload: its LoRA A/B
+                              and AdamW moments; and its per-step training losses)
+    train-<step>/common.pt    what all members share (AdamW step count and param groups, LR
+                              schedule, RNG states)
     collect-e<e>/*.npz        collection shards: rows of whole collection batches, some members
 
 Every file is written to a temporary name in its own directory, fsynced and renamed over its
@@ -24,7 +26,6 @@ import fcntl
 import hashlib
 import json
 import os
-import random
 import shutil
 import tempfile
 import time
@@ -37,7 +38,6 @@ import numpy as np
 import torch
 
 from .distributed import Comm, Topology
-from .ensemble import LoRAEnsemble
 from .errors import GradfilterError
 
 FORMAT = 1
@@ -145,6 +145,13 @@ class Checkpoint:
             raise GradfilterError(f"checkpoint in {self.root} is in use by another run") from None
         self._lock = handle
 
+    def __enter__(self) -> Checkpoint:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Release the directory for the next run."""
         if self._lock is not None:
@@ -186,37 +193,19 @@ class Checkpoint:
     def _train_dir(self, step: int) -> Path:
         return self.root / f"train-{step:09d}"
 
-    def save_train(self, step: int, ensemble: LoRAEnsemble, optimizer: torch.optim.Optimizer,
-                   schedule: torch.optim.lr_scheduler.LRScheduler,
-                   member_losses: dict[int, torch.Tensor], keep: bool) -> None:
-        """Commit the training state after optimiser step `step` (all ranks call this)."""
+    def save_train(self, step: int, members: dict[int, dict], common: dict,
+                   keep: bool) -> None:
+        """Commit the training state after optimiser step `step` (all ranks call this):
+        `members` are the held members' own payloads (this rank writes those it owns),
+        `common` what all members share (rank 0 writes it). Both are opaque here."""
         directory = self._train_dir(step)
         directory.mkdir(parents=True, exist_ok=True)
-        optimizer_state = optimizer.state_dict()
-        state = optimizer_state["state"]
-        named = ensemble.named_parameters()
-        for k, m in enumerate(ensemble.member_ids):
-            if not self.topology.owns(m):
-                continue
-            payload = {
-                "member": m,
-                "step": step,
-                "params": {name: p.detach()[k].cpu().clone() for name, p in named},
-                "exp_avg": {name: state[i]["exp_avg"][k].cpu().clone()
-                            for i, (name, _) in enumerate(named)},
-                "exp_avg_sq": {name: state[i]["exp_avg_sq"][k].cpu().clone()
-                               for i, (name, _) in enumerate(named)},
-                "losses": member_losses[m].cpu().clone(),
-            }
-            durable_write(directory / f"member{m}.pt", lambda h, p=payload: torch.save(p, h))
+        for m, payload in members.items():
+            if self.topology.owns(m):
+                payload = {"member": m, "step": step, **payload}
+                durable_write(directory / f"member{m}.pt", lambda h, p=payload: torch.save(p, h))
         if self.comm.rank == 0:
-            common = {
-                "step": step,
-                "adam_step": state[0]["step"].cpu().clone(),
-                "param_groups": optimizer_state["param_groups"],
-                "schedule": schedule.state_dict(),
-                "rng": _rng_state(),
-            }
+            common = {"step": step, **common}
             durable_write(directory / "common.pt", lambda h: torch.save(common, h))
         self.comm.barrier()
         kept = sorted({*self.manifest.kept, step}) if keep else self.manifest.kept
@@ -228,40 +217,15 @@ class Checkpoint:
                     shutil.rmtree(old)
         _sleep_hook()
 
-    def load_train(self, ensemble: LoRAEnsemble, optimizer: torch.optim.Optimizer,
-                   schedule: torch.optim.lr_scheduler.LRScheduler) -> dict[int, torch.Tensor]:
-        """Restore the last committed training state; the per-member training-loss history."""
-        step = self.manifest.step
-        directory = self._train_dir(step)
-        common = _load(directory / "common.pt")
-        members = {m: _load(directory / f"member{m}.pt") for m in ensemble.member_ids}
-        named = ensemble.named_parameters()
-        self._set_params(ensemble, members)
-        state = {
-            i: {"step": common["adam_step"].clone(),
-                "exp_avg": torch.stack([members[m]["exp_avg"][name]
-                                        for m in ensemble.member_ids]),
-                "exp_avg_sq": torch.stack([members[m]["exp_avg_sq"][name]
-                                           for m in ensemble.member_ids])}
-            for i, (name, _) in enumerate(named)
-        }
-        optimizer.load_state_dict({"state": state, "param_groups": common["param_groups"]})
-        schedule.load_state_dict(common["schedule"])
-        _set_rng_state(common["rng"])
-        return {m: members[m]["losses"] for m in ensemble.member_ids}
+    def load_train(self, members: list[int]) -> tuple[dict[int, dict], dict]:
+        """The last committed training state: the payloads of `members` and the common one."""
+        directory = self._train_dir(self.manifest.step)
+        return self.load_members(self.manifest.step, members), _load(directory / "common.pt")
 
-    def load_adapters(self, ensemble: LoRAEnsemble, step: int) -> None:
-        """Put the adapters of committed step `step` into the ensemble (optimiser untouched)."""
+    def load_members(self, step: int, members: list[int]) -> dict[int, dict]:
+        """The payloads of `members` committed at step `step`."""
         directory = self._train_dir(step)
-        self._set_params(ensemble, {m: _load(directory / f"member{m}.pt")
-                                    for m in ensemble.member_ids})
-
-    @staticmethod
-    @torch.no_grad()
-    def _set_params(ensemble: LoRAEnsemble, members: dict[int, dict]) -> None:
-        for name, p in ensemble.named_parameters():
-            for k, m in enumerate(ensemble.member_ids):
-                p[k].copy_(members[m]["params"][name])
+        return {m: _load(directory / f"member{m}.pt") for m in members}
 
     # --- collection shards ---------------------------------------------------------------
 
@@ -307,6 +271,10 @@ class Checkpoint:
         if self.comm.rank == 0:
             self._commit(self.manifest)
 
+    def due(self, step: int, at_end: bool) -> bool:
+        """Whether the training state is committed after optimiser step `step`."""
+        return step % self.every == 0 or at_end
+
     def _commit(self, manifest: Manifest) -> None:
         _write_json(self.root / "state.json", {"format": FORMAT, **manifest.__dict__})
 
@@ -328,30 +296,43 @@ def _load(path: Path) -> dict:
         raise GradfilterError(f"{path}: unreadable checkpoint file: {exc}") from None
 
 
-def _rng_state() -> dict[str, Any]:
-    kind, keys, position, has_gauss, gauss = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
-        "python": list(random.getstate()[1]),
-        "python_version": random.getstate()[0],
-        "python_gauss": random.getstate()[2],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    kind, keys, position, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
-    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
 def _sleep_hook() -> None:
     seconds = os.environ.get(SLEEP_HOOK)
     if seconds:
         time.sleep(float(seconds))
+
+
+class NullCheckpoint:
+    """No checkpoint directory: the same calls, nothing stored, nothing to resume."""
+
+    every = 50  # collection results reach the host this often (batches)
+
+    def __init__(self) -> None:
+        self.manifest = Manifest()
+
+    def open(self) -> Manifest:
+        return self.manifest
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> NullCheckpoint:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+    def due(self, step: int, at_end: bool) -> bool:
+        return False
+
+    def save_shard(self, *args: Any) -> None:
+        pass
+
+    def shards(self, epoch: int) -> list[dict[str, np.ndarray]]:
+        return []
+
+    def mark_collected(self, epoch: int) -> None:
+        pass
+
+    def mark_finished(self) -> None:
+        pass

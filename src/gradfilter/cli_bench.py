@@ -20,7 +20,7 @@ from .demo import demo_config
 from .errors import GradfilterError
 from .noise_benchmark import results_markdown, run_noise_benchmark
 from .outputs import atomic_write_text, write_run_record
-from .pipeline import _encode_all
+from .pipeline import tokenize
 from .proxy import load_tokenizer
 from .speed_benchmark import random_gpt2, run_speed_benchmark, speed_table
 from .utilities import BASELINE_SCORES, UTILITIES
@@ -92,8 +92,8 @@ def speed(data: str, paths: str, tokenizer, out, fmt, fields, limit, split, quie
             config = replace(config, proxy=random_gpt2(
                 config.proxy, tokenizer or demo_config().proxy, Path(scratch)))
         dataset = _read(data, fmt, fields, limit, split)
-        _, encoded, reasons = _encode_all(dataset, load_tokenizer(config.proxy), config, True)
-        usable = [item for item, reason in zip(encoded, reasons, strict=True) if reason is None]
+        tokens = tokenize(dataset, load_tokenizer(config.proxy), config, True)
+        usable = [tokens.encoded[i] for i in tokens.scorable]
         report = run_speed_benchmark(usable, config, tuple(_csv(paths)), log=console.print)
     report["data"], report["proxy_requested"] = str(data), options["proxy"]
     Console(soft_wrap=True).print(speed_table(report), markup=False)

@@ -125,10 +125,6 @@ class LoRAEnsemble:
         return [(f"{name}.{key}", p) for name, layer in self.layers.items()
                 for key, p in (("A", layer.lora_A), ("B", layer.lora_B))]
 
-    def local_index(self, member: int) -> int:
-        """The slot of global member `member` in this process's stacked tensors."""
-        return self.member_ids.index(member)
-
     @torch.no_grad()
     def initialise(self, seed: int) -> None:
         """PEFT's default init per member: A ~ U(+-1/sqrt(in)), B = 0, from seed (seed, m)."""
@@ -151,6 +147,49 @@ class LoRAEnsemble:
         coef = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
         for p in params:
             p.grad.mul_(coef.view(-1, *([1] * (p.dim() - 1))))
+
+    def member_states(self, optimizer: torch.optim.Optimizer | None = None) -> dict[int, dict]:
+        """Each held member's own state by global member id, on the host: its LoRA A and B and,
+        with `optimizer` (AdamW over `parameters()`), its AdamW moments. Opaque to whoever
+        stores it; `load_member_states` takes it back."""
+        named = self.named_parameters()
+        moments = optimizer.state_dict()["state"] if optimizer is not None else None
+        states = {}
+        for k, m in enumerate(self.member_ids):
+            state = {"params": {name: p.detach()[k].cpu().clone() for name, p in named}}
+            if moments is not None:
+                for moment in ("exp_avg", "exp_avg_sq"):
+                    state[moment] = {name: moments[i][moment][k].cpu().clone()
+                                     for i, (name, _) in enumerate(named)}
+            states[m] = state
+        return states
+
+    @staticmethod
+    def shared_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
+        """What AdamW holds for all members alike: its step count and param groups."""
+        state = optimizer.state_dict()
+        return {"adam_step": state["state"][0]["step"].cpu().clone(),
+                "param_groups": state["param_groups"]}
+
+    @torch.no_grad()
+    def load_member_states(self, states: dict[int, dict],
+                           optimizer: torch.optim.Optimizer | None = None,
+                           shared: dict | None = None) -> None:
+        """Put `member_states` back: the adapters, and the optimiser's state if given."""
+        named = self.named_parameters()
+        for name, p in named:
+            for k, m in enumerate(self.member_ids):
+                p[k].copy_(states[m]["params"][name])
+        if optimizer is None:
+            return
+        assert shared is not None
+        optimizer.load_state_dict({
+            "state": {i: {"step": shared["adam_step"].clone(),
+                          **{moment: torch.stack([states[m][moment][name]
+                                                  for m in self.member_ids])
+                             for moment in ("exp_avg", "exp_avg_sq")}}
+                      for i, (name, _) in enumerate(named)},
+            "param_groups": shared["param_groups"]})
 
     def member_state(self, m: int) -> dict[str, torch.Tensor]:
         """The adapter in local slot m (global member member_ids[m]) under PEFT's key names."""

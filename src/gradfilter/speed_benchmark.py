@@ -27,18 +27,14 @@ import torch
 import torch.nn.functional as F
 
 from .baselines import proxy_forward
+from .batching import Batcher, member_batches
+from .collection import GradientStatistics, train_and_collect
 from .config import ScoreConfig
 from .ensemble import LoRAEnsemble, linear_warmup_decay
-from .gradstats import (
-    WARMUP_RATIO,
-    Batcher,
-    RawStats,
-    member_batches,
-    progress_bars,
-    train_and_collect,
-)
+from .progress import progress_bars
 from .proxy import default_targets, load_model, load_tokenizer, resolve_device, resolve_dtype
 from .tokenization import Encoded
+from .trainer import WARMUP_RATIO
 
 BF16_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
 
@@ -99,7 +95,7 @@ def measured(name: str, work: Callable[[], object], encoded: list[Encoded], row_
                       row_tokens), result
 
 
-def fused_path(model, encoded, config: ScoreConfig, device, dtype) -> RawStats:
+def fused_path(model, encoded, config: ScoreConfig, device, dtype) -> GradientStatistics:
     """gradfilter's scoring on an already loaded backbone."""
     ensemble = LoRAEnsemble(model, config.members, config.lora_rank, config.lora_alpha,
                             config.lora_targets, config.seed)

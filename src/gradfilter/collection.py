@@ -1,0 +1,214 @@
+"""The expensive stage: train the LoRA ensemble and measure every example's gradients.
+
+After the early epoch s and the late epoch t, a collection pass (no parameter update, model in
+eval mode, its own batch size) records for every example i and member m the loss L_i^(m,e) and
+the squared norm n_i^(m,e) of the gradient of L_i alone, taken from the one batched backward.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from rich.progress import Progress
+
+from .batching import Batcher, collection_batches
+from .checkpoint import Checkpoint, NullCheckpoint
+from .config import ScoreConfig
+from .distributed import Comm, Topology
+from .ensemble import LoRAEnsemble, RowGradRecorder, per_example_losses
+from .errors import GradfilterError
+from .progress import advance_bar, progress_bars
+from .tokenization import Encoded
+from .trainer import Trainer
+
+
+@dataclass
+class Collected:
+    """One collection pass's results for some members: [examples, members] arrays."""
+
+    filled: np.ndarray  # bool: the value is there
+    losses: np.ndarray
+    sqnorms: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int, members: int) -> Collected:
+        return cls(np.zeros((n, members), dtype=bool), np.full((n, members), np.nan),
+                   np.full((n, members), np.nan))
+
+    def put(self, rows: np.ndarray, column: int | slice, losses: np.ndarray,
+            sqnorms: np.ndarray) -> None:
+        self.losses[rows, column], self.sqnorms[rows, column] = losses, sqnorms
+        self.filled[rows, column] = True
+
+
+@dataclass
+class GradientStatistics:
+    """Per-example losses and squared gradient norms, [collected epoch][example, member]."""
+
+    losses: dict[int, np.ndarray] = field(default_factory=dict)
+    sqnorms: dict[int, np.ndarray] = field(default_factory=dict)
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+    train_losses: list[float] = field(default_factory=list)  # per step, mean over members
+
+
+class Collector:
+    """Collection passes over the adapters the ensemble holds, resumable batch by batch."""
+
+    def __init__(self, ensemble: LoRAEnsemble, batcher: Batcher, lengths: np.ndarray,
+                 config: ScoreConfig, autocast: torch.autocast,
+                 checkpoint: Checkpoint | NullCheckpoint, topology: Topology) -> None:
+        self.ensemble, self.batcher, self.lengths = ensemble, batcher, lengths
+        self.config, self.autocast = config, autocast
+        self.checkpoint, self.topology = checkpoint, topology
+
+    def collect(self, epoch: int, bars: Progress, adapters: AbstractContextManager,
+                on_collected: Callable[[int], None] | None = None) -> Collected:
+        """Every held member's loss and squared gradient norm per example after `epoch`
+        (under `adapters`, the context that puts that epoch's adapters in place): committed
+        shards are read back, the rest of this rank's batches computed."""
+        members = self.ensemble.member_ids
+        batches = collection_batches(self.lengths, self.config.collect_batch_size,
+                                     self.config.length_bucketing)
+        result = Collected.empty(len(self.lengths), len(members))
+        done = np.zeros((len(batches), len(members)), dtype=bool)
+        for shard in self.checkpoint.shards(epoch):
+            for j, m in enumerate(shard["members"].tolist()):
+                if m in members:
+                    k = members.index(m)
+                    result.put(shard["rows"], k, shard["losses"][:, j], shard["sqnorms"][:, j])
+                    done[shard["batches"], k] = True
+        todo = [j for j in self.topology.collection_batches(len(batches)) if not done[j].all()]
+        if todo or on_collected is not None:
+            with adapters:
+                self._compute(epoch, batches, todo, result, bars)
+                if on_collected is not None:
+                    on_collected(epoch)
+        if epoch not in self.checkpoint.manifest.collected:
+            self.checkpoint.mark_collected(epoch)
+        return result
+
+    def _compute(self, epoch: int, batches: list[np.ndarray], todo: list[int],
+                 result: Collected, bars: Progress) -> None:
+        """Collection batches `todo`; results go to the host (and to a shard) once every
+        `checkpoint.every` batches, not per batch."""
+        if not todo:
+            return
+        members = self.ensemble.member_ids
+        task = bars.add_task(f"collect gradients after epoch {epoch}",
+                             total=sum(len(batches[j]) for j in todo), rate="")
+        start = time.perf_counter()
+        group = self.checkpoint.every
+        for first in range(0, len(todo), group):
+            part = todo[first:first + group]
+            pending = []
+            for j in part:
+                pending.append(self._measure(batches[j]))
+                advance_bar(bars, task, len(batches[j]), start)
+            rows = np.concatenate([batches[j] for j in part])
+            losses, sqnorms = (torch.cat([p[i].view(len(members), -1) for p in pending], 1)
+                               .double().cpu().numpy().T for i in (0, 1))
+            result.put(rows, slice(None), losses, sqnorms)
+            self.checkpoint.save_shard(epoch, part, members, rows, losses, sqnorms)
+
+    def _measure(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every held member's loss and squared gradient norm for `rows`, member-major, left
+        on the device."""
+        ensemble = self.ensemble
+        batch = self.batcher.batch([rows] * ensemble.members)
+        recorder = RowGradRecorder(len(rows) * ensemble.members, batch.input_ids.device)
+        ensemble.set_recorder(recorder)
+        try:
+            with self.autocast:
+                row_losses = per_example_losses(ensemble.model, batch.input_ids,
+                                                batch.attention_mask, batch.response_mask,
+                                                batch.targets)
+            row_losses.sum().backward()
+        finally:
+            ensemble.set_recorder(None)
+        for p in ensemble.parameters():
+            p.grad = None
+        return row_losses.detach(), recorder.sqnorms
+
+
+def train_and_collect(
+    ensemble: LoRAEnsemble,
+    encoded: Sequence[Encoded],
+    scorable: np.ndarray,
+    config: ScoreConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    progress: bool = True,
+    on_collected: Callable[[int], None] | None = None,
+    *,
+    checkpoint: Checkpoint | NullCheckpoint | None = None,
+    comm: Comm | None = None,
+) -> GradientStatistics:
+    """Train every member for `epochs` epochs; after `early` and `late`, run a collection pass.
+
+    `scorable` are the indices of examples with at least one response token; only they are
+    trained on and measured. `on_collected(epoch)` runs after each collection, with the
+    adapters of the end of that epoch in the ensemble (adapter export). With an opened
+    `checkpoint`, the run resumes from its last commit and commits as it goes. With `comm`
+    (under torchrun) the ensemble holds this rank's members only; the statistics of all
+    members are gathered and returned on every rank.
+    """
+    if len(scorable) == 0:
+        raise GradfilterError("no example has a response token left to score")
+    comm = comm or Comm()
+    checkpoint = checkpoint or NullCheckpoint()
+    topology = comm.topology(config.members)
+    if ensemble.member_ids != topology.local_members:
+        raise ValueError(f"the ensemble holds members {ensemble.member_ids}, rank "
+                         f"{comm.rank} of {comm.world} needs {topology.local_members}")
+    batcher = Batcher([encoded[i] for i in scorable], device)
+    lengths = np.array([len(encoded[i].input_ids) for i in scorable], dtype=np.int64)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    trainer = Trainer(ensemble, batcher, lengths, config, autocast, checkpoint)
+    collector = Collector(ensemble, batcher, lengths, config, autocast, checkpoint, topology)
+    stats = GradientStatistics()
+    collected: dict[int, Collected] = {}
+    trainer.restore()
+    with progress_bars(progress and comm.rank == 0) as bars:
+        for epoch in range(1, config.epochs + 1):
+            if not trainer.finished_epoch(epoch):
+                start = time.perf_counter()
+                trainer.train_epoch(epoch, bars)
+                stats.phase_seconds[f"train_epoch{epoch}"] = time.perf_counter() - start
+            if epoch in (config.early, config.late):
+                start = time.perf_counter()
+                collected[epoch] = collector.collect(epoch, bars, trainer.adapters_after(epoch),
+                                                     on_collected)
+                stats.phase_seconds[f"collect_epoch{epoch}"] = time.perf_counter() - start
+    if not checkpoint.manifest.finished:
+        checkpoint.mark_finished()
+    _gather(stats, collected, trainer.member_losses(), topology, comm, config.members)
+    return stats
+
+
+def _gather(stats: GradientStatistics, collected: dict[int, Collected],
+            member_losses: dict[int, torch.Tensor], topology: Topology, comm: Comm,
+            members: int) -> None:
+    """Merge every rank's members and rows: stats of all M members on every rank."""
+    mine = {"members": list(member_losses), "collected": collected,
+            "train": {m: h.numpy() for m, h in member_losses.items() if topology.owns(m)}}
+    parts = comm.all_gather(mine)
+    for epoch in collected:
+        n = len(collected[epoch].filled)
+        merged = Collected.empty(n, members)
+        for part in parts:  # rank order; where two ranks hold a value it is the same one
+            piece = part["collected"][epoch]
+            for k, m in enumerate(part["members"]):
+                take = piece.filled[:, k] & ~merged.filled[:, m]
+                merged.put(np.flatnonzero(take), m, piece.losses[take, k], piece.sqnorms[take, k])
+        if not merged.filled.all():
+            raise RuntimeError(f"collection after epoch {epoch} is missing "
+                               f"{int((~merged.filled).sum())} (example, member) values")
+        stats.losses[epoch], stats.sqnorms[epoch] = merged.losses, merged.sqnorms
+    train = {m: h for part in parts for m, h in part["train"].items()}
+    history = np.stack([train[m] for m in range(members)], 1).astype(np.float64)
+    stats.train_losses = history.mean(1).tolist()
