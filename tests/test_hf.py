@@ -15,7 +15,6 @@ import pytest
 from conftest import alpaca_records
 
 import gradfilter as gf
-from gradfilter.pipeline import select_subset
 
 
 def _stats(n: int, seed: int = 0) -> pa.Table:
@@ -124,10 +123,11 @@ def test_hub_id_is_loaded_with_load_dataset(tmp_path, monkeypatch):
     dataset = gf.read_dataset("someone/alpaca-like")
     assert (dataset.container, len(dataset.records)) == ("hf", 12)
     assert str(dataset.path) == "someone/alpaca-like"
-    subset = select_subset("someone/alpaca-like", _stats(12), tmp_path / "subset", count=3,
-                           split="test", remember=[0])
+    subset = gf.select("someone/alpaca-like", _stats(12), tmp_path / "subset", count=3,
+                       split="test")
     assert calls == [("someone/alpaca-like", "train"), ("someone/alpaca-like", "test")]
-    assert subset.records[0].data == ds[0]
+    best = subset.best[0]  # previewed from the split that was selected from
+    assert best.prompt == " ".join(ds[best.index]["instruction"].split())[:70]
     assert datasets.load_from_disk(str(tmp_path / "subset")).to_list() == [
         ds[int(i)] for i in subset.selection.in_order("input")]
 

@@ -18,7 +18,7 @@ from conftest import alpaca_records, write_json
 
 import gradfilter as gf
 from gradfilter.checkpoint import SLEEP_HOOK
-from gradfilter.pipeline import load_stats
+from gradfilter.table import load_stats
 
 N_RECORDS = 40  # 10 optimiser steps per epoch, 10 collection batches per collected epoch
 SETTINGS = dict(members=2, lora_rank=2, batch_size=4, collect_batch_size=4, lr=5e-3, seed=3)

@@ -16,7 +16,6 @@ from conftest import alpaca_records, run_cli, write_jsonl
 import gradfilter as gf
 from gradfilter import formats
 from gradfilter import table as table_contract
-from gradfilter.subset import select_subset
 from gradfilter.table import load_scores
 
 
@@ -161,8 +160,8 @@ def test_a_scored_place_that_cannot_be_read_is_an_error(tmp_path):
                                                  "the statistics table scores it"):
         gf.select(data, table, tmp_path / "s.jsonl", count=1)
     assert not (tmp_path / "s.jsonl").exists()
-    subset_ = select_subset(data, pa.table({"gsnr": [1.0, np.nan, 2.0]}), tmp_path / "s.jsonl",
-                            count=3, remember=[0, 1])
-    assert subset_.records[1].error is not None and subset_.report.skipped
+    subset = gf.select(data, pa.table({"gsnr": [1.0, np.nan, 2.0]}), tmp_path / "s.jsonl",
+                       count=3)
+    assert subset.report.skipped and [p.index for p in subset.best] == [2, 0]
     assert (tmp_path / "s.jsonl").read_text().splitlines() == [
         '{"instruction": "a", "output": "b"}', '{"instruction": "c", "output": "d"}']

@@ -309,8 +309,10 @@ def run_noise_benchmark(data, out_dir: Path, config: ScoreConfig, *, methods: Se
                         corruptions: Sequence[str], fraction: float, budgets: Sequence[float],
                         corrupt_seed: int, progress: bool = True, log=print) -> dict:
     """Corrupt, score with every method (reusing finished tables), measure, report."""
-    from .pipeline import as_dataset, load_stats, score
+    from .dataset import as_dataset
+    from .pipeline import score
     from .proxy import load_tokenizer
+    from .table import load_stats
 
     dataset = as_dataset(data)
     conversations, source = [], []

@@ -2,8 +2,7 @@
 
 Read the data, resolve where it runs and the config once, load the tokenizer and the proxy
 once, then branch by method: the G-SNR ensemble (train and collect) or a baseline (at most a
-forward pass). Reading (`dataset`) and selecting (`subset`) need no model; they are
-re-exported here for the Python API.
+forward pass).
 """
 
 from __future__ import annotations
@@ -22,19 +21,15 @@ from .baselines import NEEDS_MODEL, baseline_columns, proxy_forward
 from .checkpoint import Checkpoint, NullCheckpoint
 from .collection import train_and_collect
 from .config import METHODS, Method, ScoreConfig
-from .dataset import Dataset, as_dataset, read_dataset, record_notes
+from .dataset import Dataset, as_dataset, record_notes
 from .ensemble import LoRAEnsemble
 from .errors import GradfilterError
 from .formats import Format, unscorable_reason
 from .outputs import device_description, write_run_record
 from .progress import progress_bars
 from .proxy import default_targets, load_model, load_tokenizer, resolve_device, resolve_dtype
-from .subset import Subset, select, select_subset
-from .table import baseline_table, gsnr_table, load_stats, record_columns, write_table
+from .table import baseline_table, gsnr_table, record_columns, write_table
 from .tokenization import Encoded, encode, resolve_template
-
-__all__ = ["METHODS", "Dataset", "Subset", "as_dataset", "load_stats", "read_dataset",
-           "record_notes", "score", "select", "select_subset"]
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,21 @@ from .errors import GradfilterError
 
 @dataclass(frozen=True)
 class Selection:
-    indices: np.ndarray  # selected record indices, highest score first
+    ranked: np.ndarray  # every record with a finite score, highest first (ties: position)
     requested: int
     n_records: int
     n_nonfinite: int
+
+    @property
+    def indices(self) -> np.ndarray:
+        """The selected records, highest score first."""
+        return self.ranked[:self.requested]
+
+    def best(self, k: int) -> np.ndarray:
+        return self.ranked[:k]
+
+    def worst(self, k: int) -> np.ndarray:
+        return self.ranked[::-1][:k]
 
     def in_order(self, order: str) -> np.ndarray:
         if order == "score":
@@ -48,5 +59,4 @@ def select_top(
     wanted = budget(len(scores), ratio, count)
     candidates = np.flatnonzero(finite)
     order = np.lexsort((candidates, -scores[candidates]))  # primary: score desc; then position
-    chosen = candidates[order][:wanted]
-    return Selection(chosen, wanted, len(scores), int((~finite).sum()))
+    return Selection(candidates[order], wanted, len(scores), int((~finite).sum()))

@@ -8,7 +8,7 @@ so `gradfilter select` starts fast and small.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -25,21 +25,51 @@ from .selection import Selection, select_top
 from .table import load_scores, table_utility
 from .writing import write_subset
 
+PREVIEWS = 3  # best and worst records shown after a selection
+
+
+@dataclass(frozen=True)
+class Preview:
+    """One record shown after a selection: where it is, its score, its first prompt."""
+
+    index: int
+    score: float
+    prompt: str
+
 
 @dataclass(frozen=True)
 class Subset:
-    """What `select_subset` wrote, and the few input records the caller asked to see."""
+    """What `select` wrote: the selection, every record's score, where it came from, what the
+    read recovered from, and the best and worst records by score (for the summary)."""
 
     selection: Selection
+    scores: np.ndarray  # one per input record, NaN where unscored
+    utility: str
     source: formats.Source
     format: Format
-    fields: dict[str, str]
-    container: formats.Container
-    records: dict[int, Record]  # the records at `remember`, by index
+    container: formats.Container  # of the subset written
     report: ReadReport  # warnings and unreadable places met while reading the input
+    best: list[Preview]
+    worst: list[Preview]
 
-    def turns(self, record: Record) -> list[formats.Turn]:
-        return formats.to_turns(record, self.format, self.source, self.fields)
+    @property
+    def indices(self) -> np.ndarray:
+        return self.selection.indices
+
+    @property
+    def requested(self) -> int:
+        return self.selection.requested
+
+    @property
+    def n_records(self) -> int:
+        return self.selection.n_records
+
+    @property
+    def n_nonfinite(self) -> int:
+        return self.selection.n_nonfinite
+
+    def in_order(self, order: str) -> np.ndarray:
+        return self.selection.in_order(order)
 
 
 def select(
@@ -57,52 +87,30 @@ def select(
     out_format: formats.Container | None = None,
     split: str | None = None,
     fields: dict[str, str] | None = None,
-) -> Selection:
+) -> Subset:
     """Write the top records of `data` by `utility` to `out`, unchanged, in the input's
     container unless `out_format` names another. `stats` is the statistics table (a Parquet
     path or a table), or the scores of `utility` themselves (one per record).
 
-    Only the table's scores are held in memory: the input is read again as a stream and the
-    chosen records written as they pass (`order="score"` holds the chosen ones only).
+    Only the table's scores are held in memory, read and ranked once: the input is read again
+    as a stream and the chosen records written as they pass (`order="score"` holds the chosen
+    ones only), and the best and worst few are kept on the way for the summary.
     """
-    return select_subset(data, stats, out, utility=utility, ratio=ratio, count=count,
-                         order=order, score_field=score_field, fmt=fmt, limit=limit,
-                         out_format=out_format, split=split, fields=fields).selection
-
-
-def select_subset(
-    data: str | Path | Dataset,
-    stats: str | Path | pa.Table | np.ndarray,
-    out: str | Path,
-    *,
-    utility: str | None = None,
-    ratio: float | None = None,
-    count: int | None = None,
-    order: str = "input",
-    score_field: str | None = None,
-    fmt: Format | None = None,
-    limit: int | None = None,
-    out_format: formats.Container | None = None,
-    split: str | None = None,
-    fields: dict[str, str] | None = None,
-    remember: Iterable[int] = (),
-) -> Subset:
-    """`select`, also returning the format and the input records at `remember` (previews)."""
     start = time.perf_counter()
     utility = utility or table_utility(stats)
     scores = load_scores(stats, utility)
     selection = select_top(scores, ratio=ratio, count=count)
-    chosen = selection.in_order(order)
-    remember = {int(i) for i in remember}
+    shown = {int(i) for i in (*selection.best(PREVIEWS), *selection.worst(PREVIEWS))}
     report = ReadReport()
     if isinstance(data, Dataset):
         source = data.source or formats.resolve_source(data.path)
         fmt, fields, report = data.format, data.fields, data.report
         _check_rows(len(scores), source, len(data.records))
-        watch = _Watch(remember, None, source)
+        describe = partial(_prompt_preview, fmt=fmt, source=source, fields=fields)
+        watch = _Watch(shown, None, source, describe)
         records = partial(watch.stream, data.records)
-        kept: dict[int, Record] | None = {
-            i: data.records[i] for i in remember if i < len(data.records)}
+        prompts: dict[int, str] | None = {
+            i: describe(data.records[i]) for i in shown if i < len(data.records)}
     else:
         fields = fields or {}
         source = formats.resolve_source(data, split)
@@ -110,16 +118,19 @@ def select_subset(
         if source.container in formats.ARROW_CONTAINERS:
             n_rows = formats.arrow_num_rows(source)
             _check_rows(len(scores), source, n_rows if limit is None else min(n_rows, limit))
-        watch = _Watch(remember, len(scores), source)
+        describe = partial(_prompt_preview, fmt=fmt, source=source, fields=fields)
+        watch = _Watch(shown, len(scores), source, describe)
         records = partial(watch.stream, _read(source, report, limit))
-        kept = None
+        prompts = None
     container = out_format or source.container
     if container not in formats.CONTAINERS:
         raise GradfilterError(f"--out-format must be one of {list(formats.CONTAINERS)}")
+    chosen = selection.in_order(order)
     write_subset(Path(out), source, chosen, container, records, n_records=len(scores),
                  score_field=score_field, scores=scores if score_field else None)
-    if kept is None:  # the records went by on their way to the writer, or were not read
-        kept = watch.kept if watch.count else _take(source, remember, limit)
+    if prompts is None:  # the records went by on their way to the writer, or were not read
+        prompts = watch.prompts if watch.count else {
+            i: describe(record) for i, record in _take(source, shown, limit).items()}
     write_run_record(Path(out), {
         "stage": "select",
         "data": str(source),
@@ -139,7 +150,23 @@ def select_subset(
         "unreadable_records": report.skipped,
         "wall_seconds": {"select": time.perf_counter() - start},
     })
-    return Subset(selection, source, fmt, fields, container, kept, report)
+
+    def previews(indices: np.ndarray) -> list[Preview]:
+        return [Preview(int(i), float(scores[i]), prompts.get(int(i), "")) for i in indices]
+
+    return Subset(selection, scores, utility, source, fmt, container, report,
+                  previews(selection.best(PREVIEWS)), previews(selection.worst(PREVIEWS)))
+
+
+def _prompt_preview(record: Record, fmt: Format, source: formats.Source,
+                    fields: dict[str, str], width: int = 70) -> str:
+    """The record's first user turn on one line, cut to `width` characters ("" for a place
+    the reader could not read: the writer refuses it if it is chosen)."""
+    if record.error is not None:
+        return ""
+    turns = formats.to_turns(record, fmt, source, fields)
+    text = " ".join(next((t.text for t in turns if t.role == "user"), "").split())
+    return text[:width] + ("..." if len(text) > width else "")
 
 
 def _read(source: formats.Source, report: ReadReport, limit: int | None) -> Iterator[Record]:
@@ -170,21 +197,22 @@ def _check_rows(n_rows: int, source: formats.Source, n_records: int) -> None:
 
 
 class _Watch:
-    """Counts the records on their way to the writer and keeps the few asked for; at the end
-    of the stream, a count that differs from the table's rows is an error (raised inside the
-    writer, so no output is left)."""
+    """Counts the records on their way to the writer and describes the few asked for (holding
+    no record); at the end of the stream, a count that differs from the table's rows is an
+    error (raised inside the writer, so no output is left)."""
 
-    def __init__(self, remember: set[int], expected: int | None,
-                 source: formats.Source) -> None:
+    def __init__(self, remember: set[int], expected: int | None, source: formats.Source,
+                 describe: Callable[[Record], str]) -> None:
         self.remember, self.expected, self.source = remember, expected, source
+        self.describe = describe
         self.count = 0
-        self.kept: dict[int, Record] = {}
+        self.prompts: dict[int, str] = {}
 
     def stream(self, records: Iterable[Record]) -> Iterator[Record]:
         for record in records:
             self.count += 1
             if record.index in self.remember:
-                self.kept[record.index] = record
+                self.prompts[record.index] = self.describe(record)
             yield record
         if self.expected is not None and self.count != self.expected:
             raise _mismatch(self.expected, self.source, self.count)

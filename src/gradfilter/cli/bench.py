@@ -1,6 +1,6 @@
 """`gradfilter bench`: how well each method selects (noise) and how fast it scores (speed).
 
-Like `cli_model`, loaded only when the command runs (it imports torch).
+Torch is imported when a benchmark runs, not when this module loads.
 """
 
 from __future__ import annotations
@@ -14,25 +14,24 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from .cli import _read, console, data_options
-from .cli_model import _config, score_options_except
-from .demo import demo_config
-from .errors import GradfilterError
-from .noise_benchmark import results_markdown, run_noise_benchmark
-from .outputs import atomic_write_text, write_run_record
-from .pipeline import tokenize
-from .proxy import load_tokenizer
-from .speed_benchmark import random_gpt2, run_speed_benchmark, speed_table
-from .utilities import BASELINE_SCORES, UTILITIES
+from ..utilities import BASELINE_SCORES, UTILITIES
+from .options import (
+    config_from,
+    csv_floats,
+    csv_list,
+    data_options,
+    read_data,
+    score_options,
+)
+from .report import console
+
+BENCH_SCORE_OPTIONS = score_options("method", "save_adapters", "checkpoint_dir",
+                                    "checkpoint_every")
 
 
 @click.group()
 def bench() -> None:
     """Benchmarks: how well each method selects (noise) and how fast it scores."""
-
-
-def _csv(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 @bench.command()
@@ -50,22 +49,20 @@ def _csv(text: str) -> list[str]:
 @click.option("--plugin", "plugins", multiple=True,
               help="Import this module first (it may register corruptions).")
 @data_options
-@score_options_except("method", "save_adapters", "checkpoint_dir", "checkpoint_every")
+@BENCH_SCORE_OPTIONS
 def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_seed: int,
           methods: str, budgets: str, plugins: tuple[str, ...], fmt, fields, limit, split, quiet,
           **options) -> None:
     """Corrupt part of DATA, score it with every method, report contamination and AUROC."""
+    from ..noise_benchmark import results_markdown, run_noise_benchmark
+
     for module in plugins:
         importlib.import_module(module)
-    try:
-        budget_values = [float(b) for b in _csv(budgets)]
-    except ValueError:
-        raise GradfilterError(
-            f"--budgets must be comma-separated numbers, got {budgets!r}") from None
     results = run_noise_benchmark(
-        _read(data, fmt, fields, limit, split), out_dir, _config(options), methods=_csv(methods),
-        corruptions=_csv(corruptions), fraction=fraction, budgets=budget_values,
-        corrupt_seed=corrupt_seed, progress=not quiet, log=console.print)
+        read_data(data, fmt, fields, limit, split), out_dir, config_from(options),
+        methods=csv_list(methods), corruptions=csv_list(corruptions), fraction=fraction,
+        budgets=csv_floats(budgets, "--budgets"), corrupt_seed=corrupt_seed,
+        progress=not quiet, log=console.print)
     Console(soft_wrap=True).print(results_markdown(results), markup=False)
     console.print(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}, "
                   f"plots {out_dir / 'contamination.png'}, {out_dir / 'distributions.png'}")
@@ -82,19 +79,25 @@ def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_s
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Also write the figures as JSON here.")
 @data_options
-@score_options_except("method", "save_adapters", "checkpoint_dir", "checkpoint_every")
+@BENCH_SCORE_OPTIONS
 def speed(data: str, paths: str, tokenizer, out, fmt, fields, limit, split, quiet,
           **options) -> None:
     """Time gradfilter's fused scoring against a naive PEFT loop and a forward-only IFD pass."""
-    config = _config(options)
+    from ..demo import demo_config
+    from ..outputs import atomic_write_text, write_run_record
+    from ..pipeline import tokenize
+    from ..proxy import load_tokenizer
+    from ..speed_benchmark import random_gpt2, run_speed_benchmark, speed_table
+
+    config = config_from(options)
     with tempfile.TemporaryDirectory(prefix="gradfilter-speed-") as scratch:
         if config.proxy.startswith("random-gpt2"):
             config = replace(config, proxy=random_gpt2(
                 config.proxy, tokenizer or demo_config().proxy, Path(scratch)))
-        dataset = _read(data, fmt, fields, limit, split)
+        dataset = read_data(data, fmt, fields, limit, split)
         tokens = tokenize(dataset, load_tokenizer(config.proxy), config, True)
-        usable = [tokens.encoded[i] for i in tokens.scorable]
-        report = run_speed_benchmark(usable, config, tuple(_csv(paths)), log=console.print)
+        report = run_speed_benchmark([tokens.encoded[i] for i in tokens.scorable], config,
+                                     tuple(csv_list(paths)), log=console.print)
     report["data"], report["proxy_requested"] = str(data), options["proxy"]
     Console(soft_wrap=True).print(speed_table(report), markup=False)
     if out is not None:

@@ -1,0 +1,65 @@
+"""The commands that need no model: select (from a statistics table) and inspect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from ..formats import FORMATS
+from .options import data_options, out_format_option, select_options, split_option
+from .report import print_selection
+
+
+@click.command()
+@click.argument("data")
+@click.option("--stats", type=click.Path(path_type=Path), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Subset file (a directory for --out-format hf).")
+@data_options
+@out_format_option
+@select_options
+def select(data: str, stats: Path, out: Path, fmt, fields, limit, split, **options) -> None:
+    """Write the top records of DATA by a utility from a statistics table (no model needed).
+
+    DATA is streamed, never held: memory holds the table's scores and the chosen indices.
+    """
+    from ..formats import parse_fields
+    from ..subset import select as select_subset
+
+    subset = select_subset(data, stats, out, fmt=fmt, fields=parse_fields(fields), limit=limit,
+                           split=split, **options)
+    print_selection(subset, out, stats)
+
+
+@click.command()
+@click.argument("data")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None)
+@click.option("--fields", default=None, help="Map key names onto the format.")
+@split_option
+@click.option("--max-problems", type=int, default=50, show_default=True,
+              help="How many problems to print (all are counted).")
+def inspect(data: str, fmt, fields, split, max_problems: int) -> None:
+    """Read DATA without a model: format, counts, turn and length statistics, every problem.
+
+    DATA is streamed: memory holds counters and lengths, never the records.
+    """
+    from ..formats import parse_fields
+    from ..inspection import inspect_dataset
+
+    found = inspect_dataset(data, fmt, parse_fields(fields), split)
+    out = Console(soft_wrap=True)
+    out.print(f"{found.path}: {found.records} records, format {found.format}, "
+              f"container {found.container}", markup=False)
+    out.print(f"roles: {dict(found.roles)}", markup=False)
+    out.print(f"turns per record (percentiles): {found.percentiles(found.turns_per_record)}")
+    out.print(f"response length in characters (percentiles): "
+              f"{found.percentiles(found.response_chars)}")
+    for warning in found.warnings:
+        out.print(f"warning: {warning}", markup=False)
+    out.print(f"{len(found.problems)} problems")
+    for problem in found.problems[:max_problems]:
+        out.print(f"  {problem}", markup=False)
+    if len(found.problems) > max_problems:
+        out.print(f"  ... and {len(found.problems) - max_problems} more (--max-problems)")

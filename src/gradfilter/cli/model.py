@@ -1,0 +1,111 @@
+"""The commands that load a model: score, run (score and select) and demo.
+
+Torch and the model are imported when a command runs, not when this module loads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..config import ScoreConfig
+from .options import (
+    config_from,
+    data_options,
+    out_format_option,
+    read_data,
+    score_options,
+    select_options,
+    skip_option,
+)
+from .report import console, print_recoveries, print_selection
+
+
+@click.command()
+@click.argument("data")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Statistics table (Parquet).")
+@data_options
+@skip_option
+@score_options()
+def score(data: str, out: Path, fmt, fields, limit, split, skip_bad_records, method,
+          save_adapters, checkpoint_dir, checkpoint_every, quiet, **options) -> None:
+    """Score DATA (the LoRA ensemble, or a baseline) and write the statistics table.
+
+    Under torchrun (e.g. `torchrun --nproc_per_node 4 -m gradfilter score ...`) the ranks
+    split the ensemble's members; rank 0 writes the table.
+    """
+    from ..dataset import record_notes
+    from ..distributed import is_main_process
+    from ..pipeline import score as run_score
+
+    dataset = read_data(data, fmt, fields, limit, split, skip_bad_records)
+    table = run_score(dataset, out, config_from(options), method=method,
+                      save_adapters=save_adapters, skip_bad_records=skip_bad_records,
+                      progress=not quiet, checkpoint_dir=checkpoint_dir,
+                      checkpoint_every=checkpoint_every)
+    if not is_main_process():
+        return
+    unscored = sum(reason is not None for reason in table.column("skip_reason").to_pylist())
+    console.print(f"statistics table: {out} ({table.num_rows} records, {unscored} unscored: "
+                  "reasons in the table's skip_reason and the run record)")
+    print_recoveries(dataset.report, record_notes(dataset))
+
+
+@click.command()
+@click.argument("data")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Subset file (a directory for --out-format hf).")
+@click.option("--stats", type=click.Path(path_type=Path), default=None,
+              help="Statistics table (default: <out>.stats.parquet).")
+@data_options
+@out_format_option
+@select_options
+@skip_option
+@score_options()
+def run(data: str, out: Path, stats: Path | None, fmt, fields, limit, split, out_format,
+        skip_bad_records, method, save_adapters, checkpoint_dir, checkpoint_every, quiet, ratio,
+        count, utility, order, score_field, **options) -> None:
+    """Score DATA and write the selected subset in one go (default --ratio 0.1)."""
+    if ratio is None and count is None:
+        ratio = 0.1
+    score_and_select(read_data(data, fmt, fields, limit, split, skip_bad_records), out, stats,
+                     config_from(options),
+                     dict(method=method, save_adapters=save_adapters,
+                          skip_bad_records=skip_bad_records, progress=not quiet,
+                          checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every),
+                     dict(ratio=ratio, count=count, utility=utility, order=order,
+                          score_field=score_field, out_format=out_format))
+
+
+def score_and_select(dataset, out: Path, stats: Path | None, config: ScoreConfig, how: dict,
+                     choice: dict) -> None:
+    """Score `dataset` into `stats`, select from the table, print the summary (rank 0)."""
+    from ..dataset import record_notes
+    from ..distributed import is_main_process
+    from ..pipeline import score as run_score
+    from ..subset import select as select_subset
+
+    stats = stats or out.with_name(out.name + ".stats.parquet")
+    table = run_score(dataset, stats, config, **how)
+    if not is_main_process():
+        return
+    subset = select_subset(dataset, table, out, **choice)
+    print_selection(subset, out, stats, record_notes(dataset))
+
+
+@click.command()
+@click.option("--out-dir", type=click.Path(path_type=Path), default=Path("gradfilter-demo"),
+              show_default=True)
+@click.option("--records", type=int, default=24, show_default=True)
+@click.option("--quiet", is_flag=True)
+def demo(out_dir: Path, records: int, quiet: bool) -> None:
+    """Run the whole pipeline offline on the embedded default (ShareGPT sample, SmolLM2-135M)."""
+    from ..demo import demo_config, demo_data
+
+    data, config = demo_data(), demo_config()
+    console.print(f"demo: first {records} conversations of {data}\n      proxy {config.proxy}")
+    score_and_select(read_data(str(data), None, None, records), out_dir / "subset.json",
+                     out_dir / "stats.parquet", config, dict(progress=not quiet),
+                     dict(ratio=0.25, utility="gsnr", score_field="gsnr"))

@@ -1,0 +1,160 @@
+"""Options the commands share, and reading DATA as they name it (no torch here)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, get_args
+
+import click
+
+from ..config import (
+    METHODS,
+    DeviceChoice,
+    DtypeChoice,
+    ScoreConfig,
+    TemplateChoice,
+    TurnsChoice,
+)
+from ..errors import GradfilterError
+from ..formats import CONTAINERS, FORMATS
+from ..utilities import BASELINE_SCORES, UTILITIES
+
+DEFAULTS = ScoreConfig()
+
+
+def _apply(command: Callable, options: list[Callable]) -> Callable:
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+split_option = click.option(
+    "--split", default=None,
+    help="Split of a Hugging Face DatasetDict or hub dataset (default: train).")
+out_format_option = click.option(
+    "--out-format", type=click.Choice(CONTAINERS), default=None,
+    help="Container of the subset (default: the input's; hf is a save_to_disk directory).")
+skip_option = click.option(
+    "--skip-bad-records", is_flag=True,
+    help="Keep records that cannot be read or fail validation (a malformed JSONL line, a "
+         "missing field) as unscored rows in their place (listed in the run record) instead "
+         "of stopping.")
+quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
+
+
+def data_options(command: Callable) -> Callable:
+    """How DATA is read: format override, key-name mapping, split, first N records."""
+    return _apply(command, [
+        click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+                     help="Override the detected format."),
+        click.option("--fields", default=None,
+                     help="Map key names onto the format, e.g. instruction=question,"
+                          "output=answer."),
+        click.option("--limit", type=int, default=None, help="Use only the first N records."),
+        split_option,
+    ])
+
+
+def select_options(command: Callable) -> Callable:
+    return _apply(command, [
+        click.option("--ratio", type=float, default=None, help="Fraction of records to keep."),
+        click.option("--count", type=int, default=None, help="Number of records to keep."),
+        click.option("--utility", type=click.Choice((*UTILITIES, *BASELINE_SCORES)),
+                     default=None,
+                     help="What to rank by (default: gsnr, or the baseline that made the table)."),
+        click.option("--order", type=click.Choice(["input", "score"]), default="input",
+                     show_default=True),
+        click.option("--score-field", default=None, help="Add the score to each kept record."),
+    ])
+
+
+def _default(name: str, **kwargs: Any) -> Callable:
+    """An option whose default is ScoreConfig's field of the same name."""
+    field = name.lstrip("-").replace("-", "_")
+    return click.option(name, default=getattr(DEFAULTS, field), show_default=True, **kwargs)
+
+
+def _score_option_table() -> dict[str, Callable]:
+    """The options of `score` and `run` by parameter name."""
+    return {
+        "method": click.option(
+            "--method", type=click.Choice(METHODS), default="gsnr", show_default=True,
+            help="gsnr (the LoRA ensemble) or a baseline: ifd, perplexity, length, random."),
+        "proxy": _default("--proxy", help="Hub id, local directory or .gguf file of a causal LM."),
+        "members": _default("--members", type=int),
+        "epochs": _default("--epochs", type=int),
+        "early": _default("--early", type=int, help="Epoch s of the early gradient snapshot."),
+        "late": _default("--late", type=int, help="Epoch t of the late gradient snapshot."),
+        "lora_rank": _default("--lora-rank", type=int),
+        "lora_alpha": _default("--lora-alpha", type=float),
+        "lora_targets": click.option(
+            "--lora-targets", default=None,
+            help="Comma-separated module names (default: all attention and MLP projections "
+                 "of the architecture)."),
+        "lr": _default("--lr", type=float),
+        "batch_size": _default("--batch-size", type=int),
+        "collect_batch_size": _default(
+            "--collect-batch-size", type=int,
+            help="Batch size of gradient collection and of forward-only (baseline) passes."),
+        "max_length": _default("--max-length", type=int),
+        "grad_clip": _default("--grad-clip", type=float),
+        "seed": _default("--seed", type=int),
+        "device": _default("--device", type=click.Choice(get_args(DeviceChoice))),
+        "dtype": _default("--dtype", type=click.Choice(get_args(DtypeChoice))),
+        "template": _default("--template", type=click.Choice(get_args(TemplateChoice))),
+        "turns": _default("--turns", type=click.Choice(get_args(TurnsChoice)),
+                          help="Which assistant turns carry loss."),
+        "length_bucketing": click.option(
+            "--bucket/--no-bucket", "length_bucketing", default=DEFAULTS.length_bucketing,
+            show_default=True,
+            help="Batch examples of similar length together (changes the scores)."),
+        "save_adapters": click.option(
+            "--save-adapters", type=click.Path(path_type=Path), default=None,
+            help="Write every member's PEFT adapter at each collected epoch here."),
+        "checkpoint_dir": click.option(
+            "--checkpoint-dir", type=click.Path(path_type=Path), default=None,
+            help="Commit the run's state here as it goes; rerunning with the same settings "
+                 "continues from the last commit (kept after the end)."),
+        "checkpoint_every": click.option(
+            "--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True,
+            help="Commit every N optimiser steps (and N collection batches)."),
+        "quiet": quiet_option,
+    }
+
+
+def score_options(*exclude: str) -> Callable[[Callable], Callable]:
+    """Add the scoring options (method.md §2) to a command, except those named."""
+    return lambda command: _apply(
+        command, [option for name, option in _score_option_table().items()
+                  if name not in exclude])
+
+
+def config_from(options: dict[str, Any]) -> ScoreConfig:
+    """The ScoreConfig that a command's options describe (other options are ignored)."""
+    names = {f.name for f in fields(ScoreConfig)}
+    values = {k: v for k, v in options.items() if k in names}
+    if values.get("lora_targets"):
+        values["lora_targets"] = tuple(t.strip() for t in values["lora_targets"].split(","))
+    return ScoreConfig(**values)
+
+
+def read_data(data: str, fmt, fields, limit, split=None, skip_bad_records: bool = False):
+    """DATA as the data options name it, read into memory."""
+    from ..dataset import read_dataset
+    from ..formats import parse_fields
+
+    return read_dataset(data, fmt, limit, parse_fields(fields), split=split,
+                        skip_bad_records=skip_bad_records)
+
+
+def csv_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def csv_floats(text: str, option: str) -> list[float]:
+    try:
+        return [float(part) for part in csv_list(text)]
+    except ValueError:
+        raise GradfilterError(f"{option} must be comma-separated numbers, got {text!r}") from None

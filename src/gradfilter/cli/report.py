@@ -1,0 +1,52 @@
+"""What the commands print: one-line errors go to stderr, summaries to stdout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from ..formats import ReadReport
+from ..outputs import run_record_path
+from ..subset import Subset
+
+console = Console(stderr=True)
+
+
+def recoveries(report: ReadReport, notes: dict) -> list[str]:
+    """What a run recovered from, one line each; the run record lists every record."""
+    lines = [f"warning: {warning}" for warning in report.warnings]
+    if report.skipped:
+        lines.append(f"skipped {len(report.skipped)} unreadable records (kept in place, "
+                     f"unscored), the first: {report.skipped[0]}")
+    if notes.get("duplicate_ids"):
+        lines.append(f"{len(notes['duplicate_ids'])} records repeat an earlier record's id "
+                     "(all kept)")
+    if notes.get("ends_on_prompt"):
+        lines.append(f"{len(notes['ends_on_prompt'])} conversations end on a prompt turn "
+                     "(scored; the unanswered tail carries no loss)")
+    return lines
+
+
+def print_recoveries(report: ReadReport, notes: dict) -> None:
+    for line in recoveries(report, notes):
+        console.print(line, markup=False)
+
+
+def print_selection(subset: Subset, out: Path, stats: Path | None,
+                    notes: dict | None = None) -> None:
+    """What was kept, where everything went, what was recovered, the 3 best and worst."""
+    selection = subset.selection
+    out_console = Console(soft_wrap=True)
+    out_console.print(
+        f"kept {len(selection.indices)} of {selection.n_records} records by {subset.utility} "
+        f"(asked for {selection.requested}; {selection.n_nonfinite} without a finite score)")
+    out_console.print(f"subset:           {out}\nstatistics table: {stats}\n"
+                      f"run record:       {run_record_path(out)}")
+    for line in recoveries(subset.report, notes or {}):
+        out_console.print(line, markup=False)
+    for title, previews in (("best", subset.best), ("worst", subset.worst)):
+        out_console.print(f"{title} {len(previews)} by {subset.utility}:")
+        for preview in previews:
+            out_console.print(f"  #{preview.index:<6} {preview.score: .4g}  {preview.prompt}",
+                              markup=False)

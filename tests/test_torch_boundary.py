@@ -1,0 +1,44 @@
+"""The rule the package lives by: reading, inspecting, selecting and help never import torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from conftest import alpaca_records, write_jsonl
+
+PROBE = """
+import json, runpy, sys
+sys.argv = ["gradfilter", *json.loads(sys.argv[1])]
+try:
+    if sys.argv[1:] == ["import"]:
+        import gradfilter
+        gradfilter.read_dataset, gradfilter.select, gradfilter.load_stats
+    else:
+        runpy.run_module("gradfilter", run_name="__main__")
+except SystemExit as exc:
+    assert not exc.code, exc.code
+print(json.dumps(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))))
+"""
+
+
+def _torch_modules_after(*args: str) -> list[str]:
+    result = subprocess.run([sys.executable, "-c", PROBE, json.dumps(list(args))],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_import_help_select_and_inspect_never_import_torch(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", alpaca_records(6))
+    pq.write_table(pa.table({"gsnr": np.arange(6, dtype=np.float64)}), tmp_path / "s.parquet")
+    for args in (["import"], ["--help"], ["select", "--help"], ["score", "--help"],
+                 ["bench", "noise", "--help"], ["inspect", str(data)],
+                 ["select", str(data), "--stats", str(tmp_path / "s.parquet"), "--count", "2",
+                  "--out", str(tmp_path / "out.jsonl")]):
+        assert _torch_modules_after(*args) == [], args
+    assert (tmp_path / "out.jsonl").read_text().count("\n") == 2
