@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -113,6 +114,12 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
                     encoding="utf-8")
     return path
+
+
+def cli_process(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    """Run `gradfilter ARGS...` in a subprocess (as a user would): its exit code and output."""
+    return subprocess.run([sys.executable, "-c", "from gradfilter.cli import main; main()", *args],
+                          capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
 def run_cli(*args: object) -> tuple[int, str, str]:

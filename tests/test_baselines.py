@@ -8,8 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import alpaca_records, sharegpt_records, write_json, write_jsonl
-from test_cli import _cli
+from conftest import alpaca_records, cli_process, sharegpt_records, write_json, write_jsonl
 
 import gradfilter as gf
 from gradfilter.formats import Turn
@@ -105,8 +104,9 @@ def test_cli_scores_with_a_baseline_and_selects_by_it(tmp_path, gpt2_proxy):
     records = alpaca_records(12)
     data = write_jsonl(tmp_path / "a.jsonl", records)
     out = tmp_path / "subset.jsonl"
-    result = _cli("run", str(data), "--method", "perplexity", "--count", "3", "--out", str(out),
-                  "--proxy", gpt2_proxy, "--device", "cpu", "--quiet")
+    result = cli_process("run", str(data), "--method", "perplexity",
+                         "--count", "3", "--out", str(out),
+                         "--proxy", gpt2_proxy, "--device", "cpu", "--quiet")
     assert result.returncode == 0, result.stderr
     assert "kept 3 of 12 records by perplexity" in result.stdout
     stats = gf.load_stats(tmp_path / "subset.jsonl.stats.parquet")
@@ -116,8 +116,9 @@ def test_cli_scores_with_a_baseline_and_selects_by_it(tmp_path, gpt2_proxy):
     run = json.loads((tmp_path / "subset.jsonl.stats.parquet.run.json").read_text())
     assert run["method"] == "perplexity"
 
-    wrong = _cli("select", str(data), "--stats", str(tmp_path / "subset.jsonl.stats.parquet"),
-                 "--utility", "gsnr", "--count", "2", "--out", str(tmp_path / "no.jsonl"))
+    wrong = cli_process("select", str(data),
+                        "--stats", str(tmp_path / "subset.jsonl.stats.parquet"),
+                        "--utility", "gsnr", "--count", "2", "--out", str(tmp_path / "no.jsonl"))
     assert wrong.returncode == 2
     assert "no utility 'gsnr'; it offers ['perplexity']" in wrong.stderr
     assert not (tmp_path / "no.jsonl").exists()

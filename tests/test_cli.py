@@ -3,18 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
-from conftest import alpaca_records, write_json
+from conftest import alpaca_records, cli_process, write_json
 
 import gradfilter as gf
-
-
-def _cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from gradfilter.cli import main; main()", *args],
-                          capture_output=True, text=True, cwd=cwd, timeout=600)
-
 
 TINY = ["--members", "2", "--lora-rank", "2", "--batch-size", "4", "--device", "cpu", "--quiet"]
 
@@ -23,8 +15,9 @@ def test_run_then_select_from_the_table(tmp_path, gpt2_proxy):
     records = alpaca_records(20)
     data = write_json(tmp_path / "alpaca_data.json", records)
     out = tmp_path / "subset.json"
-    result = _cli("run", str(data), "--ratio", "0.1", "--out", str(out), "--proxy", gpt2_proxy,
-                  *TINY)
+    result = cli_process("run", str(data), "--ratio", "0.1",
+                         "--out", str(out), "--proxy", gpt2_proxy,
+                         *TINY)
     assert result.returncode == 0, result.stderr
     assert "kept 2 of 20 records by gsnr" in result.stdout
     assert "best 3 by gsnr" in result.stdout and "worst 3 by gsnr" in result.stdout
@@ -36,15 +29,15 @@ def test_run_then_select_from_the_table(tmp_path, gpt2_proxy):
     assert json.loads(out.read_text()) == [records[i] for i in expected]
 
     again = tmp_path / "by-drop.json"
-    result = _cli("select", str(data), "--stats", str(stats), "--count", "5", "--utility",
-                  "drop", "--out", str(again))
+    result = cli_process("select", str(data), "--stats", str(stats), "--count", "5", "--utility",
+                         "drop", "--out", str(again))
     assert result.returncode == 0, result.stderr
     expected = gf.select_top(gf.utility_scores(table, "drop"), count=5).in_order("input")
     assert json.loads(again.read_text()) == [records[i] for i in expected]
 
 
 def test_score_options_are_all_there():
-    result = _cli("score", "--help")
+    result = cli_process("score", "--help")
     for option in ("--proxy", "--members", "--epochs", "--early", "--late", "--lora-rank",
                    "--lora-alpha", "--lr", "--batch-size", "--collect-batch-size",
                    "--max-length", "--seed", "--device", "--dtype", "--save-adapters",
@@ -57,7 +50,7 @@ def test_bad_record_is_one_line_exit_2_and_no_output(tmp_path, gpt2_proxy):
     records[3]["output"] = 42
     data = write_json(tmp_path / "bad.json", records)
     out = tmp_path / "subset.json"
-    result = _cli("run", str(data), "--out", str(out), "--proxy", gpt2_proxy, *TINY)
+    result = cli_process("run", str(data), "--out", str(out), "--proxy", gpt2_proxy, *TINY)
     assert result.returncode == 2
     assert result.stderr.strip() == (
         f"error: {data}: record 3: field 'output': must be a string, got int")
@@ -70,8 +63,9 @@ def test_table_and_data_that_do_not_match_are_refused(tmp_path, gpt2_proxy):
     config = gf.ScoreConfig(proxy=gpt2_proxy, members=1, lora_rank=2, device="cpu")
     gf.score(data, tmp_path / "t.parquet", config, progress=False)
     other = write_json(tmp_path / "b.json", alpaca_records(9))
-    result = _cli("select", str(other), "--stats", str(tmp_path / "t.parquet"), "--ratio", "0.5",
-                  "--out", str(tmp_path / "s.json"))
+    result = cli_process("select", str(other), "--stats",
+                         str(tmp_path / "t.parquet"), "--ratio", "0.5",
+                         "--out", str(tmp_path / "s.json"))
     assert result.returncode == 2
     assert "has 8 rows but" in result.stderr and "has 9 records" in result.stderr
     assert not (tmp_path / "s.json").exists()

@@ -50,7 +50,6 @@ __all__ = [
     "utility_scores",
     "with_utilities",
 ]
-__version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .config import METHODS, ScoreConfig
@@ -65,6 +64,10 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     """An exported name from its module, or a submodule (`gradfilter.formats`), on first use."""
+    if name == "__version__":  # the one version: the installed distribution's (pyproject.toml)
+        from .outputs import package_versions
+
+        return package_versions()["gradfilter"]
     if name in _EXPORTS:
         value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
     else:

@@ -61,8 +61,8 @@ class Topology:
 class Comm:
     """The few collectives scoring needs; plain no-ops in a single process."""
 
-    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0) -> None:
-        self.rank, self.world, self.local_rank = rank, world, local_rank
+    def __init__(self, rank: int = 0, world: int = 1) -> None:
+        self.rank, self.world = rank, world
 
     @property
     def distributed(self) -> bool:
@@ -128,7 +128,7 @@ def session(device: torch.device) -> Iterator[tuple[Comm, torch.device]]:
         torch.distributed.init_process_group(backend, device_id=device
                                              if device.type == "cuda" else None)
     try:
-        yield Comm(rank, world, local_rank), device
+        yield Comm(rank, world), device
     finally:
         if created:
             torch.distributed.destroy_process_group()
