@@ -12,8 +12,8 @@ from conftest import alpaca_records, cli_process, sharegpt_records, write_json, 
 
 import gradfilter as gf
 from gradfilter.formats import Turn
-from gradfilter.proxy import load_model, load_tokenizer
-from gradfilter.tokenization import encode
+from gradfilter.scoring.proxy import load_model, load_tokenizer
+from gradfilter.scoring.tokenization import encode
 
 
 def _config(proxy: str, **overrides) -> gf.ScoreConfig:

@@ -7,16 +7,16 @@ import pytest
 import torch
 
 import gradfilter as gf
-from gradfilter.batching import (
+from gradfilter.scoring.batching import (
     BUCKET_BATCHES,
     Batcher,
     collection_batches,
     member_batches,
     step_widths,
 )
-from gradfilter.checkpoint import Checkpoint
-from gradfilter.distributed import Comm, Topology
-from gradfilter.tokenization import Encoded
+from gradfilter.scoring.checkpoint import Checkpoint
+from gradfilter.scoring.distributed import Comm, Topology
+from gradfilter.scoring.tokenization import Encoded
 
 N, BATCH = 1000, 8
 LENGTHS = np.random.default_rng(0).lognormal(4, 0.8, N).astype(np.int64) + 2

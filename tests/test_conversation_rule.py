@@ -54,9 +54,9 @@ def test_the_prompt_of_an_answer_is_the_last_prompt_turn_before_it():
 
 def test_a_system_then_assistant_record_is_scored_and_can_be_corrupted(gpt2_proxy):
     """The copy that drifted: such a record carried loss but the noise benchmark skipped it."""
-    from gradfilter.noise_benchmark import corrupt
-    from gradfilter.proxy import load_tokenizer
-    from gradfilter.tokenization import encode
+    from gradfilter.bench.noise import corrupt
+    from gradfilter.scoring.proxy import load_tokenizer
+    from gradfilter.scoring.tokenization import encode
 
     turns = [Turn(S, "Answer in French."), Turn(A, "Bonjour tout le monde")]
     tokenizer = load_tokenizer(gpt2_proxy)

@@ -6,11 +6,11 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
-from gradfilter.batching import Batcher
-from gradfilter.ensemble import LoRAEnsemble, RowGradRecorder, per_example_losses
 from gradfilter.formats import Turn
-from gradfilter.proxy import default_targets, load_model, load_tokenizer
-from gradfilter.tokenization import encode, resolve_template
+from gradfilter.scoring.batching import Batcher
+from gradfilter.scoring.ensemble import LoRAEnsemble, RowGradRecorder, per_example_losses
+from gradfilter.scoring.proxy import default_targets, load_model, load_tokenizer
+from gradfilter.scoring.tokenization import encode, resolve_template
 
 MEMBERS, RANK, ALPHA = 3, 4, 8.0
 

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gradfilter as gf
-from gradfilter.inspection import inspect_dataset
+from gradfilter.data.inspect import inspect_dataset
 
 
 def test_inspect_reports_counts_and_every_problem(tmp_path):

@@ -14,18 +14,18 @@ import pytest
 from conftest import alpaca_records, sharegpt_records, write_json, write_jsonl
 
 import gradfilter as gf
-from gradfilter.formats import Turn
-from gradfilter.noise_benchmark import (
+from gradfilter.bench.noise import (
     CORRUPTIONS,
     answering_turns,
     auroc,
     corrupt,
     run_noise_benchmark,
 )
-from gradfilter.proxy import load_tokenizer
+from gradfilter.formats import Turn
+from gradfilter.scoring.proxy import load_tokenizer
 
 PLUGIN = '''
-from gradfilter.noise_benchmark import register_corruption
+from gradfilter.bench.noise import register_corruption
 
 @register_corruption("shout")
 def shout(prompt, response, context):

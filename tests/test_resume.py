@@ -17,7 +17,7 @@ import pytest
 from conftest import alpaca_records, write_json
 
 import gradfilter as gf
-from gradfilter.checkpoint import SLEEP_HOOK
+from gradfilter.scoring.checkpoint import SLEEP_HOOK
 from gradfilter.table import load_stats
 
 N_RECORDS = 40  # 10 optimiser steps per epoch, 10 collection batches per collected epoch

@@ -12,7 +12,7 @@ from conftest import alpaca_records, write_json
 from peft import PeftModel
 
 import gradfilter as gf
-from gradfilter.proxy import load_model
+from gradfilter.scoring.proxy import load_model
 
 N_RECORDS = 22
 
@@ -101,10 +101,10 @@ def test_saved_adapters_load_in_peft_and_reproduce_losses(tmp_path, data, gpt2_p
     adapters = tmp_path / "adapters"
     table = gf.score(data, tmp_path / "a.parquet", _config(gpt2_proxy, members=2),
                      save_adapters=adapters, progress=False)
-    from gradfilter.dataset import read_dataset
+    from gradfilter.data.dataset import read_dataset
     from gradfilter.formats import to_turns
-    from gradfilter.proxy import load_tokenizer
-    from gradfilter.tokenization import encode
+    from gradfilter.scoring.proxy import load_tokenizer
+    from gradfilter.scoring.tokenization import encode
 
     tokenizer = load_tokenizer(gpt2_proxy)
     dataset = read_dataset(data)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from gradfilter.formats import Turn
-from gradfilter.proxy import load_tokenizer
-from gradfilter.tokenization import encode, resolve_template
+from gradfilter.scoring.proxy import load_tokenizer
+from gradfilter.scoring.tokenization import encode, resolve_template
 
 
 def _response_text(tokenizer, item) -> str:

@@ -23,10 +23,10 @@ _EXPORTS = {
     "UTILITIES": "utilities",
     "compute_utilities": "utilities",
     "load_stats": "table",
-    "read_dataset": "dataset",
-    "register_corruption": "noise_benchmark",
-    "run_noise_benchmark": "noise_benchmark",
-    "score": "pipeline",
+    "read_dataset": "data.dataset",
+    "register_corruption": "bench.noise",
+    "run_noise_benchmark": "bench.noise",
+    "score": "scoring.score",
     "select": "subset",
     "select_top": "selection",
     "utility_scores": "table",
@@ -52,10 +52,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .bench.noise import register_corruption, run_noise_benchmark
     from .config import METHODS, ScoreConfig
-    from .dataset import read_dataset
-    from .noise_benchmark import register_corruption, run_noise_benchmark
-    from .pipeline import score
+    from .data.dataset import read_dataset
+    from .scoring.score import score
     from .selection import Selection, select_top
     from .subset import select
     from .table import load_stats, utility_scores, with_utilities

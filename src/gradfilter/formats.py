@@ -140,7 +140,7 @@ class Source:
     def hf_dataset(self):
         """The `datasets.Dataset` of an "hf" source (memory-mapped; loaded on first use)."""
         if self._loaded is None:
-            from .hf import load_hf
+            from .data.hf import load_hf
 
             self._loaded = load_hf(self)
         return self._loaded

@@ -17,13 +17,13 @@ import numpy as np
 import pyarrow as pa
 
 from . import formats
-from .dataset import Dataset, resolve_format
+from .data.dataset import Dataset, resolve_format
+from .data.writers import write_subset
 from .errors import GradfilterError
 from .formats import Format, ReadReport, Record
 from .outputs import write_run_record
 from .selection import Selection, select_top
 from .table import load_scores, table_utility
-from .writing import write_subset
 
 PREVIEWS = 3  # best and worst records shown after a selection
 

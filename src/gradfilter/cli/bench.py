@@ -54,7 +54,7 @@ def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_s
           methods: str, budgets: str, plugins: tuple[str, ...], fmt, fields, limit, split, quiet,
           **options) -> None:
     """Corrupt part of DATA, score it with every method, report contamination and AUROC."""
-    from ..noise_benchmark import results_markdown, run_noise_benchmark
+    from ..bench.noise import results_markdown, run_noise_benchmark
 
     for module in plugins:
         importlib.import_module(module)
@@ -83,11 +83,11 @@ def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_s
 def speed(data: str, paths: str, tokenizer, out, fmt, fields, limit, split, quiet,
           **options) -> None:
     """Time gradfilter's fused scoring against a naive PEFT loop and a forward-only IFD pass."""
+    from ..bench.speed import random_gpt2, run_speed_benchmark, speed_table
     from ..demo import demo_config
     from ..outputs import atomic_write_text, write_run_record
-    from ..pipeline import tokenize
-    from ..proxy import load_tokenizer
-    from ..speed_benchmark import random_gpt2, run_speed_benchmark, speed_table
+    from ..scoring.proxy import load_tokenizer
+    from ..scoring.score import tokenize
 
     config = config_from(options)
     with tempfile.TemporaryDirectory(prefix="gradfilter-speed-") as scratch:

@@ -45,8 +45,8 @@ def inspect(data: str, fmt, fields, split, max_problems: int) -> None:
 
     DATA is streamed: memory holds counters and lengths, never the records.
     """
+    from ..data.inspect import inspect_dataset
     from ..formats import parse_fields
-    from ..inspection import inspect_dataset
 
     found = inspect_dataset(data, fmt, parse_fields(fields), split)
     out = Console(soft_wrap=True)

@@ -36,9 +36,9 @@ def score(data: str, out: Path, fmt, fields, limit, split, skip_bad_records, met
     Under torchrun (e.g. `torchrun --nproc_per_node 4 -m gradfilter score ...`) the ranks
     split the ensemble's members; rank 0 writes the table.
     """
-    from ..dataset import record_notes
-    from ..distributed import is_main_process
-    from ..pipeline import score as run_score
+    from ..data.dataset import record_notes
+    from ..scoring.distributed import is_main_process
+    from ..scoring.score import score as run_score
 
     dataset = read_data(data, fmt, fields, limit, split, skip_bad_records)
     table = run_score(dataset, out, config_from(options), method=method,
@@ -82,9 +82,9 @@ def run(data: str, out: Path, stats: Path | None, fmt, fields, limit, split, out
 def score_and_select(dataset, out: Path, stats: Path | None, config: ScoreConfig, how: dict,
                      choice: dict) -> None:
     """Score `dataset` into `stats`, select from the table, print the summary (rank 0)."""
-    from ..dataset import record_notes
-    from ..distributed import is_main_process
-    from ..pipeline import score as run_score
+    from ..data.dataset import record_notes
+    from ..scoring.distributed import is_main_process
+    from ..scoring.score import score as run_score
     from ..subset import select as select_subset
 
     stats = stats or out.with_name(out.name + ".stats.parquet")

@@ -142,7 +142,7 @@ def config_from(options: dict[str, Any]) -> ScoreConfig:
 
 def read_data(data: str, fmt, fields, limit, split=None, skip_bad_records: bool = False):
     """DATA as the data options name it, read into memory."""
-    from ..dataset import read_dataset
+    from ..data.dataset import read_dataset
     from ..formats import parse_fields
 
     return read_dataset(data, fmt, limit, parse_fields(fields), split=split,

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import formats
-from .errors import GradfilterError
-from .formats import Format, ReadReport, Record
+from .. import formats
+from ..errors import GradfilterError
+from ..formats import Format, ReadReport, Record
 
 
 @dataclass(frozen=True)

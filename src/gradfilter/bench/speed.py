@@ -26,15 +26,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .baselines import proxy_forward
-from .batching import Batcher, member_batches
-from .collection import GradientStatistics, train_and_collect
-from .config import ScoreConfig
-from .ensemble import LoRAEnsemble, linear_warmup_decay
-from .progress import progress_bars
-from .proxy import default_targets, load_model, load_tokenizer, resolve_device, resolve_dtype
-from .tokenization import Encoded
-from .trainer import WARMUP_RATIO
+from ..config import ScoreConfig
+from ..progress import progress_bars
+from ..scoring.baselines import proxy_forward
+from ..scoring.batching import Batcher, member_batches
+from ..scoring.collection import GradientStatistics, train_and_collect
+from ..scoring.ensemble import LoRAEnsemble, linear_warmup_decay
+from ..scoring.proxy import (
+    default_targets,
+    load_model,
+    load_tokenizer,
+    resolve_device,
+    resolve_dtype,
+)
+from ..scoring.tokenization import Encoded
+from ..scoring.trainer import WARMUP_RATIO
 
 BF16_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
 

@@ -18,15 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from .errors import GradfilterError
-from .formats import (
+from ..errors import GradfilterError
+from ..formats import (
     ARROW_CONTAINERS,
     Container,
     Record,
     Source,
     arrow_batches,
 )
-from .outputs import atomic_path
+from ..outputs import atomic_path
 
 
 def write_subset(

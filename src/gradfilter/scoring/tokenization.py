@@ -23,10 +23,10 @@ from typing import Literal
 
 import numpy as np
 
-from . import formats
-from .config import TemplateChoice, TurnsChoice
-from .errors import GradfilterError
-from .formats import Turn
+from .. import formats
+from ..config import TemplateChoice, TurnsChoice
+from ..errors import GradfilterError
+from ..formats import Turn
 
 
 @dataclass(frozen=True)

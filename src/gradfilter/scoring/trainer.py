@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
+from ..config import ScoreConfig
+from ..progress import advance_bar
 from .batching import Batcher, member_batches, step_widths
 from .checkpoint import Checkpoint, NullCheckpoint
-from .config import ScoreConfig
 from .ensemble import LoRAEnsemble, linear_warmup_decay, per_example_losses
-from .progress import advance_bar
 
 WARMUP_RATIO = 0.03
 

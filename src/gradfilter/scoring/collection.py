@@ -16,13 +16,13 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
+from ..config import ScoreConfig
+from ..errors import GradfilterError
+from ..progress import advance_bar, progress_bars
 from .batching import Batcher, collection_batches
 from .checkpoint import Checkpoint, NullCheckpoint
-from .config import ScoreConfig
 from .distributed import Comm, Topology
 from .ensemble import LoRAEnsemble, RowGradRecorder, per_example_losses
-from .errors import GradfilterError
-from .progress import advance_bar, progress_bars
 from .tokenization import Encoded
 from .trainer import Trainer
 

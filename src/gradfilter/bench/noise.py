@@ -18,14 +18,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .config import ScoreConfig
-from .errors import GradfilterError
-from .formats import Turn, answering_turns, prompt_of
-from .outputs import atomic_path, atomic_write_text, write_run_record
-from .seeds import CORRUPTION_STREAM, derived_seed
-from .selection import select_top
-from .table import utility_scores
-from .utilities import UTILITIES
+from ..config import ScoreConfig
+from ..errors import GradfilterError
+from ..formats import Turn, answering_turns, prompt_of
+from ..outputs import atomic_path, atomic_write_text, write_run_record
+from ..seeds import CORRUPTION_STREAM, derived_seed
+from ..selection import select_top
+from ..table import utility_scores
+from ..utilities import UTILITIES
 
 CURVE_BUDGETS = tuple(round(0.01 * k, 2) for k in range(1, 51))
 
@@ -309,10 +309,10 @@ def run_noise_benchmark(data, out_dir: Path, config: ScoreConfig, *, methods: Se
                         corruptions: Sequence[str], fraction: float, budgets: Sequence[float],
                         corrupt_seed: int, progress: bool = True, log=print) -> dict:
     """Corrupt, score with every method (reusing finished tables), measure, report."""
-    from .dataset import as_dataset
-    from .pipeline import score
-    from .proxy import load_tokenizer
-    from .table import load_stats
+    from ..data.dataset import as_dataset
+    from ..scoring.proxy import load_tokenizer
+    from ..scoring.score import score
+    from ..table import load_stats
 
     dataset = as_dataset(data)
     conversations, source = [], []

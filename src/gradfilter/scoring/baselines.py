@@ -18,12 +18,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from ..config import BASELINES
+from ..errors import GradfilterError
+from ..progress import advance_bar
+from ..seeds import RANDOM_STREAM, derived_seed
 from .batching import Batcher, collection_batches
-from .config import BASELINES
 from .ensemble import per_example_losses
-from .errors import GradfilterError
-from .progress import advance_bar
-from .seeds import RANDOM_STREAM, derived_seed
 from .tokenization import Encoded
 
 NEEDS_MODEL = ("ifd", "perplexity")

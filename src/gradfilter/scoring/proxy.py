@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from .config import DeviceChoice, DtypeChoice
-from .errors import GradfilterError
+from ..config import DeviceChoice, DtypeChoice
+from ..errors import GradfilterError
 
 # LoRA targets per architecture: all attention and MLP projections (method.md §2).
 DEFAULT_TARGETS = {

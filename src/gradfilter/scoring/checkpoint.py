@@ -37,8 +37,8 @@ from typing import IO, Any
 import numpy as np
 import torch
 
+from ..errors import GradfilterError
 from .distributed import Comm, Topology
-from .errors import GradfilterError
 
 FORMAT = 1
 SLEEP_HOOK = "GRADFILTER_TEST_SLEEP_AFTER_CHECKPOINT"  # test hook: pause after each commit

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .errors import GradfilterError
+from ..errors import GradfilterError
 
 
 @dataclass(frozen=True)

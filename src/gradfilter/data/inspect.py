@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import formats
-from .errors import GradfilterError
-from .formats import Format, ReadReport
+from .. import formats
+from ..errors import GradfilterError
+from ..formats import Format, ReadReport
 
 PERCENTILES = (0, 10, 50, 90, 99, 100)
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..seeds import ORDER_STREAM, SCHEDULE_STREAM, derived_seed
 from .ensemble import ResponseTargets
-from .seeds import ORDER_STREAM, SCHEDULE_STREAM, derived_seed
 from .tokenization import Encoded
 
 BUCKET_BATCHES = 50  # length bucketing sorts within chunks of this many training batches

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import GradfilterError
-from .seeds import INIT_STREAM, derived_seed
+from ..errors import GradfilterError
+from ..seeds import INIT_STREAM, derived_seed
 
 
 class RowGradRecorder:
@@ -204,7 +204,7 @@ class LoRAEnsemble:
         """A standard PEFT LoRA adapter directory for the member in local slot m."""
         from safetensors.torch import save_file
 
-        from .outputs import atomic_write_text
+        from ..outputs import atomic_write_text
 
         directory.mkdir(parents=True, exist_ok=True)
         config = {

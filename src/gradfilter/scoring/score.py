@@ -16,19 +16,19 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from ..config import METHODS, Method, ScoreConfig
+from ..data.dataset import Dataset, as_dataset, record_notes
+from ..errors import GradfilterError
+from ..formats import Format, unscorable_reason
+from ..outputs import device_description, write_run_record
+from ..progress import progress_bars
+from ..table import baseline_table, gsnr_table, record_columns, write_table
 from . import distributed
 from .baselines import NEEDS_MODEL, baseline_columns, proxy_forward
 from .checkpoint import Checkpoint, NullCheckpoint
 from .collection import train_and_collect
-from .config import METHODS, Method, ScoreConfig
-from .dataset import Dataset, as_dataset, record_notes
 from .ensemble import LoRAEnsemble
-from .errors import GradfilterError
-from .formats import Format, unscorable_reason
-from .outputs import device_description, write_run_record
-from .progress import progress_bars
 from .proxy import default_targets, load_model, load_tokenizer, resolve_device, resolve_dtype
-from .table import baseline_table, gsnr_table, record_columns, write_table
 from .tokenization import Encoded, encode, resolve_template
 
 

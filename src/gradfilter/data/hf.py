@@ -13,10 +13,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import GradfilterError
+from ..errors import GradfilterError
 
 if TYPE_CHECKING:
-    from .formats import Source
+    from ..formats import Source
 
 DEFAULT_SPLIT = "train"
 _MARKERS = ("state.json", "dataset_dict.json")  # what save_to_disk writes at the top
@@ -146,7 +146,7 @@ def quiet_hf() -> Iterator[None]:
 
 def save_dataset(dataset: Any, path: Path) -> None:
     """`dataset.save_to_disk` into a fresh directory that replaces `path` only when complete."""
-    from .outputs import atomic_dir
+    from ..outputs import atomic_dir
 
     with quiet_hf(), atomic_dir(path) as tmp:
         dataset.save_to_disk(str(tmp))
