@@ -151,14 +151,14 @@ def cli():
 
 @pytest.fixture
 def records_alive(monkeypatch) -> list[int]:
-    """Wraps formats.iter_records; after each record it gave, appends how many of the records
+    """Wraps readers.iter_records; after each record it gave, appends how many of the records
     given so far are still held by anyone (1: only the one in hand)."""
     import weakref
 
-    from gradfilter import formats
+    from gradfilter.data import readers
 
     alive: list[int] = []
-    read = formats.iter_records
+    read = readers.iter_records
 
     def watched(*args, **kwargs):
         given: list[weakref.ref] = []
@@ -168,5 +168,5 @@ def records_alive(monkeypatch) -> list[int]:
             del record
             alive.append(sum(ref() is not None for ref in given))
 
-    monkeypatch.setattr(formats, "iter_records", watched)
+    monkeypatch.setattr(readers, "iter_records", watched)
     return alive

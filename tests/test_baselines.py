@@ -11,7 +11,7 @@ import torch
 from conftest import alpaca_records, cli_process, sharegpt_records, write_json, write_jsonl
 
 import gradfilter as gf
-from gradfilter.formats import Turn
+from gradfilter.data.conversations import Turn
 from gradfilter.scoring.proxy import load_model, load_tokenizer
 from gradfilter.scoring.tokenization import encode
 

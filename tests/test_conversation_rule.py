@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from gradfilter.formats import (
+from gradfilter.data.conversations import (
     Turn,
     answering_turns,
     ends_on_prompt,

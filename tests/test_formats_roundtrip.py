@@ -15,7 +15,7 @@ from conftest import (
 )
 
 import gradfilter as gf
-from gradfilter.formats import parse_fields
+from gradfilter.data.conversations import parse_fields
 
 CASES = [
     ("alpaca", "json", alpaca_records),

@@ -6,7 +6,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
-from gradfilter.formats import Turn
+from gradfilter.data.conversations import Turn
 from gradfilter.scoring.batching import Batcher
 from gradfilter.scoring.ensemble import LoRAEnsemble, RowGradRecorder, per_example_losses
 from gradfilter.scoring.proxy import default_targets, load_model, load_tokenizer

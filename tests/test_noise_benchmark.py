@@ -21,7 +21,7 @@ from gradfilter.bench.noise import (
     corrupt,
     run_noise_benchmark,
 )
-from gradfilter.formats import Turn
+from gradfilter.data.conversations import Turn
 from gradfilter.scoring.proxy import load_tokenizer
 
 PLUGIN = '''

@@ -7,13 +7,14 @@ import json
 import pytest
 from conftest import alpaca_records, sharegpt_records, write_json
 
-from gradfilter import GradfilterError, formats
-from gradfilter.formats import ReadReport, iter_records
+from gradfilter import GradfilterError
+from gradfilter.data import readers
+from gradfilter.data.readers import ReadReport, iter_records
 
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    monkeypatch.setattr(formats, "_CHUNK_CHARS", 7)
+    monkeypatch.setattr(readers, "_CHUNK_CHARS", 7)
 
 
 def test_json_array_read_in_small_chunks_gives_every_record_exactly(tmp_path, small_chunks):

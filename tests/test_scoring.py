@@ -101,8 +101,8 @@ def test_saved_adapters_load_in_peft_and_reproduce_losses(tmp_path, data, gpt2_p
     adapters = tmp_path / "adapters"
     table = gf.score(data, tmp_path / "a.parquet", _config(gpt2_proxy, members=2),
                      save_adapters=adapters, progress=False)
+    from gradfilter.data.conversations import to_turns
     from gradfilter.data.dataset import read_dataset
-    from gradfilter.formats import to_turns
     from gradfilter.scoring.proxy import load_tokenizer
     from gradfilter.scoring.tokenization import encode
 

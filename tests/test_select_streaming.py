@@ -14,8 +14,8 @@ import pytest
 from conftest import alpaca_records, run_cli, write_jsonl
 
 import gradfilter as gf
-from gradfilter import formats
 from gradfilter import table as table_contract
+from gradfilter.data import readers
 from gradfilter.table import load_scores
 
 
@@ -37,7 +37,7 @@ def _sqnorm_table(n: int, seed: int = 0) -> pa.Table:
 @pytest.fixture
 def small_batches(monkeypatch):
     monkeypatch.setattr(table_contract, "_STATS_BATCH_ROWS", 4)
-    monkeypatch.setattr(formats, "_ARROW_BATCH_ROWS", 4)
+    monkeypatch.setattr(readers, "_ARROW_BATCH_ROWS", 4)
 
 
 @pytest.mark.parametrize("utility", gf.UTILITIES)

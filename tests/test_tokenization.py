@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gradfilter.formats import Turn
+from gradfilter.data.conversations import Turn
 from gradfilter.scoring.proxy import load_tokenizer
 from gradfilter.scoring.tokenization import encode, resolve_template
 

@@ -68,6 +68,8 @@ def __getattr__(name: str) -> Any:
         from .outputs import package_versions
 
         return package_versions()["gradfilter"]
+    if name.startswith("__"):  # e.g. __path__ lookups by import machinery: never a submodule
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     if name in _EXPORTS:
         value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
     else:

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from . import formats
+from .data import conversations, readers, sources
+from .data.conversations import Format
 from .data.dataset import Dataset, resolve_format
+from .data.readers import ReadReport, Record
 from .data.writers import write_subset
 from .errors import GradfilterError
-from .formats import Format, ReadReport, Record
 from .outputs import write_run_record
 from .selection import Selection, select_top
 from .table import load_scores, table_utility
@@ -45,9 +46,9 @@ class Subset:
     selection: Selection
     scores: np.ndarray  # one per input record, NaN where unscored
     utility: str
-    source: formats.Source
+    source: sources.Source
     format: Format
-    container: formats.Container  # of the subset written
+    container: sources.Container  # of the subset written
     report: ReadReport  # warnings and unreadable places met while reading the input
     best: list[Preview]
     worst: list[Preview]
@@ -84,7 +85,7 @@ def select(
     score_field: str | None = None,
     fmt: Format | None = None,
     limit: int | None = None,
-    out_format: formats.Container | None = None,
+    out_format: sources.Container | None = None,
     split: str | None = None,
     fields: dict[str, str] | None = None,
 ) -> Subset:
@@ -103,7 +104,7 @@ def select(
     shown = {int(i) for i in (*selection.best(PREVIEWS), *selection.worst(PREVIEWS))}
     report = ReadReport()
     if isinstance(data, Dataset):
-        source = data.source or formats.resolve_source(data.path)
+        source = data.source or sources.resolve_source(data.path)
         fmt, fields, report = data.format, data.fields, data.report
         _check_rows(len(scores), source, len(data.records))
         describe = partial(_prompt_preview, fmt=fmt, source=source, fields=fields)
@@ -113,18 +114,18 @@ def select(
             i: describe(data.records[i]) for i in shown if i < len(data.records)}
     else:
         fields = fields or {}
-        source = formats.resolve_source(data, split)
+        source = sources.resolve_source(data, split)
         fmt = resolve_format(_read(source, ReadReport(), limit), source, fmt, fields)
-        if source.container in formats.ARROW_CONTAINERS:
-            n_rows = formats.arrow_num_rows(source)
+        if source.container in sources.ARROW_CONTAINERS:
+            n_rows = readers.arrow_num_rows(source)
             _check_rows(len(scores), source, n_rows if limit is None else min(n_rows, limit))
         describe = partial(_prompt_preview, fmt=fmt, source=source, fields=fields)
         watch = _Watch(shown, len(scores), source, describe)
         records = partial(watch.stream, _read(source, report, limit))
         prompts = None
     container = out_format or source.container
-    if container not in formats.CONTAINERS:
-        raise GradfilterError(f"--out-format must be one of {list(formats.CONTAINERS)}")
+    if container not in sources.CONTAINERS:
+        raise GradfilterError(f"--out-format must be one of {list(sources.CONTAINERS)}")
     chosen = selection.in_order(order)
     write_subset(Path(out), source, chosen, container, records, n_records=len(scores),
                  score_field=score_field, scores=scores if score_field else None)
@@ -158,40 +159,40 @@ def select(
                   previews(selection.best(PREVIEWS)), previews(selection.worst(PREVIEWS)))
 
 
-def _prompt_preview(record: Record, fmt: Format, source: formats.Source,
+def _prompt_preview(record: Record, fmt: Format, source: sources.Source,
                     fields: dict[str, str], width: int = 70) -> str:
     """The record's first user turn on one line, cut to `width` characters ("" for a place
     the reader could not read: the writer refuses it if it is chosen)."""
     if record.error is not None:
         return ""
-    turns = formats.to_turns(record, fmt, source, fields)
+    turns = conversations.to_turns(record, fmt, source, fields)
     text = " ".join(next((t.text for t in turns if t.role == "user"), "").split())
     return text[:width] + ("..." if len(text) > width else "")
 
 
-def _read(source: formats.Source, report: ReadReport, limit: int | None) -> Iterator[Record]:
+def _read(source: sources.Source, report: ReadReport, limit: int | None) -> Iterator[Record]:
     """The input again, as a stream; unreadable places come as records with `error` (they are
     unscored in any table made from this input, so never chosen)."""
-    return formats.iter_records(source, report, skip_bad_records=True, limit=limit)
+    return readers.iter_records(source, report, skip_bad_records=True, limit=limit)
 
 
-def _take(source: formats.Source, indices: set[int], limit: int | None) -> dict[int, Record]:
+def _take(source: sources.Source, indices: set[int], limit: int | None) -> dict[int, Record]:
     wanted = {i for i in indices if limit is None or i < limit}
     if not wanted:
         return {}
-    if source.container in formats.ARROW_CONTAINERS:
-        return formats.take_records(source, wanted)
+    if source.container in sources.ARROW_CONTAINERS:
+        return readers.take_records(source, wanted)
     return {r.index: r for r in _read(source, ReadReport(), limit) if r.index in wanted}
 
 
-def _mismatch(n_rows: int, source: formats.Source, n_records: int) -> GradfilterError:
+def _mismatch(n_rows: int, source: sources.Source, n_records: int) -> GradfilterError:
     return GradfilterError(
         f"the statistics table has {n_rows} rows but {source} has "
         f"{n_records} records; score this file first"
     )
 
 
-def _check_rows(n_rows: int, source: formats.Source, n_records: int) -> None:
+def _check_rows(n_rows: int, source: sources.Source, n_records: int) -> None:
     if n_rows != n_records:
         raise _mismatch(n_rows, source, n_records)
 
@@ -201,7 +202,7 @@ class _Watch:
     no record); at the end of the stream, a count that differs from the table's rows is an
     error (raised inside the writer, so no output is left)."""
 
-    def __init__(self, remember: set[int], expected: int | None, source: formats.Source,
+    def __init__(self, remember: set[int], expected: int | None, source: sources.Source,
                  describe: Callable[[Record], str]) -> None:
         self.remember, self.expected, self.source = remember, expected, source
         self.describe = describe

@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..config import ScoreConfig
+from ..data.conversations import Turn, answering_turns, prompt_of
 from ..errors import GradfilterError
-from ..formats import Turn, answering_turns, prompt_of
 from ..outputs import atomic_path, atomic_write_text, write_run_record
 from ..seeds import CORRUPTION_STREAM, derived_seed
 from ..selection import select_top

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from ..formats import FORMATS
+from ..data.conversations import FORMATS
 from .options import data_options, out_format_option, select_options, split_option
 from .report import print_selection
 
@@ -25,7 +25,7 @@ def select(data: str, stats: Path, out: Path, fmt, fields, limit, split, **optio
 
     DATA is streamed, never held: memory holds the table's scores and the chosen indices.
     """
-    from ..formats import parse_fields
+    from ..data.conversations import parse_fields
     from ..subset import select as select_subset
 
     subset = select_subset(data, stats, out, fmt=fmt, fields=parse_fields(fields), limit=limit,
@@ -45,8 +45,8 @@ def inspect(data: str, fmt, fields, split, max_problems: int) -> None:
 
     DATA is streamed: memory holds counters and lengths, never the records.
     """
+    from ..data.conversations import parse_fields
     from ..data.inspect import inspect_dataset
-    from ..formats import parse_fields
 
     found = inspect_dataset(data, fmt, parse_fields(fields), split)
     out = Console(soft_wrap=True)

@@ -17,8 +17,9 @@ from ..config import (
     TemplateChoice,
     TurnsChoice,
 )
+from ..data.conversations import FORMATS
+from ..data.sources import CONTAINERS
 from ..errors import GradfilterError
-from ..formats import CONTAINERS, FORMATS
 from ..utilities import BASELINE_SCORES, UTILITIES
 
 DEFAULTS = ScoreConfig()
@@ -142,8 +143,8 @@ def config_from(options: dict[str, Any]) -> ScoreConfig:
 
 def read_data(data: str, fmt, fields, limit, split=None, skip_bad_records: bool = False):
     """DATA as the data options name it, read into memory."""
+    from ..data.conversations import parse_fields
     from ..data.dataset import read_dataset
-    from ..formats import parse_fields
 
     return read_dataset(data, fmt, limit, parse_fields(fields), split=split,
                         skip_bad_records=skip_bad_records)

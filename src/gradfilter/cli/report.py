@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..formats import ReadReport
+from ..data.readers import ReadReport
 from ..outputs import run_record_path
 from ..subset import Subset
 

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import formats
 from ..errors import GradfilterError
-from ..formats import Format, ReadReport, Record
+from . import conversations, readers, sources
+from .conversations import Format
+from .readers import ReadReport, Record
 
 
 @dataclass(frozen=True)
@@ -17,13 +18,13 @@ class Dataset:
     path: Path  # the data as the user named it (a hub id reads as a relative path)
     records: list[Record]
     format: Format
-    container: formats.Container
+    container: sources.Container
     report: ReadReport
     fields: dict[str, str]
-    source: formats.Source | None = None  # where the records came from, to write a subset
+    source: sources.Source | None = None  # where the records came from, to write a subset
 
-    def turns(self, record: Record) -> list[formats.Turn]:
-        return formats.to_turns(record, self.format, self.path, self.fields)
+    def turns(self, record: Record) -> list[conversations.Turn]:
+        return conversations.to_turns(record, self.format, self.path, self.fields)
 
 
 def read_dataset(path: str | Path, fmt: Format | None = None, limit: int | None = None,
@@ -33,27 +34,27 @@ def read_dataset(path: str | Path, fmt: Format | None = None, limit: int | None 
 
     `path` is a JSON/JSONL(.gz)/Parquet file, a `save_to_disk` directory, or a hub dataset id;
     `split` picks a DatasetDict's split (default train). `fields` maps canonical field names
-    onto the file's own keys (see formats.parse_fields). With `skip_bad_records`, a place the
+    onto the file's own keys (see conversations.parse_fields). With `skip_bad_records`, a place the
     reader cannot read becomes a record with `error` set (never scored) instead of an error.
     """
     fields = fields or {}
-    source = formats.resolve_source(path, split)
+    source = sources.resolve_source(path, split)
     report = ReadReport()
-    records = list(formats.iter_records(source, report, skip_bad_records=skip_bad_records,
+    records = list(readers.iter_records(source, report, skip_bad_records=skip_bad_records,
                                         limit=limit))
     fmt = resolve_format(records, source, fmt, fields)
     return Dataset(source.label, records, fmt, source.container, report, fields, source)
 
 
-def resolve_format(records: Iterable[Record], source: formats.Source, fmt: Format | None,
+def resolve_format(records: Iterable[Record], source: sources.Source, fmt: Format | None,
                     fields: dict[str, str]) -> Format:
     """`fmt` if given (checked), else detected from the first record the reader could read."""
-    if fmt is not None and fmt not in formats.FORMATS:
-        raise GradfilterError(f"--format must be one of {list(formats.FORMATS)}, got {fmt!r}")
+    if fmt is not None and fmt not in conversations.FORMATS:
+        raise GradfilterError(f"--format must be one of {list(conversations.FORMATS)}, got {fmt!r}")
     first_bad = None
     for record in records:
         if record.error is None:
-            return fmt or formats.detect_format(record, source, fields)
+            return fmt or conversations.detect_format(record, source, fields)
         first_bad = first_bad or record
     if first_bad is not None:
         raise GradfilterError(f"no record of {source} could be read; the first: {first_bad.error}")
@@ -72,7 +73,7 @@ def record_notes(dataset: Dataset) -> dict[str, Any]:
     """Recoveries that keep a record in the run, each listed by record number: a duplicate
     `id` (both records are kept and scored) and a conversation that ends on a prompt turn after
     an answer (scored; the unanswered tail carries no loss)."""
-    ids = formats.IdTracker()
+    ids = readers.IdTracker()
     duplicates: dict[str, int] = {}
     ends_on_prompt: list[int] = []
     for record in dataset.records:
@@ -85,6 +86,6 @@ def record_notes(dataset: Dataset) -> dict[str, Any]:
             turns = dataset.turns(record)
         except GradfilterError:
             continue  # unscored, with its reason, elsewhere
-        if formats.ends_on_prompt(turns):
+        if conversations.ends_on_prompt(turns):
             ends_on_prompt.append(record.index)
     return {"duplicate_ids": duplicates, "ends_on_prompt": ends_on_prompt}

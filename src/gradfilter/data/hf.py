@@ -1,7 +1,7 @@
 """Hugging Face datasets as a source: a `save_to_disk` directory or a hub dataset id.
 
 Both become a memory-mapped `datasets.Dataset` whose rows are read in Arrow batches (see
-`formats.arrow_batches`); a subset of one is written back as a `save_to_disk` directory of
+`readers.arrow_batches`); a subset of one is written back as a `save_to_disk` directory of
 `Dataset.select(indices)`, which keeps the features and column order (see `writing`).
 """
 
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import GradfilterError
 
 if TYPE_CHECKING:
-    from ..formats import Source
+    from .sources import Source
 
 DEFAULT_SPLIT = "train"
 _MARKERS = ("state.json", "dataset_dict.json")  # what save_to_disk writes at the top

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import formats
 from ..errors import GradfilterError
-from ..formats import Format, ReadReport
+from . import conversations, readers, sources
+from .conversations import Format
+from .readers import ReadReport
 
 PERCENTILES = (0, 10, 50, 90, 99, 100)
 
@@ -43,20 +44,20 @@ class Inspection:
 
 def inspect_dataset(path: str | Path, fmt: Format | None = None,
                     fields: dict[str, str] | None = None, split: str | None = None) -> Inspection:
-    source = formats.resolve_source(path, split)
+    source = sources.resolve_source(path, split)
     report = ReadReport()
-    ids = formats.IdTracker()
+    ids = readers.IdTracker()
     result = Inspection(source.label, source.container, fmt or "")
-    for record in formats.iter_records(source, report, skip_bad_records=True):
+    for record in readers.iter_records(source, report, skip_bad_records=True):
         result.records += 1
         if record.error is not None:
             result.problems.append(record.error)
             continue
         if not result.format:
-            result.format = formats.detect_format(record, source, fields)
+            result.format = conversations.detect_format(record, source, fields)
         _check_id(record, ids, result, source)
         try:
-            turns = formats.to_turns(record, result.format, source, fields)  # type: ignore[arg-type]
+            turns = conversations.to_turns(record, result.format, source, fields)  # type: ignore[arg-type]
         except GradfilterError as exc:
             result.problems.append(str(exc))
             continue
@@ -70,7 +71,7 @@ def inspect_dataset(path: str | Path, fmt: Format | None = None,
     return result
 
 
-def _check_id(record, ids: formats.IdTracker, result: Inspection, path: object) -> None:
+def _check_id(record, ids: readers.IdTracker, result: Inspection, path: object) -> None:
     earlier = ids.see(record)
     if earlier is not None:
         result.problems.append(
@@ -78,15 +79,15 @@ def _check_id(record, ids: formats.IdTracker, result: Inspection, path: object) 
             f"({record.data['id']!r}; both are kept)")
 
 
-def _count_turns(index: int, turns: list[formats.Turn], result: Inspection,
+def _count_turns(index: int, turns: list[conversations.Turn], result: Inspection,
                  path: object) -> None:
     result.turns_per_record.append(len(turns))
     result.roles.update(turn.role for turn in turns)
-    result.response_chars.extend(len(turns[k].text) for k in formats.answering_turns(turns))
+    result.response_chars.extend(len(turns[k].text) for k in conversations.answering_turns(turns))
     where = f"{path}: record {index}"
-    reason = formats.unscorable_reason(turns)
+    reason = conversations.unscorable_reason(turns)
     if reason is not None:
         result.problems.append(f"{where}: {reason} (not scored)")
-    elif formats.ends_on_prompt(turns):
+    elif conversations.ends_on_prompt(turns):
         result.problems.append(f"{where}: ends on a {turns[-1].role} turn (the tail is prompt "
                                "with no answer; it carries no loss)")

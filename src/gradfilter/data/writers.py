@@ -19,14 +19,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import GradfilterError
-from ..formats import (
-    ARROW_CONTAINERS,
-    Container,
-    Record,
-    Source,
-    arrow_batches,
-)
 from ..outputs import atomic_path
+from .readers import Record, arrow_batches
+from .sources import ARROW_CONTAINERS, Container, Source
 
 
 def write_subset(

@@ -17,9 +17,9 @@ import pyarrow as pa
 import torch
 
 from ..config import METHODS, Method, ScoreConfig
+from ..data.conversations import Format, unscorable_reason
 from ..data.dataset import Dataset, as_dataset, record_notes
 from ..errors import GradfilterError
-from ..formats import Format, unscorable_reason
 from ..outputs import device_description, write_run_record
 from ..progress import progress_bars
 from ..table import baseline_table, gsnr_table, record_columns, write_table

@@ -23,10 +23,10 @@ from typing import Literal
 
 import numpy as np
 
-from .. import formats
 from ..config import TemplateChoice, TurnsChoice
+from ..data import conversations
+from ..data.conversations import Turn
 from ..errors import GradfilterError
-from ..formats import Turn
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def encode(
     turns_mode: TurnsChoice = "all",
 ) -> Encoded:
     """Token ids and response mask, truncated from the end to `max_length`."""
-    loss = set(formats.loss_turns(turns, turns_mode))
+    loss = set(conversations.loss_turns(turns, turns_mode))
     if template == "plain":
         ids, mask = _encode_plain(turns, tokenizer, loss)
     else:

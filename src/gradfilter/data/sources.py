@@ -1,0 +1,117 @@
+"""Where records come from: a file (JSON array, JSON Lines, Parquet; gzip by a `.gz` suffix), a
+directory written by a Hugging Face dataset's `save_to_disk`, or a hub dataset id (`owner/name`).
+"""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..errors import GradfilterError
+
+Container = Literal["json", "jsonl", "parquet", "hf"]
+# "hf": a directory written by `datasets.Dataset.save_to_disk` (also how a hub dataset is kept).
+CONTAINERS: tuple[Container, ...] = ("json", "jsonl", "parquet", "hf")
+ARROW_CONTAINERS: tuple[Container, ...] = ("parquet", "hf")
+_FILE_SUFFIXES = (".json", ".jsonl", ".gz", ".parquet", ".arrow", ".csv")
+# A hub dataset id: `owner/name`, each part letters, digits, '-', '_' or '.'.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+
+
+@dataclass(eq=False)
+class Source:
+    """Where records come from: a file, a save_to_disk directory, or a hub dataset id."""
+
+    name: str  # as the user gave it; names the data in every message
+    container: Container
+    path: Path | None  # None for a hub dataset id
+    split: str | None = None  # the split of a Hugging Face DatasetDict (default "train")
+    _loaded: Any = field(default=None, repr=False)  # the datasets.Dataset, loaded once
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def label(self) -> Path:
+        """The name as a Path, for APIs that carry one (a hub id reads as a relative path)."""
+        return Path(self.name)
+
+    def hf_dataset(self):
+        """The `datasets.Dataset` of an "hf" source (memory-mapped; loaded on first use)."""
+        if self._loaded is None:
+            from .hf import load_hf
+
+            self._loaded = load_hf(self)
+        return self._loaded
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """`owner/name` that is not a path to a data file (those get 'no such file')."""
+    return bool(_HUB_ID.match(name)) and not name.lower().endswith(_FILE_SUFFIXES)
+
+
+def resolve_source(data: str | Path | Source, split: str | None = None) -> Source:
+    """What DATA names: an existing file or directory, else a hub id if it looks like one."""
+    if isinstance(data, Source):
+        return data
+    name = str(data)
+    path = Path(data)
+    if path.is_dir():
+        source = Source(name, "hf", path, split)
+    elif path.is_file() or not looks_like_hub_id(name):
+        source = Source(name, detect_container(path), path, split)
+    else:
+        source = Source(name, "hf", None, split)
+    if split is not None and source.container != "hf":
+        raise GradfilterError(
+            f"{name}: --split applies to a Hugging Face dataset, not to a {source.container} file"
+        )
+    return source
+
+
+def detect_container(path: Path) -> Container:
+    """Parquet by its extension, a directory is a Hugging Face dataset; JSON array or JSON
+    Lines by the first non-blank byte (read as bytes, so a bad byte later is the reader's)."""
+    path = Path(path)
+    if path.is_dir():
+        return "hf"
+    if not path.is_file():
+        raise GradfilterError(f"{path}: no such file")
+    if path.name.endswith(".parquet"):
+        return "parquet"
+    with open_binary(path) as handle:
+        head = handle.read(len(codecs.BOM_UTF8))
+        if head != codecs.BOM_UTF8:
+            head = head.lstrip()
+            if head:
+                return "json" if head.startswith(b"[") else "jsonl"
+        while True:
+            byte = handle.read(1)
+            if byte == b"":
+                raise GradfilterError(f"{path}: the file is empty")
+            if not byte.isspace():
+                return "json" if byte == b"[" else "jsonl"
+
+
+def open_binary(path: Path):
+    if not path.is_file():
+        raise GradfilterError(f"{path}: no such file")
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+
+
+def open_text(path: Path):
+    if not path.is_file():
+        raise GradfilterError(f"{path}: no such file")
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+def bom_length(path: Path) -> int:
+    """3 if the (decompressed) text starts with a UTF-8 byte order mark, else 0."""
+    with open_binary(path) as handle:
+        return len(codecs.BOM_UTF8) if handle.read(3) == codecs.BOM_UTF8 else 0
