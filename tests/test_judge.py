@@ -705,3 +705,24 @@ def test_benchmark_input_errors(tmp_path):
         run({"a": "x", "b": "y"})
     with pytest.raises(GradfilterError, match="not an http"):
         JudgeClient("127.0.0.1:8000/v1", "m")
+
+
+def test_cli_bench_judge(targets, tmp_path):
+    from conftest import cli_process
+
+    prompts = _write(tmp_path / "p.jsonl", [{"prompt": "Name a fruit."}, {"prompt": "Say hi."}])
+    with ScriptedJudge(length_judge(bias=0)) as server:
+        result = cli_process("bench", "judge", "--model", f"base={targets['base']}",
+                             "--model", f"lora={targets['lora']}", "--prompts", str(prompts),
+                             "--out", str(tmp_path / "o"), "--judge-url", server.url,
+                             "--judge-model", "length", "--max-new-tokens", "4",
+                             "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    [pair] = json.loads((tmp_path / "o" / "results.json").read_text())["pairs"]
+    assert (pair["a"], pair["b"], pair["pooled"]["judged"]) == ("base", "lora", 2)
+    assert "| base vs lora |" in result.stdout
+    bad = cli_process("bench", "judge", "--model", "base", "--model", "x=y", "--prompts",
+                      str(prompts), "--out", str(tmp_path / "b"), "--judge-url", server.url,
+                      "--judge-model", "m")
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "error: --model must be NAME=PATH, got 'base'"

@@ -247,7 +247,7 @@ def generate_answers(model: str, prompts: Sequence[Prompt], *, max_new_tokens: i
 
 def _load_target(model: str, device: str):
     """(model, tokenizer) for a PEFT adapter directory (merged into its base) or a model path."""
-    from ..proxy import load_model, load_tokenizer, resolve_device
+    from ..scoring.proxy import load_model, load_tokenizer, resolve_device
 
     torch_device = resolve_device(device)  # type: ignore[arg-type]
     config_path = Path(model) / "adapter_config.json"

@@ -103,3 +103,52 @@ def speed(data: str, paths: str, tokenizer, out, fmt, fields, limit, split, quie
     if out is not None:
         atomic_write_text(out, json.dumps(report, indent=2) + "\n")
         write_run_record(out, {"stage": "bench speed", **report})
+
+
+@bench.command()
+@click.option("--model", "models", multiple=True, required=True, metavar="NAME=PATH",
+              help="A fine-tuned target (a PEFT adapter directory from bench finetune, or any "
+                   "model path); at least two.")
+@click.option("--prompts", "prompt_paths", multiple=True, required=True,
+              type=click.Path(path_type=Path),
+              help="A prompts file (JSONL), or a directory holding the five test sets "
+                   "(vicuna, koala, wizardlm, sinstruct, lima); repeatable.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--judge-url", required=True,
+              help="Base URL of an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1.")
+@click.option("--judge-model", required=True, help="The judge's model name at that URL.")
+@click.option("--key-env", default="OPENAI_API_KEY", show_default=True,
+              help="Environment variable holding the API key (none needed locally).")
+@click.option("--limit", type=int, default=None, help="The first N prompts of each test set.")
+@click.option("--max-new-tokens", type=int, default=256, show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True)
+@click.option("--pairs", type=click.Choice(["all", "first"]), default="all", show_default=True,
+              help="Every pair of models, or the first against each of the others.")
+@click.option("--retries", type=int, default=3, show_default=True,
+              help="Extra tries of a judge reply that cannot be parsed.")
+@click.option("--concurrency", type=int, default=4, show_default=True,
+              help="Judge requests in flight at once.")
+@click.option("--judge-max-tokens", type=int, default=1024, show_default=True)
+@click.option("--timeout", type=float, default=120.0, show_default=True,
+              help="Seconds per judge request.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Answers and judgments cache (default: OUT/cache); a rerun is free.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+def judge(models: tuple[str, ...], prompt_paths: tuple[Path, ...], out_dir: Path,
+          **options) -> None:
+    """Answer the test prompts with each model and let an LLM judge every pair, both orders."""
+    from ..bench.judge import default_prompt_files, results_markdown, run_judge_benchmark
+    from ..errors import GradfilterError
+
+    named = {}
+    for spec in models:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise GradfilterError(f"--model must be NAME=PATH, got {spec!r}")
+        named[name] = path
+    files = [f for p in prompt_paths for f in (default_prompt_files(p) if p.is_dir() else [p])]
+    results = run_judge_benchmark(named, files, out_dir, log=console.print, **options)
+    Console(soft_wrap=True).print(results_markdown(results), markup=False)
+    console.print(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}")
