@@ -78,3 +78,31 @@ def test_t_interval_known_values():
     assert math.isnan(t_interval([5.0]).low)
     assert not Interval(0.1, -0.1, 0.3).excludes_zero
     assert Interval(-0.2, -0.3, -0.1).excludes_zero
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_weighted_ranking_equals_the_resample_written_out(seed):
+    """A record drawn w times counts w times: AUROC, AUPRC and top-k shares from the weights
+    equal those of the resampled records listed one by one (ties, NaN and all)."""
+    from gradfilter.bench.intervals import Ranking
+    from gradfilter.selection import select_top
+
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 8, 50).astype(float)
+    scores[rng.integers(0, 50, 4)] = np.nan
+    marked = rng.random(50) < 0.25
+    weights = np.bincount(rng.integers(0, 50, 50), minlength=50).astype(float)
+    listed = np.repeat(np.arange(50), weights.astype(int))
+    ranking = Ranking(scores)
+    assert ranking.auroc(marked, weights) == pytest.approx(
+        auroc(scores[listed], marked[listed]), abs=1e-12)
+    assert ranking.auprc(marked, weights) == pytest.approx(
+        auprc(scores[listed], marked[listed]), abs=1e-12)
+    for ratio in (0.05, 0.1, 0.3, 1.0):
+        kept = select_top(scores, ratio=ratio).indices
+        assert ranking.top_share(marked, ratio) == pytest.approx(marked[kept].mean())
+        # the written-out resample: copies of a record are adjacent in rank order, so the top
+        # k copies are the weighted walk down the ranking
+        k = select_top(scores[listed], ratio=ratio).indices
+        assert ranking.top_share(marked, ratio, weights) == pytest.approx(
+            marked[listed][k].mean())

@@ -14,10 +14,10 @@ import pytest
 from conftest import alpaca_records, sharegpt_records, write_json, write_jsonl
 
 import gradfilter as gf
+from gradfilter.bench.intervals import auprc, auroc
 from gradfilter.bench.noise import (
     CORRUPTIONS,
     answering_turns,
-    auroc,
     corrupt,
     run_noise_benchmark,
 )
@@ -89,15 +89,47 @@ def test_random_keeps_the_corruption_rate_within_sampling_error(tmp_path, gpt2_p
     data = write_jsonl(tmp_path / "big.jsonl", alpaca_records(1000))
     config = gf.ScoreConfig(proxy=gpt2_proxy, device="cpu", seed=3)
     results = run_noise_benchmark(
-        data, tmp_path / "bench", config, methods=["random"], corruptions=list(CORRUPTIONS)[:4],
-        fraction=0.2, budgets=[0.05, 0.1, 0.15], corrupt_seed=1, progress=False, log=lambda _: None)
-    assert results["corrupted"] == 200
-    for budget, share in results["methods"]["random"]["contamination"].items():
-        kept = results["methods"]["random"]["selected"][budget]
+        data, tmp_path / "bench", config, methods=["random", "length"],
+        corruptions=list(CORRUPTIONS)[:4], fraction=0.2, budgets=[0.05, 0.1, 0.15],
+        corrupt_seeds=[1], progress=False, log=lambda _: None)
+    run = results["seeds"]["1"]
+    assert run["corrupted"] == 200
+    random = run["methods"]["random"]
+    for budget, kept in random["selected"].items():
+        share = random[f"contamination@{budget}"]
         # hypergeometric standard deviation of the corrupted share among `kept` of 1000
         sd = math.sqrt(0.2 * 0.8 / kept * (1000 - kept) / 999)
-        assert abs(share - 0.2) < 4 * sd, (budget, share)
-    assert abs(results["methods"]["random"]["auroc"] - 0.5) < 0.07
+        assert abs(share["estimate"] - 0.2) < 4 * sd, (budget, share)
+        # the bootstrap interval is about that wide: +-1.96 sd, within a factor of two
+        assert 1.96 * sd / 2 < (share["high"] - share["low"]) / 2 < 1.96 * sd * 2
+        assert share["low"] <= share["estimate"] <= share["high"]
+    assert abs(random["auroc"]["estimate"] - 0.5) < 0.07
+    assert random["auroc"]["low"] < 0.5 < random["auroc"]["high"]
+    assert abs(random["auprc"]["estimate"] - 0.2) < 0.05
+    # The summary of one seed is its bootstrap; the differences are paired ones.
+    assert results["summary"]["random"]["auroc"] == random["auroc"]
+    difference = results["summary"]["length"]["vs_random"]["auroc"]
+    assert difference["estimate"] == pytest.approx(
+        run["methods"]["length"]["auroc"]["estimate"] - random["auroc"]["estimate"])
+
+
+def test_several_corruption_seeds_give_t_intervals_over_the_draws(tmp_path, gpt2_proxy):
+    data = write_jsonl(tmp_path / "d.jsonl", alpaca_records(200))
+    config = gf.ScoreConfig(proxy=gpt2_proxy, device="cpu", seed=3)
+    results = run_noise_benchmark(
+        data, tmp_path / "bench", config, methods=["random", "length"],
+        corruptions=["swap", "echo"], fraction=0.2, budgets=[0.1], corrupt_seeds=[0, 1, 2],
+        resamples=200, progress=False, log=lambda _: None)
+    estimates = [results["seeds"][s]["methods"]["length"]["auroc"]["estimate"]
+                 for s in ("0", "1", "2")]
+    assert len(set(estimates)) == 3  # three different draws
+    summary = results["summary"]["length"]["auroc"]
+    assert summary["estimate"] == pytest.approx(np.mean(estimates))
+    half = 4.303 * np.std(estimates, ddof=1) / math.sqrt(3)
+    assert summary["high"] - summary["estimate"] == pytest.approx(half)
+    for seed in (0, 1, 2):
+        assert (tmp_path / "bench" / f"mixed-s{seed}.jsonl").is_file()
+    assert "Student's t over 3 corruption seeds" in (tmp_path / "bench" / "results.md").read_text()
 
 
 def test_cli_report_follows_from_the_saved_tables_and_reruns_reuse_them(tmp_path, gpt2_proxy):
@@ -118,24 +150,35 @@ def test_cli_report_follows_from_the_saved_tables_and_reruns_reuse_them(tmp_path
     results = json.loads((out / "results.json").read_text())
     for name in ("results.md", "contamination.png", "distributions.png", "results.json.run.json"):
         assert (out / name).stat().st_size > 0
-    assert results["records"] == 30 and results["corrupted"] == 9 and results["unscorable"] == 0
-    assert results["corrupted_by_type"] == {"swap": 3, "echo": 3, "shout": 3}
-    assert set(results["methods"]) == {*gf.UTILITIES, "ifd", "perplexity", "length", "random"}
+    run = results["seeds"]["0"]
+    assert run["records"] == 30 and run["corrupted"] == 9 and run["unscorable"] == 0
+    assert run["corrupted_by_type"] == {"swap": 3, "echo": 3, "shout": 3}
+    assert set(run["methods"]) == {*gf.UTILITIES, "ifd", "perplexity", "length", "random"}
 
-    labels = pq.read_table(out / "labels.parquet")["corruption"].to_pylist()
-    mixed = [json.loads(line) for line in (out / "mixed.jsonl").read_text().splitlines()]
+    labels = pq.read_table(out / "labels-s0.parquet")["corruption"].to_pylist()
+    mixed = [json.loads(line) for line in (out / "mixed-s0.jsonl").read_text().splitlines()]
     shouted = [m for m, label in zip(mixed, labels, strict=True) if label == "shout"]
     assert all(m["messages"][-1]["content"].endswith("!!!") for m in shouted)
     corrupted = np.array([label is not None for label in labels])
-    for method, metrics in results["methods"].items():
-        table = gf.load_stats(results["tables"][method])
+    for method, metrics in run["methods"].items():
+        table = gf.load_stats(run["tables"][method])
         assert table["skip_reason"].null_count == table.num_rows  # all scored: none left out
         scores = gf.utility_scores(table, method)
-        assert metrics["auroc"] == pytest.approx(_brute_auroc(scores, ~corrupted), abs=1e-12)
-        for budget, share in metrics["contamination"].items():
+        assert metrics["auroc"]["estimate"] == pytest.approx(
+            _brute_auroc(scores, ~corrupted), abs=1e-12)
+        bottom = -np.where(np.isfinite(scores), scores, -np.inf)
+        assert metrics["auprc"]["estimate"] == pytest.approx(auprc(bottom, corrupted), abs=1e-12)
+        for budget, selected in metrics["selected"].items():
             kept = gf.select_top(scores, ratio=float(budget)).indices
-            assert share == pytest.approx(corrupted[kept].mean(), abs=1e-12)
-            assert metrics["selected"][budget] == len(kept)
+            share = metrics[f"contamination@{budget}"]
+            assert share["estimate"] == pytest.approx(corrupted[kept].mean(), abs=1e-12)
+            assert selected == len(kept)
+        if method != "random":
+            vs = metrics["vs_random"]["auroc"]["estimate"]
+            assert vs == pytest.approx(metrics["auroc"]["estimate"]
+                                       - run["methods"]["random"]["auroc"]["estimate"])
+    report = (out / "results.md").read_text()
+    assert "| gsnr | " in report and "beats random" in report
 
     again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0, again.stderr

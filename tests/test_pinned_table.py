@@ -71,7 +71,7 @@ def score_case(tmp_path: Path, name: str) -> dict[str, list[float]]:
 def test_table_equals_the_pinned_one(tmp_path, name):
     pinned = json.loads(PINNED.read_text())[name]
     values = score_case(tmp_path, name)
-    assert sorted(values) == sorted(pinned["columns"])
+    assert set(pinned["columns"]) <= set(values)  # columns added later are not pinned
     for column, expected in pinned["columns"].items():
         np.testing.assert_allclose(values[column], expected, rtol=1e-5, atol=1e-12,
                                    err_msg=column)

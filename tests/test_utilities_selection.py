@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -12,33 +14,59 @@ from gradfilter.utilities import EPS, UTILITIES
 # Two members; rows: ordinary, zero variance, zero magnitude (all norms 0), unscored (NaN).
 EARLY = np.array([[4.0, 2.0], [3.0, 3.0], [0.0, 0.0], [np.nan, np.nan]])
 LATE = np.array([[1.0, 3.0], [1.5, 1.5], [0.0, 0.0], [np.nan, np.nan]])
+# Losses: ordinary; the last two rows have a zero drop.
+LOSS_EARLY = np.array([[2.0, 3.0], [1.0, 1.0], [0.5, 0.7], [np.nan, np.nan]])
+LOSS_LATE = np.array([[1.0, 2.0], [1.0, 1.0], [0.5, 0.7], [np.nan, np.nan]])
 
 
-def _table() -> pa.Table:
+def _table(losses: bool = True) -> pa.Table:
     columns = {"index": pa.array(np.arange(4))}
-    for epoch, values in ((1, EARLY), (2, LATE)):
+    for epoch, norms, loss in ((1, EARLY, LOSS_EARLY), (2, LATE, LOSS_LATE)):
         for m in range(2):
-            columns[f"sqnorm_e{epoch}_m{m}"] = pa.array(values[:, m])
+            if losses:
+                columns[f"loss_e{epoch}_m{m}"] = pa.array(loss[:, m])
+            columns[f"sqnorm_e{epoch}_m{m}"] = pa.array(norms[:, m])
     return pa.table(columns)
+
+
+def _norm_ratio(early, late):
+    """gsnr-norm by hand: relative drop of the mean norm over the late norms' CV."""
+    g_s, g_t = [math.sqrt(v) for v in early], [math.sqrt(v) for v in late]
+    mean_s, mean_t = sum(g_s) / 2, sum(g_t) / 2
+    cv = abs(g_t[0] - g_t[1]) / 2 / mean_t
+    return (mean_s - mean_t) / (mean_s + EPS) / (cv + EPS)
 
 
 def test_utilities_follow_their_formulas():
     table = with_utilities(_table())
-    # Row 0: G_s = 3, G_t = 2, D = 1/3, V = var(1, 3) = 1.
+    # Row 0: G_s = 3, G_t = 2, D = 1/3, V = var(1, 3) = 1, std 1; member drops 3/4 and -1/2.
     expected_row0 = {"gsnr": (1 / 3) / (1 + EPS), "gsnr-cv": (1 / 3) / (1 / 4 + EPS),
-                     "drop": 1 / 3, "gradnorm": 2.0, "uncertainty": 1.0}
-    # Row 1: zero variance: G_s = 3, G_t = 1.5, D = 0.5, V = 0.
+                     "drop": 1 / 3, "gradnorm": 2.0, "uncertainty": 1.0,
+                     "snr-drop": 1 / (1 + EPS), "snr-member": 0.125 / (0.625 + EPS),
+                     "gsnr-norm": _norm_ratio([4, 2], [1, 3]),
+                     "loss": -1.5, "loss-drop": 1.0 / (2.5 + EPS)}
+    # Row 1: zero variance: G_s = 3, G_t = 1.5, D = 0.5, V = 0; both member drops 0.5.
     expected_row1 = {"gsnr": 0.5 / EPS, "gsnr-cv": 0.5 / EPS, "drop": 0.5, "gradnorm": 1.5,
-                     "uncertainty": 0.0}
-    # Row 2: zero magnitude: D = 0 / eps = 0, V = 0, V / G^2 taken as 0.
+                     "uncertainty": 0.0, "snr-drop": 1.5 / EPS, "snr-member": 0.5 / EPS,
+                     "gsnr-norm": (1 - math.sqrt(0.5)) / EPS, "loss": -1.0, "loss-drop": 0.0}
+    # Row 2: zero magnitude: D = 0 / eps = 0, V = 0, V / G^2 taken as 0; zero loss drop.
     expected_row2 = {"gsnr": 0.0, "gsnr-cv": 0.0, "drop": 0.0, "gradnorm": 0.0,
-                     "uncertainty": 0.0}
+                     "uncertainty": 0.0, "snr-drop": 0.0, "snr-member": 0.0, "gsnr-norm": 0.0,
+                     "loss": -0.6, "loss-drop": 0.0}
+    assert set(expected_row0) == set(UTILITIES)
     for utility in UTILITIES:
         scores = utility_scores(table, utility)
-        assert scores[0] == pytest.approx(expected_row0[utility], rel=1e-12)
-        assert scores[1] == pytest.approx(expected_row1[utility], rel=1e-12)
-        assert scores[2] == pytest.approx(expected_row2[utility], abs=1e-300)
+        assert scores[0] == pytest.approx(expected_row0[utility], rel=1e-9), utility
+        assert scores[1] == pytest.approx(expected_row1[utility], rel=1e-9), utility
+        assert scores[2] == pytest.approx(expected_row2[utility], abs=1e-300), utility
         assert np.isnan(scores[3])
+
+
+def test_a_table_without_losses_offers_every_utility_but_the_loss_ones():
+    table = with_utilities(_table(losses=False))
+    assert "loss" not in table.column_names and "gsnr" in table.column_names
+    with pytest.raises(GradfilterError, match="no utility 'loss'"):
+        utility_scores(table, "loss")
 
 
 def test_utility_from_raw_columns_equals_stored_column():

@@ -10,7 +10,7 @@ from typing import Literal, get_args
 
 from .errors import GradfilterError
 
-Method = Literal["gsnr", "ifd", "perplexity", "length", "random"]
+Method = Literal["gsnr", "ifd", "perplexity", "loss", "length", "random"]
 METHODS: tuple[Method, ...] = get_args(Method)
 BASELINES: tuple[Method, ...] = METHODS[1:]  # one pass of the proxy at most
 DeviceChoice = Literal["auto", "cpu", "cuda"]

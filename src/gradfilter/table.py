@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from .config import ScoreConfig
 from .errors import GradfilterError
 from .outputs import atomic_path
-from .utilities import BASELINE_SCORES, UTILITIES, compute_utilities
+from .utilities import BASELINE_SCORES, FORMULAS, UTILITIES, RawStats, compute_utilities
 
 META_KEY = "gradfilter"
 _SQNORM = re.compile(r"^sqnorm_e(\d+)_m(\d+)$")
@@ -101,19 +101,41 @@ def table_epochs(table: pa.Table) -> tuple[int, int]:
     return epochs[0], epochs[-1]
 
 
-def sqnorm_columns(names: list[str], epoch: int) -> list[str]:
-    """`sqnorm_e{epoch}_m{m}` of every member m present, in member order."""
+def stat_columns(names: list[str], stat: str, epoch: int) -> list[str]:
+    """`{stat}_e{epoch}_m{m}` (stat: sqnorm or loss) of every member m present, in order."""
     members = sorted(int(m.group(2)) for c in names
                      if (m := _SQNORM.match(c)) and int(m.group(1)) == epoch)
     if not members:
         raise GradfilterError(f"the statistics table has no sqnorm columns for epoch {epoch}")
-    return [f"sqnorm_e{epoch}_m{m}" for m in members]
+    columns = [f"{stat}_e{epoch}_m{m}" for m in members]
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise GradfilterError(f"the statistics table has no column {missing[0]}")
+    return columns
 
 
-def sqnorm_matrix(table: pa.Table, epoch: int) -> np.ndarray:
-    """[examples, members] squared gradient norms at one epoch."""
-    return np.stack([_as_float64(table.column(name).combine_chunks())
-                     for name in sqnorm_columns(table.column_names, epoch)], axis=1)
+def raw_stats_columns(names: list[str], early: int, late: int,
+                      with_loss: bool) -> dict[str, list[str]]:
+    """The columns of each field of `RawStats`, by field name."""
+    fields = {"sqnorm_early": ("sqnorm", early), "sqnorm_late": ("sqnorm", late)}
+    if with_loss:
+        fields.update(loss_early=("loss", early), loss_late=("loss", late))
+    return {name: stat_columns(names, stat, epoch) for name, (stat, epoch) in fields.items()}
+
+
+def raw_stats(columns: dict[str, list[str]], column) -> RawStats:
+    """`RawStats` from `column(name) -> float64 array` over `raw_stats_columns`' columns."""
+    return RawStats(**{field: np.stack([column(c) for c in names], axis=1)
+                       for field, names in columns.items()})
+
+
+def _utilities_of(table: pa.Table, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    early, late = table_epochs(table)
+    with_loss = any(FORMULAS[n].needs_loss for n in names)
+    columns = raw_stats_columns(table.column_names, early, late, with_loss)
+    stats = raw_stats(columns, lambda c: _as_float64(table.column(c).combine_chunks()))
+    return compute_utilities(stats.sqnorm_early, stats.sqnorm_late, stats.loss_early,
+                             stats.loss_late, names)
 
 
 def default_utility(table: pa.Table) -> str:
@@ -125,7 +147,8 @@ def available_utilities(table: pa.Table) -> list[str]:
     names = set(table.column_names)
     baseline = [u for u in BASELINE_SCORES if u in names]
     if any(_SQNORM.match(c) for c in names):
-        return [*UTILITIES, *baseline]
+        loss = any(c.startswith("loss_e") for c in names)
+        return [*(u for u in UTILITIES if loss or not FORMULAS[u].needs_loss), *baseline]
     return baseline + [u for u in UTILITIES if column_name(u) in names]
 
 
@@ -142,13 +165,13 @@ def require_utility(table: pa.Table, utility: str) -> None:
 
 def with_utilities(table: pa.Table) -> pa.Table:
     """The table with one column per utility, replacing any that are there."""
-    early, late = table_epochs(table)
-    values = compute_utilities(sqnorm_matrix(table, early), sqnorm_matrix(table, late))
-    for utility in UTILITIES:
+    loss = any(c.startswith("loss_e") for c in table.column_names)
+    names = tuple(u for u in UTILITIES if loss or not FORMULAS[u].needs_loss)
+    for utility, values in _utilities_of(table, names).items():
         name = column_name(utility)
         if name in table.column_names:
             table = table.drop_columns([name])
-        table = table.append_column(name, pa.array(values[utility]))
+        table = table.append_column(name, pa.array(values))
     return table
 
 
@@ -156,9 +179,9 @@ def utility_scores(table: pa.Table, utility: str) -> np.ndarray:
     """Scores for one utility: the stored column, else computed from the raw statistics."""
     require_utility(table, utility)
     name = column_name(utility)
-    if name not in table.column_names:
-        table = with_utilities(table)
-    return _as_float64(table.column(name).combine_chunks())
+    if name in table.column_names:
+        return _as_float64(table.column(name).combine_chunks())
+    return _utilities_of(table, (utility,))[utility]
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -198,11 +221,13 @@ def load_scores(stats: str | Path | pa.Table | np.ndarray, utility: str) -> np.n
         empty = pa.Table.from_batches([], schema=schema)  # (schema.empty_table imports pandas)
         require_utility(empty, utility)
         early, late = table_epochs(empty)
-        columns = {e: sqnorm_columns(schema.names, e) for e in (early, late)}
-        for start, batch in _stat_batches(table_file, columns[early] + columns[late]):
-            early_late = [np.stack([_as_float64(batch.column(name)) for name in columns[e]],
-                                   axis=1) for e in (early, late)]
-            scores[start:start + batch.num_rows] = compute_utilities(*early_late)[utility]
+        columns = raw_stats_columns(schema.names, early, late, FORMULAS[utility].needs_loss)
+        needed = [c for names in columns.values() for c in names]
+        for start, batch in _stat_batches(table_file, needed):
+            stats = raw_stats(columns, lambda c, b=batch: _as_float64(b.column(c)))
+            scores[start:start + batch.num_rows] = compute_utilities(
+                stats.sqnorm_early, stats.sqnorm_late, stats.loss_early, stats.loss_late,
+                (utility,))[utility]
         return scores
     except (pa.ArrowInvalid, OSError) as exc:
         raise GradfilterError(f"{path}: not a Parquet statistics table: {exc}") from None

@@ -1,37 +1,115 @@
-"""Utilities of method.md §4: pure array formulas over the statistics (see `table`).
+"""Utilities of method.md §4: pure array formulas over a G-SNR table's raw statistics.
 
-    G_i^(e) = mean_m n_i^(m,e)                      ensemble gradient magnitude
-    D_i     = (G_i^(s) - G_i^(t)) / (G_i^(s) + eps)  relative drop
-    V_i     = var_m n_i^(m,t)                        late-stage variance (population, ddof=0)
+Per record i, member m, collected epoch e (s early, t late): n = squared LoRA-gradient norm,
+g = sqrt(n) its norm, L = the record's loss. Means, variances (population, ddof=0) and standard
+deviations are over the members:
 
-Where every member's late norm is zero, V_i / G_i^(t)^2 is taken as 0 (it is 0/0 otherwise).
-Unscored examples (NaN statistics) get NaN utilities and are never selected.
+    G^(e) = mean_m n^(m,e)          D = (G^(s) - G^(t)) / (G^(s) + eps)     V = var_m n^(m,t)
+
+Where every member's late norm is zero, ratios of the form V / G^2 are taken as 0 (0/0
+otherwise). Unscored records (NaN statistics) get NaN utilities and are never selected.
+Every formula is written out in docs/method.md; higher is kept first.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 
 EPS = 1e-12
-UTILITIES = ("gsnr", "gsnr-cv", "drop", "gradnorm", "uncertainty")
+
+
+@dataclass(frozen=True)
+class RawStats:
+    """A G-SNR table's statistics for some records: [records, members] at epochs s and t."""
+
+    sqnorm_early: np.ndarray
+    sqnorm_late: np.ndarray
+    loss_early: np.ndarray | None = None
+    loss_late: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Utility:
+    formula: Callable[[RawStats], np.ndarray]
+    needs_loss: bool = False
+
+
+def _relative(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator, 0 where the denominator is 0 (where it is, so is the
+    numerator in every use below)."""
+    zero = denominator == 0
+    return np.where(zero, 0.0, numerator / np.where(zero, 1.0, denominator))
+
+
+def _drop(early: np.ndarray, late: np.ndarray) -> np.ndarray:
+    magnitude_early = early.mean(axis=1)
+    return (magnitude_early - late.mean(axis=1)) / (magnitude_early + EPS)
+
+
+def _gsnr(s: RawStats) -> np.ndarray:
+    return _drop(s.sqnorm_early, s.sqnorm_late) / (s.sqnorm_late.var(axis=1) + EPS)
+
+
+def _gsnr_cv(s: RawStats) -> np.ndarray:
+    late = s.sqnorm_late
+    return _drop(s.sqnorm_early, late) / (_relative(late.var(axis=1), late.mean(axis=1) ** 2)
+                                          + EPS)
+
+
+def _snr_drop(s: RawStats) -> np.ndarray:
+    """The drop in squared norm over the late spread, both in squared-norm units."""
+    gap = s.sqnorm_early.mean(axis=1) - s.sqnorm_late.mean(axis=1)
+    return gap / (s.sqnorm_late.std(axis=1) + EPS)
+
+
+def _snr_member(s: RawStats) -> np.ndarray:
+    """Each member's own relative drop; their mean over their standard deviation."""
+    drops = (s.sqnorm_early - s.sqnorm_late) / (s.sqnorm_early + EPS)
+    return drops.mean(axis=1) / (drops.std(axis=1) + EPS)
+
+
+def _gsnr_norm(s: RawStats) -> np.ndarray:
+    """gsnr-cv with unsquared norms and a standard deviation: the relative drop of the norm
+    over the late norms' coefficient of variation."""
+    early, late = np.sqrt(s.sqnorm_early), np.sqrt(s.sqnorm_late)
+    return _drop(early, late) / (_relative(late.std(axis=1), late.mean(axis=1)) + EPS)
+
+
+def _loss(s: RawStats) -> np.ndarray:
+    assert s.loss_late is not None
+    return -s.loss_late.mean(axis=1)
+
+
+def _loss_drop(s: RawStats) -> np.ndarray:
+    assert s.loss_early is not None and s.loss_late is not None
+    return _drop(s.loss_early, s.loss_late)
+
+
+FORMULAS: dict[str, Utility] = {
+    "gsnr": Utility(_gsnr),
+    "gsnr-cv": Utility(_gsnr_cv),
+    "drop": Utility(lambda s: _drop(s.sqnorm_early, s.sqnorm_late)),
+    "gradnorm": Utility(lambda s: s.sqnorm_late.mean(axis=1)),
+    "uncertainty": Utility(lambda s: s.sqnorm_late.var(axis=1)),
+    "snr-drop": Utility(_snr_drop),
+    "snr-member": Utility(_snr_member),
+    "gsnr-norm": Utility(_gsnr_norm),
+    "loss": Utility(_loss, needs_loss=True),
+    "loss-drop": Utility(_loss_drop, needs_loss=True),
+}
+UTILITIES = tuple(FORMULAS)
 BASELINE_SCORES = ("ifd", "perplexity", "length", "random")  # columns of baseline tables
 
 
-def compute_utilities(
-    early: np.ndarray, late: np.ndarray, eps: float = EPS
-) -> dict[str, np.ndarray]:
-    """All utilities from [examples, members] squared norms at epochs s and t."""
-    magnitude_early = early.mean(axis=1)
-    magnitude_late = late.mean(axis=1)
-    drop = (magnitude_early - magnitude_late) / (magnitude_early + eps)
-    variance = late.var(axis=1)
-    # All member norms zero means zero variance too: define V/G^2 = 0 there, not 0/0.
-    zero = magnitude_late == 0
-    relative_variance = np.where(zero, 0.0, variance / np.where(zero, 1.0, magnitude_late) ** 2)
-    return {
-        "gsnr": drop / (variance + eps),
-        "gsnr-cv": drop / (relative_variance + eps),
-        "drop": drop,
-        "gradnorm": magnitude_late,
-        "uncertainty": variance,
-    }
+def compute_utilities(early: np.ndarray, late: np.ndarray, loss_early: np.ndarray | None = None,
+                      loss_late: np.ndarray | None = None,
+                      names: tuple[str, ...] = UTILITIES) -> dict[str, np.ndarray]:
+    """The utilities `names` from [records, members] squared norms (and losses) at epochs s and
+    t; those that need losses are left out when none are given."""
+    stats = RawStats(early, late, loss_early, loss_late)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {name: FORMULAS[name].formula(stats) for name in names
+                if loss_late is not None or not FORMULAS[name].needs_loss}

@@ -26,6 +26,7 @@ from ..seeds import CORRUPTION_STREAM, derived_seed
 from ..selection import select_top
 from ..table import utility_scores
 from ..utilities import UTILITIES
+from .intervals import RESAMPLES, Ranking, auroc, percentile_interval, resample_weights, t_interval
 
 CURVE_BUDGETS = tuple(round(0.01 * k, 2) for k in range(1, 51))
 
@@ -128,26 +129,6 @@ def write_messages(path: Path, conversations: list[list[Turn]]) -> None:
             out.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
 
 
-def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """P(score of a positive > score of a negative), ties counting one half (Mann-Whitney U).
-
-    Non-finite scores rank lowest: the method would never select them.
-    """
-    scores = np.where(np.isfinite(scores), scores, -np.inf)
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = _average_ranks(scores)
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks, tied values sharing their mean rank."""
-    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    last = np.cumsum(counts)
-    return (last - (counts - 1) / 2)[inverse]
-
-
 def contamination(scores: np.ndarray, labels: np.ndarray, budget: float) -> dict[str, float]:
     """Share of the records selected at `budget` that are corrupted: overall ("all") and per
     kind. `labels` holds the kind, or "" where clean."""
@@ -158,36 +139,72 @@ def contamination(scores: np.ndarray, labels: np.ndarray, budget: float) -> dict
     return {"all": float((picked != "").mean()), **{k: float((picked == k).mean()) for k in kinds}}
 
 
-def method_metrics(scores: np.ndarray, labels: Sequence[str | None],
-                   budgets: Sequence[float]) -> dict:
-    """AUROC (clean above corrupted) and contamination per budget, overall and per kind."""
+def method_metrics(all_scores: dict[str, np.ndarray], labels: Sequence[str | None],
+                   budgets: Sequence[float], resamples: int = RESAMPLES,
+                   seed: int = 0) -> dict[str, dict]:
+    """Every method's AUROC (clean above corrupted), AUPRC (corrupted found at the bottom) and
+    contamination per budget, each with its 95% interval from one paired bootstrap over the
+    records (the same resamples for every method); the differences to `random` and `ifd`
+    (when they are among the methods) with their intervals; per kind, the point estimates."""
     labels_arr = np.array([label or "" for label in labels])
-    clean = labels_arr == ""
-    by_kind = {k: clean | (labels_arr == k) for k in sorted(set(labels_arr) - {""})}
-    result: dict = {
-        "auroc": auroc(scores, clean),
-        "auroc_by_type": {k: auroc(scores[rows], clean[rows]) for k, rows in by_kind.items()},
-        "selected": {}, "contamination": {}, "contamination_by_type": {},
-    }
-    for budget in budgets:
-        key = f"{budget:g}"
-        shares = contamination(scores, labels_arr, budget)
-        result["selected"][key] = len(select_top(scores, ratio=budget).indices)
-        result["contamination"][key] = shares.pop("all")
-        result["contamination_by_type"][key] = shares
+    clean, corrupted = labels_arr == "", labels_arr != ""
+    keys = [f"{b:g}" for b in budgets]
+    rankings = {m: Ranking(s) for m, s in all_scores.items()}
+    bottom = {m: Ranking(-np.where(np.isfinite(s), s, -np.inf)) for m, s in all_scores.items()}
+
+    def measures(weights: np.ndarray | None) -> dict[str, np.ndarray]:
+        return {m: np.array([rankings[m].auroc(clean, weights),
+                             bottom[m].auprc(corrupted, weights),
+                             *[rankings[m].top_share(corrupted, b, weights) for b in budgets]])
+                for m in all_scores}
+
+    estimate = measures(None)
+    draws = [measures(w) for w in resample_weights(len(labels_arr), resamples, seed)]
+    names = ["auroc", "auprc", *[f"contamination@{k}" for k in keys]]
+    result = {}
+    for m, scores in all_scores.items():
+        values = np.array([d[m] for d in draws])
+        entry = _intervals(names, estimate[m], values)
+        for reference in ("random", "ifd"):
+            if reference in all_scores and reference != m:
+                diff = values - np.array([d[reference] for d in draws])
+                entry[f"vs_{reference}"] = _intervals(names, estimate[m] - estimate[reference],
+                                                      diff)
+        entry.update(_by_kind(rankings[m], scores, labels_arr, budgets, keys))
+        result[m] = entry
     return result
 
 
+def _intervals(names: list[str], estimate: np.ndarray, draws: np.ndarray) -> dict[str, dict]:
+    return {name: percentile_interval(estimate[k], draws[:, k]).as_dict()
+            for k, name in enumerate(names)}
+
+
+def _by_kind(ranking: Ranking, scores: np.ndarray, labels: np.ndarray,
+             budgets: Sequence[float], keys: list[str]) -> dict:
+    clean = labels == ""
+    kinds = sorted(set(labels) - {""})
+    return {
+        "auroc_by_type": {k: auroc(scores[clean | (labels == k)],
+                                   clean[clean | (labels == k)]) for k in kinds},
+        "contamination_by_type": {key: {k: ranking.top_share(labels == k, b) for k in kinds}
+                                  for key, b in zip(keys, budgets, strict=True)},
+        "selected": {key: len(select_top(scores, ratio=b).indices)
+                     for key, b in zip(keys, budgets, strict=True)},
+    }
+
+
 def method_groups(methods: Sequence[str]) -> dict[str, list[str]]:
-    """Which scoring run serves each method: one ensemble run serves every G-SNR utility and
-    one IFD run serves perplexity too."""
+    """Which scoring run serves each method: one ensemble run serves every G-SNR utility (and
+    `loss`, the ensemble's late loss, when it runs); one IFD run serves perplexity too."""
     groups: dict[str, list[str]] = {}
+    ensemble = any(m in UTILITIES and m != "loss" for m in methods)
     for method in methods:
-        if method in UTILITIES:
+        if method in UTILITIES and (method != "loss" or ensemble):
             run = "gsnr"
         elif method in ("ifd", "perplexity"):
             run = "ifd" if "ifd" in methods else "perplexity"
-        elif method in ("length", "random"):
+        elif method in ("length", "random", "loss"):
             run = method
         else:
             raise GradfilterError(f"unknown method {method!r}")
@@ -220,27 +237,69 @@ def write_labels(path: Path, source_index: np.ndarray, labels: Sequence[str | No
 
 
 def results_markdown(results: dict) -> str:
-    """The human-readable report: one row per method, then per-type tables."""
+    """The human-readable report: the headline table with intervals and which differences
+    exclude zero, then per corruption kind."""
     budgets = results["budgets"]
-    head = ["method", "AUROC", *[f"contam. @{float(b):.0%}" for b in budgets]]
-    rate = results["corrupted"] / results["records"]
-    lines = [f"# Noise benchmark: {results['data']}", "",
-             f"{results['records']} scored records ({results['unscorable']} more could not be "
-             f"scored and are left out), {results['corrupted']} corrupted: " +
-             ", ".join(f"{k} {n}" for k, n in results["corrupted_by_type"].items()) +
-             f". Random selection keeps {rate:.1%} corrupted on average.", "",
-             "Contamination (share of the kept records that are corrupted; lower is better) at "
-             "each budget, and AUROC of the score for clean vs corrupted (higher is better).", "",
+    summary = results["summary"]
+    head = ["method", "AUROC", "AUPRC", *[f"contam. @{float(b):.0%}" for b in budgets],
+            "beats random", "beats IFD"]
+    seeds = results["corrupt_seeds"]
+    first = results["seeds"][str(seeds[0])]
+    lines = [f"# Noise benchmark: {results['data']}", "", _scale_line(results), "",
+             "AUROC: clean records scored above corrupted ones (0.5 is chance). AUPRC: "
+             "corrupted records found at the bottom of the ranking (random: the corruption "
+             "rate). Contamination: share of corrupted records among those kept at each budget "
+             "(lower is better; random: the corruption rate). Brackets: 95% interval, " +
+             ("a paired bootstrap over records." if len(seeds) == 1 else
+              f"Student's t over {len(seeds)} corruption seeds.") +
+             " A method beats random or IFD on a measure only where the interval of the "
+             "difference excludes zero; the columns name those measures.", "",
              _row(head), _row(["---"] * len(head))]
-    for method, m in results["methods"].items():
-        lines.append(_row([method, f"{m['auroc']:.3f}",
-                           *[f"{m['contamination'][b]:.3f}" for b in budgets]]))
-    for kind in results["corruptions"]:
-        lines += ["", f"## {kind}", "", _row(head), _row(["---"] * len(head))]
-        for method, m in results["methods"].items():
-            lines.append(_row([method, f"{m['auroc_by_type'][kind]:.3f}",
-                               *[f"{m['contamination_by_type'][b][kind]:.3f}" for b in budgets]]))
+    for method, m in summary.items():
+        lines.append(_row([method, _cell(m["auroc"]), _cell(m["auprc"]),
+                           *[_cell(m[f"contamination@{b}"]) for b in budgets],
+                           _beats(m.get("vs_random")), _beats(m.get("vs_ifd"))]))
+    kinds = results["corruptions"]
+    middle = budgets[len(budgets) // 2]
+    lines += ["", f"## By corruption kind (seed {seeds[0]}: AUROC clean vs that kind; "
+                  f"share of that kind among the kept at {float(middle):.0%})", "",
+              _row(["method", *kinds]), _row(["---"] * (len(kinds) + 1))]
+    for method, m in first["methods"].items():
+        lines.append(_row([method, *[f"{m['auroc_by_type'][k]:.3f} / "
+                                     f"{m['contamination_by_type'][middle][k]:.3f}"
+                                     for k in kinds]]))
     return "\n".join(lines) + "\n"
+
+
+def _scale_line(results: dict) -> str:
+    parts = []
+    for seed in results["corrupt_seeds"]:
+        r = results["seeds"][str(seed)]
+        kinds = ", ".join(f"{k} {n}" for k, n in r["corrupted_by_type"].items())
+        parts.append(f"seed {seed}: {r['records']} scored records ({r['unscorable']} more "
+                     f"could not be scored and are left out), {r['corrupted']} corrupted "
+                     f"({kinds})")
+    return "; ".join(parts) + "."
+
+
+def _cell(interval: dict) -> str:
+    return f"{interval['estimate']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]"
+
+
+def _beats(differences: dict | None) -> str:
+    """The measures on which the method is better than the reference, the interval of the
+    difference excluding zero (higher AUROC and AUPRC, lower contamination); `worse: ...` where
+    it excludes zero the other way."""
+    if differences is None:
+        return "-"
+    better, worse = [], []
+    for name, d in differences.items():
+        sign = -1 if name.startswith("contamination") else 1
+        label = name.replace("contamination@", "")
+        if d["low"] > 0 or d["high"] < 0:  # the interval excludes zero
+            (better if (d["low"] > 0) == (sign > 0) else worse).append(label)
+    text = ", ".join(better) or "no"
+    return text + (f"; worse: {', '.join(worse)}" if worse else "")
 
 
 def _row(cells: Sequence[str]) -> str:
@@ -307,14 +366,47 @@ def _save(fig, path: Path) -> None:
 
 def run_noise_benchmark(data, out_dir: Path, config: ScoreConfig, *, methods: Sequence[str],
                         corruptions: Sequence[str], fraction: float, budgets: Sequence[float],
-                        corrupt_seed: int, progress: bool = True, log=print) -> dict:
-    """Corrupt, score with every method (reusing finished tables), measure, report."""
+                        corrupt_seeds: Sequence[int] = (0,),
+                        tables: dict[str, Path] | None = None, resamples: int = RESAMPLES,
+                        progress: bool = True, log=print) -> dict:
+    """Corrupt (once per corruption seed), score with every method (reusing finished tables,
+    or the `tables` given by run name), measure with intervals, report."""
     from ..data.dataset import as_dataset
     from ..scoring.proxy import load_tokenizer
-    from ..scoring.score import score
-    from ..table import load_stats
 
+    if tables and len(corrupt_seeds) != 1:
+        raise GradfilterError("--table applies to one corruption seed (its mixed set)")
     dataset = as_dataset(data)
+    conversations, source = _answered(dataset, log)
+    tokenizer = load_tokenizer(config.proxy)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs = [_run_seed(out_dir, seed, *corrupt(conversations, fraction, corruptions, seed,
+                                              tokenizer),
+                      np.array(source), config, methods, corruptions, budgets, tables or {},
+                      resamples, progress, log) for seed in corrupt_seeds]
+    per_seed = {str(seed): run.results for seed, run in zip(corrupt_seeds, runs, strict=True)}
+    results = {
+        "data": str(dataset.path), "corrupt_fraction": fraction,
+        "corruptions": list(corruptions), "budgets": [f"{b:g}" for b in budgets],
+        "corrupt_seeds": list(corrupt_seeds), "resamples": resamples,
+        "config": asdict(config), "seeds": per_seed,
+        "summary": _summary(per_seed),
+    }
+    _write_reports(out_dir, results, runs[0])
+    return results
+
+
+@dataclass(frozen=True)
+class SeedRun:
+    """One corruption draw: its results, and the scores and labels of its scored records."""
+
+    results: dict
+    scores: dict[str, np.ndarray]
+    labels: list[str | None]
+
+
+def _answered(dataset, log) -> tuple[list[list[Turn]], list[int]]:
+    """The conversations that have a response to a prompt, and their record numbers."""
     conversations, source = [], []
     for record in dataset.records:
         try:
@@ -326,67 +418,85 @@ def run_noise_benchmark(data, out_dir: Path, config: ScoreConfig, *, methods: Se
             conversations.append(turns)
             source.append(record.index)
     log(f"{len(conversations)} of {len(dataset.records)} records have a response to a prompt")
-    mixed, labels = corrupt(conversations, fraction, corruptions,
-                            corrupt_seed, load_tokenizer(config.proxy))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    mixed_path = out_dir / "mixed.jsonl"
-    write_messages(mixed_path, mixed)
-    write_labels(out_dir / "labels.parquet", np.array(source), labels)
-    digest = file_sha256(mixed_path)
+    return conversations, source
 
+
+def _run_seed(out_dir: Path, seed: int, mixed: list[list[Turn]], labels: list[str | None],
+              source: np.ndarray, config: ScoreConfig, methods: Sequence[str],
+              corruptions: Sequence[str], budgets: Sequence[float], given: dict[str, Path],
+              resamples: int, progress: bool, log) -> SeedRun:
+    """One corruption draw: its mixed set and labels, every method's scores, the metrics."""
+    from ..scoring.score import score
+    from ..table import load_stats
+
+    mixed_path, labels_path = out_dir / f"mixed-s{seed}.jsonl", out_dir / f"labels-s{seed}.parquet"
+    write_messages(mixed_path, mixed)
+    write_labels(labels_path, source, labels)
+    digest = file_sha256(mixed_path)
     all_scores: dict[str, np.ndarray] = {}
     tables: dict[str, str] = {}
     scored = np.ones(len(mixed), dtype=bool)
     for run, members in method_groups(methods).items():
-        path = scores_path(out_dir, run, config, digest)
+        path = Path(given[run]) if run in given else scores_path(out_dir, run, config, digest)
         if path.is_file():
             log(f"{run}: reusing {path}")
             table = load_stats(path)
+            if table.num_rows != len(mixed):
+                raise GradfilterError(f"{path}: {table.num_rows} rows, but the mixed set "
+                                      f"{mixed_path} has {len(mixed)} records")
         else:
-            log(f"{run}: scoring {len(mixed)} records")
+            log(f"{run}: scoring {len(mixed)} records (corruption seed {seed})")
             table = score(mixed_path, path, config, method=run, progress=progress)
-        scored = table["skip_reason"].is_null().to_numpy(zero_copy_only=False)
+        scored &= table["skip_reason"].is_null().to_numpy(zero_copy_only=False)
         for method in members:
             all_scores[method] = utility_scores(table, method)
             tables[method] = str(path)
-
     # Records no method could score (e.g. a prompt longer than max_length) are left out of
-    # every metric alike; the skip reasons are the same for every method.
+    # every metric alike.
     all_scores = {m: s[scored] for m, s in all_scores.items()}
-    labels = [label for label, keep in zip(labels, scored, strict=True) if keep]
-    results = _results(dataset.path, labels, corruptions, fraction, budgets, all_scores, tables)
-    results["unscorable"] = int((~scored).sum())
-    results["config"] = asdict(config)
-    results["corrupt_seed"] = corrupt_seed
-    _write_reports(out_dir, results, all_scores, labels)
-    return results
-
-
-def _results(data_path, labels, kinds, fraction, budgets, all_scores, tables) -> dict:
-    corrupted = [label for label in labels if label]
-    return {
-        "data": str(data_path),
-        "records": len(labels),
-        "corrupt_fraction": fraction,
+    kept = [label for label, keep in zip(labels, scored, strict=True) if keep]
+    corrupted = [label for label in kept if label]
+    return SeedRun({
+        "mixed": mixed_path.name, "labels": labels_path.name, "tables": tables,
+        "records": len(kept), "unscorable": int((~scored).sum()),
         "corrupted": len(corrupted),
-        "corrupted_by_type": {k: corrupted.count(k) for k in kinds},  # among the scored
-        "corruptions": list(kinds),
-        "budgets": [f"{b:g}" for b in budgets],
-        "tables": tables,
-        "labels": "labels.parquet",
-        "methods": {m: method_metrics(s, labels, budgets) for m, s in all_scores.items()},
-    }
+        "corrupted_by_type": {k: corrupted.count(k) for k in corruptions},
+        "methods": method_metrics(all_scores, kept, budgets, resamples, seed),
+    }, all_scores, kept)
 
 
-def _write_reports(out_dir: Path, results: dict, all_scores, labels) -> None:
-    rate = results["corrupted"] / results["records"]
-    labels_arr = np.array([label or "" for label in labels])
-    curves = {m: {f"{b:g}": contamination(s, labels_arr, b)["all"] for b in CURVE_BUDGETS}
-              for m, s in all_scores.items()}
-    plot_contamination(out_dir / "contamination.png", curves, rate)
-    plot_distributions(out_dir / "distributions.png", all_scores, labels)
+def _summary(per_seed: dict[str, dict]) -> dict[str, dict]:
+    """Per method and measure: the bootstrap interval of a single seed, or Student's t over
+    the seeds' estimates (and over the seeds' differences to random and IFD)."""
+    runs = list(per_seed.values())
+    if len(runs) == 1:
+        return {m: {k: v for k, v in entry.items() if not k.endswith("_type") and k != "selected"}
+                for m, entry in runs[0]["methods"].items()}
+    summary: dict[str, dict] = {}
+    for method, first in runs[0]["methods"].items():
+        entry: dict = {}
+        for name, value in first.items():
+            if name.startswith("vs_"):
+                entry[name] = {measure: t_interval([r["methods"][method][name][measure]
+                                                    ["estimate"] for r in runs]).as_dict()
+                               for measure in value}
+            elif isinstance(value, dict) and "estimate" in value:
+                entry[name] = t_interval([r["methods"][method][name]["estimate"]
+                                          for r in runs]).as_dict()
+        summary[method] = entry
+    return summary
+
+
+def _write_reports(out_dir: Path, results: dict, shown: SeedRun) -> None:
+    """results.json and .md, and the plots of one corruption draw (`shown`)."""
+    labels = np.array([label or "" for label in shown.labels])
+    curves = {m: {f"{b:g}": contamination(s, labels, b)["all"] for b in CURVE_BUDGETS}
+              for m, s in shown.scores.items()}
+    plot_contamination(out_dir / "contamination.png", curves, float((labels != "").mean()))
+    plot_distributions(out_dir / "distributions.png", shown.scores, shown.labels)
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
     atomic_write_text(out_dir / "results.md", results_markdown(results))
     write_run_record(out_dir / "results.json", {"stage": "bench noise", **{
-        k: results[k] for k in ("data", "config", "corrupt_seed", "corrupt_fraction",
-                                "corruptions", "budgets", "tables")}})
+        k: results[k] for k in ("data", "config", "corrupt_seeds", "corrupt_fraction",
+                                "corruptions", "budgets", "resamples")},
+        "tables": {seed: run["tables"] for seed, run in results["seeds"].items()}})

@@ -14,12 +14,15 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from ..config import ScoreConfig
 from ..utilities import BASELINE_SCORES, UTILITIES
 from .options import (
     config_from,
-    csv_floats,
     csv_list,
+    csv_numbers,
     data_options,
+    named_paths,
+    quiet_option,
     read_data,
     score_options,
 )
@@ -41,18 +44,26 @@ def bench() -> None:
               help="Fraction of records to corrupt.")
 @click.option("--corruptions", default="swap,truncate,repeat,echo", show_default=True,
               help="Corruption types, applied in equal shares.")
-@click.option("--corrupt-seed", type=int, default=0, show_default=True)
+@click.option("--corrupt-seeds", default="0", show_default=True,
+              help="Corruption draws (comma-separated seeds): each is scored and measured; "
+                   "with several, the intervals are Student's t over the draws.")
 @click.option("--methods", default=",".join((*UTILITIES, *BASELINE_SCORES)), show_default=True,
               help="Utilities and baselines to compare (the G-SNR utilities share one run).")
 @click.option("--budgets", default="0.05,0.1,0.15", show_default=True,
               help="Fractions of records kept at which contamination is reported.")
 @click.option("--plugin", "plugins", multiple=True,
               help="Import this module first (it may register corruptions).")
+@click.option("--table", "tables", multiple=True, metavar="RUN=PATH",
+              help="A finished statistics table of the mixed set for a scoring run (gsnr, ifd, "
+                   "perplexity, loss, length, random), e.g. one scored with --checkpoint-dir; "
+                   "one corruption seed only.")
+@click.option("--resamples", type=click.IntRange(min=100), default=1000, show_default=True,
+              help="Bootstrap resamples of the intervals.")
 @data_options
 @BENCH_SCORE_OPTIONS
-def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_seed: int,
-          methods: str, budgets: str, plugins: tuple[str, ...], fmt, fields, limit, split, quiet,
-          **options) -> None:
+def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_seeds: str,
+          methods: str, budgets: str, plugins: tuple[str, ...], tables: tuple[str, ...],
+          resamples: int, fmt, fields, limit, split, quiet, **options) -> None:
     """Corrupt part of DATA, score it with every method, report contamination and AUROC."""
     from ..bench.noise import results_markdown, run_noise_benchmark
 
@@ -61,8 +72,10 @@ def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_s
     results = run_noise_benchmark(
         read_data(data, fmt, fields, limit, split), out_dir, config_from(options),
         methods=csv_list(methods), corruptions=csv_list(corruptions), fraction=fraction,
-        budgets=csv_floats(budgets, "--budgets"), corrupt_seed=corrupt_seed,
-        progress=not quiet, log=console.print)
+        budgets=csv_numbers(budgets, "--budgets"),
+        corrupt_seeds=csv_numbers(corrupt_seeds, "--corrupt-seeds", int),
+        tables=named_paths(tables, "--table"), resamples=resamples, progress=not quiet,
+        log=console.print)
     Console(soft_wrap=True).print(results_markdown(results), markup=False)
     console.print(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}, "
                   f"plots {out_dir / 'contamination.png'}, {out_dir / 'distributions.png'}")
@@ -140,15 +153,103 @@ def judge(models: tuple[str, ...], prompt_paths: tuple[Path, ...], out_dir: Path
           **options) -> None:
     """Answer the test prompts with each model and let an LLM judge every pair, both orders."""
     from ..bench.judge import default_prompt_files, results_markdown, run_judge_benchmark
-    from ..errors import GradfilterError
 
-    named = {}
-    for spec in models:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise GradfilterError(f"--model must be NAME=PATH, got {spec!r}")
-        named[name] = path
+    named = named_paths(models, "--model")
     files = [f for p in prompt_paths for f in (default_prompt_files(p) if p.is_dir() else [p])]
     results = run_judge_benchmark(named, files, out_dir, log=console.print, **options)
     Console(soft_wrap=True).print(results_markdown(results), markup=False)
     console.print(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}")
+
+
+@bench.command()
+@click.argument("pool", required=False)
+@click.option("--out-dir", type=click.Path(path_type=Path), required=True)
+@click.option("--from-noise", "noise_dir", type=click.Path(path_type=Path), default=None,
+              help="A `bench noise` output directory: its mixed set is the pool, its tables the "
+                   "methods' scores (selection on noisy data, evaluation on clean references).")
+@click.option("--table", "tables", multiple=True, metavar="METHOD=PATH",
+              help="A statistics table of POOL for a method to compare; repeatable.")
+@click.option("--methods", default=None,
+              help="Methods to compare (default: every table given or in the noise benchmark).")
+@click.option("--budgets", default="0.05,0.1,0.15", show_default=True)
+@click.option("--seeds", default="0,1,2", show_default=True,
+              help="Fine-tuning runs per subset (LoRA init and data order).")
+@click.option("--steps", type=int, default=None,
+              help="Optimiser steps for every subset (default: two passes over the largest "
+                   "subset).")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--lr", type=float, default=2e-4, show_default=True)
+@click.option("--lora-rank", type=int, default=8, show_default=True)
+@click.option("--lora-alpha", type=float, default=16.0, show_default=True)
+@click.option("--full-finetune", is_flag=True, help="Train every weight instead of a LoRA.")
+@click.option("--eval-every", type=int, default=None,
+              help="Held-out loss every N steps (default: a tenth of the steps).")
+@click.option("--held-out", type=click.Path(path_type=Path), default=None,
+              help="Prompts with reference answers (any input format) to measure on "
+                   "(default: a seeded share of the pool's clean records, taken out of it).")
+@click.option("--held-out-share", type=float, default=0.1, show_default=True)
+@click.option("--target", "proxy", default=None,
+              help="The model to fine-tune (default: the noise benchmark's proxy, else gpt2).")
+@click.option("--max-length", type=int, default=None,
+              help="Default: the noise benchmark's, else 512.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True)
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto",
+              show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds the held-out split and every fine-tuning run.")
+@quiet_option
+def finetune(pool: str | None, out_dir: Path, noise_dir: Path | None, tables: tuple[str, ...],
+             methods: str | None, budgets: str, seeds: str, steps: int | None, quiet: bool,
+             **options) -> None:
+    """Fine-tune a target on each method's subset (same steps, same batch) and compare held-out
+    losses, with intervals."""
+    from ..bench.finetune import (
+        FinetuneConfig,
+        default_steps,
+        inputs_from_noise,
+        inputs_from_pool,
+        results_markdown,
+        run_finetune_benchmark,
+    )
+    from ..errors import GradfilterError
+
+    if (noise_dir is None) == (pool is None):
+        raise GradfilterError("give POOL (with --table) or --from-noise DIR, not both")
+    budget_values = csv_numbers(budgets, "--budgets")
+    target = _finetune_target(noise_dir, options)
+    held = (options.pop("held_out"), options.pop("held_out_share"), options["seed"])
+    chosen = csv_list(methods) if methods else None
+    if noise_dir is not None:
+        inputs = inputs_from_noise(noise_dir, chosen, target, *held)
+    else:
+        named = named_paths(tables, "--table")
+        if not named:
+            raise GradfilterError("give the methods' statistics tables with --table METHOD=PATH")
+        inputs = inputs_from_pool(pool, {m: p for m, p in named.items()
+                                         if chosen is None or m in chosen}, target, *held)
+    steps = steps or default_steps(inputs, budget_values, options["batch_size"])
+    config = FinetuneConfig(
+        steps=steps, batch_size=options["batch_size"], lr=options["lr"],
+        lora_rank=options["lora_rank"], lora_alpha=options["lora_alpha"],
+        eval_every=options["eval_every"] or max(1, steps // 10),
+        full_finetune=options["full_finetune"],
+        seeds=tuple(csv_numbers(seeds, "--seeds", int)), base_seed=options["seed"])
+    results = run_finetune_benchmark(inputs, out_dir, target, config, budget_values,
+                                     progress=not quiet, log=console.print)
+    Console(soft_wrap=True).print(results_markdown(results), markup=False)
+    console.print(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}, "
+                  f"plot {out_dir / 'heldout.png'}, adapters {out_dir / 'adapters'}")
+
+
+def _finetune_target(noise_dir: Path | None, options: dict) -> ScoreConfig:
+    """The target's settings: as given, else the noise benchmark's scoring config's."""
+    base = ScoreConfig()
+    if noise_dir is not None and (noise_dir / "results.json").is_file():
+        noise = json.loads((noise_dir / "results.json").read_text())["config"]
+        base = replace(base, proxy=noise["proxy"], max_length=noise["max_length"],
+                       template=noise["template"], turns=noise["turns"])
+    return replace(base, proxy=options.pop("proxy") or base.proxy,
+                   max_length=options.pop("max_length") or base.max_length,
+                   device=options.pop("device"), dtype=options.pop("dtype"),
+                   seed=options["seed"])

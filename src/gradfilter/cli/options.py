@@ -82,7 +82,8 @@ def _score_option_table() -> dict[str, Callable]:
     return {
         "method": click.option(
             "--method", type=click.Choice(METHODS), default="gsnr", show_default=True,
-            help="gsnr (the LoRA ensemble) or a baseline: ifd, perplexity, length, random."),
+            help="gsnr (the LoRA ensemble) or a baseline: ifd, perplexity, loss, length, "
+                 "random."),
         "proxy": _default("--proxy", help="Hub id, local directory or .gguf file of a causal LM."),
         "members": _default("--members", type=int),
         "epochs": _default("--epochs", type=int),
@@ -154,8 +155,19 @@ def csv_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def csv_floats(text: str, option: str) -> list[float]:
+def csv_numbers(text: str, option: str, cast: Callable[[str], Any] = float) -> list:
     try:
-        return [float(part) for part in csv_list(text)]
+        return [cast(part) for part in csv_list(text)]
     except ValueError:
         raise GradfilterError(f"{option} must be comma-separated numbers, got {text!r}") from None
+
+
+def named_paths(specs: tuple[str, ...], option: str) -> dict[str, str]:
+    """`NAME=PATH` option values as {name: path}."""
+    named = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise GradfilterError(f"{option} must be NAME=PATH, got {spec!r}")
+        named[name] = path
+    return named

@@ -2,6 +2,7 @@
 
     perplexity  PPL(y|x): exp of the mean cross-entropy of the response tokens given the prompt
     ifd         PPL(y|x) / PPL(y) (Superfiltering); kept only where < 1, highest first
+    loss        minus the mean cross-entropy of the response given the prompt (low loss kept)
     length      response tokens
     random      a seeded uniform draw
 
@@ -26,7 +27,7 @@ from .batching import Batcher, collection_batches
 from .ensemble import per_example_losses
 from .tokenization import Encoded
 
-NEEDS_MODEL = ("ifd", "perplexity")
+NEEDS_MODEL = ("ifd", "perplexity", "loss")
 
 
 def random_scores(n_records: int, seed: int) -> np.ndarray:
@@ -93,7 +94,10 @@ def baseline_columns(method: str, encoded: Sequence[Encoded], scorable: np.ndarr
     if method not in NEEDS_MODEL:
         raise GradfilterError(f"unknown method {method!r}; choose gsnr or one of {BASELINES}")
     assert forward is not None
-    conditional = np.exp(forward([encoded[i] for i in scorable]))
+    nll = forward([encoded[i] for i in scorable])
+    if method == "loss":
+        return {"loss": full(-nll)}
+    conditional = np.exp(nll)
     columns = {"perplexity": full(conditional)}
     if method == "ifd":
         alone = np.exp(forward([encoded[i] for i in scorable], response_only=True))
