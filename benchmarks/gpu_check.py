@@ -251,21 +251,21 @@ def quality_part(proxy: str, data: str, out: Path, seconds: float, device: str) 
     from gradfilter.data.dataset import read_dataset
 
     config = ScoreConfig(proxy=proxy, device=device)
+
+    def noise(records: int, directory: str) -> dict:
+        return run_noise_benchmark(read_dataset(data, limit=records), out / directory, config,
+                                   methods=["gsnr", "gsnr-cv", "loss", "ifd", "random"],
+                                   corruptions=["swap", "truncate", "repeat", "echo"],
+                                   fraction=0.2, budgets=[0.05, 0.1, 0.15], progress=False,
+                                   log=lambda _: None)
+
     start = time.perf_counter()
-    trial = run_noise_benchmark(read_dataset(data, limit=64), out / "noise-trial", config,
-                                methods=["gsnr", "gsnr-cv", "loss", "ifd", "random"],
-                                corruptions=["swap", "truncate", "repeat", "echo"],
-                                fraction=0.2, budgets=[0.05, 0.1, 0.15], progress=False,
-                                log=lambda _: None)
+    trial = noise(64, "noise-trial")
     per_record = (time.perf_counter() - start) / 64
     n = int(max(0, seconds - (time.perf_counter() - start)) / per_record)
     if n < 128:
         return {"records": 64, "results": trial["summary"], "note": "no time for more"}
-    results = run_noise_benchmark(read_dataset(data, limit=n), out / "noise", config,
-                                  methods=["gsnr", "gsnr-cv", "loss", "ifd", "random"],
-                                  corruptions=["swap", "truncate", "repeat", "echo"],
-                                  fraction=0.2, budgets=[0.05, 0.1, 0.15], progress=False,
-                                  log=lambda _: None)
+    results = noise(n, "noise")
     atomic_write_text(out / "noise.md", results_markdown(results))
     return {"records": n, "results": results["summary"]}
 
