@@ -246,14 +246,18 @@ def naive_part(model, records, config: ScoreConfig, device, dtype) -> dict:
 
 def quality_part(proxy: str, data: str, out: Path, seconds: float, device: str) -> dict:
     """`bench noise` at default settings on as many records as ~`seconds` allow (measured on
-    a first slice of 64 records, then scaled)."""
+    a first slice of 64 records, then scaled). Its files stay in a scratch directory; OUT gets
+    noise.md and the summary in the JSON."""
+    import tempfile
+
     from gradfilter.bench.noise import results_markdown, run_noise_benchmark
     from gradfilter.data.dataset import read_dataset
 
     config = ScoreConfig(proxy=proxy, device=device)
+    scratch = Path(tempfile.mkdtemp(prefix="gpu-check-noise-"))
 
     def noise(records: int, directory: str) -> dict:
-        return run_noise_benchmark(read_dataset(data, limit=records), out / directory, config,
+        return run_noise_benchmark(read_dataset(data, limit=records), scratch / directory, config,
                                    methods=["gsnr", "gsnr-cv", "loss", "ifd", "random"],
                                    corruptions=["swap", "truncate", "repeat", "echo"],
                                    fraction=0.2, budgets=[0.05, 0.1, 0.15], progress=False,
