@@ -64,3 +64,29 @@ def test_a_system_then_assistant_record_is_scored_and_can_be_corrupted(gpt2_prox
     mixed, labels = corrupt([turns] * 4, 0.5, ["echo"], seed=0, tokenizer=tokenizer)
     assert labels.count("echo") == 2
     assert [t.text for t in mixed[labels.index("echo")]] == ["Answer in French."] * 2
+
+
+def test_exchanges_cut_conversations_into_single_turn_records(tmp_path):
+    import json
+
+    from gradfilter.data.exchanges import exchanges
+
+    records = [
+        {"id": "a", "conversations": [
+            {"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi there?"},
+            {"from": "gpt", "value": "Hello, how can I help?"},
+            {"from": "human", "value": "x" * 50}, {"from": "gpt", "value": "Too long a prompt."},
+            {"from": "human", "value": "Again?"}, {"from": "human", "value": "Twice?"},
+            {"from": "gpt", "value": "Only the last prompt counts."}]},
+        {"id": "b", "conversations": [{"from": "human", "value": "Hi there?"},
+                                      {"from": "gpt", "value": "Hello, how can I help?"}]},
+        {"id": "c", "conversations": "not a list"},
+    ]
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    found = list(exchanges(path, max_prompt_chars=40, min_answer_chars=5))
+    assert [(e.prompt, e.answer, e.origin) for e in found] == [
+        ("Hi there?", "Hello, how can I help?", "a#2"),
+        ("Twice?", "Only the last prompt counts.", "a#7")]  # b repeats a#2; c is unreadable
+    assert found[0].as_alpaca() == {"instruction": "Hi there?", "input": "",
+                                    "output": "Hello, how can I help?", "source": "a#2"}
