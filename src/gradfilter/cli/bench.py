@@ -55,9 +55,15 @@ def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_s
           **options) -> None:
     """Corrupt part of DATA, score it with every method, report contamination and AUROC."""
     from ..bench.noise import results_markdown, run_noise_benchmark
+    from ..paths import reads, refuse_collisions, writes
 
+    plugin_files = [reads("the plugin", "--plugin", plugin_file(module)) for module in plugins]
+    refuse_collisions(
+        [*reads("the data", "DATA", data), *reads("the proxy", "--proxy", options["proxy"]),
+         *(named for found in plugin_files for named in found)],
+        writes("the output directory", "--out-dir", out_dir, "dir", run_record=False))
     for module in plugins:
-        importlib.import_module(module)
+        import_plugin(module)
     results = run_noise_benchmark(
         read_data(data, fmt, fields, limit, split), out_dir, config_from(options),
         methods=csv_list(methods), corruptions=csv_list(corruptions), fraction=fraction,
@@ -86,9 +92,14 @@ def speed(data: str, paths: str, tokenizer, out, fmt, fields, limit, split, quie
     from ..bench.speed import random_gpt2, run_speed_benchmark, speed_table
     from ..demo import demo_config
     from ..outputs import atomic_write_text, write_run_record
+    from ..paths import reads, refuse_collisions, writes
     from ..scoring.proxy import load_tokenizer
     from ..scoring.score import tokenize
 
+    refuse_collisions(
+        [*reads("the data", "DATA", data), *reads("the proxy", "--proxy", options["proxy"]),
+         *reads("the tokenizer", "--tokenizer", tokenizer)],
+        writes("the figures", "--out", out))
     config = config_from(options)
     with tempfile.TemporaryDirectory(prefix="gradfilter-speed-") as scratch:
         if config.proxy.startswith("random-gpt2"):
@@ -148,7 +159,56 @@ def judge(models: tuple[str, ...], prompt_paths: tuple[Path, ...], out_dir: Path
         if not sep or not name or not path:
             raise GradfilterError(f"--model must be NAME=PATH, got {spec!r}")
         named[name] = path
+    _refuse_judge_collisions(named, prompt_paths, out_dir, options["cache_dir"])
     files = [f for p in prompt_paths for f in (default_prompt_files(p) if p.is_dir() else [p])]
     results = run_judge_benchmark(named, files, out_dir, log=console.print, **options)
     Console(soft_wrap=True).print(results_markdown(results), markup=False)
     console.print(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}")
+
+
+def _refuse_judge_collisions(models: dict[str, str], prompt_paths: tuple[Path, ...],
+                             out_dir: Path, cache_dir: Path | None) -> None:
+    """The judge writes named files into OUT (the cache may live there too), and its cache."""
+    from ..paths import named, reads, refuse_collisions, writes
+
+    cache = named("the cache", "--cache-dir", cache_dir or out_dir / "cache", "dir")
+    inputs = [*(n for name, path in models.items()
+                for n in reads(f"the model {name}", "--model", path)),
+              *(n for path in prompt_paths for n in reads("the prompts", "--prompts", path))]
+    outputs = [*writes("the results", "--out", out_dir / "results.json"),
+               *writes("the report", "--out", out_dir / "results.md", run_record=False),
+               *(n for name in models for n in writes(
+                   f"the answers of {name}", "--out", out_dir / f"answers-{name}.jsonl",
+                   run_record=False)),
+               cache]
+    refuse_collisions([*inputs, *([cache] if cache.path.exists() else [])], outputs)
+
+
+def plugin_file(module: str) -> str | None:
+    """Where `--plugin module` is (its file, or its package's directory), found without
+    running it."""
+    from importlib.util import find_spec
+
+    from ..errors import GradfilterError
+
+    try:
+        spec = find_spec(module)
+    except (ImportError, ValueError) as exc:
+        raise GradfilterError(f"--plugin {module}: cannot find it: {exc}") from exc
+    if spec is None:
+        raise GradfilterError(f"--plugin {module}: no module named {module!r} on the Python "
+                              "path (a plugin is a module name; put its folder on PYTHONPATH)")
+    if spec.submodule_search_locations:
+        return next(iter(spec.submodule_search_locations), None)
+    return spec.origin if spec.has_location else None
+
+
+def import_plugin(module: str) -> None:
+    """Import a plugin; an error inside it is one line (the traceback with --debug)."""
+    from ..errors import GradfilterError
+
+    try:
+        importlib.import_module(module)
+    except Exception as exc:
+        raise GradfilterError(f"--plugin {module}: importing it failed: "
+                              f"{type(exc).__name__}: {exc}") from exc

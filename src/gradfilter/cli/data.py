@@ -26,8 +26,10 @@ def select(data: str, stats: Path, out: Path, fmt, fields, limit, split, **optio
     DATA is streamed, never held: memory holds the table's scores and the chosen indices.
     """
     from ..data.conversations import parse_fields
+    from ..paths import refuse_collisions, select_paths
     from ..subset import select as select_subset
 
+    refuse_collisions(*select_paths(data, stats, out, options["out_format"]))
     subset = select_subset(data, stats, out, fmt=fmt, fields=parse_fields(fields), limit=limit,
                            split=split, **options)
     print_selection(subset, out, stats)
