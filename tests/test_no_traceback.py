@@ -100,7 +100,7 @@ def test_proxy_that_is_not_a_model_is_one_line(tmp_path, case):
     code, _, err = run_cli("score", data, "--out", tmp_path / "s.parquet", "--proxy", proxy,
                            *TINY)
     err = _one_line(code, err)
-    assert err.startswith(f"error: --proxy {proxy}: ") and found in err
+    assert err.startswith(f"error: cannot load the model {proxy}: ") and found in err
     if case != "a missing path":
         assert "expected a model directory (with config.json), a .gguf file or a hub model " \
                "id" in err

@@ -44,16 +44,18 @@ def _source(proxy: str) -> tuple[str, dict]:
     here with what was found there, before transformers fails on it in its own words."""
     path = Path(proxy)
     if path.suffix == ".gguf" and not path.is_file():
-        raise GradfilterError(f"--proxy {proxy}: no such GGUF file")
+        raise GradfilterError(f"{proxy}: no such GGUF file")
     if path.is_file():
         if _starts_with(path, _GGUF_MAGIC):
             return str(path.parent), {"gguf_file": path.name}
-        raise GradfilterError(f"--proxy {proxy}: {EXPECTED_PROXY}; found {_describe_file(path)}")
+        raise GradfilterError(f"cannot load the model {proxy}: {EXPECTED_PROXY}; found "
+                              f"{_describe_file(path)}")
     if path.is_dir() and not (path / "config.json").is_file():
-        raise GradfilterError(f"--proxy {proxy}: {EXPECTED_PROXY}; found "
+        raise GradfilterError(f"cannot load the model {proxy}: {EXPECTED_PROXY}; found "
                               f"{_describe_dir(path)}")
     if not path.exists() and (path.is_absolute() or proxy.startswith(".") or proxy.count("/") > 1):
-        raise GradfilterError(f"--proxy {proxy}: no such file or directory ({EXPECTED_PROXY})")
+        raise GradfilterError(f"cannot load the model {proxy}: no such file or directory "
+                              f"({EXPECTED_PROXY})")
     return proxy, {}
 
 
