@@ -20,17 +20,20 @@ try:
         gradfilter.read_dataset, gradfilter.select, gradfilter.load_stats
     else:
         runpy.run_module("gradfilter", run_name="__main__")
+    code = 0
 except SystemExit as exc:
-    assert not exc.code, exc.code
-print(json.dumps(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))))
+    code = exc.code or 0
+print(json.dumps([code, sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))]))
 """
 
 
-def _torch_modules_after(*args: str) -> list[str]:
+def _torch_modules_after(*args: str, code: int = 0) -> list[str]:
     result = subprocess.run([sys.executable, "-c", PROBE, json.dumps(list(args))],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    exit_code, modules = json.loads(result.stdout.strip().splitlines()[-1])
+    assert exit_code == code, result.stderr
+    return modules
 
 
 def test_import_help_select_and_inspect_never_import_torch(tmp_path):
@@ -38,7 +41,21 @@ def test_import_help_select_and_inspect_never_import_torch(tmp_path):
     pq.write_table(pa.table({"gsnr": np.arange(6, dtype=np.float64)}), tmp_path / "s.parquet")
     for args in (["import"], ["--help"], ["select", "--help"], ["score", "--help"],
                  ["bench", "noise", "--help"], ["inspect", str(data)],
+                 ["--debug", "inspect", str(data), "--strict"],
                  ["select", str(data), "--stats", str(tmp_path / "s.parquet"), "--count", "2",
                   "--out", str(tmp_path / "out.jsonl")]):
         assert _torch_modules_after(*args) == [], args
     assert (tmp_path / "out.jsonl").read_text().count("\n") == 2
+
+
+def test_refusals_and_errors_never_import_torch(tmp_path):
+    """An output over an input, a dataset given as the table, a failing --strict: one line and
+    exit 2 (1 for --strict), torch never loaded."""
+    data = write_jsonl(tmp_path / "d.jsonl", alpaca_records(6))
+    bad = write_jsonl(tmp_path / "bad.jsonl", [*alpaca_records(2), {"instruction": "x"}])
+    for args, code in ((["select", str(data), "--stats", str(data), "--count", "2", "--out",
+                         str(tmp_path / "o.jsonl")], 2),
+                       (["select", str(data), "--stats", str(tmp_path / "none.parquet"),
+                         "--count", "2", "--out", str(data)], 2),
+                       (["inspect", str(bad), "--strict"], 1)):
+        assert _torch_modules_after(*args, code=code) == [], args

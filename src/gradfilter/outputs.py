@@ -20,7 +20,12 @@ RECORD_PACKAGES = ("gradfilter", "torch", "transformers", "peft", "pyarrow", "nu
 @contextmanager
 def atomic_path(path: Path):
     """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
+    from .errors import GradfilterError
+
     path = Path(path)
+    if path.is_dir():
+        raise GradfilterError(f"{path}: exists and is a directory; a file is written here "
+                              "(name a file)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

@@ -1,8 +1,17 @@
-"""Progress bars for the long phases (torch-free: scoring and the benchmarks share them)."""
+"""Progress of the long phases (torch-free: scoring and the benchmarks share them).
+
+On a terminal, rich's live bars. Anywhere else (a log file, CI, `nohup`) bars draw nothing until
+the end, so plain lines go to stderr instead: every `GRADFILTER_PROGRESS_SECONDS` (default 30)
+and when a phase ends, e.g. `train epoch 1/2 x4 members: 160/640 examples, 3.2 ex/s, 2 min 30 s
+left`. Both keep the same API (a rich `Progress`), so callers never know which they have.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
 import time
+from typing import Any
 
 from rich.progress import (
     BarColumn,
@@ -14,8 +23,14 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+INTERVAL_ENV = "GRADFILTER_PROGRESS_SECONDS"
+DEFAULT_INTERVAL = 30.0
+
 
 def progress_bars(enabled: bool) -> Progress:
+    """Live bars on a terminal, plain lines on stderr elsewhere, nothing when not `enabled`."""
+    if enabled and not sys.stderr.isatty():
+        return PlainProgress(interval())
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -34,3 +49,73 @@ def advance_bar(bars: Progress, task: TaskID, rows: int, start: float, already: 
     bars.advance(task, rows)
     done = bars.tasks[task].completed - already
     bars.update(task, rate=f"{done / max(time.perf_counter() - start, 1e-9):.1f} ex/s")
+
+
+def interval() -> float:
+    """Seconds between two plain progress lines (GRADFILTER_PROGRESS_SECONDS, default 30)."""
+    text = os.environ.get(INTERVAL_ENV, "")
+    try:
+        return max(float(text), 0.0) if text else DEFAULT_INTERVAL
+    except ValueError:
+        return DEFAULT_INTERVAL
+
+
+def duration(seconds: float) -> str:
+    """`2 min 30 s`, `1 h 5 min`, `12 s`."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
+class PlainProgress(Progress):
+    """Rich's task bookkeeping with nothing drawn; a plain line on stderr per task every
+    `every` seconds and once when the task is done."""
+
+    def __init__(self, every: float) -> None:
+        super().__init__(disable=True)
+        self.every = every
+        self._started: dict[TaskID, tuple[float, float]] = {}  # (time, completed at start)
+        self._printed: dict[TaskID, float] = {}
+        self._finished: set[TaskID] = set()
+
+    def add_task(self, description: str, start: bool = True, total: float | None = 100.0,
+                 completed: int = 0, visible: bool = True, **fields: Any) -> TaskID:
+        task = super().add_task(description, start, total, completed, visible, **fields)
+        now = time.perf_counter()
+        self._started[task] = (now, float(completed))
+        self._printed[task] = now
+        return task
+
+    def advance(self, task_id: TaskID, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        task = self.tasks[task_id]
+        now = time.perf_counter()
+        if task.total is not None and task.completed >= task.total:
+            self._report(task_id, done=True)
+        elif now - self._printed[task_id] >= self.every:
+            self._report(task_id, done=False)
+
+    def _report(self, task_id: TaskID, done: bool) -> None:
+        if task_id in self._finished:
+            return
+        task = self.tasks[task_id]
+        started, already = self._started[task_id]
+        elapsed = time.perf_counter() - started
+        speed = (task.completed - already) / max(elapsed, 1e-9)
+        total = int(task.total) if task.total is not None else "?"
+        shown = f"{speed:.1f}" if speed >= 1 else f"{speed:.2g}"
+        line = f"{task.description}: {int(task.completed)}/{total} examples, {shown} ex/s, "
+        if done:
+            self._finished.add(task_id)
+            line += f"done in {duration(elapsed)}"
+        elif task.total is not None and speed > 0:
+            line += f"{duration((task.total - task.completed) / speed)} left"
+        else:
+            line += "time left unknown"
+        self._printed[task_id] = time.perf_counter()
+        print(line, file=sys.stderr, flush=True)

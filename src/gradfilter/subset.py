@@ -23,6 +23,7 @@ from .data.readers import ReadReport, Record
 from .data.writers import write_subset
 from .errors import GradfilterError
 from .outputs import write_run_record
+from .paths import refuse_collisions, select_paths
 from .selection import Selection, select_top
 from .table import load_scores, table_utility
 
@@ -97,6 +98,7 @@ def select(
     as a stream and the chosen records written as they pass (`order="score"` holds the chosen
     ones only), and the best and worst few are kept on the way for the summary.
     """
+    refuse_collisions(*select_paths(data, stats, out, out_format))
     start = time.perf_counter()
     utility = utility or table_utility(stats)
     scores = load_scores(stats, utility)

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .config import ScoreConfig
+from .data.sources import parquet_error
 from .errors import GradfilterError
 from .outputs import atomic_path
 from .utilities import BASELINE_SCORES, FORMULAS, UTILITIES, RawStats, compute_utilities
@@ -29,6 +30,7 @@ from .utilities import BASELINE_SCORES, FORMULAS, UTILITIES, RawStats, compute_u
 META_KEY = "gradfilter"
 _SQNORM = re.compile(r"^sqnorm_e(\d+)_m(\d+)$")
 _STATS_BATCH_ROWS = 1 << 16
+NOT_A_TABLE = "not a Parquet statistics table (the file `gradfilter score` writes)"
 
 
 # --- writing -------------------------------------------------------------------------------
@@ -189,13 +191,12 @@ def utility_scores(table: pa.Table, utility: str) -> np.ndarray:
 def load_stats(path: str | Path, columns: list[str] | None = None) -> pa.Table:
     """The statistics table (only `columns` of it, if given), with its metadata."""
     path = Path(path)
-    if not path.is_file():
-        raise GradfilterError(f"{path}: no such statistics table")
+    table_file = open_table(path)
     try:
         # ParquetFile.read, not pq.read_table: the latter brings in pyarrow.dataset and pandas.
-        return pq.ParquetFile(path).read(columns=columns)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise GradfilterError(f"{path}: not a Parquet statistics table: {exc}") from None
+        return table_file.read(columns=columns)
+    except (pa.ArrowException, OSError) as exc:
+        raise parquet_error(path, exc, NOT_A_TABLE) from exc
 
 
 def load_scores(stats: str | Path | pa.Table | np.ndarray, utility: str) -> np.ndarray:
@@ -206,11 +207,9 @@ def load_scores(stats: str | Path | pa.Table | np.ndarray, utility: str) -> np.n
     if isinstance(stats, pa.Table):
         return utility_scores(stats, utility)
     path = Path(stats)
-    if not path.is_file():
-        raise GradfilterError(f"{path}: no such statistics table")
+    # Column chunks streamed in 1 MiB reads, not buffered whole: a lower peak.
+    table_file = open_table(path, buffer_size=1 << 20, pre_buffer=False)
     try:
-        # Column chunks streamed in 1 MiB reads, not buffered whole: a lower peak.
-        table_file = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
         schema = table_file.schema_arrow
         scores = np.empty(table_file.metadata.num_rows, dtype=np.float64)
         stored = column_name(utility)
@@ -229,8 +228,8 @@ def load_scores(stats: str | Path | pa.Table | np.ndarray, utility: str) -> np.n
                 stats.sqnorm_early, stats.sqnorm_late, stats.loss_early, stats.loss_late,
                 (utility,))[utility]
         return scores
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise GradfilterError(f"{path}: not a Parquet statistics table: {exc}") from None
+    except (pa.ArrowException, OSError) as exc:
+        raise parquet_error(path, exc, NOT_A_TABLE) from exc
 
 
 def table_utility(stats: str | Path | pa.Table | np.ndarray) -> str:
@@ -239,11 +238,33 @@ def table_utility(stats: str | Path | pa.Table | np.ndarray) -> str:
         return default_utility(stats)
     if isinstance(stats, np.ndarray):
         return "gsnr"
-    try:
-        schema = pq.ParquetFile(stats).schema_arrow
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise GradfilterError(f"{stats}: not a Parquet statistics table: {exc}") from None
+    schema = open_table(Path(stats)).schema_arrow
     return default_utility(pa.Table.from_batches([], schema=schema))
+
+
+def open_table(path: Path, **options) -> pq.ParquetFile:
+    """The statistics table at `path`, opened: a one-line error if it is missing, is not
+    Parquet (a dataset given in its place, a file cut off), or holds no score column."""
+    if not path.is_file():
+        kind = "a directory" if path.is_dir() else "nothing"
+        raise GradfilterError(f"{path}: no such statistics table (found {kind} there)")
+    try:
+        table_file = pq.ParquetFile(path, **options)
+    except (pa.ArrowException, OSError) as exc:
+        raise parquet_error(path, exc, NOT_A_TABLE) from exc
+    schema = table_file.schema_arrow
+    if not available_utilities(pa.Table.from_batches([], schema=schema)):
+        shown = ", ".join(schema.names[:8]) + (", ..." if len(schema.names) > 8 else "")
+        raise GradfilterError(
+            f"{path}: not a statistics table: it holds no scores: neither sqnorm columns nor a "
+            f"baseline's score column; its columns: {shown or 'none'} (a dataset?)")
+    scores = {*map(column_name, UTILITIES), *BASELINE_SCORES}
+    for column in schema:
+        numeric = pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
+        if (column.name in scores or _SQNORM.match(column.name)) and not numeric:
+            raise GradfilterError(f"{path}: not a statistics table: column {column.name!r} "
+                                  f"holds {column.type}, expected numbers")
+    return table_file
 
 
 def _stat_batches(table_file: pq.ParquetFile, columns: list[str]):

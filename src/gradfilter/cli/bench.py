@@ -66,9 +66,15 @@ def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_s
           resamples: int, fmt, fields, limit, split, quiet, **options) -> None:
     """Corrupt part of DATA, score it with every method, report contamination and AUROC."""
     from ..bench.noise import results_markdown, run_noise_benchmark
+    from ..paths import reads, refuse_collisions, writes
 
+    plugin_files = [reads("the plugin", "--plugin", plugin_file(module)) for module in plugins]
+    refuse_collisions(
+        [*reads("the data", "DATA", data), *reads("the proxy", "--proxy", options["proxy"]),
+         *(named for found in plugin_files for named in found)],
+        writes("the output directory", "--out-dir", out_dir, "dir", run_record=False))
     for module in plugins:
-        importlib.import_module(module)
+        import_plugin(module)
     results = run_noise_benchmark(
         read_data(data, fmt, fields, limit, split), out_dir, config_from(options),
         methods=csv_list(methods), corruptions=csv_list(corruptions), fraction=fraction,
@@ -99,9 +105,14 @@ def speed(data: str, paths: str, tokenizer, out, fmt, fields, limit, split, quie
     from ..bench.speed import random_gpt2, run_speed_benchmark, speed_table
     from ..demo import demo_config
     from ..outputs import atomic_write_text, write_run_record
+    from ..paths import reads, refuse_collisions, writes
     from ..scoring.proxy import load_tokenizer
     from ..scoring.score import tokenize
 
+    refuse_collisions(
+        [*reads("the data", "DATA", data), *reads("the proxy", "--proxy", options["proxy"]),
+         *reads("the tokenizer", "--tokenizer", tokenizer)],
+        writes("the figures", "--out", out))
     config = config_from(options)
     with tempfile.TemporaryDirectory(prefix="gradfilter-speed-") as scratch:
         if config.proxy.startswith("random-gpt2"):
@@ -155,6 +166,7 @@ def judge(models: tuple[str, ...], prompt_paths: tuple[Path, ...], out_dir: Path
     from ..bench.judge import default_prompt_files, results_markdown, run_judge_benchmark
 
     named = named_paths(models, "--model")
+    _refuse_judge_collisions(named, prompt_paths, out_dir, options["cache_dir"])
     files = [f for p in prompt_paths for f in (default_prompt_files(p) if p.is_dir() else [p])]
     results = run_judge_benchmark(named, files, out_dir, log=console.print, **options)
     Console(soft_wrap=True).print(results_markdown(results), markup=False)
@@ -214,8 +226,16 @@ def finetune(pool: str | None, out_dir: Path, noise_dir: Path | None, tables: tu
     )
     from ..errors import GradfilterError
 
+    from ..paths import reads, refuse_collisions, writes
+
     if (noise_dir is None) == (pool is None):
         raise GradfilterError("give POOL (with --table) or --from-noise DIR, not both")
+    refuse_collisions(
+        [*reads("the pool", "POOL", pool), *reads("the noise benchmark", "--from-noise", noise_dir),
+         *reads("the held-out set", "--held-out", options["held_out"]),
+         *reads("the target", "--target", options["proxy"]),
+         *(n for spec in tables for n in reads("a table", "--table", spec.partition("=")[2]))],
+        writes("the output directory", "--out-dir", out_dir, "dir", run_record=False))
     budget_values = csv_numbers(budgets, "--budgets")
     target = _finetune_target(noise_dir, options)
     held = (options.pop("held_out"), options.pop("held_out_share"), options["seed"])
@@ -253,3 +273,51 @@ def _finetune_target(noise_dir: Path | None, options: dict) -> ScoreConfig:
                    max_length=options.pop("max_length") or base.max_length,
                    device=options.pop("device"), dtype=options.pop("dtype"),
                    seed=options["seed"])
+
+
+def _refuse_judge_collisions(models: dict[str, str], prompt_paths: tuple[Path, ...],
+                             out_dir: Path, cache_dir: Path | None) -> None:
+    """The judge writes named files into OUT (the cache may live there too), and its cache."""
+    from ..paths import named, reads, refuse_collisions, writes
+
+    cache = named("the cache", "--cache-dir", cache_dir or out_dir / "cache", "dir")
+    inputs = [*(n for name, path in models.items()
+                for n in reads(f"the model {name}", "--model", path)),
+              *(n for path in prompt_paths for n in reads("the prompts", "--prompts", path))]
+    outputs = [*writes("the results", "--out", out_dir / "results.json"),
+               *writes("the report", "--out", out_dir / "results.md", run_record=False),
+               *(n for name in models for n in writes(
+                   f"the answers of {name}", "--out", out_dir / f"answers-{name}.jsonl",
+                   run_record=False)),
+               cache]
+    refuse_collisions([*inputs, *([cache] if cache.path.exists() else [])], outputs)
+
+
+def plugin_file(module: str) -> str | None:
+    """Where `--plugin module` is (its file, or its package's directory), found without
+    running it."""
+    from importlib.util import find_spec
+
+    from ..errors import GradfilterError
+
+    try:
+        spec = find_spec(module)
+    except (ImportError, ValueError) as exc:
+        raise GradfilterError(f"--plugin {module}: cannot find it: {exc}") from exc
+    if spec is None:
+        raise GradfilterError(f"--plugin {module}: no module named {module!r} on the Python "
+                              "path (a plugin is a module name; put its folder on PYTHONPATH)")
+    if spec.submodule_search_locations:
+        return next(iter(spec.submodule_search_locations), None)
+    return spec.origin if spec.has_location else None
+
+
+def import_plugin(module: str) -> None:
+    """Import a plugin; an error inside it is one line (the traceback with --debug)."""
+    from ..errors import GradfilterError
+
+    try:
+        importlib.import_module(module)
+    except Exception as exc:
+        raise GradfilterError(f"--plugin {module}: importing it failed: "
+                              f"{type(exc).__name__}: {exc}") from exc

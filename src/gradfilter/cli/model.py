@@ -37,9 +37,12 @@ def score(data: str, out: Path, fmt, fields, limit, split, skip_bad_records, met
     split the ensemble's members; rank 0 writes the table.
     """
     from ..data.dataset import record_notes
+    from ..paths import refuse_collisions, score_paths
     from ..scoring.distributed import is_main_process
     from ..scoring.score import score as run_score
 
+    refuse_collisions(*score_paths(data, out, options["proxy"], checkpoint_dir=checkpoint_dir,
+                                   save_adapters=save_adapters))
     dataset = read_data(data, fmt, fields, limit, split, skip_bad_records)
     table = run_score(dataset, out, config_from(options), method=method,
                       save_adapters=save_adapters, skip_bad_records=skip_bad_records,
@@ -68,6 +71,11 @@ def run(data: str, out: Path, stats: Path | None, fmt, fields, limit, split, out
         skip_bad_records, method, save_adapters, checkpoint_dir, checkpoint_every, quiet, ratio,
         count, utility, order, score_field, **options) -> None:
     """Score DATA and write the selected subset in one go (default --ratio 0.1)."""
+    from ..paths import refuse_collisions, run_paths
+
+    refuse_collisions(*run_paths(data, out, stats, options["proxy"],
+                                 checkpoint_dir=checkpoint_dir, save_adapters=save_adapters,
+                                 out_format=out_format))
     if ratio is None and count is None:
         ratio = 0.1
     score_and_select(read_data(data, fmt, fields, limit, split, skip_bad_records), out, stats,
@@ -83,11 +91,12 @@ def score_and_select(dataset, out: Path, stats: Path | None, config: ScoreConfig
                      choice: dict) -> None:
     """Score `dataset` into `stats`, select from the table, print the summary (rank 0)."""
     from ..data.dataset import record_notes
+    from ..paths import default_stats
     from ..scoring.distributed import is_main_process
     from ..scoring.score import score as run_score
     from ..subset import select as select_subset
 
-    stats = stats or out.with_name(out.name + ".stats.parquet")
+    stats = stats or default_stats(out)
     table = run_score(dataset, stats, config, **how)
     if not is_main_process():
         return
@@ -103,8 +112,12 @@ def score_and_select(dataset, out: Path, stats: Path | None, config: ScoreConfig
 def demo(out_dir: Path, records: int, quiet: bool) -> None:
     """Run the whole pipeline offline on the embedded default (ShareGPT sample, SmolLM2-135M)."""
     from ..demo import demo_config, demo_data
+    from ..paths import refuse_collisions, run_paths
 
     data, config = demo_data(), demo_config()
+    refuse_collisions(*run_paths(data, out_dir / "subset.json", out_dir / "stats.parquet",
+                                 config.proxy, out_option="--out-dir",
+                                 stats_option="--out-dir"))
     console.print(f"demo: first {records} conversations of {data}\n      proxy {config.proxy}")
     score_and_select(read_data(str(data), None, None, records), out_dir / "subset.json",
                      out_dir / "stats.parquet", config, dict(progress=not quiet),

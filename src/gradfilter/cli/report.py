@@ -25,7 +25,15 @@ def recoveries(report: ReadReport, notes: dict) -> list[str]:
     if notes.get("ends_on_prompt"):
         lines.append(f"{len(notes['ends_on_prompt'])} conversations end on a prompt turn "
                      "(scored; the unanswered tail carries no loss)")
+    if notes.get("role_variants"):
+        lines.append(role_variants_note(len(notes["role_variants"]), notes["role_variants"][0]))
     return lines
+
+
+def role_variants_note(count: int, first: int) -> str:
+    """The recovery line for role names in another case or with spaces around them."""
+    return (f"{count} {'record' if count == 1 else 'records'} had role names in another case or "
+            f"with spaces (read as canonical; the first: record {first})")
 
 
 def print_recoveries(report: ReadReport, notes: dict) -> None:

@@ -199,10 +199,10 @@ def _chat_turns(
         where = f"{key}[{k}]"
         if not isinstance(turn, dict):
             raise record_error(path, record.index, where, "must be an object")
-        role = turn.get(role_key)
-        if role not in roles:
+        role = canonical_role(turn.get(role_key), roles)
+        if role is None:
             raise record_error(
-                path, record.index, f"{where}.{role_key}", f"unknown role {role!r}"
+                path, record.index, f"{where}.{role_key}", f"unknown role {turn.get(role_key)!r}"
             )
         text = turn.get(text_key)
         if not isinstance(text, str):
@@ -210,5 +210,35 @@ def _chat_turns(
                 path, record.index, f"{where}.{text_key}",
                 f"must be a string, got {type(text).__name__}",
             )
-        turns.append(Turn(roles[role], text))  # type: ignore[arg-type]
+        turns.append(Turn(role, text))  # type: ignore[arg-type]
     return turns
+
+
+def canonical_role(value: object, roles: Mapping[str, str]) -> str | None:
+    """The canonical role a turn's role names, None if it names none. Case and surrounding
+    whitespace do not count (ShareGPT dumps in the wild write `Human`, `GPT`, ` assistant `)."""
+    if not isinstance(value, str):
+        return None
+    return roles.get(value, roles.get(value.strip().lower()))
+
+
+def has_role_variants(record: Record, fmt: Format,
+                      fields: Mapping[str, str] | None = None) -> bool:
+    """Whether a readable record names a role in another case or with spaces around it (read
+    as the canonical role; reported, so that the user knows their file was read leniently)."""
+    name = _namer(fields)
+    if fmt == "sharegpt":
+        lists = [(name("conversations"), name("from"), SHAREGPT_ROLES)]
+    elif fmt == "messages":
+        lists = [(name("messages"), name("role"), MESSAGE_ROLES)]
+    elif fmt == "prompt_completion":
+        lists = [(name(side), name("role"), MESSAGE_ROLES) for side in ("prompt", "completion")]
+    else:
+        return False
+    for key, role_key, roles in lists:
+        turns = record.data.get(key)
+        for turn in turns if isinstance(turns, list) else ():
+            role = turn.get(role_key) if isinstance(turn, dict) else None
+            if isinstance(role, str) and role not in roles and canonical_role(role, roles):
+                return True
+    return False

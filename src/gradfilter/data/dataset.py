@@ -71,11 +71,13 @@ def as_dataset(data: str | Path | Dataset, fmt: Format | None = None,
 
 def record_notes(dataset: Dataset) -> dict[str, Any]:
     """Recoveries that keep a record in the run, each listed by record number: a duplicate
-    `id` (both records are kept and scored) and a conversation that ends on a prompt turn after
-    an answer (scored; the unanswered tail carries no loss)."""
+    `id` (both records are kept and scored), a conversation that ends on a prompt turn after
+    an answer (scored; the unanswered tail carries no loss) and role names in another case or
+    with spaces (read as the canonical role)."""
     ids = readers.IdTracker()
     duplicates: dict[str, int] = {}
     ends_on_prompt: list[int] = []
+    role_variants: list[int] = []
     for record in dataset.records:
         if record.error is not None:
             continue
@@ -88,4 +90,7 @@ def record_notes(dataset: Dataset) -> dict[str, Any]:
             continue  # unscored, with its reason, elsewhere
         if conversations.ends_on_prompt(turns):
             ends_on_prompt.append(record.index)
-    return {"duplicate_ids": duplicates, "ends_on_prompt": ends_on_prompt}
+        if conversations.has_role_variants(record, dataset.format, dataset.fields):
+            role_variants.append(record.index)
+    return {"duplicate_ids": duplicates, "ends_on_prompt": ends_on_prompt,
+            "role_variants": role_variants}

@@ -33,6 +33,9 @@ class Inspection:
     response_chars: array = field(default_factory=lambda: array("q"))
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # Records read leniently: a role in another case or with spaces (`Human`, ` gpt `).
+    role_variants: int = 0
+    first_role_variant: int | None = None
 
     def percentiles(self, values: array | list[int]) -> dict[int, int]:
         if not len(values):
@@ -62,6 +65,10 @@ def inspect_dataset(path: str | Path, fmt: Format | None = None,
             result.problems.append(str(exc))
             continue
         _count_turns(record.index, turns, result, source)
+        if conversations.has_role_variants(record, result.format, fields):  # type: ignore[arg-type]
+            result.role_variants += 1
+            if result.first_role_variant is None:
+                result.first_role_variant = record.index
     if result.records == 0:
         raise GradfilterError(f"{source}: the dataset holds no records")
     if not result.format:

@@ -10,17 +10,29 @@ from __future__ import annotations
 import codecs
 import gzip
 import json
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import GradfilterError, record_error
-from .sources import Source, bom_length, open_binary, open_text, resolve_source
+from .sources import (
+    Source,
+    bom_length,
+    open_binary,
+    open_text,
+    parquet_error,
+    resolve_source,
+)
 
 _CHUNK_CHARS = 1 << 20
 _ARROW_BATCH_ROWS = 4096
 _DECODER = json.JSONDecoder()
+# Python's json parser recurses once per level of nesting; past the interpreter's recursion limit
+# it raises RecursionError, which is a property of the record, not a crash.
+TOO_DEEP = (f"JSON nested too deeply (over about {sys.getrecursionlimit()} levels of '[' or "
+            "'{'); expected a record of a few levels")
 
 
 @dataclass(frozen=True)
@@ -96,8 +108,8 @@ def arrow_batches(source: Source) -> Iterator[tuple[int, Any]]:
         for batch in pq.ParquetFile(source.path).iter_batches(batch_size=_ARROW_BATCH_ROWS):
             yield offset, batch
             offset += batch.num_rows
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise GradfilterError(f"{source}: not a readable Parquet file: {exc}") from None
+    except (pa.ArrowException, OSError) as exc:
+        raise parquet_error(source.name, exc, "not a readable Parquet file") from exc
 
 
 def arrow_num_rows(source: Source) -> int:
@@ -109,8 +121,8 @@ def arrow_num_rows(source: Source) -> int:
 
     try:
         return pq.ParquetFile(source.path).metadata.num_rows
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise GradfilterError(f"{source}: not a readable Parquet file: {exc}") from None
+    except (pa.ArrowException, OSError) as exc:
+        raise parquet_error(source.name, exc, "not a readable Parquet file") from exc
 
 
 def take_records(source: Source, indices: Iterable[int]) -> dict[int, Record]:
@@ -168,6 +180,8 @@ def _parse_line(body: bytes, start: int) -> tuple[str | None, dict | None, str |
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         return text, None, f"malformed JSON: {exc.msg}"
+    except RecursionError:
+        return text, None, TOO_DEEP
     if not isinstance(data, dict):
         return text, None, f"is not a JSON object (a {type(data).__name__})"
     return text, data, None
@@ -221,6 +235,8 @@ def _iter_json_array(source: Source, report: ReadReport, skip_bad: bool) -> Iter
                 continue
             try:
                 data, end = _DECODER.raw_decode(buf, pos)
+            except RecursionError:
+                raise record_error(source, index, None, TOO_DEEP) from None
             except json.JSONDecodeError as exc:
                 if more():
                     continue

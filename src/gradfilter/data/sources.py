@@ -115,3 +115,37 @@ def bom_length(path: Path) -> int:
     """3 if the (decompressed) text starts with a UTF-8 byte order mark, else 0."""
     with open_binary(path) as handle:
         return len(codecs.BOM_UTF8) if handle.read(3) == codecs.BOM_UTF8 else 0
+
+
+def parquet_error(path: Path | str, exc: Exception, problem: str) -> GradfilterError:
+    """The one-line error for a file Parquet cannot read: the problem (what was expected), what
+    was found there (a JSON dataset, a file cut off before its footer...), and Arrow's own
+    words where the bytes say nothing plainer."""
+    path = Path(path)
+    found, plain = describe_file(path)
+    detail = "" if plain else f" ({' '.join(str(exc).split())})"
+    return GradfilterError(f"{path}: {problem}: found {found}{detail}")
+
+
+def describe_file(path: Path) -> tuple[str, bool]:
+    """What a file holds, in a few words, from its first and last bytes; and whether that says
+    all (False: the reader's own message should follow)."""
+    size = path.stat().st_size
+    if size == 0:
+        return "an empty file", True
+    with open(path, "rb") as handle:
+        head = handle.read(64)
+        handle.seek(max(size - 4, 0))
+        tail = handle.read(4)
+    text = head.removeprefix(codecs.BOM_UTF8).lstrip()
+    if head[:4] == b"PAR1":
+        if tail != b"PAR1":
+            return "a Parquet file cut off before its footer (truncated?)", True
+        return "a damaged Parquet file", False
+    if head[:2] == b"\x1f\x8b":
+        return "gzip data (a compressed JSON dataset?)", True
+    if text[:1] == b"[":
+        return "a JSON array (a dataset?)", True
+    if text[:1] == b"{":
+        return "JSON Lines text (a dataset?)", True
+    return f"{size} bytes that are not Parquet", False

@@ -35,13 +35,58 @@ def resolve_dtype(choice: DtypeChoice, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if choice == "bfloat16" else torch.float32
 
 
+EXPECTED_PROXY = "expected a model directory (with config.json), a .gguf file or a hub model id"
+_GGUF_MAGIC = b"GGUF"
+
+
 def _source(proxy: str) -> tuple[str, dict]:
+    """Where transformers loads the proxy from. A local path that cannot be a model is refused
+    here with what was found there, before transformers fails on it in its own words."""
     path = Path(proxy)
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise GradfilterError(f"{proxy}: no such GGUF file")
-        return str(path.parent), {"gguf_file": path.name}
+    if path.suffix == ".gguf" and not path.is_file():
+        raise GradfilterError(f"{proxy}: no such GGUF file")
+    if path.is_file():
+        if _starts_with(path, _GGUF_MAGIC):
+            return str(path.parent), {"gguf_file": path.name}
+        raise GradfilterError(f"cannot load the model {proxy}: {EXPECTED_PROXY}; found "
+                              f"{_describe_file(path)}")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise GradfilterError(f"cannot load the model {proxy}: {EXPECTED_PROXY}; found "
+                              f"{_describe_dir(path)}")
+    if not path.exists() and (path.is_absolute() or proxy.startswith(".") or proxy.count("/") > 1):
+        raise GradfilterError(f"cannot load the model {proxy}: no such file or directory "
+                              f"({EXPECTED_PROXY})")
     return proxy, {}
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(len(magic)) == magic
+
+
+def _describe_file(path: Path) -> str:
+    """What a file that is not a model looks like, in a few words."""
+    with open(path, "rb") as handle:
+        head = handle.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
+    if path.suffix == ".gguf":
+        return "a file that does not start with the GGUF magic bytes (not a GGUF file)"
+    if head[:4] == b"PAR1":
+        return "a Parquet file (a dataset or a statistics table?)"
+    if head[:1] in (b"[", b"{"):
+        return "a JSON file (a dataset?)"
+    if head[:2] == b"\x1f\x8b":
+        return "a gzip file (a dataset?)"
+    return f"a file of {path.stat().st_size} bytes that is not GGUF"
+
+
+def _describe_dir(path: Path) -> str:
+    if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+        return "a Hugging Face dataset directory (a dataset, not a model)"
+    if (path / "adapter_config.json").is_file():
+        return "a PEFT adapter directory (name its base model)"
+    names = sorted(p.name for p in path.iterdir())
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    return f"a directory without config.json (holding: {shown or 'nothing'})"
 
 
 def load_tokenizer(proxy: str):
@@ -50,8 +95,9 @@ def load_tokenizer(proxy: str):
     source, extra = _source(proxy)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **extra)
-    except OSError as exc:
-        raise GradfilterError(f"cannot load the proxy tokenizer {proxy!r}: {exc}") from None
+    except Exception as exc:  # transformers raises many kinds; each means "not loadable"
+        raise GradfilterError(f"cannot load the proxy tokenizer {proxy!r}: "
+                              f"{_one_line(exc)}") from exc
     if not getattr(tokenizer, "is_fast", False):
         raise GradfilterError(f"the proxy {proxy!r} has no fast tokenizer (offsets are needed)")
     return tokenizer
@@ -64,9 +110,17 @@ def load_model(proxy: str, device: torch.device) -> torch.nn.Module:
     source, extra = _source(proxy)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **extra)
-    except OSError as exc:
-        raise GradfilterError(f"cannot load the proxy model {proxy!r}: {exc}") from None
+    except Exception as exc:  # transformers raises many kinds; each means "not loadable"
+        raise GradfilterError(f"cannot load the proxy model {proxy!r}: "
+                              f"{_one_line(exc)}") from exc
     return prepare_backbone(model, device)
+
+
+def _one_line(exc: Exception) -> str:
+    """A library's message on one line (some span paragraphs), its type when it says little."""
+    text = " ".join(str(exc).split())
+    text = text[:400] + ("..." if len(text) > 400 else "")
+    return text if len(text) > 20 else f"{type(exc).__name__}: {text}"
 
 
 def prepare_backbone(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:

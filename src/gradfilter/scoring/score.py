@@ -21,6 +21,7 @@ from ..data.conversations import Format, unscorable_reason
 from ..data.dataset import Dataset, as_dataset, record_notes
 from ..errors import GradfilterError
 from ..outputs import device_description, write_run_record
+from ..paths import refuse_collisions, score_paths
 from ..progress import progress_bars
 from ..table import baseline_table, gsnr_table, record_columns, write_table
 from . import distributed
@@ -120,6 +121,8 @@ def score(
     `distributed`); every rank returns the table, rank 0 writes it.
     """
     config = config or ScoreConfig()
+    refuse_collisions(*score_paths(data, out, config.proxy, checkpoint_dir=checkpoint_dir,
+                                   save_adapters=save_adapters))
     _check_arguments(config, method, checkpoint_dir, checkpoint_every)
     timings: dict[str, float] = {}
     start = time.perf_counter()

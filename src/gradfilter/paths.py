@@ -1,0 +1,173 @@
+"""No command writes over one of its own inputs (torch-free).
+
+Every writing command names what it reads (`reads`) and what it will write (`writes`) and calls
+`refuse_collisions` before it reads anything. Paths are compared after resolving links and
+relative parts: `./d.json`, `d.json` and a symlink to it are one file. A directory counts with
+everything inside it: an output inside an input directory (a proxy, a checkpoint, a Hugging Face
+dataset) would change that input, an input inside an output directory would be replaced or
+written into.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .errors import GradfilterError
+
+Kind = Literal["file", "dir", "any"]
+
+
+@dataclass(frozen=True, eq=False)
+class Named:
+    """A path a command touches, and how a message names it: `label` is its role and where it
+    came from, e.g. "the subset (--out subset.json)"."""
+
+    label: str
+    path: Path
+    kind: Kind = "any"  # for an output: what it is written as ("any": not checked)
+
+    @property
+    def real(self) -> Path:
+        return Path(os.path.realpath(self.path))
+
+    def same_as(self, other: Named) -> bool:
+        """The same place: one resolved path, or one file under two names (a hard link)."""
+        if self.real == other.real:
+            return True
+        return self.path.exists() and other.path.exists() and os.path.samefile(self.path,
+                                                                                  other.path)
+
+
+def named(role: str, option: str, path: str | Path, kind: Kind = "any") -> Named:
+    return Named(f"{role} ({option} {path})", Path(path), kind)
+
+
+def reads(role: str, option: str, path: str | Path | None) -> list[Named]:
+    """An input, if it is a local file or directory (a hub id or a missing path is never
+    written over: there is nothing there to lose)."""
+    if path is None or not Path(path).exists():
+        return []
+    return [named(role, option, path)]
+
+
+def writes(role: str, option: str, path: str | Path | None, kind: Kind = "file",
+           run_record: bool = True) -> list[Named]:
+    """An output, and the run record written beside it (`<path>.run.json`)."""
+    if path is None:
+        return []
+    path = Path(path)
+    if run_record and path.name in ("", ".", ".."):  # it would be replaced whole
+        raise GradfilterError(f"{role} ({option} {path}) names the current directory or one "
+                              "above it; name a new file or directory")
+    outputs = [named(role, option, path, kind)]
+    if run_record:
+        record = path.with_name(path.name + ".run.json")
+        outputs.append(Named(f"the run record of {option} ({record})", record, "file"))
+    return outputs
+
+
+def refuse_collisions(inputs: Iterable[Named], outputs: Iterable[Named]) -> None:
+    """A one-line GradfilterError if an output lands on, inside or around an input, if two
+    outputs land on one place, or if an output's path holds the wrong kind of thing (a file
+    where a directory is written, or the reverse). An entry in both lists (a checkpoint
+    directory is read and written) is not compared with itself."""
+    inputs, outputs = list(inputs), list(outputs)
+    for out in outputs:
+        _check_kind(out)
+    for out in outputs:
+        for given in inputs:
+            _check_pair(out, given, "refusing to write over an input")
+    for k, out in enumerate(outputs):
+        for other in outputs[k + 1:]:
+            _check_pair(other, out, "refusing to write two outputs to one place")
+
+
+def _check_kind(out: Named) -> None:
+    if out.kind == "file" and out.path.is_dir():
+        raise GradfilterError(f"{out.label} is an existing directory; it is written as a file "
+                              "(name a file)")
+    if out.kind == "dir" and out.path.exists() and not out.path.is_dir():
+        raise GradfilterError(f"{out.label} is an existing file; it is written as a directory "
+                              "(name a directory)")
+
+
+def _check_pair(out: Named, other: Named, refusal: str) -> None:
+    if out is other:
+        return
+    a, b = out.real, other.real
+    if out.same_as(other):
+        raise GradfilterError(f"{refusal}: {out.label} is {other.label}: both are {a}")
+    if b in a.parents:
+        raise GradfilterError(f"{refusal}: {out.label} lies inside {other.label}")
+    if a in b.parents:
+        raise GradfilterError(f"{refusal}: {other.label} lies inside {out.label}")
+
+
+# --- what each stage reads and writes ---------------------------------------------------------
+
+def data_path(data: object) -> Path | None:
+    """The local path of DATA (a path, or a read Dataset's source), None for a hub id."""
+    source = getattr(data, "source", None)
+    if source is not None:
+        return source.path
+    if isinstance(data, str | Path):
+        return Path(data)
+    return None
+
+
+def subset_kind(data: object, out_format: str | None) -> Kind:
+    """A subset is a directory when it is a Hugging Face dataset: asked for, or (by default)
+    because the input is one (a directory or a hub id)."""
+    if out_format is not None:
+        return "dir" if out_format == "hf" else "file"
+    container = getattr(data, "container", None)  # a read Dataset's, or a Source's
+    if container is not None:
+        return "dir" if container == "hf" else "file"
+    path = data_path(data)
+    return "dir" if path is None or path.is_dir() or not path.exists() else "file"
+
+
+def select_paths(data: object, stats: object, out: str | Path, out_format: str | None = None,
+                 out_option: str = "--out") -> tuple[list[Named], list[Named]]:
+    """`select`: reads DATA and the statistics table, writes the subset and its run record."""
+    stats_path = stats if isinstance(stats, str | Path) else None
+    return ([*reads("the data", "DATA", data_path(data)),
+             *reads("the statistics table", "--stats", stats_path)],
+            writes("the subset", out_option, out, subset_kind(data, out_format)))
+
+
+def score_paths(data: object, out: str | Path, proxy: str | None, *,
+                checkpoint_dir: str | Path | None = None, save_adapters: str | Path | None = None,
+                out_option: str = "--out") -> tuple[list[Named], list[Named]]:
+    """`score`: reads DATA, the proxy and a checkpoint; writes the table, its run record, the
+    checkpoint and the adapters."""
+    inputs = [*reads("the data", "DATA", data_path(data)), *reads("the proxy", "--proxy", proxy)]
+    outputs = [*writes("the statistics table", out_option, out),
+               *writes("the adapters directory", "--save-adapters", save_adapters, "dir",
+                       run_record=False)]
+    if checkpoint_dir is not None:
+        checkpoint = named("the checkpoint directory", "--checkpoint-dir", checkpoint_dir, "dir")
+        outputs.append(checkpoint)
+        if checkpoint.path.exists():
+            inputs.append(checkpoint)
+    return inputs, outputs
+
+
+def default_stats(out: str | Path) -> Path:
+    """Where `run` writes the statistics table unless told: `<out>.stats.parquet`."""
+    return Path(out).with_name(Path(out).name + ".stats.parquet")
+
+
+def run_paths(data: object, out: str | Path, stats: str | Path | None, proxy: str | None, *,
+              checkpoint_dir: str | Path | None = None, save_adapters: str | Path | None = None,
+              out_format: str | None = None, out_option: str = "--out",
+              stats_option: str = "--stats") -> tuple[list[Named], list[Named]]:
+    """`run`: what `score` reads and writes, and the subset (the table is an output here)."""
+    inputs, outputs = score_paths(
+        data, stats or default_stats(out), proxy, checkpoint_dir=checkpoint_dir,
+        save_adapters=save_adapters, out_option=stats_option if stats else "default --stats")
+    return inputs, [*outputs, *select_paths(data, None, out, out_format, out_option)[1]]
