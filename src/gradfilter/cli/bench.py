@@ -225,7 +225,6 @@ def finetune(pool: str | None, out_dir: Path, noise_dir: Path | None, tables: tu
         run_finetune_benchmark,
     )
     from ..errors import GradfilterError
-
     from ..paths import reads, refuse_collisions, writes
 
     if (noise_dir is None) == (pool is None):
