@@ -20,7 +20,8 @@ from gradfilter.table import load_scores
 
 
 def _sqnorm_table(n: int, seed: int = 0) -> pa.Table:
-    """Squared norms for 3 members at epochs 1 and 3, some records unscored (null or NaN)."""
+    """Losses and squared norms for 3 members at epochs 1 and 3, some records unscored (null or
+    NaN)."""
     rng = np.random.default_rng(seed)
     columns = {"index": pa.array(np.arange(n))}
     for epoch in (1, 3):
@@ -30,6 +31,7 @@ def _sqnorm_table(n: int, seed: int = 0) -> pa.Table:
             mask = np.zeros(n, bool)
             mask[min(2, n - 1)] = True
             columns[f"sqnorm_e{epoch}_m{member}"] = pa.array(values, mask=mask)
+            columns[f"loss_e{epoch}_m{member}"] = pa.array(values / 2 + 1, mask=mask)
     return pa.table(columns).replace_schema_metadata(
         {"gradfilter": json.dumps({"early": 1, "late": 3, "members": 3})})
 
