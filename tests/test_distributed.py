@@ -22,7 +22,10 @@ from conftest import alpaca_records, write_json
 import gradfilter as gf
 
 N_RECORDS = 26
-SETTINGS = dict(lora_rank=2, batch_size=4, collect_batch_size=5, lr=5e-3, seed=5)
+# batch_tokens 1000: with M = 3 (rows of 52-159 tokens) steps and collection batches run as
+# micro-batches of 1 or 2 (of 3) rows per member, cut the same on every rank.
+SETTINGS = dict(lora_rank=2, batch_size=4, collect_batch_size=5, lr=5e-3, seed=5,
+                batch_tokens=1000)
 
 
 def _torchrun(*args: str) -> subprocess.CompletedProcess:

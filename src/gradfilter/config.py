@@ -42,6 +42,9 @@ class ScoreConfig:
     template: TemplateChoice = "auto"
     turns: TurnsChoice = "all"
     length_bucketing: bool = True
+    # Padded tokens per micro-batch (all M members' rows together); None: chosen from the
+    # device and the proxy (scoring/budget.py). Changes no number beyond float rounding.
+    batch_tokens: int | None = None
 
     def validate(self) -> None:
         positive = ("members", "epochs", "lora_rank", "batch_size", "collect_batch_size",
@@ -54,6 +57,8 @@ class ScoreConfig:
                 f"need 1 <= --early < --late <= --epochs, got early={self.early}, "
                 f"late={self.late}, epochs={self.epochs}"
             )
+        if self.batch_tokens is not None and self.batch_tokens < 1:
+            raise GradfilterError("--batch-tokens must be auto or at least 1")
         if self.lr <= 0 or self.lora_alpha <= 0:
             raise GradfilterError("--lr and --lora-alpha must be positive")
         for name, kind in (("device", DeviceChoice), ("dtype", DtypeChoice),

@@ -71,6 +71,23 @@ def select_options(command: Callable) -> Callable:
     ])
 
 
+class BatchTokens(click.ParamType):
+    """`auto` (None: chosen from the device and the proxy) or a positive integer."""
+
+    name = "auto|INTEGER"
+
+    def convert(self, value: Any, param, ctx) -> int | None:
+        if value is None or value == "auto":
+            return None
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            number = 0
+        if number < 1:
+            self.fail(f"must be auto or a positive integer, got {value!r}", param, ctx)
+        return number
+
+
 def _default(name: str, **kwargs: Any) -> Callable:
     """An option whose default is ScoreConfig's field of the same name."""
     field = name.lstrip("-").replace("-", "_")
@@ -100,6 +117,12 @@ def _score_option_table() -> dict[str, Callable]:
             "--collect-batch-size", type=int,
             help="Batch size of gradient collection and of forward-only (baseline) passes."),
         "max_length": _default("--max-length", type=int),
+        "batch_tokens": click.option(
+            "--batch-tokens", type=BatchTokens(), default="auto", show_default=True,
+            help="Padded tokens per micro-batch, all members' rows together (auto: from the "
+                 "device and the proxy, see docs/performance.md). Training still steps once "
+                 "per --batch-size examples per member (gradients accumulate); changes no "
+                 "number beyond float rounding."),
         "grad_clip": _default("--grad-clip", type=float),
         "seed": _default("--seed", type=int),
         "device": _default("--device", type=click.Choice(get_args(DeviceChoice))),

@@ -19,7 +19,8 @@ from rich.progress import Progress
 from ..config import ScoreConfig
 from ..errors import GradfilterError
 from ..progress import advance_bar, progress_bars
-from .batching import Batcher, collection_batches
+from .batching import Batcher, collection_batches, micro_batches
+from .budget import batch_tokens
 from .checkpoint import Checkpoint, NullCheckpoint
 from .distributed import Comm, Topology
 from .ensemble import LoRAEnsemble, RowGradRecorder, per_example_losses
@@ -54,6 +55,7 @@ class GradientStatistics:
     sqnorms: dict[int, np.ndarray] = field(default_factory=dict)
     phase_seconds: dict[str, float] = field(default_factory=dict)
     train_losses: list[float] = field(default_factory=list)  # per step, mean over members
+    batch_tokens: int = 0  # the micro-batch token budget used
 
 
 class Collector:
@@ -61,10 +63,12 @@ class Collector:
 
     def __init__(self, ensemble: LoRAEnsemble, batcher: Batcher, lengths: np.ndarray,
                  config: ScoreConfig, autocast: torch.autocast,
-                 checkpoint: Checkpoint | NullCheckpoint, topology: Topology) -> None:
+                 checkpoint: Checkpoint | NullCheckpoint, topology: Topology,
+                 batch_tokens: int) -> None:
         self.ensemble, self.batcher, self.lengths = ensemble, batcher, lengths
         self.config, self.autocast = config, autocast
         self.checkpoint, self.topology = checkpoint, topology
+        self.batch_tokens = batch_tokens
 
     def collect(self, epoch: int, bars: Progress, adapters: AbstractContextManager,
                 on_collected: Callable[[int], None] | None = None) -> Collected:
@@ -117,9 +121,18 @@ class Collector:
 
     def _measure(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Every held member's loss and squared gradient norm for `rows`, member-major, left
-        on the device."""
+        on the device; computed in micro-batches within the token budget (cut as if all M
+        members were held)."""
+        held = self.ensemble.members
+        parts = [self._measure_micro(rows[part], width) for part, width in
+                 micro_batches([rows] * self.config.members, self.lengths, self.batch_tokens)]
+        losses = torch.cat([p[0].view(held, -1) for p in parts], 1)
+        sqnorms = torch.cat([p[1].view(held, -1) for p in parts], 1)
+        return losses.view(-1), sqnorms.view(-1)
+
+    def _measure_micro(self, rows: np.ndarray, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         ensemble = self.ensemble
-        batch = self.batcher.batch([rows] * ensemble.members)
+        batch = self.batcher.batch([rows] * ensemble.members, width)
         recorder = RowGradRecorder(len(rows) * ensemble.members, batch.input_ids.device)
         ensemble.set_recorder(recorder)
         try:
@@ -168,9 +181,11 @@ def train_and_collect(
     batcher = Batcher([encoded[i] for i in scorable], device)
     lengths = np.array([len(encoded[i].input_ids) for i in scorable], dtype=np.int64)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-    trainer = Trainer(ensemble, batcher, lengths, config, autocast, checkpoint)
-    collector = Collector(ensemble, batcher, lengths, config, autocast, checkpoint, topology)
-    stats = GradientStatistics()
+    budget = batch_tokens(config.batch_tokens, ensemble.model, device, dtype, "gradients")
+    trainer = Trainer(ensemble, batcher, lengths, config, autocast, checkpoint, budget)
+    collector = Collector(ensemble, batcher, lengths, config, autocast, checkpoint, topology,
+                          budget)
+    stats = GradientStatistics(batch_tokens=budget)
     collected: dict[int, Collected] = {}
     trainer.restore()
     with progress_bars(progress and comm.rank == 0) as bars:

@@ -2,6 +2,9 @@
 
 Each member minimises its own batch loss (the mean of its examples' losses), with its own
 gradient clipping; one AdamW over the stacked tensors is exactly M optimisers (elementwise).
+A step runs as micro-batches within the token budget: each backs up sum(its losses) / (the
+step's rows per member), so the accumulated gradient is the whole batch's mean; clipping and the
+optimiser step follow the last micro-batch.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from rich.progress import Progress
 
 from ..config import ScoreConfig
 from ..progress import advance_bar
-from .batching import Batcher, member_batches, step_widths
+from .batching import Batch, Batcher, member_batches, micro_batches
 from .checkpoint import Checkpoint, NullCheckpoint
 from .ensemble import LoRAEnsemble, linear_warmup_decay, per_example_losses
 
@@ -30,9 +33,10 @@ class Trainer:
 
     def __init__(self, ensemble: LoRAEnsemble, batcher: Batcher, lengths: np.ndarray,
                  config: ScoreConfig, autocast: torch.autocast,
-                 checkpoint: Checkpoint | NullCheckpoint) -> None:
+                 checkpoint: Checkpoint | NullCheckpoint, batch_tokens: int) -> None:
         self.ensemble, self.batcher, self.lengths = ensemble, batcher, lengths
         self.config, self.autocast, self.checkpoint = config, autocast, checkpoint
+        self.batch_tokens = batch_tokens
         self.n = len(lengths)
         self.steps_per_epoch = -(-self.n // config.batch_size)
         self.optimizer = torch.optim.AdamW(ensemble.parameters(), lr=config.lr, weight_decay=0.0)
@@ -64,7 +68,6 @@ class Trainer:
         config, ensemble = self.config, self.ensemble
         batches = member_batches(self.lengths, config.batch_size, config.members, config.seed,
                                  epoch, config.length_bucketing)
-        widths = step_widths(batches, self.lengths)
         mine = [batches[m] for m in ensemble.member_ids]
         first = (epoch - 1) * self.steps_per_epoch
         done_rows = sum(len(b) for b in mine[0][: self.step - first])
@@ -73,7 +76,10 @@ class Trainer:
         start = time.perf_counter()
         for k in range(self.step - first, self.steps_per_epoch):
             rows = len(mine[0][k])
-            self._step(self.batcher.batch([member[k] for member in mine], int(widths[k])), rows)
+            parts = micro_batches([member[k] for member in batches], self.lengths,
+                                  self.batch_tokens)
+            self._step([self.batcher.batch([member[k][part] for member in mine], width)
+                        for part, width in parts], rows)
             advance_bar(bars, task, rows, start, done_rows)
             at_end = k == self.steps_per_epoch - 1
             if self.checkpoint.due(self.step, at_end):
@@ -81,18 +87,22 @@ class Trainer:
                 self.checkpoint.save_train(self.step, self._member_payloads(),
                                            self._common_payload(), keep)
 
-    def _step(self, batch, rows: int) -> None:
+    def _step(self, micro: list[Batch], rows: int) -> None:
+        """One optimiser step over `rows` examples per member, given as micro-batches."""
         ensemble = self.ensemble
-        with self.autocast:
-            losses = per_example_losses(ensemble.model, batch.input_ids, batch.attention_mask,
-                                        batch.response_mask, batch.targets)
-        (losses.sum() / rows).backward()
+        losses = []
+        for batch in micro:
+            with self.autocast:
+                part = per_example_losses(ensemble.model, batch.input_ids, batch.attention_mask,
+                                          batch.response_mask, batch.targets)
+            (part.sum() / rows).backward()
+            losses.append(part.detach().view(ensemble.members, -1))
         ensemble.clip_per_member(self.config.grad_clip)
         self.optimizer.step()
         self.schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
         # kept on the device: no host sync per step
-        self.losses_pending.append(losses.detach().view(ensemble.members, rows).mean(1))
+        self.losses_pending.append(torch.cat(losses, 1).mean(1))
         self.step += 1
 
     def member_losses(self) -> dict[int, torch.Tensor]:
