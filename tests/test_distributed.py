@@ -41,11 +41,12 @@ def _options(proxy: str, members: int) -> list[str]:
     return options
 
 
-def _reference(data: Path, out: Path, proxy: str, members: int):
+def _reference(data: Path, out: Path, proxy: str, members: int, collect: str = "snapshot"):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        config = gf.ScoreConfig(proxy=proxy, members=members, device="cpu", **SETTINGS)
+        config = gf.ScoreConfig(proxy=proxy, members=members, device="cpu", collect=collect,
+                                **SETTINGS)
         return gf.score(data, out, config, progress=False)
     finally:
         torch.set_num_threads(threads)
@@ -64,15 +65,18 @@ def data(tmp_path_factory) -> Path:
     return write_json(tmp_path_factory.mktemp("dist") / "alpaca.json", alpaca_records(N_RECORDS))
 
 
-def test_two_ranks_split_three_members(tmp_path, data, gpt2_proxy):
+@pytest.mark.parametrize("collect", ["snapshot", "during"])
+def test_two_ranks_split_three_members(tmp_path, data, gpt2_proxy, collect):
     """Rank 0 holds members 0 and 2, rank 1 member 1; with a checkpoint directory, which a
-    single process then finishes from (the number of processes is not in the fingerprint)."""
+    single process then finishes from (the number of processes is not in the fingerprint).
+    With --collect during, each rank records its own members' statistics while training."""
     out, checkpoint = tmp_path / "stats.parquet", tmp_path / "ckpt"
     result = _torchrun("score", str(data), "--out", str(out), *_options(gpt2_proxy, 3),
-                       "--checkpoint-dir", str(checkpoint), "--checkpoint-every", "3")
+                       "--checkpoint-dir", str(checkpoint), "--checkpoint-every", "3",
+                       "--collect", collect)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.count("statistics table:") == 1  # rank 0 only
-    reference = _reference(data, tmp_path / "reference.parquet", gpt2_proxy, 3)
+    reference = _reference(data, tmp_path / "reference.parquet", gpt2_proxy, 3, collect)
     _assert_same_statistics(gf.load_stats(out), reference)
     record = json.loads(out.with_name(out.name + ".run.json").read_text())
     assert record["world_size"] == 2
@@ -80,10 +84,14 @@ def test_two_ranks_split_three_members(tmp_path, data, gpt2_proxy):
     assert sorted(p.name for p in final.iterdir()) == [
         "common.pt", "member0.pt", "member1.pt", "member2.pt"]
     shards = sorted(p.name for p in (checkpoint / "collect-e2").glob("*.npz"))
-    assert any(name.endswith("-m0_2.npz") for name in shards)
-    assert any(name.endswith("-m1.npz") for name in shards)
+    if collect == "snapshot":
+        assert any(name.endswith("-m0_2.npz") for name in shards)
+        assert any(name.endswith("-m1.npz") for name in shards)
+    else:
+        assert not shards  # no collection pass
 
-    config = gf.ScoreConfig(proxy=gpt2_proxy, members=3, device="cpu", **SETTINGS)
+    config = gf.ScoreConfig(proxy=gpt2_proxy, members=3, device="cpu", collect=collect,
+                            **SETTINGS)
     again = gf.score(data, tmp_path / "again.parquet", config, progress=False,
                      checkpoint_dir=checkpoint)
     _assert_same_statistics(again, reference)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import alpaca_records, write_json
 
 import gradfilter as gf
@@ -163,6 +164,38 @@ def test_killed_at_an_arbitrary_moment_then_resumed(tmp_path, data, gpt2_proxy, 
     _finish(args, logs)
     _assert_same_statistics(load_stats(out), reference)
     assert not list(checkpoint.rglob("*.tmp"))
+
+
+@pytest.fixture(scope="module")
+def during_reference(data, gpt2_proxy, tmp_path_factory):
+    """The uninterrupted --collect during run."""
+    config = gf.ScoreConfig(proxy=gpt2_proxy, device="cpu", collect="during", **SETTINGS)
+    return gf.score(data, tmp_path_factory.mktemp("during") / "stats.parquet", config,
+                    progress=False)
+
+
+def test_during_killed_inside_the_late_epoch_then_resumed(tmp_path, data, gpt2_proxy,
+                                                          during_reference):
+    """--collect during: the epoch in progress's statistics travel in the training checkpoints,
+    so a run killed in the middle of epoch t (statistics of t partly recorded) resumes to the
+    uninterrupted run's table, bit for bit; the finished directory rebuilds it."""
+    checkpoint, out, logs = tmp_path / "ckpt", tmp_path / "stats.parquet", tmp_path / "logs"
+    args = _cli_args(data, out, gpt2_proxy, checkpoint, collect="during")
+    proc = _launch(args, logs, sleep=0.25)
+    _wait_until(proc, lambda: _state(checkpoint).get("step", 0) >= 14, "a committed step >= 14")
+    assert _kill(proc) == -signal.SIGKILL
+    step = _state(checkpoint)["step"]
+    assert 14 <= step < TOTAL_STEPS and not out.exists()
+    payload = torch.load(checkpoint / f"train-{step:09d}" / "member1.pt", weights_only=True)
+    late = int(payload["recorded"]["2"]["filled"].sum())
+    assert 0 < late < N_RECORDS  # epoch 2 partly recorded
+    assert int(payload["recorded"]["1"]["filled"].sum()) == N_RECORDS
+    _finish(args, logs)
+    _assert_same_statistics(load_stats(out), during_reference)
+    again = gf.score(data, tmp_path / "again.parquet",
+                     gf.ScoreConfig(proxy=gpt2_proxy, device="cpu", collect="during",
+                                    **SETTINGS), progress=False, checkpoint_dir=checkpoint)
+    _assert_same_statistics(again, during_reference)
 
 
 def test_other_settings_on_resume_are_refused(tmp_path, data, gpt2_proxy):

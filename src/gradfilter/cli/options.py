@@ -11,6 +11,7 @@ import click
 
 from ..config import (
     METHODS,
+    CollectChoice,
     DeviceChoice,
     DtypeChoice,
     ScoreConfig,
@@ -134,6 +135,12 @@ def _score_option_table() -> dict[str, Callable]:
             "--bucket/--no-bucket", "length_bucketing", default=DEFAULTS.length_bucketing,
             show_default=True,
             help="Batch examples of similar length together (changes the scores)."),
+        "collect": _default(
+            "--collect", type=click.Choice(get_args(CollectChoice)),
+            help="during: each example's loss and gradient norm from the training passes of "
+                 "epochs s and t themselves (no extra pass, T epochs of cost); snapshot: a "
+                 "separate pass over the adapters after epochs s and t (T + 2). Changes the "
+                 "scores."),
         "save_adapters": click.option(
             "--save-adapters", type=click.Path(path_type=Path), default=None,
             help="Write every member's PEFT adapter at each collected epoch here."),

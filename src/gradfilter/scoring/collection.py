@@ -3,6 +3,8 @@
 After the early epoch s and the late epoch t, a collection pass (no parameter update, model in
 eval mode, its own batch size) records for every example i and member m the loss L_i^(m,e) and
 the squared norm n_i^(m,e) of the gradient of L_i alone, taken from the one batched backward.
+With `--collect during` there is no such pass: the training passes of epochs s and t record
+the same statistics as they go (trainer.py).
 """
 
 from __future__ import annotations
@@ -24,27 +26,9 @@ from .budget import batch_tokens
 from .checkpoint import Checkpoint, NullCheckpoint
 from .distributed import Comm, Topology
 from .ensemble import LoRAEnsemble, RowGradRecorder, per_example_losses
+from .statistics import Collected
 from .tokenization import Encoded
 from .trainer import Trainer
-
-
-@dataclass
-class Collected:
-    """One collection pass's results for some members: [examples, members] arrays."""
-
-    filled: np.ndarray  # bool: the value is there
-    losses: np.ndarray
-    sqnorms: np.ndarray
-
-    @classmethod
-    def empty(cls, n: int, members: int) -> Collected:
-        return cls(np.zeros((n, members), dtype=bool), np.full((n, members), np.nan),
-                   np.full((n, members), np.nan))
-
-    def put(self, rows: np.ndarray, column: int | slice, losses: np.ndarray,
-            sqnorms: np.ndarray) -> None:
-        self.losses[rows, column], self.sqnorms[rows, column] = losses, sqnorms
-        self.filled[rows, column] = True
 
 
 @dataclass
@@ -161,7 +145,9 @@ def train_and_collect(
     checkpoint: Checkpoint | NullCheckpoint | None = None,
     comm: Comm | None = None,
 ) -> GradientStatistics:
-    """Train every member for `epochs` epochs; after `early` and `late`, run a collection pass.
+    """Train every member for `epochs` epochs; after `early` and `late`, run a collection pass
+    (collect=snapshot), or take the statistics the training passes of those epochs recorded
+    (collect=during).
 
     `scorable` are the indices of examples with at least one response token; only they are
     trained on and measured. `on_collected(epoch)` runs after each collection, with the
@@ -194,7 +180,10 @@ def train_and_collect(
                 start = time.perf_counter()
                 trainer.train_epoch(epoch, bars)
                 stats.phase_seconds[f"train_epoch{epoch}"] = time.perf_counter() - start
-            if epoch in (config.early, config.late):
+            if epoch in (config.early, config.late) and config.collect == "during":
+                collected[epoch] = trainer.recorded_epoch(epoch)
+                _after_recorded(epoch, trainer, checkpoint, on_collected)
+            elif epoch in (config.early, config.late):
                 start = time.perf_counter()
                 collected[epoch] = collector.collect(epoch, bars, trainer.adapters_after(epoch),
                                                      on_collected)
@@ -203,6 +192,17 @@ def train_and_collect(
         checkpoint.mark_finished()
     _gather(stats, collected, trainer.member_losses(), topology, comm, config.members)
     return stats
+
+
+def _after_recorded(epoch: int, trainer: Trainer, checkpoint: Checkpoint | NullCheckpoint,
+                    on_collected: Callable[[int], None] | None) -> None:
+    """collect=during: what a collection pass does after its statistics, without the pass:
+    the adapter export at the end of `epoch`, and the checkpoint's record of it."""
+    if on_collected is not None:
+        with trainer.adapters_after(epoch):
+            on_collected(epoch)
+    if epoch not in checkpoint.manifest.collected:
+        checkpoint.mark_collected(epoch)
 
 
 def _gather(stats: GradientStatistics, collected: dict[int, Collected],
