@@ -122,3 +122,21 @@ def test_auto_budget_on_cpu_is_fixed_and_fits_memory(gpt2_proxy):
     estimate = gradient_bytes_per_token(SmolLM2, torch.float32)
     assert 2.0e6 < estimate < 3.2e6
     assert gradient_bytes_per_token(SmolLM2, torch.bfloat16) < 0.6 * estimate
+
+
+def test_auto_budget_on_cuda_follows_the_device_memory(monkeypatch, gpt2_proxy):
+    """No GPU here: the device's properties are stood in for; the rule is arithmetic."""
+    model = load_model(gpt2_proxy, torch.device("cpu"))
+
+    class Properties:
+        total_memory = 80 * 10**9
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Properties)
+    cuda = torch.device("cuda")
+    train = auto_batch_tokens(model, cuda, torch.bfloat16, "gradients")
+    forward = auto_batch_tokens(model, cuda, torch.bfloat16, "forward")
+    per_token = gradient_bytes_per_token(model.config, torch.bfloat16)
+    assert train % 256 == 0 and train <= 0.5 * Properties.total_memory / per_token < train + 256
+    assert train < forward <= 4 * train + 256
+    Properties.total_memory = 40 * 10**9
+    assert auto_batch_tokens(model, cuda, torch.bfloat16, "gradients") < train

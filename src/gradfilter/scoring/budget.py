@@ -11,7 +11,8 @@ machine always cuts the same micro-batches and gives the same numbers, bit for b
   Large padded batches are slower on a CPU: every big activation is a fresh mmap the kernel
   must zero, and the working set leaves the caches.
 - CUDA: half of the device's memory, less the weights, divided by the bytes per token; a
-  forward-only pass gets four times that (it keeps no activations), capped by its logits.
+  forward-only pass gets four times that (it keeps no activations), capped where its logits
+  (10 bytes x vocabulary per token) would fill the same half.
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ def auto_batch_tokens(model: torch.nn.Module, device: torch.device, dtype: torch
         total = torch.cuda.get_device_properties(device).total_memory
         weights = sum(p.numel() * p.element_size() for p in model.parameters())
         tokens = CUDA_MEMORY_SHARE * (total - weights) / per_token
-        if purpose == "forward":
-            logits = 8.0 * model.config.vocab_size
+        if purpose == "forward":  # bf16 logits, their float32 copy and its log-softmax
+            logits = 10.0 * model.config.vocab_size
             tokens = min(4 * tokens, CUDA_MEMORY_SHARE * (total - weights) / logits)
         return max(MIN_TOKENS, int(tokens) // MIN_TOKENS * MIN_TOKENS)
     if purpose == "forward":  # what a forward-only micro-batch holds at once: its logits
