@@ -43,10 +43,15 @@ def _reference_ifd(model, tokenizer, prompt: str, response: str) -> tuple[float,
     return conditional, alone
 
 
-def test_ifd_batched_equals_one_example_at_a_time(tmp_path, gpt2_proxy):
+@pytest.mark.parametrize("batch_tokens", [None, 150])
+def test_ifd_batched_equals_one_example_at_a_time(tmp_path, gpt2_proxy, batch_tokens):
+    """Batches of 5 rows, whole (auto budget) or cut into micro-batches of 1-2 rows (150)."""
     records = alpaca_records(13)
     table = gf.score(write_json(tmp_path / "a.json", records), tmp_path / "ifd.parquet",
-                     _config(gpt2_proxy), method="ifd", progress=False)
+                     _config(gpt2_proxy, batch_tokens=batch_tokens), method="ifd",
+                     progress=False)
+    run = json.loads((tmp_path / "ifd.parquet.run.json").read_text())
+    assert run["batch_tokens"] == batch_tokens or batch_tokens is None
     model, tokenizer = load_model(gpt2_proxy, torch.device("cpu")), load_tokenizer(gpt2_proxy)
     for i, record in enumerate(records):
         prompt = record["instruction"] + "\n" + (record["input"] + "\n" if record["input"] else "")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import alpaca_records, write_json
 
 import gradfilter as gf
@@ -21,7 +22,10 @@ from gradfilter.scoring.checkpoint import SLEEP_HOOK
 from gradfilter.table import load_stats
 
 N_RECORDS = 40  # 10 optimiser steps per epoch, 10 collection batches per collected epoch
-SETTINGS = dict(members=2, lora_rank=2, batch_size=4, collect_batch_size=4, lr=5e-3, seed=3)
+# batch_tokens 500: most steps and collection batches (8 rows of 52-177 tokens) run as 2-4
+# micro-batches, so a kill can land between a step's micro-batches too.
+SETTINGS = dict(members=2, lora_rank=2, batch_size=4, collect_batch_size=4, lr=5e-3, seed=3,
+                batch_tokens=500)
 TOTAL_STEPS = 2 * N_RECORDS // SETTINGS["batch_size"]
 
 
@@ -162,6 +166,38 @@ def test_killed_at_an_arbitrary_moment_then_resumed(tmp_path, data, gpt2_proxy, 
     assert not list(checkpoint.rglob("*.tmp"))
 
 
+@pytest.fixture(scope="module")
+def during_reference(data, gpt2_proxy, tmp_path_factory):
+    """The uninterrupted --collect during run."""
+    config = gf.ScoreConfig(proxy=gpt2_proxy, device="cpu", collect="during", **SETTINGS)
+    return gf.score(data, tmp_path_factory.mktemp("during") / "stats.parquet", config,
+                    progress=False)
+
+
+def test_during_killed_inside_the_late_epoch_then_resumed(tmp_path, data, gpt2_proxy,
+                                                          during_reference):
+    """--collect during: the epoch in progress's statistics travel in the training checkpoints,
+    so a run killed in the middle of epoch t (statistics of t partly recorded) resumes to the
+    uninterrupted run's table, bit for bit; the finished directory rebuilds it."""
+    checkpoint, out, logs = tmp_path / "ckpt", tmp_path / "stats.parquet", tmp_path / "logs"
+    args = _cli_args(data, out, gpt2_proxy, checkpoint, collect="during")
+    proc = _launch(args, logs, sleep=0.25)
+    _wait_until(proc, lambda: _state(checkpoint).get("step", 0) >= 14, "a committed step >= 14")
+    assert _kill(proc) == -signal.SIGKILL
+    step = _state(checkpoint)["step"]
+    assert 14 <= step < TOTAL_STEPS and not out.exists()
+    payload = torch.load(checkpoint / f"train-{step:09d}" / "member1.pt", weights_only=True)
+    late = int(payload["recorded"]["2"]["filled"].sum())
+    assert 0 < late < N_RECORDS  # epoch 2 partly recorded
+    assert int(payload["recorded"]["1"]["filled"].sum()) == N_RECORDS
+    _finish(args, logs)
+    _assert_same_statistics(load_stats(out), during_reference)
+    again = gf.score(data, tmp_path / "again.parquet",
+                     gf.ScoreConfig(proxy=gpt2_proxy, device="cpu", collect="during",
+                                    **SETTINGS), progress=False, checkpoint_dir=checkpoint)
+    _assert_same_statistics(again, during_reference)
+
+
 def test_other_settings_on_resume_are_refused(tmp_path, data, gpt2_proxy):
     checkpoint = tmp_path / "ckpt"
     config = gf.ScoreConfig(proxy=gpt2_proxy, device="cpu", **{**SETTINGS, "members": 1})
@@ -187,7 +223,8 @@ def test_other_settings_on_resume_are_refused(tmp_path, data, gpt2_proxy):
     with pytest.raises(gf.GradfilterError, match=r"made with records=40, data_sha256=\w{12}, "
                                                  r"this run has records=39, data_sha256="):
         gf.score(other, out, config, progress=False, checkpoint_dir=checkpoint)
-    # What changes no number may change: checkpoint frequency.
-    table = gf.score(data, out, config, progress=False, checkpoint_dir=checkpoint,
-                     checkpoint_every=3)
+    # What changes no number (beyond float rounding) may change: checkpoint frequency, the
+    # micro-batch budget.
+    table = gf.score(data, out, replace(config, batch_tokens=10**6), progress=False,
+                     checkpoint_dir=checkpoint, checkpoint_every=3)
     assert table.num_rows == N_RECORDS

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 from conftest import alpaca_records, cli_process, write_json
 
 
@@ -24,3 +25,34 @@ def test_bench_speed_reports_every_path_and_naive_agrees_with_fused(tmp_path, gp
     assert report["fused_over_naive"] > 0
     assert "a/b (fused throughput / naive throughput)" in result.stdout
     assert (tmp_path / "speed.json.run.json").is_file()
+
+
+def test_bench_speed_compares_during_with_snapshot(tmp_path, gpt2_proxy):
+    data = write_json(tmp_path / "a.json", alpaca_records(10))
+    out = tmp_path / "speed.json"
+    result = cli_process("bench", "speed", str(data), "--proxy", gpt2_proxy, "--members", "2",
+                         "--lora-rank", "2", "--batch-size", "2", "--lr", "0.01",
+                         "--max-length", "200", "--device", "cpu", "--paths",
+                         "during,snapshot", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert set(report["paths"]) == {"during", "snapshot"} and report["during_over_snapshot"] > 0
+    assert not any(k.startswith("collect_") for k in report["during_phase_seconds"])
+    assert "collect_epoch2" in report["snapshot_phase_seconds"]
+    agreement = report["during_vs_snapshot_agreement"]
+    assert set(agreement) >= {"gsnr", "gsnr-cv"}
+    for figures in agreement.values():
+        assert -1 <= figures["spearman"] <= 1 and 0 <= figures["top_overlap"] <= 1
+    assert "during vs snapshot, gsnr-cv: Spearman" in result.stdout
+
+
+def test_rank_agreement():
+    from gradfilter.bench.speed import rank_agreement
+
+    x = np.arange(20.0)
+    assert rank_agreement(x, 2 * x + 1) == {"spearman": 1.0, "top_overlap": 1.0}
+    reverse = rank_agreement(x, -x)
+    assert reverse["spearman"] == -1.0 and reverse["top_overlap"] == 0.0
+    swapped = x.copy()
+    swapped[[19, 0]] = swapped[[0, 19]]  # the top one leaves the top 2
+    assert rank_agreement(x, swapped)["top_overlap"] == 0.5

@@ -17,6 +17,7 @@ DeviceChoice = Literal["auto", "cpu", "cuda"]
 DtypeChoice = Literal["auto", "float32", "bfloat16"]
 TemplateChoice = Literal["auto", "plain", "chat"]
 TurnsChoice = Literal["all", "last"]
+CollectChoice = Literal["during", "snapshot"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,12 @@ class ScoreConfig:
     template: TemplateChoice = "auto"
     turns: TurnsChoice = "all"
     length_bucketing: bool = True
+    # method.md §3: the gradients of the training passes of epochs s and t themselves
+    # (during), or a separate pass over frozen snapshots after them (snapshot).
+    collect: CollectChoice = "snapshot"
+    # Padded tokens per micro-batch (all M members' rows together); None: chosen from the
+    # device and the proxy (scoring/budget.py). Changes no number beyond float rounding.
+    batch_tokens: int | None = None
 
     def validate(self) -> None:
         positive = ("members", "epochs", "lora_rank", "batch_size", "collect_batch_size",
@@ -54,10 +61,13 @@ class ScoreConfig:
                 f"need 1 <= --early < --late <= --epochs, got early={self.early}, "
                 f"late={self.late}, epochs={self.epochs}"
             )
+        if self.batch_tokens is not None and self.batch_tokens < 1:
+            raise GradfilterError("--batch-tokens must be auto or at least 1")
         if self.lr <= 0 or self.lora_alpha <= 0:
             raise GradfilterError("--lr and --lora-alpha must be positive")
         for name, kind in (("device", DeviceChoice), ("dtype", DtypeChoice),
-                           ("template", TemplateChoice), ("turns", TurnsChoice)):
+                           ("template", TemplateChoice), ("turns", TurnsChoice),
+                           ("collect", CollectChoice)):
             if getattr(self, name) not in get_args(kind):
                 raise GradfilterError(f"--{name} must be one of {list(get_args(kind))}, got "
                                       f"{getattr(self, name)!r}")

@@ -6,7 +6,11 @@
     model (logits at every position, as the model's forward gives them), then one
     `backward()` of the model's own loss per example and member in each collection pass,
     squared norms summed over the LoRA gradients;
-(c) ifd: the forward-only IFD baseline (two forward passes per example).
+(c) ifd: the forward-only IFD baseline (two forward passes per example);
+(d) during / snapshot: the fused path with `--collect during` (statistics from the training
+    passes themselves) or `--collect snapshot` (two extra collection passes); with both, the
+    throughput ratio and how far the two modes' utilities agree (Spearman's rank correlation,
+    overlap of the top 10%).
 
 All three run in one process on the same tokenised data and proxy. Each path's wall time
 counts only its own work (the proxy is loaded before), and its peak memory is the process's
@@ -18,7 +22,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -30,6 +34,7 @@ from ..config import ScoreConfig
 from ..progress import progress_bars
 from ..scoring.baselines import proxy_forward
 from ..scoring.batching import Batcher, member_batches
+from ..scoring.budget import batch_tokens
 from ..scoring.collection import GradientStatistics, train_and_collect
 from ..scoring.ensemble import LoRAEnsemble, linear_warmup_decay
 from ..scoring.proxy import (
@@ -41,6 +46,7 @@ from ..scoring.proxy import (
 )
 from ..scoring.tokenization import Encoded
 from ..scoring.trainer import WARMUP_RATIO
+from ..utilities import compute_utilities
 
 BF16_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
 
@@ -99,6 +105,25 @@ def measured(name: str, work: Callable[[], object], encoded: list[Encoded], row_
     tokens = sum(len(item.input_ids) for item in encoded)
     return PathTiming(name, seconds, len(encoded), tokens, host_peak_mib(), device_peak,
                       row_tokens), result
+
+
+def rank_agreement(a: np.ndarray, b: np.ndarray, top: float = 0.1) -> dict[str, float]:
+    """Spearman's rank correlation (ordinal ranks: continuous scores have no ties) and the
+    share of the top `top` fraction (highest first, ties by position, as `select` ranks)
+    that the two orders have in common."""
+    ranks = [np.argsort(np.argsort(x, kind="stable"), kind="stable") for x in (a, b)]
+    k = max(1, int(np.floor(top * len(a) + 0.5)))
+    first, second = (set(np.argsort(-x, kind="stable")[:k].tolist()) for x in (a, b))
+    return {"spearman": float(np.corrcoef(*ranks)[0, 1]), "top_overlap": len(first & second) / k}
+
+
+def mode_agreement(during: GradientStatistics, snapshot: GradientStatistics,
+                   config: ScoreConfig) -> dict[str, dict[str, float]]:
+    """Per utility, how far the during and snapshot rankings agree."""
+    utilities = [compute_utilities(stats.sqnorms[config.early], stats.sqnorms[config.late])
+                 for stats in (during, snapshot)]
+    return {name: rank_agreement(utilities[0][name], utilities[1][name])
+            for name in utilities[0]}
 
 
 def fused_path(model, encoded, config: ScoreConfig, device, dtype) -> GradientStatistics:
@@ -177,8 +202,10 @@ def full_logits_losses(network, batch) -> torch.Tensor:
 
 
 def ifd_path(model, tokenizer, encoded, config: ScoreConfig, device, dtype) -> np.ndarray:
+    budget = batch_tokens(config.batch_tokens, model, device, dtype, "forward")
     with progress_bars(False) as bars:
-        forward = proxy_forward(model, tokenizer, config.collect_batch_size, device, dtype, bars)
+        forward = proxy_forward(model, tokenizer, config.collect_batch_size, device, dtype, bars,
+                                budget)
         return np.exp(forward(encoded)) / np.exp(forward(encoded, response_only=True))
 
 
@@ -210,14 +237,22 @@ def run_speed_benchmark(encoded: list[Encoded], config: ScoreConfig, paths: tupl
     # Every training epoch and collection pass runs each member's copy of every example.
     gradient_row_tokens = tokens * config.members * (config.epochs + 2)
     # Frozen backbone: forward 2P and input-gradient backward 2P per token.
-    flops = {"fused": 4.0 * params, "naive": 4.0 * params, "ifd": 2.0 * params}
+    flops = {"fused": 4.0 * params, "naive": 4.0 * params, "ifd": 2.0 * params,
+             "during": 4.0 * params, "snapshot": 4.0 * params}
     row_tokens = {"fused": gradient_row_tokens, "naive": gradient_row_tokens,
-                  "ifd": tokens + sum(int(item.response_mask.sum()) + 1 for item in encoded)}
+                  "ifd": tokens + sum(int(item.response_mask.sum()) + 1 for item in encoded),
+                  "snapshot": gradient_row_tokens,
+                  "during": tokens * config.members * config.epochs}
+    if config.collect == "during":
+        row_tokens["fused"] = row_tokens["during"]
     timings, outputs = {}, {}
     for name in paths:
         log(f"{name}: running on {len(encoded)} examples ({tokens} tokens)")
         if name == "fused":
             work = partial(fused_path, copy.deepcopy(model), encoded, config, device, dtype)
+        elif name in ("during", "snapshot"):
+            work = partial(fused_path, copy.deepcopy(model), encoded,
+                           replace(config, collect=name), device, dtype)
         elif name == "naive":
             work = partial(naive_path, model, encoded, config, device, dtype)
         else:
@@ -246,6 +281,13 @@ def run_speed_benchmark(encoded: list[Encoded], config: ScoreConfig, paths: tupl
         report["fused_phase_seconds"] = outputs["fused"].phase_seconds
     if "fused" in timings and "ifd" in timings:
         report["fused_over_ifd"] = timings["ifd"].seconds / timings["fused"].seconds
+    if "during" in timings and "snapshot" in timings:
+        report["during_over_snapshot"] = timings["snapshot"].seconds / timings["during"].seconds
+        report["during_vs_snapshot_agreement"] = mode_agreement(outputs["during"],
+                                                                outputs["snapshot"], config)
+    for name in ("during", "snapshot"):
+        if name in timings:
+            report[f"{name}_phase_seconds"] = outputs[name].phase_seconds
     return report
 
 
@@ -268,6 +310,12 @@ def speed_table(report: dict) -> str:
             f"{name} {seconds:.1f}" for name, seconds in report["fused_phase_seconds"].items()))
     if "fused_over_ifd" in report:
         lines.append(f"a/c (fused throughput / IFD throughput): {report['fused_over_ifd']:.3f}")
+    if "during_over_snapshot" in report:
+        lines.append(f"during throughput / snapshot throughput: "
+                     f"{report['during_over_snapshot']:.2f}x")
+        for name, agreement in report["during_vs_snapshot_agreement"].items():
+            lines.append(f"during vs snapshot, {name}: Spearman {agreement['spearman']:.3f}, "
+                         f"top-10% overlap {agreement['top_overlap']:.2f}")
     return "\n".join(lines) + "\n"
 
 

@@ -90,8 +90,9 @@ def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_s
 @bench.command()
 @click.argument("data")
 @click.option("--paths", default="fused,naive,ifd", show_default=True,
-              help="fused (gradfilter), naive (PEFT per member, one backward per example), "
-                   "ifd (forward only).")
+              help="fused (gradfilter, as --collect says), naive (PEFT per member, one "
+                   "backward per example), ifd (forward only), during and snapshot (the fused "
+                   "path in each --collect mode; both: their speed ratio and rank agreement).")
 @click.option("--tokenizer", default=None,
               help="With --proxy random-gpt2[:LAYERS:WIDTH]: whose tokenizer to use "
                    "(default: the demo's SmolLM2).")

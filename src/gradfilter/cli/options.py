@@ -11,6 +11,7 @@ import click
 
 from ..config import (
     METHODS,
+    CollectChoice,
     DeviceChoice,
     DtypeChoice,
     ScoreConfig,
@@ -71,6 +72,23 @@ def select_options(command: Callable) -> Callable:
     ])
 
 
+class BatchTokens(click.ParamType):
+    """`auto` (None: chosen from the device and the proxy) or a positive integer."""
+
+    name = "auto|INTEGER"
+
+    def convert(self, value: Any, param, ctx) -> int | None:
+        if value is None or value == "auto":
+            return None
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            number = 0
+        if number < 1:
+            self.fail(f"must be auto or a positive integer, got {value!r}", param, ctx)
+        return number
+
+
 def _default(name: str, **kwargs: Any) -> Callable:
     """An option whose default is ScoreConfig's field of the same name."""
     field = name.lstrip("-").replace("-", "_")
@@ -101,6 +119,12 @@ def _score_option_table() -> dict[str, Callable]:
             "--collect-batch-size", type=int,
             help="Batch size of gradient collection and of forward-only (baseline) passes."),
         "max_length": _default("--max-length", type=int),
+        "batch_tokens": click.option(
+            "--batch-tokens", type=BatchTokens(), default="auto", show_default=True,
+            help="Padded tokens per micro-batch, all members' rows together (auto: from the "
+                 "device and the proxy, see docs/performance.md). Training still steps once "
+                 "per --batch-size examples per member (gradients accumulate); changes no "
+                 "number beyond float rounding."),
         "grad_clip": _default("--grad-clip", type=float),
         "seed": _default("--seed", type=int),
         "device": _default("--device", type=click.Choice(get_args(DeviceChoice))),
@@ -112,6 +136,12 @@ def _score_option_table() -> dict[str, Callable]:
             "--bucket/--no-bucket", "length_bucketing", default=DEFAULTS.length_bucketing,
             show_default=True,
             help="Batch examples of similar length together (changes the scores)."),
+        "collect": _default(
+            "--collect", type=click.Choice(get_args(CollectChoice)),
+            help="during: each example's loss and gradient norm from the training passes of "
+                 "epochs s and t themselves (no extra pass, T epochs of cost); snapshot: a "
+                 "separate pass over the adapters after epochs s and t (T + 2). Changes the "
+                 "scores."),
         "save_adapters": click.option(
             "--save-adapters", type=click.Path(path_type=Path), default=None,
             help="Write every member's PEFT adapter at each collected epoch here."),

@@ -8,7 +8,8 @@
 
 PPL(y) scores the same response tokens as PPL(y|x), preceded by one start token (the
 tokenizer's BOS, else its EOS) instead of the prompt, so both perplexities average over
-exactly the same tokens. Both are forward-only passes over length-sorted batches.
+exactly the same tokens. Both are forward-only passes over length-sorted batches, each run in
+micro-batches within the forward pass's token budget (`--batch-tokens`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ..config import BASELINES
 from ..errors import GradfilterError
 from ..progress import advance_bar
 from ..seeds import RANDOM_STREAM, derived_seed
-from .batching import Batcher, collection_batches
+from .batching import Batcher, collection_batches, micro_batches
 from .ensemble import per_example_losses
 from .tokenization import Encoded
 
@@ -50,12 +51,14 @@ def start_token(tokenizer) -> int:
     return int(start)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def mean_nll(model: torch.nn.Module, encoded: Sequence[Encoded], batch_size: int,
-             device: torch.device, dtype: torch.dtype, on_batch=None) -> np.ndarray:
+             device: torch.device, dtype: torch.dtype, batch_tokens: int,
+             on_batch=None) -> np.ndarray:
     """Each example's mean cross-entropy over its response tokens, in `encoded`'s order.
 
-    Batches are cut longest first, as in a collection pass, so that each pads little.
+    Batches are cut longest first, as in a collection pass, so that each pads little, and run
+    in micro-batches of at most `batch_tokens` padded tokens.
     """
     lengths = np.array([len(item.input_ids) for item in encoded], dtype=np.int64)
     batches = collection_batches(lengths, batch_size, bucketing=True)
@@ -63,10 +66,11 @@ def mean_nll(model: torch.nn.Module, encoded: Sequence[Encoded], batch_size: int
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     results = []
     for rows in batches:
-        batch = batcher.batch([rows])
-        with autocast:
-            results.append(per_example_losses(model, batch.input_ids, batch.attention_mask,
-                                              batch.response_mask, batch.targets))
+        for part, width in micro_batches([rows], lengths, batch_tokens):
+            batch = batcher.batch([rows[part]], width)
+            with autocast:
+                results.append(per_example_losses(model, batch.input_ids, batch.attention_mask,
+                                                  batch.response_mask, batch.targets))
         if on_batch is not None:
             on_batch(len(rows))
     nll = np.empty(len(encoded), dtype=np.float64)
@@ -109,7 +113,7 @@ def baseline_columns(method: str, encoded: Sequence[Encoded], scorable: np.ndarr
 
 
 def proxy_forward(model, tokenizer, batch_size: int, device: torch.device, dtype: torch.dtype,
-                  bars) -> Callable[..., np.ndarray]:
+                  bars, batch_tokens: int) -> Callable[..., np.ndarray]:
     """The `forward` of baseline_columns over a loaded proxy, with a progress bar per pass."""
     start_id = start_token(tokenizer)
 
@@ -119,7 +123,7 @@ def proxy_forward(model, tokenizer, batch_size: int, device: torch.device, dtype
         name = "PPL(y) of the response alone" if response_only else "PPL(y|x)"
         task = bars.add_task(name, total=len(items), rate="")
         started = time.perf_counter()
-        return mean_nll(model, items, batch_size, device, dtype,
+        return mean_nll(model, items, batch_size, device, dtype, batch_tokens,
                         lambda rows: advance_bar(bars, task, rows, started))
 
     return forward

@@ -4,12 +4,18 @@ Member m's numbers never depend on which other members share its batch: its data
 seeded by (seed, m, epoch) only, and every padded width is a function of the step and of all
 M members' orders (which every process can compute), not of the members a process holds. So a
 torchrun rank holding a subset of members pads exactly as a one-process run does.
+
+Micro-batches: a batch (M members' rows of a training step, or a collection batch seen by all M
+members) runs as micro-batches whose padded token count, over all M members' rows, stays within
+a token budget. Each member's rows are cut into the same consecutive chunks, chosen from the
+batch's all-member width and M, so the cut too is the same in every process.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -115,6 +121,25 @@ def step_widths(batches: list[list[np.ndarray]], lengths: np.ndarray) -> np.ndar
     """The padded width of each training step: its longest example over all M members."""
     return np.array([max(int(lengths[member[k]].max()) for member in batches)
                      for k in range(len(batches[0]))])
+
+
+def row_chunks(rows: int, width: int, members: int, budget: int) -> list[slice]:
+    """Cut `rows` rows per member into near-equal consecutive chunks such that `members` x
+    chunk rows x `width` stays within `budget` tokens (one row per member at the least)."""
+    per_chunk = max(1, budget // (members * width))
+    count = -(-rows // per_chunk)
+    bounds = np.cumsum([0] + [rows // count + (k < rows % count) for k in range(count)])
+    return [slice(int(a), int(b)) for a, b in pairwise(bounds)]
+
+
+def micro_batches(batches: Sequence[np.ndarray], lengths: np.ndarray,
+                  budget: int) -> list[tuple[slice, int]]:
+    """A step's micro-batches: (row slice of each member's batch, padded width), from all M
+    members' `batches` of the step (equal sizes). The width of a micro-batch is its longest
+    row over the M members, so it is the same in every process whichever members it holds."""
+    width = max(int(lengths[b].max()) for b in batches)
+    return [(part, max(int(lengths[b[part]].max()) for b in batches))
+            for part in row_chunks(len(batches[0]), width, len(batches), budget)]
 
 
 def collection_batches(lengths: np.ndarray, batch_size: int, bucketing: bool) -> list[np.ndarray]:

@@ -3,6 +3,8 @@
 After the early epoch s and the late epoch t, a collection pass (no parameter update, model in
 eval mode, its own batch size) records for every example i and member m the loss L_i^(m,e) and
 the squared norm n_i^(m,e) of the gradient of L_i alone, taken from the one batched backward.
+With `--collect during` there is no such pass: the training passes of epochs s and t record
+the same statistics as they go (trainer.py).
 """
 
 from __future__ import annotations
@@ -19,31 +21,14 @@ from rich.progress import Progress
 from ..config import ScoreConfig
 from ..errors import GradfilterError
 from ..progress import advance_bar, progress_bars
-from .batching import Batcher, collection_batches
+from .batching import Batcher, collection_batches, micro_batches
+from .budget import batch_tokens
 from .checkpoint import Checkpoint, NullCheckpoint
 from .distributed import Comm, Topology
 from .ensemble import LoRAEnsemble, RowGradRecorder, per_example_losses
+from .statistics import Collected
 from .tokenization import Encoded
 from .trainer import Trainer
-
-
-@dataclass
-class Collected:
-    """One collection pass's results for some members: [examples, members] arrays."""
-
-    filled: np.ndarray  # bool: the value is there
-    losses: np.ndarray
-    sqnorms: np.ndarray
-
-    @classmethod
-    def empty(cls, n: int, members: int) -> Collected:
-        return cls(np.zeros((n, members), dtype=bool), np.full((n, members), np.nan),
-                   np.full((n, members), np.nan))
-
-    def put(self, rows: np.ndarray, column: int | slice, losses: np.ndarray,
-            sqnorms: np.ndarray) -> None:
-        self.losses[rows, column], self.sqnorms[rows, column] = losses, sqnorms
-        self.filled[rows, column] = True
 
 
 @dataclass
@@ -54,6 +39,7 @@ class GradientStatistics:
     sqnorms: dict[int, np.ndarray] = field(default_factory=dict)
     phase_seconds: dict[str, float] = field(default_factory=dict)
     train_losses: list[float] = field(default_factory=list)  # per step, mean over members
+    batch_tokens: int = 0  # the micro-batch token budget used
 
 
 class Collector:
@@ -61,10 +47,12 @@ class Collector:
 
     def __init__(self, ensemble: LoRAEnsemble, batcher: Batcher, lengths: np.ndarray,
                  config: ScoreConfig, autocast: torch.autocast,
-                 checkpoint: Checkpoint | NullCheckpoint, topology: Topology) -> None:
+                 checkpoint: Checkpoint | NullCheckpoint, topology: Topology,
+                 batch_tokens: int) -> None:
         self.ensemble, self.batcher, self.lengths = ensemble, batcher, lengths
         self.config, self.autocast = config, autocast
         self.checkpoint, self.topology = checkpoint, topology
+        self.batch_tokens = batch_tokens
 
     def collect(self, epoch: int, bars: Progress, adapters: AbstractContextManager,
                 on_collected: Callable[[int], None] | None = None) -> Collected:
@@ -117,9 +105,18 @@ class Collector:
 
     def _measure(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Every held member's loss and squared gradient norm for `rows`, member-major, left
-        on the device."""
+        on the device; computed in micro-batches within the token budget (cut as if all M
+        members were held)."""
+        held = self.ensemble.members
+        parts = [self._measure_micro(rows[part], width) for part, width in
+                 micro_batches([rows] * self.config.members, self.lengths, self.batch_tokens)]
+        losses = torch.cat([p[0].view(held, -1) for p in parts], 1)
+        sqnorms = torch.cat([p[1].view(held, -1) for p in parts], 1)
+        return losses.view(-1), sqnorms.view(-1)
+
+    def _measure_micro(self, rows: np.ndarray, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         ensemble = self.ensemble
-        batch = self.batcher.batch([rows] * ensemble.members)
+        batch = self.batcher.batch([rows] * ensemble.members, width)
         recorder = RowGradRecorder(len(rows) * ensemble.members, batch.input_ids.device)
         ensemble.set_recorder(recorder)
         try:
@@ -148,7 +145,9 @@ def train_and_collect(
     checkpoint: Checkpoint | NullCheckpoint | None = None,
     comm: Comm | None = None,
 ) -> GradientStatistics:
-    """Train every member for `epochs` epochs; after `early` and `late`, run a collection pass.
+    """Train every member for `epochs` epochs; after `early` and `late`, run a collection pass
+    (collect=snapshot), or take the statistics the training passes of those epochs recorded
+    (collect=during).
 
     `scorable` are the indices of examples with at least one response token; only they are
     trained on and measured. `on_collected(epoch)` runs after each collection, with the
@@ -168,9 +167,11 @@ def train_and_collect(
     batcher = Batcher([encoded[i] for i in scorable], device)
     lengths = np.array([len(encoded[i].input_ids) for i in scorable], dtype=np.int64)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-    trainer = Trainer(ensemble, batcher, lengths, config, autocast, checkpoint)
-    collector = Collector(ensemble, batcher, lengths, config, autocast, checkpoint, topology)
-    stats = GradientStatistics()
+    budget = batch_tokens(config.batch_tokens, ensemble.model, device, dtype, "gradients")
+    trainer = Trainer(ensemble, batcher, lengths, config, autocast, checkpoint, budget)
+    collector = Collector(ensemble, batcher, lengths, config, autocast, checkpoint, topology,
+                          budget)
+    stats = GradientStatistics(batch_tokens=budget)
     collected: dict[int, Collected] = {}
     trainer.restore()
     with progress_bars(progress and comm.rank == 0) as bars:
@@ -179,7 +180,10 @@ def train_and_collect(
                 start = time.perf_counter()
                 trainer.train_epoch(epoch, bars)
                 stats.phase_seconds[f"train_epoch{epoch}"] = time.perf_counter() - start
-            if epoch in (config.early, config.late):
+            if epoch in (config.early, config.late) and config.collect == "during":
+                collected[epoch] = trainer.recorded_epoch(epoch)
+                _after_recorded(epoch, trainer, checkpoint, on_collected)
+            elif epoch in (config.early, config.late):
                 start = time.perf_counter()
                 collected[epoch] = collector.collect(epoch, bars, trainer.adapters_after(epoch),
                                                      on_collected)
@@ -188,6 +192,17 @@ def train_and_collect(
         checkpoint.mark_finished()
     _gather(stats, collected, trainer.member_losses(), topology, comm, config.members)
     return stats
+
+
+def _after_recorded(epoch: int, trainer: Trainer, checkpoint: Checkpoint | NullCheckpoint,
+                    on_collected: Callable[[int], None] | None) -> None:
+    """collect=during: what a collection pass does after its statistics, without the pass:
+    the adapter export at the end of `epoch`, and the checkpoint's record of it."""
+    if on_collected is not None:
+        with trainer.adapters_after(epoch):
+            on_collected(epoch)
+    if epoch not in checkpoint.manifest.collected:
+        checkpoint.mark_collected(epoch)
 
 
 def _gather(stats: GradientStatistics, collected: dict[int, Collected],

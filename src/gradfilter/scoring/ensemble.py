@@ -30,10 +30,14 @@ class RowGradRecorder:
     For a row i with layer input x_i [T, in], LoRA hidden h_i = x_i A^T [T, r] and LoRA
     output u_i = h_i B^T [T, out]: grad A_i = (dL/dh_i)^T x_i and grad B_i = (dL/du_i)^T h_i.
     Both are r x (in + out) numbers per row, so they are formed exactly and squared in float32.
+    `scale` multiplies the backward's gradients before they are squared: a backward of
+    `sum_i L_i / b` (a training micro-batch) gives each row grad L_i / b, so scale b records
+    ||grad L_i||^2 itself.
     """
 
-    def __init__(self, rows: int, device: torch.device) -> None:
+    def __init__(self, rows: int, device: torch.device, scale: float = 1.0) -> None:
         self.rows = rows
+        self.scale = scale
         self.sqnorms = torch.zeros(rows, dtype=torch.float32, device=device)
 
     def watch(self, x: torch.Tensor, h: torch.Tensor, u: torch.Tensor) -> None:
@@ -44,7 +48,10 @@ class RowGradRecorder:
         u.register_hook(lambda grad: self._add(grad.reshape(rows, -1, grad.shape[-1]), h_rows))
 
     def _add(self, out_grad: torch.Tensor, inputs: torch.Tensor) -> None:
-        per_row = torch.bmm(out_grad.float().transpose(1, 2), inputs.float())
+        out_grad = out_grad.float()
+        if self.scale != 1.0:
+            out_grad = out_grad * self.scale
+        per_row = torch.bmm(out_grad.transpose(1, 2), inputs.float())
         self.sqnorms.add_(per_row.pow(2).sum(dim=(1, 2)))
 
 

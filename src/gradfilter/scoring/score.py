@@ -26,6 +26,7 @@ from ..progress import progress_bars
 from ..table import baseline_table, gsnr_table, record_columns, write_table
 from . import distributed
 from .baselines import NEEDS_MODEL, baseline_columns, proxy_forward
+from .budget import batch_tokens
 from .checkpoint import Checkpoint, NullCheckpoint
 from .collection import train_and_collect
 from .ensemble import LoRAEnsemble
@@ -81,9 +82,13 @@ def run_fingerprint(config: ScoreConfig, device: torch.device, dtype: torch.dtyp
 
     A checkpoint directory keeps this; resuming with any of it different is refused. Settings
     that change no number (progress bars, checkpoint frequency, number of processes) are not in
-    it. `lora_targets` None means the proxy's default targets, fixed by `proxy`.
+    it, nor `batch_tokens`: micro-batches change numbers by float rounding only (an example's
+    loss and gradient are its own; accumulation sums in another order), and a run resumed on
+    another machine may need another budget to fit. `lora_targets` None means the proxy's
+    default targets, fixed by `proxy`.
     """
     settings = asdict(config)
+    del settings["batch_tokens"]
     settings.update(device=device.type, dtype=str(dtype).removeprefix("torch."),
                     template=tokens.template)
     if config.lora_targets is not None:
@@ -155,7 +160,9 @@ def score(
             else:
                 details = {}
                 table = _score_baseline(method, tokens, model, tokenizer, config, device, dtype,
-                                        progress and comm.rank == 0, timings)
+                                        progress and comm.rank == 0, timings, details)
+        if device.type == "cuda":
+            details["device_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
         if comm.rank == 0:
             _write_score_outputs(Path(out), table, dataset, tokens, method, config, device,
                                  dtype, timings, details)
@@ -194,6 +201,7 @@ def _score_gsnr(tokens: Tokenized, model: torch.nn.Module, config: ScoreConfig,
                               progress, export if save_adapters is not None else None,
                               checkpoint=checkpoint, comm=comm)
     timings.update(stats.phase_seconds)
+    details["batch_tokens"] = stats.batch_tokens
     details["train_loss_first_last"] = stats.train_losses[:1] + stats.train_losses[-1:]
     return gsnr_table(tokens.record_columns(), tokens.scorable, stats.losses, stats.sqnorms,
                       config)
@@ -201,16 +209,31 @@ def _score_gsnr(tokens: Tokenized, model: torch.nn.Module, config: ScoreConfig,
 
 def _score_baseline(method: str, tokens: Tokenized, model: torch.nn.Module | None, tokenizer,
                     config: ScoreConfig, device: torch.device, dtype: torch.dtype,
-                    progress: bool, timings: dict[str, float]) -> pa.Table:
+                    progress: bool, timings: dict[str, float], details: dict) -> pa.Table:
     """A baseline's table: the record columns plus the method's score columns."""
     with progress_bars(progress) as bars:
-        forward = (None if model is None else
-                   proxy_forward(model, tokenizer, config.collect_batch_size, device, dtype, bars))
+        forward = None
+        if model is not None:
+            budget = batch_tokens(config.batch_tokens, model, device, dtype, "forward")
+            details["batch_tokens"] = budget
+            details["forward_tokens"] = _forward_tokens(method, tokens)
+            forward = proxy_forward(model, tokenizer, config.collect_batch_size, device, dtype,
+                                    bars, budget)
         start = time.perf_counter()
         columns = baseline_columns(method, tokens.encoded, tokens.scorable, len(tokens.encoded),
                                    config.seed, forward)
         timings[method] = time.perf_counter() - start
     return baseline_table(tokens.record_columns(), columns, method, config)
+
+
+def _forward_tokens(method: str, tokens: Tokenized) -> int:
+    """Tokens the baseline's forward passes run: every scorable example, and for IFD its
+    response again after one start token."""
+    items = [tokens.encoded[i] for i in tokens.scorable]
+    total = sum(len(item.input_ids) for item in items)
+    if method == "ifd":
+        total += sum(int(item.response_mask.sum()) + 1 for item in items)
+    return total
 
 
 def _write_score_outputs(out: Path, table: pa.Table, dataset: Dataset, tokens: Tokenized,

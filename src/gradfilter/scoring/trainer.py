@@ -2,6 +2,14 @@
 
 Each member minimises its own batch loss (the mean of its examples' losses), with its own
 gradient clipping; one AdamW over the stacked tensors is exactly M optimisers (elementwise).
+A step runs as micro-batches within the token budget: each backs up sum(its losses) / (the
+step's rows per member), so the accumulated gradient is the whole batch's mean; clipping and the
+optimiser step follow the last micro-batch.
+
+With `collect="during"` the training passes of epochs s and t record every example's loss and
+squared gradient norm per member (method.md §3), from the same forward and backward, at the
+parameters the example met (before the step that uses it). They are held per example and member
+and go into every training checkpoint, so a run killed inside epoch t resumes to the same table.
 """
 
 from __future__ import annotations
@@ -18,9 +26,10 @@ from rich.progress import Progress
 
 from ..config import ScoreConfig
 from ..progress import advance_bar
-from .batching import Batcher, member_batches, step_widths
+from .batching import Batcher, member_batches, micro_batches
 from .checkpoint import Checkpoint, NullCheckpoint
-from .ensemble import LoRAEnsemble, linear_warmup_decay, per_example_losses
+from .ensemble import LoRAEnsemble, RowGradRecorder, linear_warmup_decay, per_example_losses
+from .statistics import Collected
 
 WARMUP_RATIO = 0.03
 
@@ -30,9 +39,10 @@ class Trainer:
 
     def __init__(self, ensemble: LoRAEnsemble, batcher: Batcher, lengths: np.ndarray,
                  config: ScoreConfig, autocast: torch.autocast,
-                 checkpoint: Checkpoint | NullCheckpoint) -> None:
+                 checkpoint: Checkpoint | NullCheckpoint, batch_tokens: int) -> None:
         self.ensemble, self.batcher, self.lengths = ensemble, batcher, lengths
         self.config, self.autocast, self.checkpoint = config, autocast, checkpoint
+        self.batch_tokens = batch_tokens
         self.n = len(lengths)
         self.steps_per_epoch = -(-self.n // config.batch_size)
         self.optimizer = torch.optim.AdamW(ensemble.parameters(), lr=config.lr, weight_decay=0.0)
@@ -42,6 +52,10 @@ class Trainer:
         self.step = 0
         self.losses_done = torch.zeros(0, ensemble.members)  # [steps, members held], on host
         self.losses_pending: list[torch.Tensor] = []  # per step [members held], on device
+        self.recorded: dict[int, Collected] = {}  # collect=during: epoch -> held members' stats
+        # per micro-batch: (each held member's rows, losses, sqnorms [members held, rows]),
+        # on the device until the next checkpoint or the epoch's end
+        self.records_pending: list[tuple[list[np.ndarray], torch.Tensor, torch.Tensor]] = []
 
     def restore(self) -> None:
         """Continue from the checkpoint's last committed step, if it has one."""
@@ -55,6 +69,24 @@ class Trainer:
         self.step = step
         self.losses_done = torch.stack([members[m]["losses"] for m in self.ensemble.member_ids],
                                        1)
+        for k, m in enumerate(self.ensemble.member_ids):
+            for epoch, column in members[m].get("recorded", {}).items():
+                self.recorded.setdefault(int(epoch), Collected.empty(self.n, self.ensemble.members))
+                self.recorded[int(epoch)].set_column(k, column)
+
+    def records(self, epoch: int) -> bool:
+        """Whether `epoch`'s training passes record the statistics (collect=during)."""
+        config = self.config
+        return config.collect == "during" and epoch in (config.early, config.late)
+
+    def recorded_epoch(self, epoch: int) -> Collected:
+        """The statistics the training passes of `epoch` recorded, complete."""
+        self._flush_records(epoch)
+        result = self.recorded[epoch]
+        if not result.filled.all():
+            raise RuntimeError(f"training epoch {epoch} left {int((~result.filled).sum())} "
+                               "(example, member) values unrecorded")
+        return result
 
     def finished_epoch(self, epoch: int) -> bool:
         return self.step >= epoch * self.steps_per_epoch
@@ -64,35 +96,59 @@ class Trainer:
         config, ensemble = self.config, self.ensemble
         batches = member_batches(self.lengths, config.batch_size, config.members, config.seed,
                                  epoch, config.length_bucketing)
-        widths = step_widths(batches, self.lengths)
         mine = [batches[m] for m in ensemble.member_ids]
         first = (epoch - 1) * self.steps_per_epoch
         done_rows = sum(len(b) for b in mine[0][: self.step - first])
         task = bars.add_task(f"train epoch {epoch}/{config.epochs} x{config.members} members",
                              total=self.n, completed=done_rows, rate="")
+        record = self.records(epoch)
+        if record:
+            self.recorded.setdefault(epoch, Collected.empty(self.n, ensemble.members))
         start = time.perf_counter()
         for k in range(self.step - first, self.steps_per_epoch):
-            rows = len(mine[0][k])
-            self._step(self.batcher.batch([member[k] for member in mine], int(widths[k])), rows)
-            advance_bar(bars, task, rows, start, done_rows)
+            parts = micro_batches([member[k] for member in batches], self.lengths,
+                                  self.batch_tokens)
+            self._step([member[k] for member in mine], parts, record)
+            advance_bar(bars, task, len(mine[0][k]), start, done_rows)
             at_end = k == self.steps_per_epoch - 1
             if self.checkpoint.due(self.step, at_end):
                 keep = at_end and epoch in (config.early, config.late)
-                self.checkpoint.save_train(self.step, self._member_payloads(),
+                self.checkpoint.save_train(self.step, self._member_payloads(epoch),
                                            self._common_payload(), keep)
+        if record:
+            self._flush_records(epoch)
 
-    def _step(self, batch, rows: int) -> None:
+    def _step(self, rows: list[np.ndarray], parts: list[tuple[slice, int]],
+              record: bool) -> None:
+        """One optimiser step over each held member's `rows` (example positions), run as the
+        micro-batches `parts` (row slice, padded width); with `record`, every example's loss
+        and squared gradient norm are kept."""
         ensemble = self.ensemble
-        with self.autocast:
-            losses = per_example_losses(ensemble.model, batch.input_ids, batch.attention_mask,
-                                        batch.response_mask, batch.targets)
-        (losses.sum() / rows).backward()
+        size = len(rows[0])
+        losses = []
+        for part, width in parts:
+            batch = self.batcher.batch([member[part] for member in rows], width)
+            recorder = (RowGradRecorder(batch.input_ids.shape[0], batch.input_ids.device,
+                                        scale=size) if record else None)
+            ensemble.set_recorder(recorder)
+            try:
+                with self.autocast:
+                    part_losses = per_example_losses(ensemble.model, batch.input_ids,
+                                                     batch.attention_mask, batch.response_mask,
+                                                     batch.targets)
+                (part_losses.sum() / size).backward()
+            finally:
+                ensemble.set_recorder(None)
+            losses.append(part_losses.detach().view(ensemble.members, -1))
+            if recorder is not None:
+                self.records_pending.append(([member[part] for member in rows], losses[-1],
+                                             recorder.sqnorms.view(ensemble.members, -1)))
         ensemble.clip_per_member(self.config.grad_clip)
         self.optimizer.step()
         self.schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
         # kept on the device: no host sync per step
-        self.losses_pending.append(losses.detach().view(ensemble.members, rows).mean(1))
+        self.losses_pending.append(torch.cat(losses, 1).mean(1))
         self.step += 1
 
     def member_losses(self) -> dict[int, torch.Tensor]:
@@ -103,10 +159,26 @@ class Trainer:
             self.losses_pending = []
         return {m: self.losses_done[:, k] for k, m in enumerate(self.ensemble.member_ids)}
 
-    def _member_payloads(self) -> dict[int, dict]:
+    def _flush_records(self, epoch: int) -> None:
+        """The pending recorded statistics of `epoch`, to the host (one sync)."""
+        if not self.records_pending:
+            return
+        pending, self.records_pending = self.records_pending, []
+        losses, sqnorms = (torch.cat([p[i] for p in pending], 1).double().cpu().numpy()
+                           for i in (1, 2))
+        for k in range(self.ensemble.members):
+            rows = np.concatenate([p[0][k] for p in pending])
+            self.recorded[epoch].put(rows, k, losses[k], sqnorms[k])
+
+    def _member_payloads(self, epoch: int) -> dict[int, dict]:
         losses = self.member_losses()
-        return {m: {**state, "losses": losses[m].clone()}
-                for m, state in self.ensemble.member_states(self.optimizer).items()}
+        self._flush_records(epoch)
+        payloads = {m: {**state, "losses": losses[m].clone()}
+                    for m, state in self.ensemble.member_states(self.optimizer).items()}
+        for k, m in enumerate(self.ensemble.member_ids):
+            if self.recorded:
+                payloads[m]["recorded"] = {str(e): c.column(k) for e, c in self.recorded.items()}
+        return payloads
 
     def _common_payload(self) -> dict:
         return {**self.ensemble.shared_optimizer_state(self.optimizer),
