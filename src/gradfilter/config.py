@@ -42,6 +42,7 @@ class ScoreConfig:
     template: TemplateChoice = "auto"
     turns: TurnsChoice = "all"
     length_bucketing: bool = True
+    sketch_dim: int = 128  # gradient sketch size per member and collected epoch; 0: none
 
     def validate(self) -> None:
         positive = ("members", "epochs", "lora_rank", "batch_size", "collect_batch_size",
@@ -54,6 +55,8 @@ class ScoreConfig:
                 f"need 1 <= --early < --late <= --epochs, got early={self.early}, "
                 f"late={self.late}, epochs={self.epochs}"
             )
+        if self.sketch_dim < 0:
+            raise GradfilterError("--sketch-dim must be at least 0 (0 turns sketches off)")
         if self.lr <= 0 or self.lora_alpha <= 0:
             raise GradfilterError("--lr and --lora-alpha must be positive")
         for name, kind in (("device", DeviceChoice), ("dtype", DtypeChoice),

@@ -14,6 +14,8 @@ ORDER_STREAM = 1  # (seed, member, epoch, ORDER_STREAM): member m's data order i
 SCHEDULE_STREAM = 2  # (seed, epoch, SCHEDULE_STREAM): the bucketed batches' shared schedule
 RANDOM_STREAM = 7  # (seed, RANDOM_STREAM): the random baseline's draw
 CORRUPTION_STREAM = 11  # (seed, CORRUPTION_STREAM): the noise benchmark's corruptions
+SKETCH_STREAM = 13  # (seed, layer, part, SKETCH_STREAM): a gradient sketch's projection factors
+LSH_STREAM = 17  # (seed, LSH_STREAM): the random hyperplanes of diversity-aware selection
 
 
 def derived_seed(*parts: int) -> int:

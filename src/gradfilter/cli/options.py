@@ -111,6 +111,10 @@ def _score_option_table() -> dict[str, Callable]:
             "--bucket/--no-bucket", "length_bucketing", default=DEFAULTS.length_bucketing,
             show_default=True,
             help="Batch examples of similar length together (changes the scores)."),
+        "sketch_dim": _default(
+            "--sketch-dim", type=int,
+            help="Size of each example's gradient sketch per member and collected epoch "
+                 "(stored in the table, used by select --diversity); 0 turns it off."),
         "save_adapters": click.option(
             "--save-adapters", type=click.Path(path_type=Path), default=None,
             help="Write every member's PEFT adapter at each collected epoch here."),

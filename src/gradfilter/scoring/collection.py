@@ -29,20 +29,29 @@ from .trainer import Trainer
 
 @dataclass
 class Collected:
-    """One collection pass's results for some members: [examples, members] arrays."""
+    """One collection pass's results for some members: [examples, members] arrays (and
+    [examples, members, sketch_dim] float32 sketches, None when sketches are off)."""
 
     filled: np.ndarray  # bool: the value is there
     losses: np.ndarray
     sqnorms: np.ndarray
+    sketches: np.ndarray | None = None
 
     @classmethod
-    def empty(cls, n: int, members: int) -> Collected:
+    def empty(cls, n: int, members: int, sketch_dim: int = 0) -> Collected:
+        sketches = (np.full((n, members, sketch_dim), np.nan, dtype=np.float32)
+                    if sketch_dim else None)
         return cls(np.zeros((n, members), dtype=bool), np.full((n, members), np.nan),
-                   np.full((n, members), np.nan))
+                   np.full((n, members), np.nan), sketches)
 
     def put(self, rows: np.ndarray, column: int | slice, losses: np.ndarray,
-            sqnorms: np.ndarray) -> None:
+            sqnorms: np.ndarray, sketches: np.ndarray | None = None) -> None:
         self.losses[rows, column], self.sqnorms[rows, column] = losses, sqnorms
+        if self.sketches is not None:
+            if sketches is None:
+                raise GradfilterError("collection results without the sketches this run "
+                                      "needs (a checkpoint made without --sketch-dim?)")
+            self.sketches[rows, column] = sketches
         self.filled[rows, column] = True
 
 
@@ -52,6 +61,7 @@ class GradientStatistics:
 
     losses: dict[int, np.ndarray] = field(default_factory=dict)
     sqnorms: dict[int, np.ndarray] = field(default_factory=dict)
+    sketches: dict[int, np.ndarray] = field(default_factory=dict)  # [example, member, dim]
     phase_seconds: dict[str, float] = field(default_factory=dict)
     train_losses: list[float] = field(default_factory=list)  # per step, mean over members
 
@@ -65,6 +75,8 @@ class Collector:
         self.ensemble, self.batcher, self.lengths = ensemble, batcher, lengths
         self.config, self.autocast = config, autocast
         self.checkpoint, self.topology = checkpoint, topology
+        self.sketch = (ensemble.sketch_projection(config.sketch_dim, config.seed)
+                       if config.sketch_dim else None)
 
     def collect(self, epoch: int, bars: Progress, adapters: AbstractContextManager,
                 on_collected: Callable[[int], None] | None = None) -> Collected:
@@ -74,13 +86,15 @@ class Collector:
         members = self.ensemble.member_ids
         batches = collection_batches(self.lengths, self.config.collect_batch_size,
                                      self.config.length_bucketing)
-        result = Collected.empty(len(self.lengths), len(members))
+        result = Collected.empty(len(self.lengths), len(members), self.config.sketch_dim)
         done = np.zeros((len(batches), len(members)), dtype=bool)
         for shard in self.checkpoint.shards(epoch):
             for j, m in enumerate(shard["members"].tolist()):
                 if m in members:
                     k = members.index(m)
-                    result.put(shard["rows"], k, shard["losses"][:, j], shard["sqnorms"][:, j])
+                    sketches = shard["sketches"][:, j] if "sketches" in shard else None
+                    result.put(shard["rows"], k, shard["losses"][:, j], shard["sqnorms"][:, j],
+                               sketches)
                     done[shard["batches"], k] = True
         todo = [j for j in self.topology.collection_batches(len(batches)) if not done[j].all()]
         if todo or on_collected is not None:
@@ -112,15 +126,20 @@ class Collector:
             rows = np.concatenate([batches[j] for j in part])
             losses, sqnorms = (torch.cat([p[i].view(len(members), -1) for p in pending], 1)
                                .double().cpu().numpy().T for i in (0, 1))
-            result.put(rows, slice(None), losses, sqnorms)
-            self.checkpoint.save_shard(epoch, part, members, rows, losses, sqnorms)
+            sketches = None if self.sketch is None else torch.cat(
+                [p[2].view(len(members), -1, self.sketch.dim) for p in pending], 1
+            ).cpu().numpy().transpose(1, 0, 2)  # [rows, members, dim]
+            result.put(rows, slice(None), losses, sqnorms, sketches)
+            self.checkpoint.save_shard(epoch, part, members, rows, losses, sqnorms, sketches)
 
-    def _measure(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every held member's loss and squared gradient norm for `rows`, member-major, left
-        on the device."""
+    def _measure(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor,
+                                                 torch.Tensor | None]:
+        """Every held member's loss, squared gradient norm and sketch (None if off) for
+        `rows`, member-major, left on the device."""
         ensemble = self.ensemble
         batch = self.batcher.batch([rows] * ensemble.members)
-        recorder = RowGradRecorder(len(rows) * ensemble.members, batch.input_ids.device)
+        recorder = RowGradRecorder(len(rows) * ensemble.members, batch.input_ids.device,
+                                   self.sketch)
         ensemble.set_recorder(recorder)
         try:
             with self.autocast:
@@ -132,7 +151,7 @@ class Collector:
             ensemble.set_recorder(None)
         for p in ensemble.parameters():
             p.grad = None
-        return row_losses.detach(), recorder.sqnorms
+        return row_losses.detach(), recorder.sqnorms, recorder.sketches
 
 
 def train_and_collect(
@@ -186,29 +205,34 @@ def train_and_collect(
                 stats.phase_seconds[f"collect_epoch{epoch}"] = time.perf_counter() - start
     if not checkpoint.manifest.finished:
         checkpoint.mark_finished()
-    _gather(stats, collected, trainer.member_losses(), topology, comm, config.members)
+    _gather(stats, collected, trainer.member_losses(), topology, comm, config.members,
+            config.sketch_dim)
     return stats
 
 
 def _gather(stats: GradientStatistics, collected: dict[int, Collected],
             member_losses: dict[int, torch.Tensor], topology: Topology, comm: Comm,
-            members: int) -> None:
+            members: int, sketch_dim: int = 0) -> None:
     """Merge every rank's members and rows: stats of all M members on every rank."""
     mine = {"members": list(member_losses), "collected": collected,
             "train": {m: h.numpy() for m, h in member_losses.items() if topology.owns(m)}}
     parts = comm.all_gather(mine)
     for epoch in collected:
         n = len(collected[epoch].filled)
-        merged = Collected.empty(n, members)
+        merged = Collected.empty(n, members, sketch_dim)
         for part in parts:  # rank order; where two ranks hold a value it is the same one
             piece = part["collected"][epoch]
             for k, m in enumerate(part["members"]):
                 take = piece.filled[:, k] & ~merged.filled[:, m]
-                merged.put(np.flatnonzero(take), m, piece.losses[take, k], piece.sqnorms[take, k])
+                sketches = None if piece.sketches is None else piece.sketches[take, k]
+                merged.put(np.flatnonzero(take), m, piece.losses[take, k],
+                           piece.sqnorms[take, k], sketches)
         if not merged.filled.all():
             raise RuntimeError(f"collection after epoch {epoch} is missing "
                                f"{int((~merged.filled).sum())} (example, member) values")
         stats.losses[epoch], stats.sqnorms[epoch] = merged.losses, merged.sqnorms
+        if merged.sketches is not None:
+            stats.sketches[epoch] = merged.sketches
     train = {m: h for part in parts for m, h in part["train"].items()}
     history = np.stack([train[m] for m in range(members)], 1).astype(np.float64)
     stats.train_losses = history.mean(1).tolist()
