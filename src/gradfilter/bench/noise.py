@@ -87,6 +87,24 @@ def echo_prompt(prompt: str, response: str, context: CorruptionContext) -> str:
     return prompt
 
 
+NON_ANSWER = ("I'm sorry, but I can't give a complete answer to that right now. Please let "
+              "me know if there is anything else I can help you with.")
+
+
+@register_corruption("near_duplicate")
+def near_duplicate(prompt: str, response: str, context: CorruptionContext) -> str:
+    """One fixed non-answer template with a light edit (one word dropped or doubled, seeded):
+    every record so corrupted is a near-duplicate of the others, as templated non-answers and
+    canned refusals are in real data."""
+    words = NON_ANSWER.split()
+    k = int(context.rng.integers(len(words)))
+    if context.rng.random() < 0.5:
+        del words[k]
+    else:
+        words.insert(k, words[k])
+    return " ".join(words)
+
+
 def corrupt(conversations: list[list[Turn]], fraction: float, kinds: Sequence[str], seed: int,
             tokenizer) -> tuple[list[list[Turn]], list[str | None]]:
     """Corrupt round(fraction * N) conversations, the kinds in equal shares, all seeded."""
