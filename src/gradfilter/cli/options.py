@@ -19,6 +19,7 @@ from ..config import (
 )
 from ..data.conversations import FORMATS
 from ..data.sources import CONTAINERS
+from ..diversity import DEFAULT_THRESHOLD, DIVERSITY
 from ..errors import GradfilterError
 from ..utilities import BASELINE_SCORES, UTILITIES
 
@@ -68,6 +69,15 @@ def select_options(command: Callable) -> Callable:
         click.option("--order", type=click.Choice(["input", "score"]), default="input",
                      show_default=True),
         click.option("--score-field", default=None, help="Add the score to each kept record."),
+        click.option("--diversity", type=click.Choice(DIVERSITY), default="none",
+                     show_default=True,
+                     help="dedup: going down the ranking, drop a record whose gradient sketch "
+                          "is a near-duplicate of one kept already (needs sketches)."),
+        click.option("--diversity-threshold", type=float, default=DEFAULT_THRESHOLD,
+                     show_default=True,
+                     help="Cosine similarity (mean over members, late-epoch sketches) at or "
+                          "above which dedup drops a record; 1 keeps plain top-k, lower drops "
+                          "more."),
     ])
 
 
