@@ -20,12 +20,14 @@ import pyarrow.parquet as pq
 
 from ..config import ScoreConfig
 from ..data.conversations import Turn, answering_turns, prompt_of
+from ..diversity import DEFAULT_THRESHOLD, dedup
 from ..errors import GradfilterError
 from ..outputs import atomic_path, atomic_write_text, write_run_record
 from ..seeds import CORRUPTION_STREAM, derived_seed
 from ..selection import select_top
-from ..table import utility_scores
+from ..table import load_sketch_features, utility_scores
 from ..utilities import UTILITIES
+from .intervals import bootstrap
 
 CURVE_BUDGETS = tuple(round(0.01 * k, 2) for k in range(1, 51))
 
@@ -196,6 +198,46 @@ def method_metrics(scores: np.ndarray, labels: Sequence[str | None],
     return result
 
 
+def diversity_metrics(scores: np.ndarray, labels: Sequence[str | None],
+                      budgets: Sequence[float], load, threshold: float) -> dict:
+    """What dedup does to one method's selection at each budget: contamination (overall and
+    per kind) of plain top-k and of dedup, the paired difference with its 95% bootstrap
+    interval, and how many records dedup removed (with its largest groups).
+
+    The interval resamples records with the two selections held fixed (a record drawn twice
+    counts twice in both): re-running dedup on a resample would see the drawn copies as
+    near-duplicates of each other."""
+    labels_arr = np.array([label or "" for label in labels])
+    corrupted = labels_arr != ""
+    kinds = sorted(set(labels_arr) - {""})
+    result: dict = {"plain": {}, "dedup": {}, "dedup_by_type": {}, "difference": {},
+                    "removed": {}, "groups": {}}
+    for budget in budgets:
+        key = f"{budget:g}"
+        plain = select_top(scores, ratio=budget)
+        diverse, report = dedup(plain, load, threshold)
+        in_plain = np.zeros(len(scores), bool)
+        in_plain[plain.indices] = True
+        in_dedup = np.zeros(len(scores), bool)
+        in_dedup[diverse.indices] = True
+
+        def difference(idx: np.ndarray, a=in_dedup, b=in_plain) -> float:
+            return _share(corrupted[idx], a[idx]) - _share(corrupted[idx], b[idx])
+
+        result["plain"][key] = _share(corrupted, in_plain)
+        result["dedup"][key] = _share(corrupted, in_dedup)
+        result["dedup_by_type"][key] = {k: _share(labels_arr == k, in_dedup) for k in kinds}
+        result["difference"][key] = bootstrap(difference, [len(scores)]).as_dict()
+        result["removed"][key] = report.removed
+        result["groups"][key] = report.groups[:3]
+    return result
+
+
+def _share(flag: np.ndarray, chosen: np.ndarray) -> float:
+    """Share of the chosen records that carry `flag` (NaN if none is chosen)."""
+    return float(flag[chosen].mean()) if chosen.any() else float("nan")
+
+
 def method_groups(methods: Sequence[str]) -> dict[str, list[str]]:
     """Which scoring run serves each method: one ensemble run serves every G-SNR utility and
     one IFD run serves perplexity too."""
@@ -258,7 +300,26 @@ def results_markdown(results: dict) -> str:
         for method, m in results["methods"].items():
             lines.append(_row([method, f"{m['auroc_by_type'][kind]:.3f}",
                                *[f"{m['contamination_by_type'][b][kind]:.3f}" for b in budgets]]))
+    if "diversity" in results:
+        lines += diversity_markdown(results["diversity"], budgets)
     return "\n".join(lines) + "\n"
+
+
+def diversity_markdown(diversity: dict, budgets: Sequence[str]) -> list[str]:
+    """Plain top-k against dedup, per method and budget, the difference with its interval."""
+    lines = ["", f"## Diversity: dedup at cosine >= {diversity['threshold']:g}", "",
+             "Contamination of plain top-k and of the same utility with near-duplicates "
+             "removed; the difference (dedup - plain) with its 95% bootstrap interval over "
+             "records (selections held fixed); records removed.", "",
+             _row(["method", "budget", "plain", "dedup", "difference [95% CI]", "removed"]),
+             _row(["---"] * 6)]
+    for method, m in diversity["methods"].items():
+        for b in budgets:
+            d = m["difference"][b]
+            lines.append(_row([method, b, f"{m['plain'][b]:.3f}", f"{m['dedup'][b]:.3f}",
+                               f"{d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]",
+                               str(m["removed"][b])]))
+    return lines
 
 
 def _row(cells: Sequence[str]) -> str:
@@ -325,8 +386,12 @@ def _save(fig, path: Path) -> None:
 
 def run_noise_benchmark(data, out_dir: Path, config: ScoreConfig, *, methods: Sequence[str],
                         corruptions: Sequence[str], fraction: float, budgets: Sequence[float],
-                        corrupt_seed: int, progress: bool = True, log=print) -> dict:
-    """Corrupt, score with every method (reusing finished tables), measure, report."""
+                        corrupt_seed: int, progress: bool = True, log=print,
+                        diversity: str = "none",
+                        diversity_threshold: float = DEFAULT_THRESHOLD) -> dict:
+    """Corrupt, score with every method (reusing finished tables), measure, report. With
+    `diversity="dedup"`, also each method's selection with near-duplicates removed (by the
+    G-SNR run's sketches) against its plain top-k."""
     from ..data.dataset import as_dataset
     from ..scoring.proxy import load_tokenizer
     from ..scoring.score import score
@@ -374,6 +439,20 @@ def run_noise_benchmark(data, out_dir: Path, config: ScoreConfig, *, methods: Se
     labels = [label for label, keep in zip(labels, scored, strict=True) if keep]
     results = _results(dataset.path, labels, corruptions, fraction, budgets, all_scores, tables)
     results["unscorable"] = int((~scored).sum())
+    if diversity == "dedup":
+        sketched = next((tables[m] for m in methods if m in UTILITIES), None)
+        if sketched is None:
+            raise GradfilterError("--diversity dedup needs a G-SNR utility among --methods "
+                                  "(its table holds the sketches)")
+        rows = np.flatnonzero(scored)
+
+        def load(records: np.ndarray, path=sketched) -> np.ndarray:
+            return load_sketch_features(path, rows[records])
+
+        results["diversity"] = {
+            "method": "dedup", "threshold": diversity_threshold, "sketches": sketched,
+            "methods": {m: diversity_metrics(s, labels, budgets, load, diversity_threshold)
+                        for m, s in all_scores.items()}}
     results["config"] = asdict(config)
     results["corrupt_seed"] = corrupt_seed
     _write_reports(out_dir, results, all_scores, labels)

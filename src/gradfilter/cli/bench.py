@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from ..diversity import DEFAULT_THRESHOLD, DIVERSITY
 from ..utilities import BASELINE_SCORES, UTILITIES
 from .options import (
     config_from,
@@ -48,11 +49,16 @@ def bench() -> None:
               help="Fractions of records kept at which contamination is reported.")
 @click.option("--plugin", "plugins", multiple=True,
               help="Import this module first (it may register corruptions).")
+@click.option("--diversity", type=click.Choice(DIVERSITY), default="none", show_default=True,
+              help="dedup: also measure each method's selection with near-duplicates removed "
+                   "(by the G-SNR run's gradient sketches) against its plain top-k.")
+@click.option("--diversity-threshold", type=float, default=DEFAULT_THRESHOLD,
+              show_default=True, help="The cosine at or above which dedup removes a record.")
 @data_options
 @BENCH_SCORE_OPTIONS
 def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_seed: int,
-          methods: str, budgets: str, plugins: tuple[str, ...], fmt, fields, limit, split, quiet,
-          **options) -> None:
+          methods: str, budgets: str, plugins: tuple[str, ...], diversity: str,
+          diversity_threshold: float, fmt, fields, limit, split, quiet, **options) -> None:
     """Corrupt part of DATA, score it with every method, report contamination and AUROC."""
     from ..bench.noise import results_markdown, run_noise_benchmark
 
@@ -62,7 +68,8 @@ def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_s
         read_data(data, fmt, fields, limit, split), out_dir, config_from(options),
         methods=csv_list(methods), corruptions=csv_list(corruptions), fraction=fraction,
         budgets=csv_floats(budgets, "--budgets"), corrupt_seed=corrupt_seed,
-        progress=not quiet, log=console.print)
+        progress=not quiet, log=console.print, diversity=diversity,
+        diversity_threshold=diversity_threshold)
     Console(soft_wrap=True).print(results_markdown(results), markup=False)
     console.print(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}, "
                   f"plots {out_dir / 'contamination.png'}, {out_dir / 'distributions.png'}")
