@@ -133,7 +133,9 @@ def test_candidate_cap_bounds_the_work_and_is_reported():
     top = select_top(scores, count=1000)
     _, report = dedup(top, loader(features), 0.9, bits=1, max_candidates=8)
     assert report.capped_lookups > 0
-    assert report.comparisons <= report.processed * report.tables * 8 * 2
+    # per (record, table): at most 8 kept records and 8 earlier records of its block
+    assert report.candidates <= report.processed * report.tables * 8 * 2
+    assert report.comparisons <= report.candidates
 
 
 def test_threshold_out_of_range_is_one_line_error():

@@ -16,10 +16,14 @@ Which pairs are compared: those sharing a bucket in at least one of `tables` tab
 random-hyperplane LSH (`bits` signs of (f - mu) . w per table, mu the mean feature of the first
 pool read: centring balances the buckets of gradients that share a common direction). Pairs
 with cosine c collide in one table with probability about (1 - angle/pi)^bits, so near-
-duplicates are found with high probability and unrelated records are rarely compared; `bits=0`
-compares every pair (exact). Records are processed in blocks in rank order; per (record,
-table), at most `max_candidates` kept records of its bucket (the highest-ranked) are compared,
-so the time is bounded whatever the data; how often that cap bit is reported.
+duplicates are found with high probability and unrelated records are rarely compared. A
+candidate pair is then screened by a 256-bit sign signature of the raw features (the share of
+differing bits estimates angle/pi): only pairs within four standard deviations of the
+threshold's angle have their cosine computed. Records are processed in blocks in rank order;
+per (record, table), at most `max_candidates` kept records of its bucket (the highest-ranked)
+are looked at, so the time is bounded whatever the data; how often that cap bit is reported.
+`bits=0` compares every pair exactly (no buckets, no screen, no cap): the definition, for
+small selections and for tests.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ DEFAULT_THRESHOLD = 0.9
 TABLES = 16
 MAX_CANDIDATES = 256
 BLOCK = 2048
+SIGNATURE_BITS = 256
 GROUPS_REPORTED = 10
 RECORDS_PER_GROUP = 20
 
@@ -57,7 +62,8 @@ class DedupReport:
     pool_reads: int = 0  # passes over the table's sketch columns
     bits: int = 0
     tables: int = TABLES
-    comparisons: int = 0  # candidate pairs whose similarity was computed
+    candidates: int = 0  # pairs sharing a bucket (a pair may count once per table)
+    comparisons: int = 0  # of those, the pairs left by the signature screen: cosine computed
     capped_lookups: int = 0  # (record, table) lookups cut to max_candidates
     groups: list[dict] = field(default_factory=list)  # the largest, by records removed
 
@@ -77,24 +83,39 @@ class _Greedy:
     def __init__(self, features: np.ndarray, count: int, threshold: float, bits: int,
                  tables: int, seed: int, max_candidates: int) -> None:
         self.count, self.threshold = count, threshold
+        self.exact = bits == 0
         self.bits, self.tables = bits, tables if bits else 1
-        # with one bucket (bits 0) every pair is compared: exact, so no cap
         self.max_candidates = max_candidates if bits else np.iinfo(np.int64).max
         rng = np.random.default_rng(derived_seed(seed, LSH_STREAM))
         dim = features.shape[1]
         self.planes = rng.standard_normal((dim, self.tables * bits)).astype(np.float32)
-        self.centre = features.astype(np.float32).mean(0)
+        self.signature_planes = rng.standard_normal((dim, SIGNATURE_BITS)).astype(np.float32)
+        self.centre = _mean_row(features)
         self.weights = (1 << np.arange(bits, dtype=np.int64)) if bits else None
+        angle = math.acos(max(-1.0, min(1.0, threshold))) / math.pi
+        spread = math.sqrt(SIGNATURE_BITS * angle * (1 - angle))
+        self.max_hamming = math.ceil(SIGNATURE_BITS * angle + 4 * spread)
+        self.signatures = np.zeros((0, SIGNATURE_BITS // 64), np.uint64)
         self.buckets = [np.zeros(0, np.int64) for _ in range(self.tables)]  # key << 32 | pos
         self.kept: list[int] = []
         self.duplicate_of: dict[int, int] = {}  # removed pool position -> kept pool position
         self.processed = 0
+        self.candidates = 0
         self.comparisons = 0
         self.capped = 0
 
     @property
     def done(self) -> bool:
         return len(self.kept) >= self.count
+
+    def extend(self, features: np.ndarray) -> None:
+        """Sign signatures of the pool rows added since the last call."""
+        rows = []
+        for start in range(len(self.signatures), len(features), BLOCK):
+            block = features[start:start + BLOCK].astype(np.float32)
+            bits = np.packbits(block @ self.signature_planes > 0, axis=1, bitorder="little")
+            rows.append(bits.view(np.uint64))
+        self.signatures = np.concatenate([self.signatures, *rows])
 
     def keys(self, block: np.ndarray) -> np.ndarray:
         """[n, tables] bucket keys of feature rows."""
@@ -108,7 +129,7 @@ class _Greedy:
         block = features[start:stop].astype(np.float32)
         keys = self.keys(block)
         best_kept = self._against_kept(features, block, keys, start)
-        earlier = self._within_block(block, keys)
+        earlier = self._within_block(features, block, keys, start)
         kept_here: list[int] = []
         kept_mask = np.zeros(len(block), bool)
         for i in range(len(block)):
@@ -125,7 +146,7 @@ class _Greedy:
             else:
                 kept_mask[i] = True
                 kept_here.append(start + i)
-        self._insert(np.asarray(kept_here, np.int64), keys[: len(kept_mask)][kept_mask])
+        self._insert(np.asarray(kept_here, np.int64), keys[kept_mask])
         self.kept.extend(kept_here)
 
     def _against_kept(self, features: np.ndarray, block: np.ndarray, keys: np.ndarray,
@@ -140,25 +161,21 @@ class _Greedy:
                 continue
             lo = np.searchsorted(table, keys[:, t] << 32)
             hi = np.searchsorted(table, (keys[:, t] + 1) << 32)
-            sizes = hi - lo
-            self.capped += int((sizes > self.max_candidates).sum())
-            sizes = np.minimum(sizes, self.max_candidates)
-            row = np.repeat(np.arange(len(block)), sizes)
-            offset = np.arange(len(row)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+            row, index = self._ranges(lo, hi - lo)
             rows.append(row)
-            partners.append(table[np.repeat(lo, sizes) + offset] & 0xFFFFFFFF)
+            partners.append(table[index] & 0xFFFFFFFF)
         if not rows:
             return best
-        row, partner = _unique_pairs(np.concatenate(rows), np.concatenate(partners))
-        similar = self._similar(block[row], features, partner)
-        row, partner = row[similar], partner[similar]
+        row, partner = self._similar(features, block, start, np.concatenate(rows),
+                                     np.concatenate(partners))
         order = np.lexsort((partner, row))  # per row, its highest-ranked (lowest) partner first
         row, partner = row[order], partner[order]
         first = np.r_[True, row[1:] != row[:-1]]
         best[row[first]] = partner[first]
         return best
 
-    def _within_block(self, block: np.ndarray, keys: np.ndarray) -> dict[int, np.ndarray]:
+    def _within_block(self, features: np.ndarray, block: np.ndarray, keys: np.ndarray,
+                      start: int) -> dict[int, np.ndarray]:
         """For each block row, the earlier block rows at similarity >= threshold that share a
         bucket with it."""
         later, earlier = [], []
@@ -167,32 +184,43 @@ class _Greedy:
             sorted_keys = keys[order, t]
             run_start = np.r_[0, np.flatnonzero(sorted_keys[1:] != sorted_keys[:-1]) + 1]
             starts = np.repeat(run_start, np.diff(np.r_[run_start, len(block)]))
-            before = np.arange(len(block)) - starts  # earlier rows in the same bucket
-            self.capped += int((before > self.max_candidates).sum())
-            before = np.minimum(before, self.max_candidates)
-            row = np.repeat(np.arange(len(block)), before)
-            offset = np.arange(len(row)) - np.repeat(np.cumsum(before) - before, before)
+            # the earlier rows of the same bucket: sorted positions starts[p] .. p - 1
+            row, index = self._ranges(starts, np.arange(len(block)) - starts)
             later.append(order[row])
-            earlier.append(order[np.repeat(starts, before) + offset])
-        row, partner = _unique_pairs(np.concatenate(later), np.concatenate(earlier))
-        similar = self._similar(block[row], block, partner)
-        row, partner = row[similar], partner[similar]
+            earlier.append(order[index])
+        row, partner = self._similar(features, block, start, np.concatenate(later),
+                                     start + np.concatenate(earlier))
+        partner = partner - start
         order = np.argsort(row, kind="stable")
         row, partner = row[order], partner[order]
         cuts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]])
         return {int(row[c]): part for c, part in zip(cuts, np.split(partner, cuts[1:]),
                                                        strict=True)} if len(row) else {}
 
-    def _similar(self, left: np.ndarray, features: np.ndarray,
-                 partners: np.ndarray) -> np.ndarray:
-        """similarity(left[k], features[partners[k]]) >= threshold, in chunks."""
-        self.comparisons += len(partners)
-        out = np.zeros(len(partners), bool)
-        for start in range(0, len(partners), 1 << 16):
-            part = slice(start, start + (1 << 16))
+    def _ranges(self, first: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row, index) for index in first[row] .. first[row] + size - 1, sizes capped."""
+        self.capped += int((sizes > self.max_candidates).sum())
+        sizes = np.minimum(sizes, self.max_candidates)
+        row = np.repeat(np.arange(len(sizes)), sizes)
+        offset = np.arange(len(row)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        return row, np.repeat(first, sizes) + offset
+
+    def _similar(self, features: np.ndarray, block: np.ndarray, start: int, rows: np.ndarray,
+                 partners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The candidate pairs (block row, pool position) at similarity >= threshold: screened
+        by signature (unless exact), then the cosine of those left, in chunks."""
+        self.candidates += len(rows)
+        if not self.exact and len(rows):
+            differ = np.bitwise_count(self.signatures[start + rows] ^ self.signatures[partners])
+            close = differ.sum(1, dtype=np.int64) <= self.max_hamming
+            rows, partners = rows[close], partners[close]
+        self.comparisons += len(rows)
+        similar = np.zeros(len(rows), bool)
+        for first in range(0, len(rows), 1 << 15):
+            part = slice(first, first + (1 << 15))
             right = features[partners[part]].astype(np.float32)
-            out[part] = np.einsum("ij,ij->i", left[part], right) >= self.threshold
-        return out
+            similar[part] = np.einsum("ij,ij->i", block[rows[part]], right) >= self.threshold
+        return rows[similar], partners[similar]
 
     def _insert(self, positions: np.ndarray, keys: np.ndarray) -> None:
         for t in range(self.tables):
@@ -200,11 +228,11 @@ class _Greedy:
             self.buckets[t] = np.sort(np.concatenate([self.buckets[t], new]), kind="stable")
 
 
-def _unique_pairs(rows: np.ndarray, partners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if not len(rows):
-        return rows.astype(np.int64), partners.astype(np.int64)
-    both = np.unique((rows.astype(np.int64) << 32) | partners.astype(np.int64))
-    return both >> 32, both & 0xFFFFFFFF
+def _mean_row(features: np.ndarray) -> np.ndarray:
+    total = np.zeros(features.shape[1], np.float64)
+    for start in range(0, len(features), BLOCK):
+        total += features[start:start + BLOCK].astype(np.float64).sum(0)
+    return (total / max(1, len(features))).astype(np.float32)
 
 
 def dedup(selection: Selection, load: FeatureLoader, threshold: float = DEFAULT_THRESHOLD, *,
@@ -231,11 +259,13 @@ def dedup(selection: Selection, load: FeatureLoader, threshold: float = DEFAULT_
     features = _unit_rows(load(ranked[:size]))
     report.pool_reads = 1
     greedy = _Greedy(features, count, threshold, report.bits, tables, seed, max_candidates)
+    greedy.extend(features)
     start = 0
     while not greedy.done and start < len(ranked):
         if start == len(features):
             more = min(len(ranked), 2 * len(features))
             features = np.concatenate([features, _unit_rows(load(ranked[start:more]))])
+            greedy.extend(features)
             report.pool_reads += 1
         stop = min(start + block, len(features))
         greedy.process(features, start, stop)
@@ -244,7 +274,8 @@ def dedup(selection: Selection, load: FeatureLoader, threshold: float = DEFAULT_
     untouched = ranked[greedy.processed:]
     report.kept, report.processed = len(kept), greedy.processed
     report.removed = len(greedy.duplicate_of)
-    report.comparisons, report.capped_lookups = greedy.comparisons, greedy.capped
+    report.candidates, report.comparisons = greedy.candidates, greedy.comparisons
+    report.capped_lookups = greedy.capped
     report.tables = greedy.tables
     report.groups = _largest_groups(greedy.duplicate_of, ranked)
     diverse = Selection(np.concatenate([kept, untouched]), selection.requested,
@@ -253,10 +284,14 @@ def dedup(selection: Selection, load: FeatureLoader, threshold: float = DEFAULT_
 
 
 def _unit_rows(features: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length where not zero (the loader's are already, up to float16)."""
-    values = np.asarray(features, dtype=np.float32)
-    norms = np.linalg.norm(values, axis=1, keepdims=True)
-    return (values / np.where(norms > 0, norms, 1)).astype(np.float16)
+    """Rows scaled to unit length where not zero (float16; the loader's are already, up to
+    float16 rounding), a block at a time."""
+    out = np.empty(features.shape, np.float16)
+    for start in range(0, len(features), BLOCK):
+        values = np.asarray(features[start:start + BLOCK], dtype=np.float32)
+        norms = np.linalg.norm(values, axis=1, keepdims=True)
+        out[start:start + BLOCK] = values / np.where(norms > 0, norms, 1)
+    return out
 
 
 def _largest_groups(duplicate_of: dict[int, int], ranked: np.ndarray) -> list[dict]:

@@ -296,18 +296,22 @@ def load_sketch_features(stats: str | Path | pa.Table, records: np.ndarray) -> n
         if not len(wanted):
             continue
         for k in range(len(columns)):
-            out[position[wanted], k * dim:(k + 1) * dim] = (
-                _unit_sketches(batch.column(k), dim)[wanted] * scale)
+            rows = _unit_sketches(batch.column(k), dim, wanted)
+            out[position[wanted], k * dim:(k + 1) * dim] = rows * scale
     return out
 
 
-def _unit_sketches(array: pa.Array, dim: int) -> np.ndarray:
-    """A fixed-size list column of sketches as [rows, dim] float32, zeros where null."""
-    values = array.values.to_numpy(zero_copy_only=False)
+def _unit_sketches(array: pa.Array, dim: int, wanted: np.ndarray) -> np.ndarray:
+    """Rows `wanted` of a fixed-size list column of float16 sketches as [rows, dim] float32,
+    zeros where null. Read from the Arrow buffer: pyarrow's own float16 conversion goes
+    through Python objects."""
+    child = array.values  # the list slots' values, the null ones included (fixed size)
+    values = np.frombuffer(child.buffers()[1], dtype=np.float16,
+                           count=(child.offset + len(child)))[child.offset:]
     values = values[array.offset * dim:(array.offset + len(array)) * dim]
-    rows = values.reshape(len(array), dim).astype(np.float32)
+    rows = values.reshape(len(array), dim)[wanted].astype(np.float32)
     if array.null_count:
-        rows[np.asarray(array.is_null().to_numpy(zero_copy_only=False))] = 0
+        rows[np.asarray(array.is_null().to_numpy(zero_copy_only=False))[wanted]] = 0
     return rows
 
 
