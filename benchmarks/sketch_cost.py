@@ -28,6 +28,41 @@ from gradfilter.scoring.proxy import default_targets, load_model, load_tokenizer
 from gradfilter.scoring.score import tokenize
 
 
+def collection_cpu_seconds(model, encoded, config: ScoreConfig, dims: list[int],
+                           repeats: int) -> dict[int, list[float]]:
+    """CPU seconds of one collection pass (every batch: forward, backward, the recorder) with
+    each sketch size, alternating, `repeats` times, on one ensemble whose B is not zero."""
+    from gradfilter.scoring.batching import Batcher, collection_batches
+    from gradfilter.scoring.ensemble import LoRAEnsemble, RowGradRecorder, per_example_losses
+
+    ensemble = LoRAEnsemble(model, config.members, config.lora_rank, config.lora_alpha,
+                            config.targets, config.seed)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # B = 0 at init would make grad A vanish; give it trained-like values
+        for layer in ensemble.layers.values():
+            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=generator) * 0.02)
+    batcher = Batcher(encoded, torch.device("cpu"))
+    lengths = torch.tensor([len(e.input_ids) for e in encoded]).numpy()
+    batches = collection_batches(lengths, config.collect_batch_size, True)
+    projections = {d: ensemble.sketch_projection(d, config.seed) if d else None for d in dims}
+    seconds: dict[int, list[float]] = {d: [] for d in dims}
+    for _ in range(repeats):
+        for dim in dims:
+            start = time.process_time()
+            for rows in batches:
+                batch = batcher.batch([rows] * config.members)
+                recorder = RowGradRecorder(len(rows) * config.members, torch.device("cpu"),
+                                           projections[dim])
+                ensemble.set_recorder(recorder)
+                per_example_losses(ensemble.model, batch.input_ids, batch.attention_mask,
+                                   batch.response_mask, batch.targets).sum().backward()
+                ensemble.set_recorder(None)
+                for param in ensemble.parameters():
+                    param.grad = None
+            seconds[dim].append(time.process_time() - start)
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("data")
@@ -35,6 +70,8 @@ def main() -> None:
     parser.add_argument("--proxy", default="random-gpt2:4:256")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--dims", default="0,128")
+    parser.add_argument("--collect-only", action="store_true",
+                        help="Time collection passes only (where sketches are made), alternating.")
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = ScoreConfig(members=4, batch_size=8, collect_batch_size=8, max_length=128,
@@ -48,6 +85,13 @@ def main() -> None:
         encoded = [tokens.encoded[i] for i in tokens.scorable]
         model = load_model(proxy, torch.device("cpu"))
         config = config.with_targets(default_targets(model))
+        if args.collect_only:
+            dims = [int(d) for d in args.dims.split(",")]
+            seconds = collection_cpu_seconds(model, encoded, config, dims, args.repeats)
+            for dim, values in seconds.items():
+                print(f"sketch_dim {dim}: collection pass CPU s {[round(v, 2) for v in values]}, "
+                      f"median {sorted(values)[len(values) // 2]:.2f}")
+            return
         runs = []
         for _ in range(args.repeats):
             for dim in (int(d) for d in args.dims.split(",")):
