@@ -33,7 +33,9 @@ class RowGradRecorder:
     output u_i = h_i B^T [T, out]: grad A_i = (dL/dh_i)^T x_i and grad B_i = (dL/du_i)^T h_i.
     Both are r x (in + out) numbers per row, so they are formed exactly and squared in float32.
     With `sketch`, `sketches` [rows, sketch.dim] sums each block's projection (see sketch.py),
-    formed from the same token factors.
+    formed from the same token factors. Both are of the gradient of what `backward()` is
+    called on: a backward of `losses.sum() / rows` (a training step) gives sqnorms / rows^2
+    and sketches / rows of the per-example ones.
     """
 
     def __init__(self, rows: int, device: torch.device,
