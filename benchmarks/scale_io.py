@@ -173,9 +173,10 @@ def main() -> None:
         ("select --ratio 0.1 --order score", [*CLI, "select", str(data), "--stats", str(stats),
                                               "--ratio", "0.1", "--order", "score", "--out",
                                               str(args.dir / "subset-by-score.jsonl")]),
-        ("select --ratio 0.1 --diversity dedup", [
+        ("select --ratio 0.1 --diversity dedup (0.9)", [
             *CLI, "select", str(data), "--stats", str(stats), "--ratio", "0.1", "--diversity",
-            "dedup", "--out", str(args.dir / "subset-dedup.jsonl")]),
+            "dedup", "--diversity-threshold", "0.9", "--out",
+            str(args.dir / "subset-dedup.jsonl")]),
     ]
     results = [measure(name, argv, args.dir / f"step{k}.log")
                for k, (name, argv) in enumerate(steps)]
