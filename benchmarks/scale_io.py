@@ -1,10 +1,15 @@
 """Streaming at scale: `gradfilter inspect` and `gradfilter select` on 1M synthetic records.
 
 Writes a synthetic Alpaca JSONL file (a few hundred bytes a record) and a matching statistics
-table (the squared-norm columns of 2 members x 2 epochs that `select` computes G-SNR from, a few
-records unscored) to a scratch directory, then runs each command as a child process and reports
-its wall time and peak resident memory (from the kernel's accounting of that child, `wait4`),
-beside the file's size and the resident memory of a child that only starts the command line.
+table (the squared-norm columns of 4 members x 2 epochs that `select` computes G-SNR from, a few
+records unscored, and each member's and epoch's 128-number gradient sketch as `score` stores
+them) to a scratch directory, then runs each command as a child process and reports its wall
+time and peak resident memory (from the kernel's accounting of that child, `wait4`), beside the
+file's size and the resident memory of a child that only starts the command line.
+
+The synthetic sketches share a common direction (cosine about 0.3 between unrelated records,
+as gradients do) and 5% of the records are planted near-duplicates (groups of 2-50 at cosine
+about 0.94), so `select --diversity dedup` has work to do.
 
     python benchmarks/scale_io.py                     # 1M records under /tmp/gradfilter-scale
     python benchmarks/scale_io.py --records 100000 --dir /tmp/x --keep
@@ -55,23 +60,61 @@ def write_jsonl(path: Path, n: int, seed: int = 0) -> None:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def write_stats(path: Path, n: int, seed: int = 0) -> None:
-    """A statistics table as `score` writes one, reduced to what `select` reads: index and
-    squared gradient norms for members 0-1 at epochs 1-2; every 1000th record unscored."""
+def write_stats(path: Path, n: int, members: int = 4, sketch_dim: int = 128,
+                seed: int = 0) -> None:
+    """A statistics table as `score` writes one, reduced to what `select` reads: index,
+    squared gradient norms and sketches of `members` members at epochs 1-2; every 1000th
+    record unscored. Written one row group (64k rows) at a time."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from gradfilter.table import sketch_columns
+
     rng = np.random.default_rng(seed)
-    columns = {"index": pa.array(np.arange(n, dtype=np.int64))}
-    for epoch, scale in ((1, 2.0), (2, 1.0)):
-        for member in range(2):
-            values = rng.gamma(2.0, scale, n)
-            values[::1000] = np.nan
-            columns[f"sqnorm_e{epoch}_m{member}"] = pa.array(values)
-    meta = {"early": 1, "late": 2, "members": 2}
-    table = pa.table(columns).replace_schema_metadata({"gradfilter": json.dumps(meta)})
-    pq.write_table(table, path)
+    common = rng.standard_normal((members, sketch_dim))
+    common *= np.sqrt(sketch_dim) / np.linalg.norm(common, axis=1, keepdims=True)
+    meta = {"early": 1, "late": 2, "members": members}
+    writer = None
+    for start in range(0, n, 1 << 16):
+        rows = np.arange(start, min(n, start + (1 << 16)))
+        columns = {"index": pa.array(rows)}
+        for epoch, scale in ((1, 2.0), (2, 1.0)):
+            for member in range(members):
+                values = rng.gamma(2.0, scale, len(rows))
+                values[rows % 1000 == 0] = np.nan
+                columns[f"sqnorm_e{epoch}_m{member}"] = pa.array(values)
+        scorable = np.flatnonzero(rows % 1000 != 0)
+        source = planted_sources(rng, len(rows))
+        for epoch in (1, 2):
+            for member in range(members):
+                own = rng.standard_normal((len(rows), sketch_dim))
+                noise = rng.standard_normal((len(rows), sketch_dim))
+                sketches = own[source] + 0.7 * common[member] + 0.3 * noise
+                for name, column in sketch_columns(sketches[scorable].astype(np.float32),
+                                                   scorable, len(rows)).items():
+                    columns[f"{name}_e{epoch}_m{member}"] = column
+        table = pa.table(columns).replace_schema_metadata({"gradfilter": json.dumps(meta)})
+        if writer is None:
+            writer = pq.ParquetWriter(path, table.schema)
+        writer.write_table(table, row_group_size=1 << 16)
+    if writer is not None:
+        writer.close()
+
+
+def planted_sources(rng, n: int):
+    """Each row's source of direction: itself, or for 5% of the rows (in groups of 2-50 at
+    random places) the first row of its group."""
+    import numpy as np
+
+    source = np.arange(n)
+    planted = rng.permutation(n)[: n // 20]
+    start = 0
+    while start < len(planted):
+        group = planted[start:start + int(rng.integers(2, 51))]
+        source[group] = group[0]
+        start += len(group)
+    return source
 
 
 def measure(name: str, args: list[str], log: Path) -> dict:
@@ -118,7 +161,9 @@ def main() -> None:
     size_mib = data.stat().st_size / 2**20
     per_record = data.stat().st_size / args.records
     print(f"{args.records} records, {size_mib:.0f} MiB JSONL ({per_record:.0f} bytes a record), "
-          f"statistics table {stats.stat().st_size / 2**20:.0f} MiB; generated in {made:.0f} s")
+          f"statistics table {stats.stat().st_size / 2**20:.0f} MiB "
+          f"({stats.stat().st_size / args.records / 4:.0f} bytes a record and member); "
+          f"generated in {made:.0f} s")
     subset = args.dir / "subset.jsonl"
     steps = [
         ("start the command line only", [*CLI, "--version"]),
@@ -128,6 +173,10 @@ def main() -> None:
         ("select --ratio 0.1 --order score", [*CLI, "select", str(data), "--stats", str(stats),
                                               "--ratio", "0.1", "--order", "score", "--out",
                                               str(args.dir / "subset-by-score.jsonl")]),
+        ("select --ratio 0.1 --diversity dedup (0.9)", [
+            *CLI, "select", str(data), "--stats", str(stats), "--ratio", "0.1", "--diversity",
+            "dedup", "--diversity-threshold", "0.9", "--out",
+            str(args.dir / "subset-dedup.jsonl")]),
     ]
     results = [measure(name, argv, args.dir / f"step{k}.log")
                for k, (name, argv) in enumerate(steps)]
@@ -141,7 +190,12 @@ def main() -> None:
         print(f"{row['step']:<36}{row['wall_s']:>8}{row['peak_rss_mib']:>14}{share:>13.0%}")
     print(f"subset: {kept} records, {subset.stat().st_size / 2**20:.0f} MiB; this script's own "
           f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
-    print(json.dumps({"records": args.records, "file_mib": round(size_mib), "steps": results}))
+    dedup = json.loads((args.dir / "subset-dedup.jsonl.run.json").read_text())["diversity"]
+    print(f"dedup: removed {dedup['removed']} of {dedup['processed']} looked at, "
+          f"{dedup['comparisons']} pairs compared, {dedup['bits']} bits x {dedup['tables']} "
+          f"tables, {dedup['capped_lookups']} capped lookups, {dedup['pool_reads']} pool reads")
+    print(json.dumps({"records": args.records, "file_mib": round(size_mib), "steps": results,
+                      "dedup": {k: v for k, v in dedup.items() if k != "groups"}}))
     if not args.keep:
         shutil.rmtree(args.dir)
 

@@ -170,3 +170,18 @@ def records_alive(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(readers, "iter_records", watched)
     return alive
+
+
+def column_values(table, name: str):
+    """A statistics column as numpy float64: [rows] for a number column, [rows, dim] for a
+    fixed-size list column (the sketches), NaN where null."""
+    import numpy as np
+    import pyarrow as pa
+
+    array = table.column(name).combine_chunks()
+    if not pa.types.is_fixed_size_list(array.type):
+        return np.asarray(array.to_numpy(zero_copy_only=False), dtype=np.float64)
+    values = array.values.to_numpy(zero_copy_only=False).astype(np.float64)
+    values = values.reshape(len(array), array.type.list_size)
+    values[np.asarray(array.is_null().to_numpy(zero_copy_only=False))] = np.nan
+    return values

@@ -17,6 +17,7 @@ import gradfilter as gf
 from gradfilter.bench.intervals import auprc, auroc
 from gradfilter.bench.noise import (
     CORRUPTIONS,
+    NON_ANSWER,
     answering_turns,
     corrupt,
     run_noise_benchmark,
@@ -184,3 +185,49 @@ def test_cli_report_follows_from_the_saved_tables_and_reruns_reuse_them(tmp_path
     assert again.returncode == 0, again.stderr
     assert again.stderr.count("reusing") == 4 and "scoring" not in again.stderr
     assert json.loads((out / "results.json").read_text()) == results
+
+
+def test_near_duplicate_is_the_template_with_one_word_edited():
+    conversations = [[Turn("user", f"Question {i}?"), Turn("assistant", f"Answer {i}.")]
+                     for i in range(20)]
+    mixed, labels = corrupt(conversations, 0.5, ["near_duplicate"], seed=2, tokenizer=None)
+    template = NON_ANSWER.split()
+    responses = {m[1].text for m, label in zip(mixed, labels, strict=True) if label}
+    assert len(responses) > 1  # edited, not all the same copy
+    for text in responses:
+        words = text.split()
+        assert abs(len(words) - len(template)) == 1
+        shorter, longer = sorted((words, template), key=len)
+        assert any(longer[:k] + longer[k + 1:] == shorter for k in range(len(longer)))
+
+
+def test_diversity_figures_follow_from_the_selections(tmp_path, gpt2_proxy):
+    data = write_jsonl(tmp_path / "d.jsonl", alpaca_records(30))
+    config = gf.ScoreConfig(proxy=gpt2_proxy, device="cpu", members=2, lora_rank=2,
+                            batch_size=4, sketch_dim=16, seed=1)
+    results = run_noise_benchmark(
+        data, tmp_path / "bench", config, methods=["gsnr", "length"],
+        corruptions=["near_duplicate", "echo"], fraction=0.3, budgets=[0.2, 0.5],
+        corrupt_seeds=(0,), progress=False, log=lambda _: None, diversity="dedup",
+        diversity_threshold=0.8)
+    labels = pq.read_table(tmp_path / "bench" / "labels-s0.parquet")["corruption"].to_pylist()
+    corrupted = np.array([label is not None for label in labels])
+    seed = results["seeds"]["0"]
+    stats = seed["diversity"]["sketches"]
+    for method, figures in seed["diversity"]["methods"].items():
+        scores = gf.utility_scores(gf.load_stats(seed["tables"][method]), method)
+        for budget in ("0.2", "0.5"):
+            plain = gf.select_top(scores, ratio=float(budget))
+            assert figures["plain"][budget] == pytest.approx(corrupted[plain.indices].mean())
+            if method == "gsnr":  # the same selection through `select` on gsnr's own table
+                diverse = gf.select(data, stats, tmp_path / f"{budget}.jsonl",
+                                    count=plain.requested, diversity="dedup",
+                                    diversity_threshold=0.8)
+                assert figures["dedup"][budget] == pytest.approx(
+                    corrupted[diverse.indices].mean())
+                assert figures["removed"][budget] == diverse.diversity["removed"]
+            d = figures["difference"][budget]
+            assert d["estimate"] == pytest.approx(figures["dedup"][budget] -
+                                                  figures["plain"][budget])
+            assert d["low"] <= d["estimate"] <= d["high"]
+    assert "## Diversity: dedup at cosine >= 0.8" in (tmp_path / "bench" / "results.md").read_text()

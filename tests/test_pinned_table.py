@@ -45,7 +45,9 @@ def seeded_proxy(directory: Path, arch: str, chat: bool) -> str:
 
 
 def table_values(table) -> dict[str, list[float]]:
-    names = [c for c in table.column_names if c not in ("index", "truncated", "skip_reason")]
+    """Every numeric column but the sketches (lists), as float64 lists."""
+    names = [c for c in table.column_names if c not in ("index", "truncated", "skip_reason")
+             and not c.startswith("sketch")]
     return {c: np.asarray(table.column(c).to_numpy(zero_copy_only=False), np.float64).tolist()
             for c in names}
 
@@ -58,19 +60,24 @@ def values_sha256(values: dict[str, list[float]]) -> str:
     return digest.hexdigest()
 
 
-def score_case(tmp_path: Path, name: str) -> dict[str, list[float]]:
+def score_case(tmp_path: Path, name: str, sketch_dim: int = 0):
     arch, chat, records = CASES[name]
     proxy = seeded_proxy(tmp_path / f"proxy-{name}", arch, chat)
     data = write_json(tmp_path / f"{name}.json", records)
     config = gf.ScoreConfig(proxy=proxy, members=2, lora_rank=4, lr=5e-3, batch_size=4,
-                            collect_batch_size=3, seed=5, device="cpu")
-    return table_values(gf.score(data, tmp_path / f"{name}.parquet", config, progress=False))
+                            collect_batch_size=3, seed=5, device="cpu", sketch_dim=sketch_dim)
+    return gf.score(data, tmp_path / f"{name}.parquet", config, progress=False)
 
 
+@pytest.mark.parametrize("sketch_dim", [0, 16])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_table_equals_the_pinned_one(tmp_path, name):
+def test_table_equals_the_pinned_one(tmp_path, name, sketch_dim):
+    """Sketches off: the very table pinned. On: the same columns and values, and sketches."""
     pinned = json.loads(PINNED.read_text())[name]
-    values = score_case(tmp_path, name)
+    table = score_case(tmp_path, name, sketch_dim)
+    sketches = [c for c in table.column_names if c.startswith("sketch")]
+    assert len(sketches) == (2 * 2 * 2 if sketch_dim else 0)  # 2 epochs x 2 members x 2
+    values = table_values(table)
     assert set(pinned["columns"]) <= set(values)  # columns added later are not pinned
     for column, expected in pinned["columns"].items():
         np.testing.assert_allclose(values[column], expected, rtol=1e-5, atol=1e-12,
@@ -84,7 +91,7 @@ if __name__ == "__main__":  # python tests/test_pinned_table.py: print (or --wri
     found = {}
     with tempfile.TemporaryDirectory() as scratch:
         for case in sorted(CASES):
-            values = score_case(Path(scratch), case)
+            values = table_values(score_case(Path(scratch), case))
             found[case] = {"sha256": values_sha256(values), "columns": values}
             print(case, found[case]["sha256"])
     if "--write" in sys.argv:

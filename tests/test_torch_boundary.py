@@ -11,6 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from conftest import alpaca_records, write_jsonl
 
+from gradfilter.table import sketch_columns
+
 PROBE = """
 import json, runpy, sys
 sys.argv = ["gradfilter", *json.loads(sys.argv[1])]
@@ -38,14 +40,20 @@ def _torch_modules_after(*args: str, code: int = 0) -> list[str]:
 
 def test_import_help_select_and_inspect_never_import_torch(tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", alpaca_records(6))
-    pq.write_table(pa.table({"gsnr": np.arange(6, dtype=np.float64)}), tmp_path / "s.parquet")
+    sketches = np.random.default_rng(0).standard_normal((6, 8)).astype(np.float32)
+    sketch = sketch_columns(sketches, np.arange(6), 6)
+    pq.write_table(pa.table({"gsnr": np.arange(6, dtype=np.float64),
+                             "sketch_e2_m0": sketch["sketch"]}), tmp_path / "s.parquet")
     for args in (["import"], ["--help"], ["select", "--help"], ["score", "--help"],
                  ["bench", "noise", "--help"], ["inspect", str(data)],
                  ["--debug", "inspect", str(data), "--strict"],
                  ["select", str(data), "--stats", str(tmp_path / "s.parquet"), "--count", "2",
-                  "--out", str(tmp_path / "out.jsonl")]):
+                  "--out", str(tmp_path / "out.jsonl")],
+                 ["select", str(data), "--stats", str(tmp_path / "s.parquet"), "--count", "3",
+                  "--diversity", "dedup", "--out", str(tmp_path / "diverse.jsonl")]):
         assert _torch_modules_after(*args) == [], args
     assert (tmp_path / "out.jsonl").read_text().count("\n") == 2
+    assert (tmp_path / "diverse.jsonl").read_text().count("\n") == 3
 
 
 def test_refusals_and_errors_never_import_torch(tmp_path):

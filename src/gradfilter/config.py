@@ -49,6 +49,7 @@ class ScoreConfig:
     # Padded tokens per micro-batch (all M members' rows together); None: chosen from the
     # device and the proxy (scoring/budget.py). Changes no number beyond float rounding.
     batch_tokens: int | None = None
+    sketch_dim: int = 128  # gradient sketch size per member and collected epoch; 0: none
 
     def validate(self) -> None:
         positive = ("members", "epochs", "lora_rank", "batch_size", "collect_batch_size",
@@ -63,6 +64,8 @@ class ScoreConfig:
             )
         if self.batch_tokens is not None and self.batch_tokens < 1:
             raise GradfilterError("--batch-tokens must be auto or at least 1")
+        if self.sketch_dim < 0:
+            raise GradfilterError("--sketch-dim must be at least 0 (0 turns sketches off)")
         if self.lr <= 0 or self.lora_alpha <= 0:
             raise GradfilterError("--lr and --lora-alpha must be positive")
         for name, kind in (("device", DeviceChoice), ("dtype", DtypeChoice),

@@ -14,7 +14,9 @@ ORDER_STREAM = 1  # (seed, member, epoch, ORDER_STREAM): member m's data order i
 SCHEDULE_STREAM = 2  # (seed, epoch, SCHEDULE_STREAM): the bucketed batches' shared schedule
 RANDOM_STREAM = 7  # (seed, RANDOM_STREAM): the random baseline's draw
 CORRUPTION_STREAM = 11  # (seed, CORRUPTION_STREAM): the noise benchmark's corruptions
-HELD_OUT_STREAM = 13  # (seed, HELD_OUT_STREAM): the fine-tune benchmark's held-out records
+SKETCH_STREAM = 13  # (seed, layer, part, SKETCH_STREAM): a gradient sketch's projection factors
+LSH_STREAM = 17  # (seed, LSH_STREAM): the random hyperplanes of diversity-aware selection
+HELD_OUT_STREAM = 19  # (seed, HELD_OUT_STREAM): the fine-tune benchmark's held-out records
 
 
 def derived_seed(*parts: int) -> int:

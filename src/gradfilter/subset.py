@@ -21,11 +21,12 @@ from .data.conversations import Format
 from .data.dataset import Dataset, resolve_format
 from .data.readers import ReadReport, Record
 from .data.writers import write_subset
+from .diversity import DEFAULT_THRESHOLD, DIVERSITY, DedupReport, dedup
 from .errors import GradfilterError
 from .outputs import write_run_record
 from .paths import refuse_collisions, select_paths
 from .selection import Selection, select_top
-from .table import load_scores, table_utility
+from .table import load_scores, load_sketch_features, table_utility
 
 PREVIEWS = 3  # best and worst records shown after a selection
 
@@ -53,6 +54,7 @@ class Subset:
     report: ReadReport  # warnings and unreadable places met while reading the input
     best: list[Preview]
     worst: list[Preview]
+    diversity: dict | None = None  # what near-duplicate suppression removed (--diversity)
 
     @property
     def indices(self) -> np.ndarray:
@@ -89,6 +91,8 @@ def select(
     out_format: sources.Container | None = None,
     split: str | None = None,
     fields: dict[str, str] | None = None,
+    diversity: str = "none",
+    diversity_threshold: float = DEFAULT_THRESHOLD,
 ) -> Subset:
     """Write the top records of `data` by `utility` to `out`, unchanged, in the input's
     container unless `out_format` names another. `stats` is the statistics table (a Parquet
@@ -97,12 +101,19 @@ def select(
     Only the table's scores are held in memory, read and ranked once: the input is read again
     as a stream and the chosen records written as they pass (`order="score"` holds the chosen
     ones only), and the best and worst few are kept on the way for the summary.
+
+    `diversity="dedup"` removes near-duplicates on the way down the ranking (their gradient
+    sketches' cosine >= `diversity_threshold` to a record kept already; see `diversity`): it
+    reads the sketches of a pool of the best-ranked records only.
     """
     refuse_collisions(*select_paths(data, stats, out, out_format))
     start = time.perf_counter()
     utility = utility or table_utility(stats)
     scores = load_scores(stats, utility)
     selection = select_top(scores, ratio=ratio, count=count)
+    removed = None
+    if diversity != "none":
+        selection, removed = _diversify(selection, stats, diversity, diversity_threshold)
     shown = {int(i) for i in (*selection.best(PREVIEWS), *selection.worst(PREVIEWS))}
     report = ReadReport()
     if isinstance(data, Dataset):
@@ -149,6 +160,7 @@ def select(
         "selected": len(chosen),
         "requested": selection.requested,
         "nonfinite_scores": selection.n_nonfinite,
+        "diversity": {"method": diversity, **(removed.as_dict() if removed else {})},
         "read_warnings": report.warnings,
         "unreadable_records": report.skipped,
         "wall_seconds": {"select": time.perf_counter() - start},
@@ -158,7 +170,19 @@ def select(
         return [Preview(int(i), float(scores[i]), prompts.get(int(i), "")) for i in indices]
 
     return Subset(selection, scores, utility, source, fmt, container, report,
-                  previews(selection.best(PREVIEWS)), previews(selection.worst(PREVIEWS)))
+                  previews(selection.best(PREVIEWS)), previews(selection.worst(PREVIEWS)),
+                  removed.as_dict() if removed else None)
+
+
+def _diversify(selection: Selection, stats, diversity: str,
+               threshold: float) -> tuple[Selection, DedupReport]:
+    """The selection with near-duplicates removed (`dedup`)."""
+    if diversity != "dedup":
+        raise GradfilterError(f"--diversity must be one of {list(DIVERSITY)}, got {diversity!r}")
+    if isinstance(stats, np.ndarray):
+        raise GradfilterError("--diversity needs a statistics table with gradient sketches, "
+                              "not bare scores")
+    return dedup(selection, partial(load_sketch_features, stats), threshold)
 
 
 def _prompt_preview(record: Record, fmt: Format, source: sources.Source,

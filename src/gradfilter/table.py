@@ -13,8 +13,10 @@ utility needs, batch by batch: memory holds 8 bytes a record and one batch.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,9 @@ META_KEY = "gradfilter"
 _SQNORM = re.compile(r"^sqnorm_e(\d+)_m(\d+)$")
 _STATS_BATCH_ROWS = 1 << 16
 NOT_A_TABLE = "not a Parquet statistics table (the file `gradfilter score` writes)"
+_SKETCH = re.compile(r"^sketch_e(\d+)_m(\d+)$")
+SKETCH_STORAGE = ("sketch_e{e}_m{m}: unit vector, float16; sketchnorm_e{e}_m{m}: its length, "
+                  "float32; the sketch is their product")
 
 
 # --- writing -------------------------------------------------------------------------------
@@ -47,9 +52,12 @@ def record_columns(n_records: int, n_response_tokens: np.ndarray, truncated: np.
 
 
 def gsnr_table(head: dict[str, pa.Array], scorable: np.ndarray, losses: dict[int, np.ndarray],
-               sqnorms: dict[int, np.ndarray], config: ScoreConfig) -> pa.Table:
+               sqnorms: dict[int, np.ndarray], config: ScoreConfig,
+               sketches: dict[int, np.ndarray] | None = None,
+               sketch_meta: dict | None = None) -> pa.Table:
     """`head`, then each collected epoch's [scorable examples, members] losses and squared
-    norms spread over all records (NaN where unscored), then every utility."""
+    norms spread over all records (NaN where unscored), then every utility, then (with
+    `sketches`, [scorable examples, members, dim] per epoch) the gradient sketches."""
     n_records = len(head["index"])
     columns = dict(head)
     for epoch in (config.early, config.late):
@@ -60,7 +68,34 @@ def gsnr_table(head: dict[str, pa.Array], scorable: np.ndarray, losses: dict[int
                 columns[f"{name}_e{epoch}_m{m}"] = pa.array(full)
     meta = {"method": "gsnr", "early": config.early, "late": config.late,
             "members": config.members, "config": asdict(config)}
-    return with_utilities(with_meta(pa.table(columns), meta))
+    if sketches:
+        meta["sketch"] = {**(sketch_meta or {}), "stored": SKETCH_STORAGE}
+    table = with_utilities(with_meta(pa.table(columns), meta))
+    for epoch in sorted(sketches or {}):
+        for m in range(config.members):
+            for name, column in sketch_columns(sketches[epoch][:, m], scorable,
+                                               n_records).items():
+                table = table.append_column(f"{name}_e{epoch}_m{m}", column)
+    return table
+
+
+def sketch_columns(values: np.ndarray, scorable: np.ndarray,
+                   n_records: int) -> dict[str, pa.Array]:
+    """One member's sketches at one epoch ([scorable examples, dim] float32) as the two columns
+    a table stores: `sketch` (the unit direction, float16, null where unscored) and
+    `sketchnorm` (its length, float32, NaN where unscored); a zero sketch stays zero."""
+    dim = values.shape[1]
+    norms = np.linalg.norm(values.astype(np.float64), axis=1)
+    units = np.zeros((n_records, dim), dtype=np.float16)
+    units[scorable] = values / np.where(norms > 0, norms, 1.0)[:, None]
+    valid = np.zeros(n_records, dtype=bool)
+    valid[scorable] = True
+    full_norms = np.full(n_records, np.nan, dtype=np.float32)
+    full_norms[scorable] = norms
+    flat = pa.array(units.reshape(-1))
+    mask = pa.array(~valid)
+    return {"sketch": pa.FixedSizeListArray.from_arrays(flat, dim, mask=mask),
+            "sketchnorm": pa.array(full_norms)}
 
 
 def baseline_table(head: dict[str, pa.Array], columns: dict[str, np.ndarray], method: str,
@@ -76,8 +111,8 @@ def with_meta(table: pa.Table, meta: dict) -> pa.Table:
 
 def write_table(table: pa.Table, path: Path) -> None:
     """The table to `path` (Parquet), atomically."""
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+    with atomic_path(path) as tmp:  # row groups of one read batch: reads stream by row group
+        pq.write_table(table, tmp, row_group_size=_STATS_BATCH_ROWS)
 
 
 # --- what a table holds ----------------------------------------------------------------------
@@ -265,6 +300,70 @@ def open_table(path: Path, **options) -> pq.ParquetFile:
             raise GradfilterError(f"{path}: not a statistics table: column {column.name!r} "
                                   f"holds {column.type}, expected numbers")
     return table_file
+def sketch_member_columns(names: list[str], epoch: int) -> list[str]:
+    """`sketch_e{epoch}_m{m}` of every member m present, in member order."""
+    members = sorted(int(m.group(2)) for c in names
+                     if (m := _SKETCH.match(c)) and int(m.group(1)) == epoch)
+    if not members:
+        which = f" for epoch {epoch}" if any(_SKETCH.match(c) for c in names) else ""
+        raise GradfilterError(f"the statistics table has no gradient sketches{which} (scored "
+                              "with --sketch-dim 0, or by a baseline); --diversity needs them")
+    return [f"sketch_e{epoch}_m{m}" for m in members]
+
+
+def load_sketch_features(stats: str | Path | pa.Table, records: np.ndarray) -> np.ndarray:
+    """The late-epoch unit sketches of `records` (0-based rows), members side by side and
+    scaled by 1/sqrt(M): [len(records), M * dim] float16, so that a dot product is the mean
+    over members of the cosine. Read batch by batch, holding only the rows asked for."""
+    if isinstance(stats, pa.Table):
+        schema, batches = stats.schema, lambda cols: _table_batches(stats, cols)
+    else:
+        path = Path(stats)
+        try:
+            table_file = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise GradfilterError(f"{path}: not a Parquet statistics table: {exc}") from None
+        schema, batches = table_file.schema_arrow, partial(_stat_batches, table_file)
+    late = table_meta(pa.Table.from_batches([], schema=schema)).get("late")
+    if late is None:  # no metadata: the latest epoch with sketches
+        late = max((int(m.group(1)) for c in schema.names if (m := _SKETCH.match(c))),
+                   default=0)
+    columns = sketch_member_columns(schema.names, int(late))
+    dim = schema.field(columns[0]).type.list_size
+    where = np.full(int(records.max()) + 1 if len(records) else 0, -1, dtype=np.int64)
+    where[records] = np.arange(len(records))
+    out = np.zeros((len(records), len(columns) * dim), dtype=np.float16)
+    scale = np.float32(1 / math.sqrt(len(columns)))
+    for start, batch in batches(columns):
+        position = where[start:start + batch.num_rows]
+        wanted = np.flatnonzero(position >= 0)
+        if not len(wanted):
+            continue
+        for k in range(len(columns)):
+            rows = _unit_sketches(batch.column(k), dim, wanted)
+            out[position[wanted], k * dim:(k + 1) * dim] = rows * scale
+    return out
+
+
+def _unit_sketches(array: pa.Array, dim: int, wanted: np.ndarray) -> np.ndarray:
+    """Rows `wanted` of a fixed-size list column of float16 sketches as [rows, dim] float32,
+    zeros where null. Read from the Arrow buffer: pyarrow's own float16 conversion goes
+    through Python objects."""
+    child = array.values  # the list slots' values, the null ones included (fixed size)
+    values = np.frombuffer(child.buffers()[1], dtype=np.float16,
+                           count=(child.offset + len(child)))[child.offset:]
+    values = values[array.offset * dim:(array.offset + len(array)) * dim]
+    rows = values.reshape(len(array), dim)[wanted].astype(np.float32)
+    if array.null_count:
+        rows[np.asarray(array.is_null().to_numpy(zero_copy_only=False))[wanted]] = 0
+    return rows
+
+
+def _table_batches(table: pa.Table, columns: list[str]):
+    start = 0
+    for batch in table.select(columns).to_batches(max_chunksize=_STATS_BATCH_ROWS):
+        yield start, batch
+        start += batch.num_rows
 
 
 def _stat_batches(table_file: pq.ParquetFile, columns: list[str]):

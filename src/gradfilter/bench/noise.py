@@ -20,13 +20,22 @@ import pyarrow.parquet as pq
 
 from ..config import ScoreConfig
 from ..data.conversations import Turn, answering_turns, prompt_of
+from ..diversity import DEFAULT_THRESHOLD, dedup
 from ..errors import GradfilterError
 from ..outputs import atomic_path, atomic_write_text, write_run_record
 from ..seeds import CORRUPTION_STREAM, derived_seed
 from ..selection import select_top
-from ..table import utility_scores
+from ..table import load_sketch_features, utility_scores
 from ..utilities import UTILITIES
-from .intervals import RESAMPLES, Ranking, auroc, percentile_interval, resample_weights, t_interval
+from .intervals import (
+    RESAMPLES,
+    Ranking,
+    auroc,
+    bootstrap,
+    percentile_interval,
+    resample_weights,
+    t_interval,
+)
 
 CURVE_BUDGETS = tuple(round(0.01 * k, 2) for k in range(1, 51))
 
@@ -86,6 +95,24 @@ def repeat_ngram(prompt: str, response: str, context: CorruptionContext) -> str:
 def echo_prompt(prompt: str, response: str, context: CorruptionContext) -> str:
     """The prompt echoed back as the response."""
     return prompt
+
+
+NON_ANSWER = ("I'm sorry, but I can't give a complete answer to that right now. Please let "
+              "me know if there is anything else I can help you with.")
+
+
+@register_corruption("near_duplicate")
+def near_duplicate(prompt: str, response: str, context: CorruptionContext) -> str:
+    """One fixed non-answer template with a light edit (one word dropped or doubled, seeded):
+    every record so corrupted is a near-duplicate of the others, as templated non-answers and
+    canned refusals are in real data."""
+    words = NON_ANSWER.split()
+    k = int(context.rng.integers(len(words)))
+    if context.rng.random() < 0.5:
+        del words[k]
+    else:
+        words.insert(k, words[k])
+    return " ".join(words)
 
 
 def corrupt(conversations: list[list[Turn]], fraction: float, kinds: Sequence[str], seed: int,
@@ -194,6 +221,46 @@ def _by_kind(ranking: Ranking, scores: np.ndarray, labels: np.ndarray,
     }
 
 
+def diversity_metrics(scores: np.ndarray, labels: Sequence[str | None],
+                      budgets: Sequence[float], load, threshold: float) -> dict:
+    """What dedup does to one method's selection at each budget: contamination (overall and
+    per kind) of plain top-k and of dedup, the paired difference with its 95% bootstrap
+    interval, and how many records dedup removed (with its largest groups).
+
+    The interval resamples records with the two selections held fixed (a record drawn twice
+    counts twice in both): re-running dedup on a resample would see the drawn copies as
+    near-duplicates of each other."""
+    labels_arr = np.array([label or "" for label in labels])
+    corrupted = labels_arr != ""
+    kinds = sorted(set(labels_arr) - {""})
+    result: dict = {"plain": {}, "dedup": {}, "dedup_by_type": {}, "difference": {},
+                    "removed": {}, "groups": {}}
+    for budget in budgets:
+        key = f"{budget:g}"
+        plain = select_top(scores, ratio=budget)
+        diverse, report = dedup(plain, load, threshold)
+        in_plain = np.zeros(len(scores), bool)
+        in_plain[plain.indices] = True
+        in_dedup = np.zeros(len(scores), bool)
+        in_dedup[diverse.indices] = True
+
+        def difference(idx: np.ndarray, a=in_dedup, b=in_plain) -> float:
+            return _share(corrupted[idx], a[idx]) - _share(corrupted[idx], b[idx])
+
+        result["plain"][key] = _share(corrupted, in_plain)
+        result["dedup"][key] = _share(corrupted, in_dedup)
+        result["dedup_by_type"][key] = {k: _share(labels_arr == k, in_dedup) for k in kinds}
+        result["difference"][key] = bootstrap(difference, [len(scores)]).as_dict()
+        result["removed"][key] = report.removed
+        result["groups"][key] = report.groups[:3]
+    return result
+
+
+def _share(flag: np.ndarray, chosen: np.ndarray) -> float:
+    """Share of the chosen records that carry `flag` (NaN if none is chosen)."""
+    return float(flag[chosen].mean()) if chosen.any() else float("nan")
+
+
 def method_groups(methods: Sequence[str]) -> dict[str, list[str]]:
     """Which scoring run serves each method: one ensemble run serves every G-SNR utility (and
     `loss`, the ensemble's late loss, when it runs); one IFD run serves perplexity too."""
@@ -268,7 +335,26 @@ def results_markdown(results: dict) -> str:
         lines.append(_row([method, *[f"{m['auroc_by_type'][k]:.3f} / "
                                      f"{m['contamination_by_type'][middle][k]:.3f}"
                                      for k in kinds]]))
+    if "diversity" in first:
+        lines += diversity_markdown(first["diversity"], budgets, seeds[0])
     return "\n".join(lines) + "\n"
+
+
+def diversity_markdown(diversity: dict, budgets: Sequence[str], seed: int) -> list[str]:
+    """Plain top-k against dedup, per method and budget, the difference with its interval."""
+    lines = ["", f"## Diversity: dedup at cosine >= {diversity['threshold']:g} (seed {seed})",
+             "", "Contamination of plain top-k and of the same utility with near-duplicates "
+             "removed; the difference (dedup - plain) with its 95% bootstrap interval over "
+             "records (selections held fixed); records removed.", "",
+             _row(["method", "budget", "plain", "dedup", "difference [95% CI]", "removed"]),
+             _row(["---"] * 6)]
+    for method, m in diversity["methods"].items():
+        for b in budgets:
+            d = m["difference"][b]
+            lines.append(_row([method, b, f"{m['plain'][b]:.3f}", f"{m['dedup'][b]:.3f}",
+                               f"{d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]",
+                               str(m["removed"][b])]))
+    return lines
 
 
 def _scale_line(results: dict) -> str:
@@ -368,9 +454,12 @@ def run_noise_benchmark(data, out_dir: Path, config: ScoreConfig, *, methods: Se
                         corruptions: Sequence[str], fraction: float, budgets: Sequence[float],
                         corrupt_seeds: Sequence[int] = (0,),
                         tables: dict[str, Path] | None = None, resamples: int = RESAMPLES,
-                        progress: bool = True, log=print) -> dict:
+                        progress: bool = True, log=print, diversity: str = "none",
+                        diversity_threshold: float = DEFAULT_THRESHOLD) -> dict:
     """Corrupt (once per corruption seed), score with every method (reusing finished tables,
-    or the `tables` given by run name), measure with intervals, report."""
+    or the `tables` given by run name), measure with intervals, report. With
+    `diversity="dedup"`, also each method's selection with near-duplicates removed (by the
+    G-SNR run's sketches) against its plain top-k."""
     from ..data.dataset import as_dataset
     from ..scoring.proxy import load_tokenizer
 
@@ -383,7 +472,8 @@ def run_noise_benchmark(data, out_dir: Path, config: ScoreConfig, *, methods: Se
     runs = [_run_seed(out_dir, seed, *corrupt(conversations, fraction, corruptions, seed,
                                               tokenizer),
                       np.array(source), config, methods, corruptions, budgets, tables or {},
-                      resamples, progress, log) for seed in corrupt_seeds]
+                      resamples, progress, log, diversity, diversity_threshold)
+            for seed in corrupt_seeds]
     per_seed = {str(seed): run.results for seed, run in zip(corrupt_seeds, runs, strict=True)}
     results = {
         "data": str(dataset.path), "corrupt_fraction": fraction,
@@ -424,7 +514,8 @@ def _answered(dataset, log) -> tuple[list[list[Turn]], list[int]]:
 def _run_seed(out_dir: Path, seed: int, mixed: list[list[Turn]], labels: list[str | None],
               source: np.ndarray, config: ScoreConfig, methods: Sequence[str],
               corruptions: Sequence[str], budgets: Sequence[float], given: dict[str, Path],
-              resamples: int, progress: bool, log) -> SeedRun:
+              resamples: int, progress: bool, log, diversity: str = "none",
+              diversity_threshold: float = DEFAULT_THRESHOLD) -> SeedRun:
     """One corruption draw: its mixed set and labels, every method's scores, the metrics."""
     from ..scoring.score import score
     from ..table import load_stats
@@ -456,13 +547,34 @@ def _run_seed(out_dir: Path, seed: int, mixed: list[list[Turn]], labels: list[st
     all_scores = {m: s[scored] for m, s in all_scores.items()}
     kept = [label for label, keep in zip(labels, scored, strict=True) if keep]
     corrupted = [label for label in kept if label]
-    return SeedRun({
+    results = {
         "mixed": mixed_path.name, "labels": labels_path.name, "tables": tables,
         "records": len(kept), "unscorable": int((~scored).sum()),
         "corrupted": len(corrupted),
         "corrupted_by_type": {k: corrupted.count(k) for k in corruptions},
         "methods": method_metrics(all_scores, kept, budgets, resamples, seed),
-    }, all_scores, kept)
+    }
+    if diversity == "dedup":
+        results["diversity"] = _diversity(all_scores, kept, budgets, tables, methods,
+                                          np.flatnonzero(scored), diversity_threshold)
+    return SeedRun(results, all_scores, kept)
+
+
+def _diversity(all_scores: dict[str, np.ndarray], labels: list[str | None],
+               budgets: Sequence[float], tables: dict[str, str], methods: Sequence[str],
+               rows: np.ndarray, threshold: float) -> dict:
+    """dedup against plain top-k for every method, by the sketches of the first G-SNR run."""
+    sketched = next((tables[m] for m in methods if m in UTILITIES), None)
+    if sketched is None:
+        raise GradfilterError("--diversity dedup needs a G-SNR utility among --methods "
+                              "(its table holds the sketches)")
+
+    def load(records: np.ndarray) -> np.ndarray:
+        return load_sketch_features(sketched, rows[records])
+
+    return {"method": "dedup", "threshold": threshold, "sketches": sketched,
+            "methods": {m: diversity_metrics(s, labels, budgets, load, threshold)
+                        for m, s in all_scores.items()}}
 
 
 def _summary(per_seed: dict[str, dict]) -> dict[str, dict]:

@@ -15,6 +15,7 @@ import click
 from rich.console import Console
 
 from ..config import ScoreConfig
+from ..diversity import DEFAULT_THRESHOLD, DIVERSITY
 from ..utilities import BASELINE_SCORES, UTILITIES
 from .options import (
     config_from,
@@ -59,11 +60,17 @@ def bench() -> None:
                    "one corruption seed only.")
 @click.option("--resamples", type=click.IntRange(min=100), default=1000, show_default=True,
               help="Bootstrap resamples of the intervals.")
+@click.option("--diversity", type=click.Choice(DIVERSITY), default="none", show_default=True,
+              help="dedup: also measure each method's selection with near-duplicates removed "
+                   "(by the G-SNR run's gradient sketches) against its plain top-k.")
+@click.option("--diversity-threshold", type=float, default=DEFAULT_THRESHOLD,
+              show_default=True, help="The cosine at or above which dedup removes a record.")
 @data_options
 @BENCH_SCORE_OPTIONS
 def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_seeds: str,
           methods: str, budgets: str, plugins: tuple[str, ...], tables: tuple[str, ...],
-          resamples: int, fmt, fields, limit, split, quiet, **options) -> None:
+          resamples: int, diversity: str, diversity_threshold: float, fmt, fields, limit, split,
+          quiet, **options) -> None:
     """Corrupt part of DATA, score it with every method, report contamination and AUROC."""
     from ..bench.noise import results_markdown, run_noise_benchmark
     from ..paths import reads, refuse_collisions, writes
@@ -81,7 +88,7 @@ def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_s
         budgets=csv_numbers(budgets, "--budgets"),
         corrupt_seeds=csv_numbers(corrupt_seeds, "--corrupt-seeds", int),
         tables=named_paths(tables, "--table"), resamples=resamples, progress=not quiet,
-        log=console.print)
+        log=console.print, diversity=diversity, diversity_threshold=diversity_threshold)
     Console(soft_wrap=True).print(results_markdown(results), markup=False)
     console.print(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}, "
                   f"plots {out_dir / 'contamination.png'}, {out_dir / 'distributions.png'}")

@@ -69,7 +69,7 @@ def score(data: str, out: Path, fmt, fields, limit, split, skip_bad_records, met
 @score_options()
 def run(data: str, out: Path, stats: Path | None, fmt, fields, limit, split, out_format,
         skip_bad_records, method, save_adapters, checkpoint_dir, checkpoint_every, quiet, ratio,
-        count, utility, order, score_field, **options) -> None:
+        count, utility, order, score_field, diversity, diversity_threshold, **options) -> None:
     """Score DATA and write the selected subset in one go (default --ratio 0.1)."""
     from ..paths import refuse_collisions, run_paths
 
@@ -84,7 +84,8 @@ def run(data: str, out: Path, stats: Path | None, fmt, fields, limit, split, out
                           skip_bad_records=skip_bad_records, progress=not quiet,
                           checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every),
                      dict(ratio=ratio, count=count, utility=utility, order=order,
-                          score_field=score_field, out_format=out_format))
+                          score_field=score_field, out_format=out_format, diversity=diversity,
+                          diversity_threshold=diversity_threshold))
 
 
 def score_and_select(dataset, out: Path, stats: Path | None, config: ScoreConfig, how: dict,

@@ -20,6 +20,7 @@ from ..config import (
 )
 from ..data.conversations import FORMATS
 from ..data.sources import CONTAINERS
+from ..diversity import DEFAULT_THRESHOLD, DIVERSITY
 from ..errors import GradfilterError
 from ..utilities import BASELINE_SCORES, UTILITIES
 
@@ -69,6 +70,15 @@ def select_options(command: Callable) -> Callable:
         click.option("--order", type=click.Choice(["input", "score"]), default="input",
                      show_default=True),
         click.option("--score-field", default=None, help="Add the score to each kept record."),
+        click.option("--diversity", type=click.Choice(DIVERSITY), default="none",
+                     show_default=True,
+                     help="dedup: going down the ranking, drop a record whose gradient sketch "
+                          "is a near-duplicate of one kept already (needs sketches)."),
+        click.option("--diversity-threshold", type=float, default=DEFAULT_THRESHOLD,
+                     show_default=True,
+                     help="Cosine similarity (mean over members, late-epoch sketches) at or "
+                          "above which dedup drops a record; 1 keeps plain top-k, lower drops "
+                          "more."),
     ])
 
 
@@ -142,6 +152,10 @@ def _score_option_table() -> dict[str, Callable]:
                  "epochs s and t themselves (no extra pass, T epochs of cost); snapshot: a "
                  "separate pass over the adapters after epochs s and t (T + 2). Changes the "
                  "scores."),
+        "sketch_dim": _default(
+            "--sketch-dim", type=int,
+            help="Size of each example's gradient sketch per member and collected epoch "
+                 "(stored in the table, used by select --diversity); 0 turns it off."),
         "save_adapters": click.option(
             "--save-adapters", type=click.Path(path_type=Path), default=None,
             help="Write every member's PEFT adapter at each collected epoch here."),

@@ -53,6 +53,13 @@ def print_selection(subset: Subset, out: Path, stats: Path | None,
                       f"run record:       {run_record_path(out)}")
     for line in recoveries(subset.report, notes or {}):
         out_console.print(line, markup=False)
+    if subset.diversity is not None:
+        groups = subset.diversity["groups"]
+        largest = (f"; largest group: #{groups[0]['kept']} kept, "
+                   f"{groups[0]['removed_count']} removed" if groups else "")
+        out_console.print(f"dedup removed {subset.diversity['removed']} near-duplicates "
+                          f"(cosine >= {subset.diversity['threshold']:g}){largest}; groups in "
+                          "the run record")
     for title, previews in (("best", subset.best), ("worst", subset.worst)):
         out_console.print(f"{title} {len(previews)} by {subset.utility}:")
         for preview in previews:

@@ -233,8 +233,10 @@ class Checkpoint:
         return self.root / f"collect-e{epoch}"
 
     def save_shard(self, epoch: int, batches: list[int], members: list[int], rows: np.ndarray,
-                   losses: np.ndarray, sqnorms: np.ndarray) -> None:
-        """Commit the results of whole collection `batches` for `members` (rows x members)."""
+                   losses: np.ndarray, sqnorms: np.ndarray,
+                   sketches: np.ndarray | None = None) -> None:
+        """Commit the results of whole collection `batches` for `members` (rows x members;
+        sketches rows x members x dim, if any)."""
         directory = self._collect_dir(epoch)
         directory.mkdir(parents=True, exist_ok=True)
         which = np.asarray(batches, np.int64)
@@ -242,6 +244,8 @@ class Checkpoint:
         name = f"b{batches[0]:07d}-{batches[-1]:07d}-{digest}-m{'_'.join(map(str, members))}.npz"
         arrays = {"batches": which, "members": np.asarray(members, np.int64),
                   "rows": rows.astype(np.int64), "losses": losses, "sqnorms": sqnorms}
+        if sketches is not None:
+            arrays["sketches"] = sketches
         durable_write(directory / name, lambda h: np.savez(h, **arrays))
         _sleep_hook()
 

@@ -37,6 +37,7 @@ class GradientStatistics:
 
     losses: dict[int, np.ndarray] = field(default_factory=dict)
     sqnorms: dict[int, np.ndarray] = field(default_factory=dict)
+    sketches: dict[int, np.ndarray] = field(default_factory=dict)  # [example, member, dim]
     phase_seconds: dict[str, float] = field(default_factory=dict)
     train_losses: list[float] = field(default_factory=list)  # per step, mean over members
     batch_tokens: int = 0  # the micro-batch token budget used
@@ -53,6 +54,8 @@ class Collector:
         self.config, self.autocast = config, autocast
         self.checkpoint, self.topology = checkpoint, topology
         self.batch_tokens = batch_tokens
+        self.sketch = (ensemble.sketch_projection(config.sketch_dim, config.seed)
+                       if config.sketch_dim else None)
 
     def collect(self, epoch: int, bars: Progress, adapters: AbstractContextManager,
                 on_collected: Callable[[int], None] | None = None) -> Collected:
@@ -62,13 +65,15 @@ class Collector:
         members = self.ensemble.member_ids
         batches = collection_batches(self.lengths, self.config.collect_batch_size,
                                      self.config.length_bucketing)
-        result = Collected.empty(len(self.lengths), len(members))
+        result = Collected.empty(len(self.lengths), len(members), self.config.sketch_dim)
         done = np.zeros((len(batches), len(members)), dtype=bool)
         for shard in self.checkpoint.shards(epoch):
             for j, m in enumerate(shard["members"].tolist()):
                 if m in members:
                     k = members.index(m)
-                    result.put(shard["rows"], k, shard["losses"][:, j], shard["sqnorms"][:, j])
+                    sketches = shard["sketches"][:, j] if "sketches" in shard else None
+                    result.put(shard["rows"], k, shard["losses"][:, j], shard["sqnorms"][:, j],
+                               sketches)
                     done[shard["batches"], k] = True
         todo = [j for j in self.topology.collection_batches(len(batches)) if not done[j].all()]
         if todo or on_collected is not None:
@@ -100,24 +105,33 @@ class Collector:
             rows = np.concatenate([batches[j] for j in part])
             losses, sqnorms = (torch.cat([p[i].view(len(members), -1) for p in pending], 1)
                                .double().cpu().numpy().T for i in (0, 1))
-            result.put(rows, slice(None), losses, sqnorms)
-            self.checkpoint.save_shard(epoch, part, members, rows, losses, sqnorms)
+            sketches = None if self.sketch is None else torch.cat(
+                [p[2].view(len(members), -1, self.sketch.dim) for p in pending], 1
+            ).cpu().numpy().transpose(1, 0, 2)  # [rows, members, dim]
+            result.put(rows, slice(None), losses, sqnorms, sketches)
+            self.checkpoint.save_shard(epoch, part, members, rows, losses, sqnorms, sketches)
 
-    def _measure(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every held member's loss and squared gradient norm for `rows`, member-major, left
-        on the device; computed in micro-batches within the token budget (cut as if all M
-        members were held)."""
+    def _measure(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor,
+                                                 torch.Tensor | None]:
+        """Every held member's loss, squared gradient norm and sketch (None if off) for
+        `rows`, member-major, left on the device; computed in micro-batches within the token
+        budget (cut as if all M members were held)."""
         held = self.ensemble.members
         parts = [self._measure_micro(rows[part], width) for part, width in
                  micro_batches([rows] * self.config.members, self.lengths, self.batch_tokens)]
         losses = torch.cat([p[0].view(held, -1) for p in parts], 1)
         sqnorms = torch.cat([p[1].view(held, -1) for p in parts], 1)
-        return losses.view(-1), sqnorms.view(-1)
+        if self.sketch is None:
+            return losses.view(-1), sqnorms.view(-1), None
+        sketches = torch.cat([p[2].view(held, -1, self.sketch.dim) for p in parts], 1)
+        return losses.view(-1), sqnorms.view(-1), sketches.view(-1, self.sketch.dim)
 
-    def _measure_micro(self, rows: np.ndarray, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _measure_micro(self, rows: np.ndarray, width: int
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         ensemble = self.ensemble
         batch = self.batcher.batch([rows] * ensemble.members, width)
-        recorder = RowGradRecorder(len(rows) * ensemble.members, batch.input_ids.device)
+        recorder = RowGradRecorder(len(rows) * ensemble.members, batch.input_ids.device,
+                                   self.sketch)
         ensemble.set_recorder(recorder)
         try:
             with self.autocast:
@@ -129,7 +143,7 @@ class Collector:
             ensemble.set_recorder(None)
         for p in ensemble.parameters():
             p.grad = None
-        return row_losses.detach(), recorder.sqnorms
+        return row_losses.detach(), recorder.sqnorms, recorder.sketches
 
 
 def train_and_collect(
@@ -190,7 +204,8 @@ def train_and_collect(
                 stats.phase_seconds[f"collect_epoch{epoch}"] = time.perf_counter() - start
     if not checkpoint.manifest.finished:
         checkpoint.mark_finished()
-    _gather(stats, collected, trainer.member_losses(), topology, comm, config.members)
+    _gather(stats, collected, trainer.member_losses(), topology, comm, config.members,
+            config.sketch_dim)
     return stats
 
 
@@ -207,23 +222,27 @@ def _after_recorded(epoch: int, trainer: Trainer, checkpoint: Checkpoint | NullC
 
 def _gather(stats: GradientStatistics, collected: dict[int, Collected],
             member_losses: dict[int, torch.Tensor], topology: Topology, comm: Comm,
-            members: int) -> None:
+            members: int, sketch_dim: int = 0) -> None:
     """Merge every rank's members and rows: stats of all M members on every rank."""
     mine = {"members": list(member_losses), "collected": collected,
             "train": {m: h.numpy() for m, h in member_losses.items() if topology.owns(m)}}
     parts = comm.all_gather(mine)
     for epoch in collected:
         n = len(collected[epoch].filled)
-        merged = Collected.empty(n, members)
+        merged = Collected.empty(n, members, sketch_dim)
         for part in parts:  # rank order; where two ranks hold a value it is the same one
             piece = part["collected"][epoch]
             for k, m in enumerate(part["members"]):
                 take = piece.filled[:, k] & ~merged.filled[:, m]
-                merged.put(np.flatnonzero(take), m, piece.losses[take, k], piece.sqnorms[take, k])
+                sketches = None if piece.sketches is None else piece.sketches[take, k]
+                merged.put(np.flatnonzero(take), m, piece.losses[take, k],
+                           piece.sqnorms[take, k], sketches)
         if not merged.filled.all():
             raise RuntimeError(f"collection after epoch {epoch} is missing "
                                f"{int((~merged.filled).sum())} (example, member) values")
         stats.losses[epoch], stats.sqnorms[epoch] = merged.losses, merged.sqnorms
+        if merged.sketches is not None:
+            stats.sketches[epoch] = merged.sketches
     train = {m: h for part in parts for m, h in part["train"].items()}
     history = np.stack([train[m] for m in range(members)], 1).astype(np.float64)
     stats.train_losses = history.mean(1).tolist()

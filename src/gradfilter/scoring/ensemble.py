@@ -22,46 +22,62 @@ from torch import nn
 
 from ..errors import GradfilterError
 from ..seeds import INIT_STREAM, derived_seed
+from .sketch import BlockProjection, SketchProjection
 
 
 class RowGradRecorder:
-    """Accumulates per-row squared norms of the LoRA gradients during one backward.
+    """Accumulates per-row squared norms (and, given a projection, sketches) of the LoRA
+    gradients during one backward.
 
     For a row i with layer input x_i [T, in], LoRA hidden h_i = x_i A^T [T, r] and LoRA
     output u_i = h_i B^T [T, out]: grad A_i = (dL/dh_i)^T x_i and grad B_i = (dL/du_i)^T h_i.
     Both are r x (in + out) numbers per row, so they are formed exactly and squared in float32.
-    `scale` multiplies the backward's gradients before they are squared: a backward of
-    `sum_i L_i / b` (a training micro-batch) gives each row grad L_i / b, so scale b records
-    ||grad L_i||^2 itself.
+    With `sketch`, `sketches` [rows, sketch.dim] sums each block's projection (see sketch.py),
+    formed from the same token factors. `scale` multiplies the backward's gradients first: a
+    backward of `sum_i L_i / b` (a training micro-batch) gives each row grad L_i / b, so scale
+    b records ||grad L_i||^2 and the sketch of grad L_i themselves.
     """
 
-    def __init__(self, rows: int, device: torch.device, scale: float = 1.0) -> None:
+    def __init__(self, rows: int, device: torch.device,
+                 sketch: SketchProjection | None = None, scale: float = 1.0) -> None:
         self.rows = rows
         self.scale = scale
         self.sqnorms = torch.zeros(rows, dtype=torch.float32, device=device)
+        self.sketch = sketch
+        self.sketches = (None if sketch is None else
+                         torch.zeros(rows, sketch.dim, dtype=torch.float32, device=device))
 
-    def watch(self, x: torch.Tensor, h: torch.Tensor, u: torch.Tensor) -> None:
+    def watch(self, x: torch.Tensor, h: torch.Tensor, u: torch.Tensor, layer: str = "") -> None:
         rows = self.rows
         x_rows = x.reshape(rows, -1, x.shape[-1]).float()
         h_rows = h.reshape(rows, -1, h.shape[-1])
-        h.register_hook(lambda grad: self._add(grad.reshape(rows, -1, grad.shape[-1]), x_rows))
-        u.register_hook(lambda grad: self._add(grad.reshape(rows, -1, grad.shape[-1]), h_rows))
+        block_a, block_b = (None, None) if self.sketch is None else self.sketch.blocks[layer]
+        h.register_hook(lambda grad: self._add(grad.reshape(rows, -1, grad.shape[-1]), x_rows,
+                                               block_a))
+        u.register_hook(lambda grad: self._add(grad.reshape(rows, -1, grad.shape[-1]), h_rows,
+                                               block_b))
 
-    def _add(self, out_grad: torch.Tensor, inputs: torch.Tensor) -> None:
+    def _add(self, out_grad: torch.Tensor, inputs: torch.Tensor,
+             block: BlockProjection | None) -> None:
         out_grad = out_grad.float()
         if self.scale != 1.0:
             out_grad = out_grad * self.scale
-        per_row = torch.bmm(out_grad.transpose(1, 2), inputs.float())
+        inputs = inputs.float()
+        per_row = torch.bmm(out_grad.transpose(1, 2), inputs)
         self.sqnorms.add_(per_row.pow(2).sum(dim=(1, 2)))
+        if block is not None:
+            assert self.sketches is not None
+            self.sketches.add_(block.apply(out_grad, inputs))
 
 
 class EnsembleLoRA(nn.Module):
     """A frozen linear layer plus M LoRA adapters, member m applied to rows slice m."""
 
     def __init__(self, base: nn.Module, in_features: int, out_features: int,
-                 members: int, rank: int, alpha: float) -> None:
+                 members: int, rank: int, alpha: float, name: str = "") -> None:
         super().__init__()
         self.base = base
+        self.name = name  # the layer's name in the model: what its sketch factors hang on
         self.members = members
         self.in_features = in_features
         self.scale = alpha / rank
@@ -75,7 +91,7 @@ class EnsembleLoRA(nn.Module):
         h = torch.bmm(x_members, self.lora_A.transpose(1, 2).to(x.dtype))
         u = torch.bmm(h, self.lora_B.transpose(1, 2).to(h.dtype))
         if self.recorder is not None:
-            self.recorder.watch(x, h, u)
+            self.recorder.watch(x, h, u, self.name)
         return y + (self.scale * u).reshape(y.shape).to(y.dtype)
 
 
@@ -117,7 +133,7 @@ class LoRAEnsemble:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name)
             device = next(module.parameters()).device
-            layer = EnsembleLoRA(module, *shape, members, rank, alpha).to(device)
+            layer = EnsembleLoRA(module, *shape, members, rank, alpha, name).to(device)
             setattr(parent, child, layer)
             self.layers[name] = layer
         if not self.layers:
@@ -142,6 +158,14 @@ class LoRAEnsemble:
                 values = torch.rand(layer.lora_A.shape[1:], generator=generator) * 2 * bound - bound
                 layer.lora_A[k].copy_(values)
                 layer.lora_B[k].zero_()
+
+    def sketch_projection(self, dim: int, seed: int) -> SketchProjection:
+        """The gradient-sketch projection of this ensemble's layers (the same for every
+        member, batch and process: it depends on seed, layer names, shapes and dim only)."""
+        device = next(iter(self.layers.values())).lora_A.device
+        shapes = {name: (self.rank, layer.in_features, layer.lora_B.shape[1])
+                  for name, layer in self.layers.items()}
+        return SketchProjection(dim, seed, shapes, device)
 
     def set_recorder(self, recorder: RowGradRecorder | None) -> None:
         for layer in self.layers.values():

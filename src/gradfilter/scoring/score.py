@@ -203,8 +203,10 @@ def _score_gsnr(tokens: Tokenized, model: torch.nn.Module, config: ScoreConfig,
     timings.update(stats.phase_seconds)
     details["batch_tokens"] = stats.batch_tokens
     details["train_loss_first_last"] = stats.train_losses[:1] + stats.train_losses[-1:]
+    sketch_meta = (ensemble.sketch_projection(config.sketch_dim, config.seed).metadata()
+                   if config.sketch_dim else None)
     return gsnr_table(tokens.record_columns(), tokens.scorable, stats.losses, stats.sqnorms,
-                      config)
+                      config, stats.sketches, sketch_meta)
 
 
 def _score_baseline(method: str, tokens: Tokenized, model: torch.nn.Module | None, tokenizer,

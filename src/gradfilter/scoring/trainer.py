@@ -7,7 +7,7 @@ step's rows per member), so the accumulated gradient is the whole batch's mean; 
 optimiser step follow the last micro-batch.
 
 With `collect="during"` the training passes of epochs s and t record every example's loss and
-squared gradient norm per member (method.md §3), from the same forward and backward, at the
+squared gradient norm (and sketch) per member (method.md §3), from the same forward and backward, at the
 parameters the example met (before the step that uses it). They are held per example and member
 and go into every training checkpoint, so a run killed inside epoch t resumes to the same table.
 """
@@ -43,6 +43,8 @@ class Trainer:
         self.ensemble, self.batcher, self.lengths = ensemble, batcher, lengths
         self.config, self.autocast, self.checkpoint = config, autocast, checkpoint
         self.batch_tokens = batch_tokens
+        self.sketch = (ensemble.sketch_projection(config.sketch_dim, config.seed)
+                       if config.sketch_dim and config.collect == "during" else None)
         self.n = len(lengths)
         self.steps_per_epoch = -(-self.n // config.batch_size)
         self.optimizer = torch.optim.AdamW(ensemble.parameters(), lr=config.lr, weight_decay=0.0)
@@ -53,9 +55,11 @@ class Trainer:
         self.losses_done = torch.zeros(0, ensemble.members)  # [steps, members held], on host
         self.losses_pending: list[torch.Tensor] = []  # per step [members held], on device
         self.recorded: dict[int, Collected] = {}  # collect=during: epoch -> held members' stats
-        # per micro-batch: (each held member's rows, losses, sqnorms [members held, rows]),
-        # on the device until the next checkpoint or the epoch's end
-        self.records_pending: list[tuple[list[np.ndarray], torch.Tensor, torch.Tensor]] = []
+        # per micro-batch: (each held member's rows, losses, sqnorms [members held, rows],
+        # sketches [members held, rows, dim] or None), on the device until the next
+        # checkpoint or the epoch's end
+        self.records_pending: list[tuple[list[np.ndarray], torch.Tensor, torch.Tensor,
+                                         torch.Tensor | None]] = []
 
     def restore(self) -> None:
         """Continue from the checkpoint's last committed step, if it has one."""
@@ -71,8 +75,11 @@ class Trainer:
                                        1)
         for k, m in enumerate(self.ensemble.member_ids):
             for epoch, column in members[m].get("recorded", {}).items():
-                self.recorded.setdefault(int(epoch), Collected.empty(self.n, self.ensemble.members))
+                self.recorded.setdefault(int(epoch), self._empty_record())
                 self.recorded[int(epoch)].set_column(k, column)
+
+    def _empty_record(self) -> Collected:
+        return Collected.empty(self.n, self.ensemble.members, self.sketch.dim if self.sketch else 0)
 
     def records(self, epoch: int) -> bool:
         """Whether `epoch`'s training passes record the statistics (collect=during)."""
@@ -103,7 +110,7 @@ class Trainer:
                              total=self.n, completed=done_rows, rate="")
         record = self.records(epoch)
         if record:
-            self.recorded.setdefault(epoch, Collected.empty(self.n, ensemble.members))
+            self.recorded.setdefault(epoch, self._empty_record())
         start = time.perf_counter()
         for k in range(self.step - first, self.steps_per_epoch):
             parts = micro_batches([member[k] for member in batches], self.lengths,
@@ -129,7 +136,7 @@ class Trainer:
         for part, width in parts:
             batch = self.batcher.batch([member[part] for member in rows], width)
             recorder = (RowGradRecorder(batch.input_ids.shape[0], batch.input_ids.device,
-                                        scale=size) if record else None)
+                                        self.sketch, scale=size) if record else None)
             ensemble.set_recorder(recorder)
             try:
                 with self.autocast:
@@ -141,8 +148,11 @@ class Trainer:
                 ensemble.set_recorder(None)
             losses.append(part_losses.detach().view(ensemble.members, -1))
             if recorder is not None:
+                sketches = (None if recorder.sketches is None else
+                            recorder.sketches.view(ensemble.members, -1, recorder.sketches.shape[1]))
                 self.records_pending.append(([member[part] for member in rows], losses[-1],
-                                             recorder.sqnorms.view(ensemble.members, -1)))
+                                             recorder.sqnorms.view(ensemble.members, -1),
+                                             sketches))
         ensemble.clip_per_member(self.config.grad_clip)
         self.optimizer.step()
         self.schedule.step()
@@ -166,9 +176,12 @@ class Trainer:
         pending, self.records_pending = self.records_pending, []
         losses, sqnorms = (torch.cat([p[i] for p in pending], 1).double().cpu().numpy()
                            for i in (1, 2))
+        sketches = (None if self.sketch is None else
+                    torch.cat([p[3] for p in pending], 1).cpu().numpy())
         for k in range(self.ensemble.members):
             rows = np.concatenate([p[0][k] for p in pending])
-            self.recorded[epoch].put(rows, k, losses[k], sqnorms[k])
+            self.recorded[epoch].put(rows, k, losses[k], sqnorms[k],
+                                     None if sketches is None else sketches[k])
 
     def _member_payloads(self, epoch: int) -> dict[int, dict]:
         losses = self.member_losses()
