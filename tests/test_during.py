@@ -123,3 +123,45 @@ def test_during_is_its_own_setting_and_deterministic(tmp_path, gpt2_proxy):
     for column in ("loss_e1_m0", "sqnorm_e1_m0", "loss_e2_m0", "sqnorm_e2_m0"):
         np.testing.assert_allclose(one.column(column).to_numpy(),
                                    first.column(column).to_numpy(), rtol=1e-4, err_msg=column)
+
+
+def test_during_sketches_equal_one_example_sketches_at_the_parameters_met(
+        tmp_path, monkeypatch, gpt2_proxy):
+    """With `collect=during` the sketch of each (epoch, example, member) is that of the
+    example's own gradient at the adapter it met: the rescaled rows of accumulated
+    micro-batches (budget 1 and batch 4) against a one-example, unscaled backward of a
+    one-member ensemble holding that adapter (the kernel tests/test_sketches.py checks against
+    the explicit projection of PEFT's gradient)."""
+    from test_sketches import _sketched
+
+    encoded = _encoded(tmp_path, gpt2_proxy, "gpt2")
+    model = load_model(gpt2_proxy, torch.device("cpu"))
+    targets = default_targets(model)
+    config = gf.ScoreConfig(proxy=gpt2_proxy, members=MEMBERS, lora_rank=RANK,
+                            lora_alpha=ALPHA, lr=5e-2, batch_size=4, seed=2, device="cpu",
+                            batch_tokens=1, collect="during", sketch_dim=16
+                            ).with_targets(targets)
+    ensemble = LoRAEnsemble(model, MEMBERS, RANK, ALPHA, targets, config.seed)
+    met: list[tuple[int, list[np.ndarray], dict]] = []
+    original = trainer_module.Trainer._step
+
+    def watched(self, rows, parts, record):
+        if record:
+            met.append((self.step, [r.copy() for r in rows], self.ensemble.member_states()))
+        return original(self, rows, parts, record)
+
+    monkeypatch.setattr(trainer_module.Trainer, "_step", watched)
+    stats = train_and_collect(ensemble, encoded, np.arange(len(encoded)), config,
+                              torch.device("cpu"), torch.float32, progress=False)
+    holder = LoRAEnsemble(load_model(gpt2_proxy, torch.device("cpu")), 1, RANK, ALPHA, targets,
+                          0)
+    projection = holder.sketch_projection(16, config.seed)
+    for step, rows, states in met:
+        epoch = step // 3 + 1
+        for m in range(MEMBERS):
+            holder.load_member_states({0: {"params": states[m]["params"]}})
+            for i in rows[m]:
+                expected, _ = _sketched(holder, encoded, [int(i)], projection)
+                got = torch.from_numpy(stats.sketches[epoch][i, m])
+                torch.testing.assert_close(got, expected[0, 0], rtol=0,
+                                           atol=1e-4 * float(expected.norm()))

@@ -7,9 +7,10 @@ step's rows per member), so the accumulated gradient is the whole batch's mean; 
 optimiser step follow the last micro-batch.
 
 With `collect="during"` the training passes of epochs s and t record every example's loss and
-squared gradient norm (and sketch) per member (method.md §3), from the same forward and backward, at the
-parameters the example met (before the step that uses it). They are held per example and member
-and go into every training checkpoint, so a run killed inside epoch t resumes to the same table.
+squared gradient norm (and sketch) per member (method.md §3), from the same forward and
+backward, at the parameters the example met (before the step that uses it). They are held per
+example and member and go into every training checkpoint, so a run killed inside epoch t resumes
+to the same table.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ class Trainer:
             losses.append(part_losses.detach().view(ensemble.members, -1))
             if recorder is not None:
                 sketches = (None if recorder.sketches is None else
-                            recorder.sketches.view(ensemble.members, -1, recorder.sketches.shape[1]))
+                            recorder.sketches.view(ensemble.members, len(rows[0][part]), -1))
                 self.records_pending.append(([member[part] for member in rows], losses[-1],
                                              recorder.sqnorms.view(ensemble.members, -1),
                                              sketches))
