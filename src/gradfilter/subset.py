@@ -33,11 +33,13 @@ PREVIEWS = 3  # best and worst records shown after a selection
 
 @dataclass(frozen=True)
 class Preview:
-    """One record shown after a selection: where it is, its score, its first prompt."""
+    """One record shown after a selection: where it is, its score, its first prompt and the
+    answer to it, each on one line and cut short."""
 
     index: int
     score: float
     prompt: str
+    answer: str = ""
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,7 @@ def select(
         describe = partial(_prompt_preview, fmt=fmt, source=source, fields=fields)
         watch = _Watch(shown, None, source, describe)
         records = partial(watch.stream, data.records)
-        prompts: dict[int, str] | None = {
+        prompts: dict[int, tuple[str, str]] | None = {
             i: describe(data.records[i]) for i in shown if i < len(data.records)}
     else:
         fields = fields or {}
@@ -167,7 +169,8 @@ def select(
     })
 
     def previews(indices: np.ndarray) -> list[Preview]:
-        return [Preview(int(i), float(scores[i]), prompts.get(int(i), "")) for i in indices]
+        return [Preview(int(i), float(scores[i]), *prompts.get(int(i), ("", "")))
+                for i in indices]
 
     return Subset(selection, scores, utility, source, fmt, container, report,
                   previews(selection.best(PREVIEWS)), previews(selection.worst(PREVIEWS)),
@@ -186,13 +189,22 @@ def _diversify(selection: Selection, stats, diversity: str,
 
 
 def _prompt_preview(record: Record, fmt: Format, source: sources.Source,
-                    fields: dict[str, str], width: int = 70) -> str:
-    """The record's first user turn on one line, cut to `width` characters ("" for a place
-    the reader could not read: the writer refuses it if it is chosen)."""
+                    fields: dict[str, str], width: int = 70) -> tuple[str, str]:
+    """The record's first user turn and the assistant turn after it, each on one line and cut
+    to `width` characters ("" for a place the reader could not read: the writer refuses it if
+    it is chosen)."""
     if record.error is not None:
-        return ""
+        return "", ""
     turns = conversations.to_turns(record, fmt, source, fields)
-    text = " ".join(next((t.text for t in turns if t.role == "user"), "").split())
+    first = next((k for k, t in enumerate(turns) if t.role == "user"), None)
+    answer = "" if first is None else next(
+        (t.text for t in turns[first + 1:] if t.role == "assistant"), "")
+    return (_one_line(turns[first].text if first is not None else "", width),
+            _one_line(answer, width))
+
+
+def _one_line(text: str, width: int) -> str:
+    text = " ".join(text.split())
     return text[:width] + ("..." if len(text) > width else "")
 
 
@@ -229,11 +241,11 @@ class _Watch:
     error (raised inside the writer, so no output is left)."""
 
     def __init__(self, remember: set[int], expected: int | None, source: sources.Source,
-                 describe: Callable[[Record], str]) -> None:
+                 describe: Callable[[Record], tuple[str, str]]) -> None:
         self.remember, self.expected, self.source = remember, expected, source
         self.describe = describe
         self.count = 0
-        self.prompts: dict[int, str] = {}
+        self.prompts: dict[int, tuple[str, str]] = {}
 
     def stream(self, records: Iterable[Record]) -> Iterator[Record]:
         for record in records:

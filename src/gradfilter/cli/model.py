@@ -5,11 +5,15 @@ Torch and the model are imported when a command runs, not when this module loads
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
+import numpy as np
 
 from ..config import ScoreConfig
+from ..demo import DEMO_RECORDS
+from ..subset import Subset
 from .options import (
     config_from,
     data_options,
@@ -89,8 +93,9 @@ def run(data: str, out: Path, stats: Path | None, fmt, fields, limit, split, out
 
 
 def score_and_select(dataset, out: Path, stats: Path | None, config: ScoreConfig, how: dict,
-                     choice: dict) -> None:
-    """Score `dataset` into `stats`, select from the table, print the summary (rank 0)."""
+                     choice: dict, tags: Sequence[str | None] | None = None) -> Subset | None:
+    """Score `dataset` into `stats`, select from the table, print the summary; the subset
+    (None on ranks other than 0)."""
     from ..data.dataset import record_notes
     from ..paths import default_stats
     from ..scoring.distributed import is_main_process
@@ -100,26 +105,41 @@ def score_and_select(dataset, out: Path, stats: Path | None, config: ScoreConfig
     stats = stats or default_stats(out)
     table = run_score(dataset, stats, config, **how)
     if not is_main_process():
-        return
+        return None
     subset = select_subset(dataset, table, out, **choice)
-    print_selection(subset, out, stats, record_notes(dataset))
+    print_selection(subset, out, stats, record_notes(dataset), tags)
+    return subset
 
 
 @click.command()
 @click.option("--out-dir", type=click.Path(path_type=Path), default=Path("gradfilter-demo"),
               show_default=True)
-@click.option("--records", type=int, default=24, show_default=True)
+@click.option("--records", type=click.IntRange(min=10), default=DEMO_RECORDS,
+              show_default=True)
 @click.option("--quiet", is_flag=True)
 def demo(out_dir: Path, records: int, quiet: bool) -> None:
-    """Run the whole pipeline offline on the embedded default (ShareGPT sample, SmolLM2-135M)."""
-    from ..demo import demo_config, demo_data
+    """Run the whole pipeline offline on the embedded default: ShareGPT exchanges, 20% of them
+    corrupted on purpose, scored with SmolLM2-135M; the subset and what it kept of them."""
+    from ..bench.noise import write_labels, write_messages
+    from ..demo import demo_config, demo_data, demo_exchanges, evidence, mix_in_corruptions
     from ..paths import refuse_collisions, run_paths
+    from ..scoring.proxy import load_tokenizer
 
-    data, config = demo_data(), demo_config()
-    refuse_collisions(*run_paths(data, out_dir / "subset.json", out_dir / "stats.parquet",
+    source, config = demo_data(), demo_config()
+    data = out_dir / "data.jsonl"
+    refuse_collisions(*run_paths(source, out_dir / "subset.json", out_dir / "stats.parquet",
                                  config.proxy, out_option="--out-dir",
                                  stats_option="--out-dir"))
-    console.print(f"demo: first {records} conversations of {data}\n      proxy {config.proxy}")
-    score_and_select(read_data(str(data), None, None, records), out_dir / "subset.json",
-                     out_dir / "stats.parquet", config, dict(progress=not quiet),
-                     dict(ratio=0.25, utility="gsnr", score_field="gsnr"))
+    tokenizer = load_tokenizer(config.proxy)
+    mixed, labels = mix_in_corruptions(demo_exchanges(tokenizer, records), tokenizer)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_messages(data, mixed)
+    write_labels(out_dir / "labels.parquet", np.arange(len(mixed)), labels)
+    console.print(f"demo: the first {records} exchanges of {source} that fit "
+                  f"{config.max_length} tokens, {sum(map(bool, labels))} of their answers "
+                  f"corrupted on purpose ({data}, labels.parquet)\n      proxy {config.proxy}")
+    subset = score_and_select(read_data(str(data), None, None, None), out_dir / "subset.json",
+                              out_dir / "stats.parquet", config, dict(progress=not quiet),
+                              dict(ratio=0.25), tags=labels)
+    if subset is not None:
+        console.print(evidence(subset.scores, subset.indices, labels).line(), markup=False)

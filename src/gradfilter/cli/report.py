@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -42,8 +43,9 @@ def print_recoveries(report: ReadReport, notes: dict) -> None:
 
 
 def print_selection(subset: Subset, out: Path, stats: Path | None,
-                    notes: dict | None = None) -> None:
-    """What was kept, where everything went, what was recovered, the 3 best and worst."""
+                    notes: dict | None = None, tags: Sequence[str | None] | None = None) -> None:
+    """What was kept, where everything went, what was recovered, the 3 best and worst (each
+    with its tag, where `tags` gives one: the demo's corruption kinds)."""
     selection = subset.selection
     out_console = Console(soft_wrap=True)
     out_console.print(
@@ -63,5 +65,9 @@ def print_selection(subset: Subset, out: Path, stats: Path | None,
     for title, previews in (("best", subset.best), ("worst", subset.worst)):
         out_console.print(f"{title} {len(previews)} by {subset.utility}:")
         for preview in previews:
-            out_console.print(f"  #{preview.index:<6} {preview.score: .4g}  {preview.prompt}",
-                              markup=False)
+            head = f"  #{preview.index:<6} {preview.score:<10.4g} "
+            tag = tags[preview.index] if tags is not None else None
+            out_console.print(f"{head}user:  {preview.prompt}" +
+                              (f"  [corrupted: {tag}]" if tag else ""), markup=False)
+            if preview.answer:
+                out_console.print(f"{'':<{len(head)}}reply: {preview.answer}", markup=False)
