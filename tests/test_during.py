@@ -54,6 +54,23 @@ def _reference(proxy: str, member_params: dict[str, torch.Tensor], targets, conv
     return np.array(losses), np.array(sqnorms)
 
 
+def _train_watching_recorded_steps(monkeypatch, ensemble, encoded, config):
+    """train_and_collect, and for every recording step: (step, rows per member, the adapters
+    just before it)."""
+    met: list[tuple[int, list[np.ndarray], dict]] = []
+    original = trainer_module.Trainer._step
+
+    def watched(self, rows, parts, record):
+        if record:
+            met.append((self.step, [r.copy() for r in rows], self.ensemble.member_states()))
+        return original(self, rows, parts, record)
+
+    monkeypatch.setattr(trainer_module.Trainer, "_step", watched)
+    stats = train_and_collect(ensemble, encoded, np.arange(len(encoded)), config,
+                              torch.device("cpu"), torch.float32, progress=False)
+    return stats, met
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_during_norms_equal_one_backward_per_example_at_the_parameters_met(
         tmp_path, monkeypatch, gpt2_proxy, llama_proxy, arch):
@@ -71,17 +88,7 @@ def test_during_norms_equal_one_backward_per_example_at_the_parameters_met(
                             lr=5e-2, batch_size=4, seed=2, device="cpu", batch_tokens=1,
                             collect="during").with_targets(targets)
     ensemble = LoRAEnsemble(model, MEMBERS, RANK, ALPHA, targets, config.seed)
-    met: list[tuple[int, list[np.ndarray], dict]] = []  # (step, rows per member, adapters)
-    original = trainer_module.Trainer._step
-
-    def watched(self, rows, parts, record):
-        if record:
-            met.append((self.step, [r.copy() for r in rows], self.ensemble.member_states()))
-        return original(self, rows, parts, record)
-
-    monkeypatch.setattr(trainer_module.Trainer, "_step", watched)
-    stats = train_and_collect(ensemble, encoded, np.arange(len(encoded)), config,
-                              torch.device("cpu"), torch.float32, progress=False)
+    stats, met = _train_watching_recorded_steps(monkeypatch, ensemble, encoded, config)
     assert not any(key.startswith("collect_") for key in stats.phase_seconds)  # no extra pass
     steps_per_epoch = 3
     assert [step for step, _, _ in met] == [0, 1, 2, 3, 4, 5]  # epochs 1 and 2 recorded
@@ -142,17 +149,7 @@ def test_during_sketches_equal_one_example_sketches_at_the_parameters_met(
                             batch_tokens=1, collect="during", sketch_dim=16
                             ).with_targets(targets)
     ensemble = LoRAEnsemble(model, MEMBERS, RANK, ALPHA, targets, config.seed)
-    met: list[tuple[int, list[np.ndarray], dict]] = []
-    original = trainer_module.Trainer._step
-
-    def watched(self, rows, parts, record):
-        if record:
-            met.append((self.step, [r.copy() for r in rows], self.ensemble.member_states()))
-        return original(self, rows, parts, record)
-
-    monkeypatch.setattr(trainer_module.Trainer, "_step", watched)
-    stats = train_and_collect(ensemble, encoded, np.arange(len(encoded)), config,
-                              torch.device("cpu"), torch.float32, progress=False)
+    stats, met = _train_watching_recorded_steps(monkeypatch, ensemble, encoded, config)
     holder = LoRAEnsemble(load_model(gpt2_proxy, torch.device("cpu")), 1, RANK, ALPHA, targets,
                           0)
     projection = holder.sketch_projection(16, config.seed)
