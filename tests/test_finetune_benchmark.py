@@ -123,3 +123,34 @@ def test_cli_from_a_noise_benchmark(noise_dir, gpt2_proxy, tmp_path):
     assert results["target"]["proxy"] == gpt2_proxy and results["target"]["max_length"] == 64
     bad = cli_process("bench", "finetune", "--out-dir", str(tmp_path / "x"))
     assert bad.returncode == 2 and "give POOL" in bad.stderr
+
+
+def test_dedup_subsets_have_no_near_duplicates_and_compare_with_plain_top_k(tmp_path,
+                                                                           gpt2_proxy):
+    """--dedup gsnr: the same budget, no two kept records at or above the cosine threshold (by
+    the G-SNR table's sketches, checked pair by pair), and its difference to plain top-k."""
+    from gradfilter.bench.finetune import DEDUP
+    from gradfilter.table import load_sketch_features
+
+    noise = tmp_path / "noise"
+    data = write_jsonl(tmp_path / "d.jsonl", alpaca_records(40))
+    config = gf.ScoreConfig(proxy=gpt2_proxy, device="cpu", max_length=64, members=2,
+                            lora_rank=2, batch_size=8, sketch_dim=16)
+    run_noise_benchmark(data, noise, config, methods=["gsnr", "random"],
+                        corruptions=["near_duplicate", "echo"], fraction=0.3, budgets=[0.3],
+                        resamples=100, progress=False, log=lambda _: None)
+    target = gf.ScoreConfig(proxy=gpt2_proxy, device="cpu", max_length=64)
+    inputs = inputs_from_noise(noise, None, target, None, 0.2, seed=0)
+    results = run_finetune_benchmark(
+        inputs, tmp_path / "ft", target,
+        FinetuneConfig(steps=2, batch_size=4, lr=5e-3, lora_rank=2, eval_every=1, seeds=(0,)),
+        [0.3], progress=False, log=lambda _: None, dedup_methods=["gsnr"], dedup_threshold=0.5)
+    table = results["results"]["0.3"]
+    assert table[f"gsnr{DEDUP}"]["records"] == table["gsnr"]["records"]
+    assert "final_vs_plain" in table[f"gsnr{DEDUP}"] and "final_vs_plain" not in table["gsnr"]
+    kept = np.array(results["subsets"][f"gsnr{DEDUP}@0.3"])
+    assert set(kept) != set(results["subsets"]["gsnr@0.3"])  # 0.5 is low enough to remove some
+    features = load_sketch_features(inputs.sketches, kept).astype(np.float64)
+    cosines = features @ features.T  # the mean over members of the sketches' cosines
+    assert (cosines[np.triu_indices(len(kept), 1)] < 0.5).all()
+    assert "final - plain top-k" in (tmp_path / "ft" / "results.md").read_text()

@@ -18,13 +18,14 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..config import ScoreConfig
+from ..diversity import DEFAULT_THRESHOLD, dedup
 from ..errors import GradfilterError
 from ..outputs import atomic_write_text, write_run_record
 from ..progress import advance_bar, progress_bars
@@ -33,9 +34,11 @@ from ..scoring.ensemble import LoRAEnsemble, linear_warmup_decay, per_example_lo
 from ..scoring.tokenization import Encoded
 from ..scoring.trainer import WARMUP_RATIO
 from ..selection import select_top
+from ..table import load_sketch_features
 from .intervals import Interval, bootstrap
 
 FULL_POOL = "full"  # the reference run: the whole pool, same steps
+DEDUP = "+dedup"  # a method's subset with near-duplicates removed (select --diversity dedup)
 
 
 @dataclass(frozen=True)
@@ -87,10 +90,19 @@ def default_steps(inputs: FinetuneInputs, budgets: Sequence[float], batch_size: 
     return max(10, math.ceil(2 * largest / batch_size))
 
 
-def subsets(scores: dict[str, np.ndarray], budgets: Sequence[float]) -> dict[str, np.ndarray]:
-    """`method@budget` -> the pool positions that method keeps at that budget (input order)."""
-    return {f"{method}@{b:g}": np.sort(select_top(values, ratio=b).indices)
-            for method, values in scores.items() for b in budgets}
+def subsets(scores: dict[str, np.ndarray], budgets: Sequence[float],
+            dedup_methods: Sequence[str] = (), diverse=None) -> dict[str, np.ndarray]:
+    """`method@budget` -> the positions (in `scores`' arrays) that method keeps at that budget
+    (input order); for each of `dedup_methods`, `method+dedup@budget` too: the same ranking
+    with near-duplicates removed by `diverse(selection)`."""
+    chosen = {}
+    for method, values in scores.items():
+        for b in budgets:
+            plain = select_top(values, ratio=b)
+            chosen[f"{method}@{b:g}"] = np.sort(plain.indices)
+            if method in dedup_methods:
+                chosen[f"{method}{DEDUP}@{b:g}"] = np.sort(diverse(plain).indices)
+    return chosen
 
 
 def train_subset(model: torch.nn.Module, targets: tuple[str, ...], subset: list[Encoded],
@@ -279,12 +291,16 @@ class FinetuneInputs:
     usable: np.ndarray  # bool over pool records
     source: dict
     digest: str
+    sketches: str | None = None  # a table of the pool with gradient sketches, for --dedup
 
 
 def run_finetune_benchmark(inputs: FinetuneInputs, out_dir: Path, target: ScoreConfig,
                            config: FinetuneConfig, budgets: Sequence[float],
-                           progress: bool = True, log=print) -> dict:
+                           progress: bool = True, log=print, dedup_methods: Sequence[str] = (),
+                           dedup_threshold: float = DEFAULT_THRESHOLD) -> dict:
     """Fine-tune every method's subset at every budget, and the full pool; measure; report.
+    Each of `dedup_methods` also with near-duplicates removed from its subset (by the
+    gradient sketches of `inputs.sketches`, as `select --diversity dedup`).
 
     Finished runs (their curves under out_dir/runs, named by everything that affects them) are
     reused, so an interrupted benchmark continues with the runs it had not finished."""
@@ -297,8 +313,9 @@ def run_finetune_benchmark(inputs: FinetuneInputs, out_dir: Path, target: ScoreC
     dtype = resolve_dtype(target.dtype, device)
     positions = np.flatnonzero(inputs.usable)
     runs = {FULL_POOL: positions}
+    diverse = _dedup_by_sketches(inputs, positions, dedup_methods, dedup_threshold)
     for name, chosen in subsets({m: s[positions] for m, s in inputs.scores.items()},
-                                budgets).items():
+                                budgets, dedup_methods, diverse).items():
         runs[name] = positions[chosen]
     (out_dir / "runs").mkdir(parents=True, exist_ok=True)
     model, targets = None, target.lora_targets
@@ -328,6 +345,27 @@ def run_finetune_benchmark(inputs: FinetuneInputs, out_dir: Path, target: ScoreC
     return results
 
 
+def _dedup_by_sketches(inputs: FinetuneInputs, positions: np.ndarray,
+                       methods: Sequence[str], threshold: float):
+    """selection -> the selection with near-duplicates removed, the selection's indices being
+    into `positions` (None when no method asks for it)."""
+    if not methods:
+        return None
+    unknown = [m for m in methods if m not in inputs.scores]
+    if unknown:
+        raise GradfilterError(f"--dedup {unknown}: not among the methods compared "
+                              f"{list(inputs.scores)}")
+    if inputs.sketches is None:
+        raise GradfilterError("--dedup needs a G-SNR table with gradient sketches among the "
+                              "methods' tables")
+    sketches = inputs.sketches
+
+    def load(records: np.ndarray) -> np.ndarray:
+        return load_sketch_features(sketches, positions[records])
+
+    return lambda selection: dedup(selection, load, threshold)[0]
+
+
 def summarize(curves: dict[str, Curves], runs: dict[str, np.ndarray], budgets: Sequence[float],
               config: FinetuneConfig, inputs: FinetuneInputs, target: ScoreConfig) -> dict:
     methods = sorted({name.split("@")[0] for name in runs if name != FULL_POOL})
@@ -346,6 +384,9 @@ def summarize(curves: dict[str, Curves], runs: dict[str, np.ndarray], budgets: S
                 if reference in rows and reference != name:
                     entry[f"final_vs_{reference}"] = paired_difference(
                         c, rows[reference]).as_dict()
+            if name.endswith(DEDUP):  # against plain top-k of the same utility
+                entry["final_vs_plain"] = paired_difference(
+                    c, rows[name.removesuffix(DEDUP)]).as_dict()
             if "random" in rows:
                 entry["steps_to_random_final"] = convergence(c, rows["random"])
             table[name] = entry
@@ -357,6 +398,7 @@ def summarize(curves: dict[str, Curves], runs: dict[str, np.ndarray], budgets: S
         "budgets": [f"{b:g}" for b in budgets], "methods": methods,
         "finetune": asdict(config), "target": asdict(target),
         "results": per_budget,
+        "subsets": {name: chosen.tolist() for name, chosen in runs.items()},  # pool records
         "curves": {name: {"eval_steps": c.eval_steps,
                           "eval_loss_mean": c.eval_loss.mean(axis=(1, 2)).tolist(),
                           "train_loss_mean": c.train_loss.mean(axis=0).tolist(),
@@ -379,13 +421,17 @@ def results_markdown(results: dict) -> str:
              "random's final one (- if never).", ""]
     head = ["subset", "records", "final", "best", "final - random", "final - IFD",
             "steps to random's final"]
+    dedup = any(name.endswith(DEDUP) for name in results["methods"])
+    if dedup:
+        head.append("final - plain top-k")
     for budget, table in results["results"].items():
         lines += [f"## Budget {float(budget):.0%}", "", _row(head), _row(["---"] * len(head))]
         for name, e in table.items():
             steps = e.get("steps_to_random_final")
             lines.append(_row([name, str(e["records"]), _cell(e["final"]), _cell(e["best"]),
                                _diff(e.get("final_vs_random")), _diff(e.get("final_vs_ifd")),
-                               _steps(steps)]))
+                               _steps(steps), *([_diff(e.get("final_vs_plain"))] if dedup
+                                                else [])]))
         lines.append("")
     return "\n".join(lines)
 
@@ -481,7 +527,8 @@ def inputs_from_noise(noise_dir: Path, methods: Sequence[str] | None, target: Sc
     scores = {m: utility_scores(load_stats(draw["tables"][m]), m) for m in chosen}
     source = {"data": str(noise_dir / draw["mixed"]), "noise_benchmark": str(noise_dir),
               "corrupted": int((~clean).sum())}
-    return _inputs(pool, scores, target, held_out, held_out_share, seed, clean, source)
+    inputs = _inputs(pool, scores, target, held_out, held_out_share, seed, clean, source)
+    return replace(inputs, sketches=_sketched_table(draw["tables"].values()))
 
 
 def inputs_from_pool(pool_path: str, tables: dict[str, str], target: ScoreConfig,
@@ -499,8 +546,19 @@ def inputs_from_pool(pool_path: str, tables: dict[str, str], target: ScoreConfig
                                   f"{len(pool.records)} records")
         utility = method if method in _offered(table) else table_utility(table)
         scores[method] = utility_scores(table, utility)
-    return _inputs(pool, scores, target, held_out, held_out_share, seed,
-                   np.ones(len(pool.records), dtype=bool), {"data": str(pool_path)})
+    inputs = _inputs(pool, scores, target, held_out, held_out_share, seed,
+                     np.ones(len(pool.records), dtype=bool), {"data": str(pool_path)})
+    return replace(inputs, sketches=_sketched_table(tables.values()))
+
+
+def _sketched_table(paths) -> str | None:
+    """The first of `paths` whose table holds gradient sketches."""
+    import pyarrow.parquet as pq
+
+    for path in paths:
+        if any(name.startswith("sketch_e") for name in pq.read_schema(path).names):
+            return str(path)
+    return None
 
 
 def _offered(table) -> list[str]:

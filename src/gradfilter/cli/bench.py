@@ -208,6 +208,11 @@ def judge(models: tuple[str, ...], prompt_paths: tuple[Path, ...], out_dir: Path
               help="Prompts with reference answers (any input format) to measure on "
                    "(default: a seeded share of the pool's clean records, taken out of it).")
 @click.option("--held-out-share", type=float, default=0.1, show_default=True)
+@click.option("--dedup", "dedup_methods", multiple=True, metavar="METHOD",
+              help="Also METHOD's subset with near-duplicates removed (as select --diversity "
+                   "dedup, by the G-SNR table's sketches), against its plain top-k; repeatable.")
+@click.option("--diversity-threshold", type=float, default=DEFAULT_THRESHOLD, show_default=True,
+              help="The cosine at or above which --dedup removes a record.")
 @click.option("--target", "proxy", default=None,
               help="The model to fine-tune (default: the noise benchmark's proxy, else gpt2).")
 @click.option("--max-length", type=int, default=None,
@@ -220,7 +225,8 @@ def judge(models: tuple[str, ...], prompt_paths: tuple[Path, ...], out_dir: Path
               help="Seeds the held-out split and every fine-tuning run.")
 @quiet_option
 def finetune(pool: str | None, out_dir: Path, noise_dir: Path | None, tables: tuple[str, ...],
-             methods: str | None, budgets: str, seeds: str, steps: int | None, quiet: bool,
+             methods: str | None, budgets: str, seeds: str, steps: int | None,
+             dedup_methods: tuple[str, ...], diversity_threshold: float, quiet: bool,
              **options) -> None:
     """Fine-tune a target on each method's subset (same steps, same batch) and compare held-out
     losses, with intervals."""
@@ -263,7 +269,9 @@ def finetune(pool: str | None, out_dir: Path, noise_dir: Path | None, tables: tu
         full_finetune=options["full_finetune"],
         seeds=tuple(csv_numbers(seeds, "--seeds", int)), base_seed=options["seed"])
     results = run_finetune_benchmark(inputs, out_dir, target, config, budget_values,
-                                     progress=not quiet, log=console.print)
+                                     progress=not quiet, log=console.print,
+                                     dedup_methods=dedup_methods,
+                                     dedup_threshold=diversity_threshold)
     Console(soft_wrap=True).print(results_markdown(results), markup=False)
     console.print(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}, "
                   f"plot {out_dir / 'heldout.png'}, adapters {out_dir / 'adapters'}")
