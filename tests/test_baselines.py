@@ -64,6 +64,23 @@ def test_ifd_batched_equals_one_example_at_a_time(tmp_path, gpt2_proxy, batch_to
             ratio >= 1)
 
 
+def test_gsnr_table_carries_the_untrained_proxys_ifd_ratio(tmp_path, gpt2_proxy):
+    """The G-SNR run's IFD pass (before any LoRA is installed) equals the IFD baseline's, bit
+    for bit (the same proxy, tokens and micro-batches); --no-ifd-pass leaves it and the gated
+    utilities out."""
+    data = write_json(tmp_path / "a.json", alpaca_records(13))
+    config = _config(gpt2_proxy, members=2, lora_rank=2, batch_size=4)
+    ifd = gf.score(data, tmp_path / "ifd.parquet", config, method="ifd", progress=False)
+    gsnr = gf.score(data, tmp_path / "gsnr.parquet", config, progress=False)
+    np.testing.assert_array_equal(gsnr["ifd_ratio"].to_numpy(), ifd["ifd_ratio"].to_numpy())
+    kept = ifd["ifd_ratio"].to_numpy() < 1  # (the gate itself: test_utilities_selection.py)
+    gated = gsnr["gsnr_cv_gated"].to_numpy()
+    np.testing.assert_array_equal(gated[kept], gsnr["gsnr_cv"].to_numpy()[kept])
+    plain = gf.score(data, tmp_path / "plain.parquet",
+                     gf.ScoreConfig(**{**config.__dict__, "ifd_pass": False}), progress=False)
+    assert "ifd_ratio" not in plain.column_names and "gsnr_cv_gated" not in plain.column_names
+    np.testing.assert_array_equal(plain["gsnr_cv"].to_numpy(), gsnr["gsnr_cv"].to_numpy())
+
 def test_ifd_with_a_chat_template_and_multi_turn_matches_the_reference(tmp_path, llama_proxy):
     records = sharegpt_records(6)
     table = gf.score(write_json(tmp_path / "s.json", records), tmp_path / "ifd.parquet",

@@ -20,10 +20,10 @@ from gradfilter.table import load_scores
 
 
 def _sqnorm_table(n: int, seed: int = 0) -> pa.Table:
-    """Losses and squared norms for 3 members at epochs 1 and 3, some records unscored (null or
-    NaN)."""
+    """Losses and squared norms for 3 members at epochs 1 and 3 and IFD ratios, some records
+    unscored (null or NaN)."""
     rng = np.random.default_rng(seed)
-    columns = {"index": pa.array(np.arange(n))}
+    columns = {"index": pa.array(np.arange(n)), "ifd_ratio": pa.array(rng.uniform(0.5, 1.5, n))}
     for epoch in (1, 3):
         for member in range(3):
             values = rng.gamma(2.0, 1.0 + (epoch == 1), n)
@@ -47,7 +47,9 @@ def test_scores_read_batch_by_batch_equal_the_whole_table(tmp_path, small_batche
     table = _sqnorm_table(23)
     pq.write_table(table, tmp_path / "t.parquet", row_group_size=10)
     expected = gf.utility_scores(table, utility)
-    assert np.isnan(expected[[0, 2]]).all() and np.isfinite(expected[3:]).all()
+    gated_out = (table["ifd_ratio"].to_numpy() >= 1) & utility.endswith("-gated")
+    assert np.isnan(expected[[0, 2]]).all()
+    assert (np.isfinite(expected[3:]) == ~gated_out[3:]).all()
     np.testing.assert_array_equal(load_scores(tmp_path / "t.parquet", utility), expected)
     stored = gf.with_utilities(table)  # the stored column is read as it is
     pq.write_table(stored, tmp_path / "stored.parquet", row_group_size=10)

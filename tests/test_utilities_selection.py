@@ -17,10 +17,15 @@ LATE = np.array([[1.0, 3.0], [1.5, 1.5], [0.0, 0.0], [np.nan, np.nan]])
 # Losses: ordinary; the last two rows have a zero drop.
 LOSS_EARLY = np.array([[2.0, 3.0], [1.0, 1.0], [0.5, 0.7], [np.nan, np.nan]])
 LOSS_LATE = np.array([[1.0, 2.0], [1.0, 1.0], [0.5, 0.7], [np.nan, np.nan]])
+# IFD ratios: kept by the gate (< 1), at the boundary (1: not kept), unscored.
+IFD_RATIO = np.array([0.5, 1.0, 0.9, np.nan])
+BASES = [u for u in UTILITIES if not u.endswith("-gated")]
 
 
-def _table(losses: bool = True) -> pa.Table:
+def _table(losses: bool = True, ifd: bool = True) -> pa.Table:
     columns = {"index": pa.array(np.arange(4))}
+    if ifd:
+        columns["ifd_ratio"] = pa.array(IFD_RATIO)
     for epoch, norms, loss in ((1, EARLY, LOSS_EARLY), (2, LATE, LOSS_LATE)):
         for m in range(2):
             if losses:
@@ -53,13 +58,32 @@ def test_utilities_follow_their_formulas():
     expected_row2 = {"gsnr": 0.0, "gsnr-cv": 0.0, "drop": 0.0, "gradnorm": 0.0,
                      "uncertainty": 0.0, "snr-drop": 0.0, "snr-member": 0.0, "gsnr-norm": 0.0,
                      "loss": -0.6, "loss-drop": 0.0}
-    assert set(expected_row0) == set(UTILITIES)
-    for utility in UTILITIES:
+    assert set(expected_row0) == set(BASES)
+    for utility in BASES:
         scores = utility_scores(table, utility)
         assert scores[0] == pytest.approx(expected_row0[utility], rel=1e-9), utility
         assert scores[1] == pytest.approx(expected_row1[utility], rel=1e-9), utility
         assert scores[2] == pytest.approx(expected_row2[utility], abs=1e-300), utility
         assert np.isnan(scores[3])
+
+
+def test_gated_utilities_keep_the_score_where_ifd_is_below_one():
+    """`<u>-gated`: u where the IFD ratio is below 1, NaN (never selected) at 1 and above and
+    where unscored."""
+    table = with_utilities(_table())
+    gated = [u for u in UTILITIES if u.endswith("-gated")]
+    assert {u.removesuffix("-gated") for u in gated} == {
+        "gsnr", "gsnr-cv", "snr-drop", "snr-member", "gsnr-norm", "loss", "loss-drop"}
+    for utility in gated:
+        base = utility_scores(table, utility.removesuffix("-gated"))
+        scores = utility_scores(table, utility)
+        assert scores[0] == base[0] and scores[2] == base[2], utility
+        assert np.isnan(scores[1]) and np.isnan(scores[3]), utility
+    assert list(select_top(utility_scores(table, "gsnr-gated"), count=4).indices) == [0, 2]
+    without = with_utilities(_table(ifd=False))
+    assert "gsnr_gated" not in without.column_names and "gsnr" in without.column_names
+    with pytest.raises(GradfilterError, match="no utility 'gsnr-gated'"):
+        utility_scores(without, "gsnr-gated")
 
 
 def test_a_table_without_losses_offers_every_utility_but_the_loss_ones():

@@ -50,6 +50,9 @@ class ScoreConfig:
     # device and the proxy (scoring/budget.py). Changes no number beyond float rounding.
     batch_tokens: int | None = None
     sketch_dim: int = 128  # gradient sketch size per member and collected epoch; 0: none
+    # Every record's IFD ratio by the untrained proxy, stored for the gated utilities (two
+    # forward passes before training).
+    ifd_pass: bool = True
 
     def validate(self) -> None:
         positive = ("members", "epochs", "lora_rank", "batch_size", "collect_batch_size",

@@ -27,11 +27,19 @@ from .config import ScoreConfig
 from .data.sources import parquet_error
 from .errors import GradfilterError
 from .outputs import atomic_path
-from .utilities import BASELINE_SCORES, FORMULAS, UTILITIES, RawStats, compute_utilities
+from .utilities import (
+    BASELINE_SCORES,
+    FORMULAS,
+    UTILITIES,
+    RawStats,
+    computable,
+    compute_utilities,
+)
 
 META_KEY = "gradfilter"
 _SQNORM = re.compile(r"^sqnorm_e(\d+)_m(\d+)$")
 _STATS_BATCH_ROWS = 1 << 16
+IFD_RATIO = "ifd_ratio"  # PPL(y|x) / PPL(y) by the proxy before training (the gated utilities)
 NOT_A_TABLE = "not a Parquet statistics table (the file `gradfilter score` writes)"
 _SKETCH = re.compile(r"^sketch_e(\d+)_m(\d+)$")
 SKETCH_STORAGE = ("sketch_e{e}_m{m}: unit vector, float16; sketchnorm_e{e}_m{m}: its length, "
@@ -54,10 +62,12 @@ def record_columns(n_records: int, n_response_tokens: np.ndarray, truncated: np.
 def gsnr_table(head: dict[str, pa.Array], scorable: np.ndarray, losses: dict[int, np.ndarray],
                sqnorms: dict[int, np.ndarray], config: ScoreConfig,
                sketches: dict[int, np.ndarray] | None = None,
-               sketch_meta: dict | None = None) -> pa.Table:
+               sketch_meta: dict | None = None,
+               ifd_ratio: np.ndarray | None = None) -> pa.Table:
     """`head`, then each collected epoch's [scorable examples, members] losses and squared
-    norms spread over all records (NaN where unscored), then every utility, then (with
-    `sketches`, [scorable examples, members, dim] per epoch) the gradient sketches."""
+    norms spread over all records (NaN where unscored), the IFD ratios ([records], if given),
+    then every utility, then (with `sketches`, [scorable examples, members, dim] per epoch)
+    the gradient sketches."""
     n_records = len(head["index"])
     columns = dict(head)
     for epoch in (config.early, config.late):
@@ -66,6 +76,8 @@ def gsnr_table(head: dict[str, pa.Array], scorable: np.ndarray, losses: dict[int
                 full = np.full(n_records, np.nan)
                 full[scorable] = values[:, m]
                 columns[f"{name}_e{epoch}_m{m}"] = pa.array(full)
+    if ifd_ratio is not None:
+        columns[IFD_RATIO] = pa.array(ifd_ratio, type=pa.float64())
     meta = {"method": "gsnr", "early": config.early, "late": config.late,
             "members": config.members, "config": asdict(config)}
     if sketches:
@@ -151,13 +163,16 @@ def stat_columns(names: list[str], stat: str, epoch: int) -> list[str]:
     return columns
 
 
-def raw_stats_columns(names: list[str], early: int, late: int,
-                      with_loss: bool) -> dict[str, list[str]]:
+def raw_stats_columns(names: list[str], early: int, late: int, with_loss: bool,
+                      with_ifd: bool = False) -> dict[str, list[str]]:
     """The columns of each field of `RawStats`, by field name."""
     fields = {"sqnorm_early": ("sqnorm", early), "sqnorm_late": ("sqnorm", late)}
     if with_loss:
         fields.update(loss_early=("loss", early), loss_late=("loss", late))
-    return {name: stat_columns(names, stat, epoch) for name, (stat, epoch) in fields.items()}
+    columns = {name: stat_columns(names, stat, epoch) for name, (stat, epoch) in fields.items()}
+    if with_ifd:
+        columns["ifd_ratio"] = [IFD_RATIO]
+    return columns
 
 
 def raw_stats(columns: dict[str, list[str]], column) -> RawStats:
@@ -168,11 +183,23 @@ def raw_stats(columns: dict[str, list[str]], column) -> RawStats:
 
 def _utilities_of(table: pa.Table, names: tuple[str, ...]) -> dict[str, np.ndarray]:
     early, late = table_epochs(table)
-    with_loss = any(FORMULAS[n].needs_loss for n in names)
-    columns = raw_stats_columns(table.column_names, early, late, with_loss)
+    columns = raw_stats_columns(table.column_names, early, late,
+                                any(FORMULAS[n].needs_loss for n in names),
+                                any(FORMULAS[n].needs_ifd for n in names))
     stats = raw_stats(columns, lambda c: _as_float64(table.column(c).combine_chunks()))
+    return _computed(stats, names)
+
+
+def _computed(stats: RawStats, names: tuple[str, ...]) -> dict[str, np.ndarray]:
     return compute_utilities(stats.sqnorm_early, stats.sqnorm_late, stats.loss_early,
-                             stats.loss_late, names)
+                             stats.loss_late, names,
+                             None if stats.ifd_ratio is None else stats.ifd_ratio[:, 0])
+
+
+def _computable_from(names: set[str] | list[str]) -> tuple[str, ...]:
+    """The utilities a G-SNR table with these columns gives."""
+    has_loss = any(c.startswith("loss_e") for c in names)
+    return tuple(u for u in UTILITIES if computable(u, has_loss, IFD_RATIO in names))
 
 
 def default_utility(table: pa.Table) -> str:
@@ -184,8 +211,7 @@ def available_utilities(table: pa.Table) -> list[str]:
     names = set(table.column_names)
     baseline = [u for u in BASELINE_SCORES if u in names]
     if any(_SQNORM.match(c) for c in names):
-        loss = any(c.startswith("loss_e") for c in names)
-        return [*(u for u in UTILITIES if loss or not FORMULAS[u].needs_loss), *baseline]
+        return [*_computable_from(names), *baseline]
     return baseline + [u for u in UTILITIES if column_name(u) in names]
 
 
@@ -202,9 +228,7 @@ def require_utility(table: pa.Table, utility: str) -> None:
 
 def with_utilities(table: pa.Table) -> pa.Table:
     """The table with one column per utility, replacing any that are there."""
-    loss = any(c.startswith("loss_e") for c in table.column_names)
-    names = tuple(u for u in UTILITIES if loss or not FORMULAS[u].needs_loss)
-    for utility, values in _utilities_of(table, names).items():
+    for utility, values in _utilities_of(table, _computable_from(table.column_names)).items():
         name = column_name(utility)
         if name in table.column_names:
             table = table.drop_columns([name])
@@ -255,13 +279,12 @@ def load_scores(stats: str | Path | pa.Table | np.ndarray, utility: str) -> np.n
         empty = pa.Table.from_batches([], schema=schema)  # (schema.empty_table imports pandas)
         require_utility(empty, utility)
         early, late = table_epochs(empty)
-        columns = raw_stats_columns(schema.names, early, late, FORMULAS[utility].needs_loss)
+        columns = raw_stats_columns(schema.names, early, late, FORMULAS[utility].needs_loss,
+                                    FORMULAS[utility].needs_ifd)
         needed = [c for names in columns.values() for c in names]
         for start, batch in _stat_batches(table_file, needed):
             stats = raw_stats(columns, lambda c, b=batch: _as_float64(b.column(c)))
-            scores[start:start + batch.num_rows] = compute_utilities(
-                stats.sqnorm_early, stats.sqnorm_late, stats.loss_early, stats.loss_late,
-                (utility,))[utility]
+            scores[start:start + batch.num_rows] = _computed(stats, (utility,))[utility]
         return scores
     except (pa.ArrowException, OSError) as exc:
         raise parquet_error(path, exc, NOT_A_TABLE) from exc

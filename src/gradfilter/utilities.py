@@ -8,7 +8,9 @@ deviations are over the members:
 
 Where every member's late norm is zero, ratios of the form V / G^2 are taken as 0 (0/0
 otherwise). Unscored records (NaN statistics) get NaN utilities and are never selected.
-Every formula is written out in docs/method.md; higher is kept first.
+The gated hybrids (`<utility>-gated`) keep a utility's score where the proxy's own IFD ratio,
+measured before training, is below 1 (the records Superfiltering would keep), NaN (never
+selected) elsewhere. Every formula is written out in docs/method.md; higher is kept first.
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ class RawStats:
     sqnorm_late: np.ndarray
     loss_early: np.ndarray | None = None
     loss_late: np.ndarray | None = None
+    ifd_ratio: np.ndarray | None = None  # [records, 1]: PPL(y|x) / PPL(y) before training
 
 
 @dataclass(frozen=True)
 class Utility:
     formula: Callable[[RawStats], np.ndarray]
     needs_loss: bool = False
+    needs_ifd: bool = False
 
 
 def _relative(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -88,6 +92,15 @@ def _loss_drop(s: RawStats) -> np.ndarray:
     return _drop(s.loss_early, s.loss_late)
 
 
+def _gated(base: Utility) -> Utility:
+    """`base` among the records whose IFD ratio is below 1; NaN (never selected) elsewhere."""
+    def formula(s: RawStats) -> np.ndarray:
+        assert s.ifd_ratio is not None
+        return np.where(s.ifd_ratio[:, 0] < 1, base.formula(s), np.nan)
+
+    return Utility(formula, needs_loss=base.needs_loss, needs_ifd=True)
+
+
 FORMULAS: dict[str, Utility] = {
     "gsnr": Utility(_gsnr),
     "gsnr-cv": Utility(_gsnr_cv),
@@ -100,16 +113,26 @@ FORMULAS: dict[str, Utility] = {
     "loss": Utility(_loss, needs_loss=True),
     "loss-drop": Utility(_loss_drop, needs_loss=True),
 }
+GATED = ("gsnr", "gsnr-cv", "snr-drop", "snr-member", "gsnr-norm", "loss", "loss-drop")
+FORMULAS.update({f"{name}-gated": _gated(FORMULAS[name]) for name in GATED})
 UTILITIES = tuple(FORMULAS)
 BASELINE_SCORES = ("ifd", "perplexity", "length", "random")  # columns of baseline tables
 
 
 def compute_utilities(early: np.ndarray, late: np.ndarray, loss_early: np.ndarray | None = None,
                       loss_late: np.ndarray | None = None,
-                      names: tuple[str, ...] = UTILITIES) -> dict[str, np.ndarray]:
+                      names: tuple[str, ...] = UTILITIES,
+                      ifd_ratio: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The utilities `names` from [records, members] squared norms (and losses) at epochs s and
-    t; those that need losses are left out when none are given."""
-    stats = RawStats(early, late, loss_early, loss_late)
+    t (and the [records] IFD ratios); those that need what is not given are left out."""
+    stats = RawStats(early, late, loss_early, loss_late,
+                     None if ifd_ratio is None else np.reshape(ifd_ratio, (-1, 1)))
     with np.errstate(divide="ignore", invalid="ignore"):
         return {name: FORMULAS[name].formula(stats) for name in names
-                if loss_late is not None or not FORMULAS[name].needs_loss}
+                if computable(name, loss_late is not None, ifd_ratio is not None)}
+
+
+def computable(name: str, has_loss: bool, has_ifd: bool) -> bool:
+    """Whether utility `name` can be computed from what a table holds."""
+    utility = FORMULAS[name]
+    return (has_loss or not utility.needs_loss) and (has_ifd or not utility.needs_ifd)

@@ -156,6 +156,11 @@ def _score_option_table() -> dict[str, Callable]:
             "--sketch-dim", type=int,
             help="Size of each example's gradient sketch per member and collected epoch "
                  "(stored in the table, used by select --diversity); 0 turns it off."),
+        "ifd_pass": click.option(
+            "--ifd-pass/--no-ifd-pass", "ifd_pass", default=DEFAULTS.ifd_pass,
+            show_default=True,
+            help="Also measure every record's IFD ratio with the untrained proxy (two forward "
+                 "passes before training), for the gated utilities (<utility>-gated)."),
         "save_adapters": click.option(
             "--save-adapters", type=click.Path(path_type=Path), default=None,
             help="Write every member's PEFT adapter at each collected epoch here."),

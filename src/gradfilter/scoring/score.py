@@ -155,8 +155,8 @@ def score(
                            {"dir": str(checkpoint_dir),
                             "resumed_from_step": checkpoint.manifest.step},
                            "save_adapters": str(save_adapters) if save_adapters else None}
-                table = _score_gsnr(tokens, model, config, device, dtype, comm, checkpoint,
-                                    save_adapters, progress, timings, details)
+                table = _score_gsnr(tokens, model, tokenizer, config, device, dtype, comm,
+                                    checkpoint, save_adapters, progress, timings, details)
             else:
                 details = {}
                 table = _score_baseline(method, tokens, model, tokenizer, config, device, dtype,
@@ -180,12 +180,19 @@ def _check_arguments(config: ScoreConfig, method: str, checkpoint_dir, checkpoin
         raise GradfilterError("--checkpoint-dir is for --method gsnr (baselines are one pass)")
 
 
-def _score_gsnr(tokens: Tokenized, model: torch.nn.Module, config: ScoreConfig,
+def _score_gsnr(tokens: Tokenized, model: torch.nn.Module, tokenizer, config: ScoreConfig,
                 device: torch.device, dtype: torch.dtype, comm: distributed.Comm,
                 checkpoint: Checkpoint | NullCheckpoint, save_adapters: str | Path | None,
                 progress: bool, timings: dict[str, float], details: dict) -> pa.Table:
-    """Install this rank's members, train and collect (resumably): the table with every G-SNR
-    utility."""
+    """The untrained proxy's IFD ratios (with `ifd_pass`), then install this rank's members,
+    train and collect (resumably): the table with every G-SNR utility."""
+    ifd_ratio = None
+    if config.ifd_pass:  # before any LoRA is installed: the proxy as the IFD baseline sees it
+        start = time.perf_counter()
+        ifd_ratio = _score_baseline("ifd", tokens, model, tokenizer, config, device, dtype,
+                                    progress and comm.rank == 0, {}, {}
+                                    ).column("ifd_ratio").to_numpy()
+        timings["ifd_pass"] = time.perf_counter() - start
     topology = comm.topology(config.members)
     ensemble = LoRAEnsemble(model, config.members, config.lora_rank, config.lora_alpha,
                             config.targets, config.seed, member_ids=topology.local_members)
@@ -206,7 +213,8 @@ def _score_gsnr(tokens: Tokenized, model: torch.nn.Module, config: ScoreConfig,
     sketch_meta = (ensemble.sketch_projection(config.sketch_dim, config.seed).metadata()
                    if config.sketch_dim else None)
     return gsnr_table(tokens.record_columns(), tokens.scorable, stats.losses, stats.sqnorms,
-                      config, stats.sketches, sketch_meta)
+                      config, stats.sketches, sketch_meta,
+                      ifd_ratio)
 
 
 def _score_baseline(method: str, tokens: Tokenized, model: torch.nn.Module | None, tokenizer,
