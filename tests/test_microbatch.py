@@ -54,10 +54,11 @@ def _stat_columns(table) -> list[str]:
     return [c for c in table.column_names if c.startswith(("loss_", "sqnorm_"))]
 
 
-@pytest.mark.parametrize(("arch", "bucketing"), [("gpt2", True), ("gpt2", False),
-                                                 ("llama", True)])
+@pytest.mark.parametrize(("arch", "bucketing", "collect"), [
+    ("gpt2", True, "snapshot"), ("gpt2", False, "snapshot"), ("llama", True, "snapshot"),
+    ("gpt2", True, "during")])
 def test_micro_batched_table_equals_the_whole_batch_table(tmp_path, gpt2_proxy, llama_proxy,
-                                                          arch, bucketing):
+                                                          arch, bucketing, collect):
     """Training (gradient accumulation over micro-batches of one row per member, budget 1)
     and collection give the whole-batch table to rtol 1e-4. Each example's loss and gradient
     are its own, so the cut changes only the order of float32 sums: the accumulated gradient
@@ -71,7 +72,8 @@ def test_micro_batched_table_equals_the_whole_batch_table(tmp_path, gpt2_proxy, 
 
     def run(name: str, **overrides):
         settings = dict(proxy=proxy, members=3, lora_rank=4, lr=5e-3, batch_size=4,
-                        collect_batch_size=7, seed=11, device="cpu", length_bucketing=bucketing)
+                        collect_batch_size=7, seed=11, device="cpu", length_bucketing=bucketing,
+                        collect=collect)
         config = gf.ScoreConfig(**{**settings, **overrides})
         return gf.score(data, tmp_path / f"{name}.parquet", config, progress=False)
 

@@ -65,7 +65,8 @@ def score_case(tmp_path: Path, name: str, sketch_dim: int = 0):
     proxy = seeded_proxy(tmp_path / f"proxy-{name}", arch, chat)
     data = write_json(tmp_path / f"{name}.json", records)
     config = gf.ScoreConfig(proxy=proxy, members=2, lora_rank=4, lr=5e-3, batch_size=4,
-                            collect_batch_size=3, seed=5, device="cpu", sketch_dim=sketch_dim)
+                            collect_batch_size=3, seed=5, device="cpu", sketch_dim=sketch_dim,
+                            collect="snapshot")  # the tables were pinned in snapshot mode
     return gf.score(data, tmp_path / f"{name}.parquet", config, progress=False)
 
 

@@ -25,7 +25,7 @@ N_RECORDS = 40  # 10 optimiser steps per epoch, 10 collection batches per collec
 # batch_tokens 500: most steps and collection batches (8 rows of 52-177 tokens) run as 2-4
 # micro-batches, so a kill can land between a step's micro-batches too.
 SETTINGS = dict(members=2, lora_rank=2, batch_size=4, collect_batch_size=4, lr=5e-3, seed=3,
-                batch_tokens=500)
+                batch_tokens=500, collect="snapshot")
 TOTAL_STEPS = 2 * N_RECORDS // SETTINGS["batch_size"]
 
 
@@ -171,7 +171,7 @@ def test_killed_at_an_arbitrary_moment_then_resumed(tmp_path, data, gpt2_proxy, 
 @pytest.fixture(scope="module")
 def during_reference(data, gpt2_proxy, tmp_path_factory):
     """The uninterrupted --collect during run."""
-    config = gf.ScoreConfig(proxy=gpt2_proxy, device="cpu", collect="during", **SETTINGS)
+    config = gf.ScoreConfig(proxy=gpt2_proxy, device="cpu", **{**SETTINGS, "collect": "during"})
     return gf.score(data, tmp_path_factory.mktemp("during") / "stats.parquet", config,
                     progress=False)
 
@@ -195,8 +195,9 @@ def test_during_killed_inside_the_late_epoch_then_resumed(tmp_path, data, gpt2_p
     _finish(args, logs)
     _assert_same_statistics(load_stats(out), during_reference)
     again = gf.score(data, tmp_path / "again.parquet",
-                     gf.ScoreConfig(proxy=gpt2_proxy, device="cpu", collect="during",
-                                    **SETTINGS), progress=False, checkpoint_dir=checkpoint)
+                     gf.ScoreConfig(proxy=gpt2_proxy, device="cpu",
+                                    **{**SETTINGS, "collect": "during"}), progress=False,
+                     checkpoint_dir=checkpoint)
     _assert_same_statistics(again, during_reference)
 
 

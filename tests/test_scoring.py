@@ -24,7 +24,7 @@ def data(tmp_path_factory):
 
 def _config(proxy: str, **overrides) -> gf.ScoreConfig:
     settings = dict(proxy=proxy, members=3, lora_rank=4, lr=5e-3, batch_size=4,
-                    collect_batch_size=7, seed=11, device="cpu")
+                    collect_batch_size=7, seed=11, device="cpu", collect="snapshot")
     settings.update(overrides)
     return gf.ScoreConfig(**settings)
 

@@ -44,8 +44,9 @@ class ScoreConfig:
     turns: TurnsChoice = "all"
     length_bucketing: bool = True
     # method.md §3: the gradients of the training passes of epochs s and t themselves
-    # (during), or a separate pass over frozen snapshots after them (snapshot).
-    collect: CollectChoice = "snapshot"
+    # (during, the default: half the cost), or a separate pass over frozen snapshots after
+    # them (snapshot).
+    collect: CollectChoice = "during"
     # Padded tokens per micro-batch (all M members' rows together); None: chosen from the
     # device and the proxy (scoring/budget.py). Changes no number beyond float rounding.
     batch_tokens: int | None = None

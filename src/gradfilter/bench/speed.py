@@ -1,7 +1,7 @@
 """`gradfilter bench speed`: the fused path against the loop a user would write, and IFD.
 
 (a) fused: gradfilter's own scoring (M members as one batched model, per-example norms from
-    one backward per batch);
+    one backward per batch), in snapshot mode: the reading the naive loop reproduces;
 (b) naive: what a user writes with `peft` and a loop: each member trained on its own PEFT
     model (logits at every position, as the model's forward gives them), then one
     `backward()` of the model's own loss per example and member in each collection pass,
@@ -243,13 +243,12 @@ def run_speed_benchmark(encoded: list[Encoded], config: ScoreConfig, paths: tupl
                   "ifd": tokens + sum(int(item.response_mask.sum()) + 1 for item in encoded),
                   "snapshot": gradient_row_tokens,
                   "during": tokens * config.members * config.epochs}
-    if config.collect == "during":
-        row_tokens["fused"] = row_tokens["during"]
     timings, outputs = {}, {}
     for name in paths:
         log(f"{name}: running on {len(encoded)} examples ({tokens} tokens)")
-        if name == "fused":
-            work = partial(fused_path, copy.deepcopy(model), encoded, config, device, dtype)
+        if name == "fused":  # the snapshot reading: the one the naive loop reproduces
+            work = partial(fused_path, copy.deepcopy(model), encoded,
+                           replace(config, collect="snapshot"), device, dtype)
         elif name in ("during", "snapshot"):
             work = partial(fused_path, copy.deepcopy(model), encoded,
                            replace(config, collect=name), device, dtype)
