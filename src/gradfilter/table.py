@@ -29,6 +29,7 @@ from .errors import GradfilterError
 from .outputs import atomic_path
 from .utilities import (
     BASELINE_SCORES,
+    DEFAULT_UTILITY,
     FORMULAS,
     UTILITIES,
     RawStats,
@@ -203,8 +204,8 @@ def _computable_from(names: set[str] | list[str]) -> tuple[str, ...]:
 
 
 def default_utility(table: pa.Table) -> str:
-    """What `select` ranks by unless told: G-SNR, or the baseline the table was made by."""
-    return table_meta(table).get("utility", "gsnr")
+    """What `select` ranks by unless told: DEFAULT_UTILITY, or the baseline that made it."""
+    return table_meta(table).get("utility", DEFAULT_UTILITY)
 
 
 def available_utilities(table: pa.Table) -> list[str]:

@@ -116,6 +116,8 @@ FORMULAS: dict[str, Utility] = {
 GATED = ("gsnr", "gsnr-cv", "snr-drop", "snr-member", "gsnr-norm", "loss", "loss-drop")
 FORMULAS.update({f"{name}-gated": _gated(FORMULAS[name]) for name in GATED})
 UTILITIES = tuple(FORMULAS)
+# What `select` ranks a G-SNR table by unless told: chosen by the study of docs/results.md.
+DEFAULT_UTILITY = "gsnr"
 BASELINE_SCORES = ("ifd", "perplexity", "length", "random")  # columns of baseline tables
 
 
