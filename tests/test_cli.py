@@ -19,8 +19,9 @@ def test_run_then_select_from_the_table(tmp_path, gpt2_proxy):
                          "--out", str(out), "--proxy", gpt2_proxy,
                          *TINY)
     assert result.returncode == 0, result.stderr
-    assert "kept 2 of 20 records by gsnr" in result.stdout
-    assert "best 3 by gsnr" in result.stdout and "worst 3 by gsnr" in result.stdout
+    assert "kept 2 of 20 records by snr-member-gated" in result.stdout
+    assert "best 3 by snr-member-gated" in result.stdout
+    assert "worst 3 by snr-member-gated" in result.stdout
     stats = tmp_path / "subset.json.stats.parquet"
     assert stats.is_file() and (tmp_path / "subset.json.run.json").is_file()
     assert (tmp_path / "subset.json.stats.parquet.run.json").is_file()

@@ -107,7 +107,7 @@ def test_more_ranks_than_members_split_the_collection(tmp_path, data, gpt2_proxy
     result = _torchrun("run", str(data), "--out", str(out), "--stats", str(stats),
                        "--ratio", "0.25", *_options(gpt2_proxy, 1))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("kept 7 of 26 records by gsnr") == 1
+    assert result.stdout.count("kept 7 of 26 records by snr-member-gated") == 1
     assert len(json.loads(out.read_text())) == 7
     reference = _reference(data, tmp_path / "reference.parquet", gpt2_proxy, 1)
     _assert_same_statistics(gf.load_stats(stats), reference)

@@ -102,7 +102,7 @@ def test_cli_run_on_a_save_to_disk_directory(tmp_path, saved, gpt2_proxy, cli):
                             "--members", "2", "--lora-rank", "2", "--batch-size", "4",
                             "--max-length", "64", "--device", "cpu", "--quiet")
     assert code == 0, err
-    assert "kept 3 of 12 records by gsnr" in stdout
+    assert "kept 3 of 12 records by snr-member-gated" in stdout
     table = gf.load_stats(tmp_path / "subset.stats.parquet")
     chosen = gf.select_top(gf.utility_scores(table, "gsnr"), ratio=0.25).in_order("input")
     written = datasets.load_from_disk(str(out))

@@ -86,6 +86,15 @@ def test_gated_utilities_keep_the_score_where_ifd_is_below_one():
         utility_scores(without, "gsnr-gated")
 
 
+def test_the_default_utility_is_the_study_s_choice_and_its_ungated_form_without_ifd():
+    from gradfilter.table import default_utility
+    from gradfilter.utilities import DEFAULT_UNGATED, DEFAULT_UTILITY
+
+    assert DEFAULT_UTILITY == f"{DEFAULT_UNGATED}-gated"
+    assert default_utility(_table()) == DEFAULT_UTILITY
+    assert default_utility(_table(ifd=False)) == DEFAULT_UNGATED
+
+
 def test_a_table_without_losses_offers_every_utility_but_the_loss_ones():
     table = with_utilities(_table(losses=False))
     assert "loss" not in table.column_names and "gsnr" in table.column_names

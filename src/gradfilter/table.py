@@ -29,6 +29,7 @@ from .errors import GradfilterError
 from .outputs import atomic_path
 from .utilities import (
     BASELINE_SCORES,
+    DEFAULT_UNGATED,
     DEFAULT_UTILITY,
     FORMULAS,
     UTILITIES,
@@ -204,8 +205,12 @@ def _computable_from(names: set[str] | list[str]) -> tuple[str, ...]:
 
 
 def default_utility(table: pa.Table) -> str:
-    """What `select` ranks by unless told: DEFAULT_UTILITY, or the baseline that made it."""
-    return table_meta(table).get("utility", DEFAULT_UTILITY)
+    """What `select` ranks by unless told: the baseline that made the table, else
+    DEFAULT_UTILITY (DEFAULT_UNGATED where the table has no IFD ratios)."""
+    made_by = table_meta(table).get("utility")
+    if made_by is not None:
+        return made_by
+    return DEFAULT_UTILITY if IFD_RATIO in table.column_names else DEFAULT_UNGATED
 
 
 def available_utilities(table: pa.Table) -> list[str]:

@@ -116,8 +116,11 @@ FORMULAS: dict[str, Utility] = {
 GATED = ("gsnr", "gsnr-cv", "snr-drop", "snr-member", "gsnr-norm", "loss", "loss-drop")
 FORMULAS.update({f"{name}-gated": _gated(FORMULAS[name]) for name in GATED})
 UTILITIES = tuple(FORMULAS)
-# What `select` ranks a G-SNR table by unless told: chosen by the study of docs/results.md.
-DEFAULT_UTILITY = "gsnr"
+# What `select` ranks a G-SNR table by unless told: chosen by the study of docs/results.md
+# (the best worst case over two datasets and two groups of corruption kinds); its ungated
+# form where a table has no IFD ratios (scored with --no-ifd-pass).
+DEFAULT_UTILITY = "snr-member-gated"
+DEFAULT_UNGATED = "snr-member"
 BASELINE_SCORES = ("ifd", "perplexity", "length", "random")  # columns of baseline tables
 
 
