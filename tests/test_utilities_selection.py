@@ -90,7 +90,7 @@ def test_the_default_utility_is_the_study_s_choice_and_its_ungated_form_without_
     from gradfilter.table import default_utility
     from gradfilter.utilities import DEFAULT_UNGATED, DEFAULT_UTILITY
 
-    assert DEFAULT_UTILITY == f"{DEFAULT_UNGATED}-gated"
+    assert f"{DEFAULT_UNGATED}-gated" == DEFAULT_UTILITY
     assert default_utility(_table()) == DEFAULT_UTILITY
     assert default_utility(_table(ifd=False)) == DEFAULT_UNGATED
 
