@@ -7,6 +7,7 @@ import json
 from conftest import alpaca_records, cli_process, write_json
 
 import gradfilter as gf
+from gradfilter.utilities import DEFAULT_UTILITY
 
 TINY = ["--members", "2", "--lora-rank", "2", "--batch-size", "4", "--device", "cpu", "--quiet"]
 
@@ -26,7 +27,8 @@ def test_run_then_select_from_the_table(tmp_path, gpt2_proxy):
     assert stats.is_file() and (tmp_path / "subset.json.run.json").is_file()
     assert (tmp_path / "subset.json.stats.parquet.run.json").is_file()
     table = gf.load_stats(stats)
-    expected = gf.select_top(gf.utility_scores(table, "gsnr"), ratio=0.1).in_order("input")
+    expected = gf.select_top(gf.utility_scores(table, DEFAULT_UTILITY),
+                             ratio=0.1).in_order("input")
     assert json.loads(out.read_text()) == [records[i] for i in expected]
 
     again = tmp_path / "by-drop.json"

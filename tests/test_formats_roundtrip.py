@@ -47,7 +47,8 @@ def test_subset_is_the_input_records_unchanged(tmp_path, fmt, container, make, a
     scores = gf.utility_scores(table, "gsnr")
     for order in ("input", "score"):
         out = tmp_path / f"subset-{order}.{container}"
-        selection = gf.select(data, tmp_path / "stats.parquet", out, ratio=0.3, order=order)
+        selection = gf.select(data, tmp_path / "stats.parquet", out, ratio=0.3, order=order,
+                              utility="gsnr")
         chosen = selection.in_order(order)
         assert len(chosen) == 4
         assert read_records_as(out) == [records[i] for i in chosen]
@@ -117,5 +118,5 @@ def test_skip_bad_records_keeps_them_unscored(tmp_path, gpt2_proxy):
     assert reasons[1].startswith("invalid record:") and "field 'output'" in reasons[1]
     assert "field 'instruction': is missing" in reasons[5]
     assert [i for i, r in enumerate(reasons) if r] == [1, 5]
-    selection = gf.select(data, table, tmp_path / "s.json", ratio=1.0)
+    selection = gf.select(data, table, tmp_path / "s.json", ratio=1.0, utility="gsnr")
     assert sorted(selection.indices.tolist()) == [0, 2, 3, 4, 6, 7]

@@ -15,6 +15,7 @@ import pytest
 from conftest import alpaca_records
 
 import gradfilter as gf
+from gradfilter.utilities import DEFAULT_UTILITY
 
 
 def _stats(n: int, seed: int = 0) -> pa.Table:
@@ -104,7 +105,8 @@ def test_cli_run_on_a_save_to_disk_directory(tmp_path, saved, gpt2_proxy, cli):
     assert code == 0, err
     assert "kept 3 of 12 records by snr-member-gated" in stdout
     table = gf.load_stats(tmp_path / "subset.stats.parquet")
-    chosen = gf.select_top(gf.utility_scores(table, "gsnr"), ratio=0.25).in_order("input")
+    chosen = gf.select_top(gf.utility_scores(table, DEFAULT_UTILITY),
+                           ratio=0.25).in_order("input")
     written = datasets.load_from_disk(str(out))
     assert written.features == ds.features
     assert written.to_list() == [ds[int(i)] for i in chosen]

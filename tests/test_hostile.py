@@ -146,8 +146,8 @@ def skipped_run(tmp_path_factory, gpt2_proxy):
     data = tmp / "d.jsonl"
     data.write_bytes(b"\n".join(lines) + b"\n")
     out = tmp / "subset.jsonl"
-    code, stdout, err = run_cli("run", data, "--ratio", "1.0", "--out", out, "--skip-bad-records",
-                                "--proxy", gpt2_proxy, *TINY)
+    code, stdout, err = run_cli("run", data, "--ratio", "1.0", "--utility", "gsnr", "--out", out,
+                                "--skip-bad-records", "--proxy", gpt2_proxy, *TINY)
     assert code == 0, err
     stats = tmp / "subset.jsonl.stats.parquet"
     return {"data": data, "lines": lines, "out": out, "stdout": stdout, "stats": stats,
@@ -184,7 +184,7 @@ def test_select_streams_past_unreadable_lines(skipped_run, tmp_path):
     """select reads the input again; the lines it cannot read are unscored in the table."""
     out = tmp_path / "again.jsonl"
     code, _, err = run_cli("select", skipped_run["data"], "--stats", skipped_run["stats"],
-                                "--ratio", "1.0", "--out", out)
+                                "--ratio", "1.0", "--utility", "gsnr", "--out", out)
     assert code == 0, err
     assert out.read_bytes() == skipped_run["out"].read_bytes()
     record = json.loads(out.with_name(out.name + ".run.json").read_text())
@@ -219,8 +219,8 @@ def recovered_run(tmp_path_factory, gpt2_proxy):
     data = tmp / "d.json"
     data.write_bytes(b"\xef\xbb\xbf" + text[:cut].encode("utf-8"))
     out = tmp / "subset.json"
-    code, stdout, err = run_cli("run", data, "--ratio", "1.0", "--out", out, "--proxy",
-                                gpt2_proxy, *TINY)
+    code, stdout, err = run_cli("run", data, "--ratio", "1.0", "--utility", "gsnr", "--out", out,
+                                "--proxy", gpt2_proxy, *TINY)
     assert code == 0, err
     stats = tmp / "subset.json.stats.parquet"
     table = gf.load_stats(stats)

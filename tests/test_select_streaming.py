@@ -81,7 +81,8 @@ def test_select_streams_json_input_holding_no_record(tmp_path, records_alive, na
     table = _sqnorm_table(17)
 
     out = tmp_path / f"subset-{name}"
-    selection = gf.select(data, table, out, ratio=0.5, order=order, score_field="s")
+    selection = gf.select(data, table, out, ratio=0.5, order=order, score_field="s",
+                          utility="gsnr")
     assert len(records_alive) >= 17 and max(records_alive) <= 1  # at most the one in hand
     chosen = selection.in_order(order)
     scores = gf.utility_scores(table, "gsnr")
@@ -102,7 +103,7 @@ def test_select_from_parquet_in_batches(tmp_path, small_batches, order, out_form
     source = pa.Table.from_pylist(records).replace_schema_metadata({"origin": "test"})
     pq.write_table(source, data, row_group_size=7)
     out = tmp_path / f"subset.{out_format}"
-    selection = gf.select(data, _sqnorm_table(19), out, count=8, order=order,
+    selection = gf.select(data, _sqnorm_table(19), out, count=8, order=order, utility="gsnr",
                           out_format=out_format, score_field="score" if order == "score" else None)
     chosen = selection.in_order(order)
     expected = [records[i] for i in chosen]
@@ -128,7 +129,8 @@ def test_select_with_limit_reads_only_the_first_records(tmp_path, name):
     if name.endswith(".parquet"):
         pq.write_table(pa.Table.from_pylist(records), data)
     out = tmp_path / "subset.jsonl"
-    selection = gf.select(data, _sqnorm_table(5), out, ratio=1.0, limit=5, out_format="jsonl")
+    selection = gf.select(data, _sqnorm_table(5), out, ratio=1.0, limit=5, out_format="jsonl",
+                          utility="gsnr")
     assert [json.loads(x) for x in out.read_text().splitlines()] == [
         records[i] for i in selection.in_order("input")]
     assert selection.in_order("input").tolist() == [1, 3, 4]

@@ -206,11 +206,16 @@ def _computable_from(names: set[str] | list[str]) -> tuple[str, ...]:
 
 def default_utility(table: pa.Table) -> str:
     """What `select` ranks by unless told: the baseline that made the table, else
-    DEFAULT_UTILITY (DEFAULT_UNGATED where the table has no IFD ratios)."""
+    DEFAULT_UTILITY (DEFAULT_UNGATED where the table has no IFD ratios; the first utility it
+    holds where it holds stored scores only)."""
     made_by = table_meta(table).get("utility")
     if made_by is not None:
         return made_by
-    return DEFAULT_UTILITY if IFD_RATIO in table.column_names else DEFAULT_UNGATED
+    offered = available_utilities(table)
+    for name in (DEFAULT_UTILITY, DEFAULT_UNGATED):
+        if name in offered:
+            return name
+    return offered[0] if offered else DEFAULT_UTILITY
 
 
 def available_utilities(table: pa.Table) -> list[str]:
