@@ -230,7 +230,9 @@ def ifd_part(model, records, device, dtype, batch_size: int, start_id: int) -> d
 
 
 def naive_part(model, records, config: ScoreConfig, device, dtype) -> dict:
-    """The naive PEFT loop and the fused path on the same small slice, same settings."""
+    """The naive PEFT loop and the fused path on the same small slice, same settings (the
+    snapshot reading, which the naive loop reproduces)."""
+    config = replace(config, collect="snapshot")
     timings = {}
     for name, path in (("fused", fused_path), ("naive", naive_path)):
         synchronize(device)

@@ -105,9 +105,9 @@ def test_more_ranks_than_members_split_the_collection(tmp_path, data, gpt2_proxy
     out = tmp_path / "subset.json"
     stats = tmp_path / "stats.parquet"
     result = _torchrun("run", str(data), "--out", str(out), "--stats", str(stats),
-                       "--ratio", "0.25", *_options(gpt2_proxy, 1))
+                       "--ratio", "0.25", "--collect", "snapshot", *_options(gpt2_proxy, 1))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("kept 7 of 26 records by snr-member-gated") == 1
     assert len(json.loads(out.read_text())) == 7
-    reference = _reference(data, tmp_path / "reference.parquet", gpt2_proxy, 1)
+    reference = _reference(data, tmp_path / "reference.parquet", gpt2_proxy, 1, "snapshot")
     _assert_same_statistics(gf.load_stats(stats), reference)

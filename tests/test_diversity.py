@@ -206,12 +206,15 @@ def test_dedup_without_sketches_is_one_line_error(tmp_path):
 
 def test_scored_copies_are_removed_by_dedup(tmp_path, gpt2_proxy):
     """Through the real pipeline: three exact copies of record 4 among 12 records have equal
-    gradients (cosine 1 up to float32 rounding); dedup over all records keeps one of the four."""
+    gradients (cosine 1 up to float32 rounding); dedup over all records keeps one of the four.
+    Snapshot mode: every record is measured at the same adapters (with `during`, each copy is
+    met at another step, so copies are near, not equal)."""
     records = alpaca_records(12)
     records += [dict(records[4]) for _ in range(3)]
     data = write_jsonl(tmp_path / "d.jsonl", records)
     config = gf.ScoreConfig(proxy=gpt2_proxy, members=2, lora_rank=4, lr=5e-3, batch_size=4,
-                            collect_batch_size=4, seed=1, device="cpu", sketch_dim=32)
+                            collect_batch_size=4, seed=1, device="cpu", sketch_dim=32,
+                            collect="snapshot")
     gf.score(data, tmp_path / "s.parquet", config, progress=False)
     subset = gf.select(data, tmp_path / "s.parquet", tmp_path / "o.jsonl", count=15,
                        diversity="dedup", diversity_threshold=0.99)

@@ -221,7 +221,7 @@ def test_diversity_figures_follow_from_the_selections(tmp_path, gpt2_proxy):
             assert figures["plain"][budget] == pytest.approx(corrupted[plain.indices].mean())
             if method == "gsnr":  # the same selection through `select` on gsnr's own table
                 diverse = gf.select(data, stats, tmp_path / f"{budget}.jsonl",
-                                    count=plain.requested, diversity="dedup",
+                                    count=plain.requested, diversity="dedup", utility="gsnr",
                                     diversity_threshold=0.8)
                 assert figures["dedup"][budget] == pytest.approx(
                     corrupted[diverse.indices].mean())

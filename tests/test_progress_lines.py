@@ -28,7 +28,8 @@ def _score_with_stderr_to_a_file(tmp_path, proxy: str, *extra: str) -> list[str]
     with open(log, "w") as stderr:
         result = subprocess.run(
             [sys.executable, "-m", "gradfilter", "score", str(data), "--out",
-             str(tmp_path / "s.parquet"), "--proxy", proxy, *TINY, *extra],
+             str(tmp_path / "s.parquet"), "--proxy", proxy, "--collect", "snapshot",
+             "--no-ifd-pass", *TINY, *extra],
             stdout=subprocess.DEVNULL, stderr=stderr, env=env, timeout=600)
     assert result.returncode == 0, log.read_text()
     return [line for line in log.read_text().splitlines() if LINE.match(line)]

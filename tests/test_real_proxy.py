@@ -75,7 +75,8 @@ def test_demo_end_to_end_measures_its_evidence(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
     assert "kept 3 of 10 records" in out and "best 3 by" in out and "reply:" in out
-    assert len(json.loads((tmp_path / "demo" / "subset.json").read_text())) == 3
+    subset = (tmp_path / "demo" / "subset.jsonl").read_text().splitlines()
+    assert len([json.loads(line) for line in subset]) == 3
     labels = pq.read_table(tmp_path / "demo" / "labels.parquet")["corruption"].to_pylist()
     assert sum(map(bool, labels)) == 2
     table = gf.load_stats(tmp_path / "demo" / "stats.parquet")

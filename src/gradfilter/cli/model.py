@@ -127,7 +127,7 @@ def demo(out_dir: Path, records: int, quiet: bool) -> None:
 
     source, config = demo_data(), demo_config()
     data = out_dir / "data.jsonl"
-    refuse_collisions(*run_paths(source, out_dir / "subset.json", out_dir / "stats.parquet",
+    refuse_collisions(*run_paths(source, out_dir / "subset.jsonl", out_dir / "stats.parquet",
                                  config.proxy, out_option="--out-dir",
                                  stats_option="--out-dir"))
     tokenizer = load_tokenizer(config.proxy)
@@ -138,8 +138,8 @@ def demo(out_dir: Path, records: int, quiet: bool) -> None:
     console.print(f"demo: the first {records} exchanges of {source} that fit "
                   f"{config.max_length} tokens, {sum(map(bool, labels))} of their answers "
                   f"corrupted on purpose ({data}, labels.parquet)\n      proxy {config.proxy}")
-    subset = score_and_select(read_data(str(data), None, None, None), out_dir / "subset.json",
+    subset = score_and_select(read_data(str(data), None, None, None), out_dir / "subset.jsonl",
                               out_dir / "stats.parquet", config, dict(progress=not quiet),
                               dict(ratio=0.25), tags=labels)
     if subset is not None:
-        console.print(evidence(subset.scores, subset.indices, labels).line(), markup=False)
+        print(evidence(subset.scores, subset.indices, labels).line())  # the result: stdout
