@@ -24,7 +24,7 @@ from .data.conversations import Turn
 from .data.exchanges import exchanges
 from .errors import GradfilterError
 
-DEMO_RECORDS = 40
+DEMO_RECORDS = 32
 DEMO_MAX_LENGTH = 128
 DEMO_CORRUPT = 0.2
 DEMO_KINDS = ("swap", "truncate", "repeat", "echo")
