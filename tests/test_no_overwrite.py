@@ -193,6 +193,6 @@ def test_demo_refuses_a_subset_linked_to_its_data(place):
     except gf.GradfilterError as exc:
         pytest.skip(str(exc))
     (place / "demo").mkdir()
-    os.symlink(data, place / "demo" / "subset.json")
+    os.symlink(data, place / "demo" / "subset.jsonl")
     _refused(place, "demo", "--out-dir", "demo", "--quiet",
-             names=("the subset (--out-dir demo/subset.json)", f"the data (DATA {data})"))
+             names=("the subset (--out-dir demo/subset.jsonl)", f"the data (DATA {data})"))
