@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import alpaca_records, sharegpt_records, write_json
-from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+from test_gradnorms import _reference as peft_reference
 
 import gradfilter as gf
 from gradfilter.data.dataset import read_dataset
@@ -30,28 +30,14 @@ def _encoded(tmp_path, proxy: str, arch: str):
     return [encode(dataset.turns(r), tokenizer, template, 512) for r in dataset.records]
 
 
-def _reference(proxy: str, member_params: dict[str, torch.Tensor], targets, conv1d: bool,
+def _reference(proxy: str, member_params: dict[str, torch.Tensor], targets,
                encoded) -> tuple[np.ndarray, np.ndarray]:
-    """PEFT with the given adapter; HF's own loss and one backward() per example."""
+    """PEFT with the given adapter; HF's own loss and one backward() per example
+    (test_gradnorms' reference, on a one-member ensemble holding it)."""
     holder = LoRAEnsemble(load_model(proxy, torch.device("cpu")), 1, RANK, ALPHA, targets, 0)
     holder.load_member_states({0: {"params": member_params}})
-    config = LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=list(targets),
-                        fan_in_fan_out=conv1d)
-    model = get_peft_model(load_model(proxy, torch.device("cpu")), config)
-    set_peft_model_state_dict(model, holder.member_state(0))
-    model.eval()
-    losses, sqnorms = [], []
-    for item in encoded:
-        ids = torch.from_numpy(item.input_ids)[None]
-        labels = ids.clone()
-        labels[0, ~torch.from_numpy(item.response_mask)] = -100
-        model.zero_grad(set_to_none=True)
-        loss = model(input_ids=ids, labels=labels).loss
-        loss.backward()
-        losses.append(loss.item())
-        sqnorms.append(sum(p.grad.pow(2).sum() for n, p in model.named_parameters()
-                           if "lora_" in n).item())
-    return np.array(losses), np.array(sqnorms)
+    losses, sqnorms = peft_reference(proxy, holder, 0, encoded)
+    return losses.numpy(), sqnorms.numpy()
 
 
 def _train_watching_recorded_steps(monkeypatch, ensemble, encoded, config):
@@ -97,8 +83,7 @@ def test_during_norms_equal_one_backward_per_example_at_the_parameters_met(
         epoch = step // steps_per_epoch + 1
         for m in range(MEMBERS):
             items = [encoded[i] for i in rows[m]]
-            losses, sqnorms = _reference(proxy, states[m]["params"], targets,
-                                         ensemble.uses_conv1d, items)
+            losses, sqnorms = _reference(proxy, states[m]["params"], targets, items)
             np.testing.assert_allclose(stats.losses[epoch][rows[m], m], losses, rtol=1e-5)
             np.testing.assert_allclose(stats.sqnorms[epoch][rows[m], m], sqnorms, rtol=1e-4)
             checked += len(items)

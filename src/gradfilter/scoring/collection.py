@@ -25,7 +25,7 @@ from .batching import Batcher, collection_batches, micro_batches
 from .budget import batch_tokens
 from .checkpoint import Checkpoint, NullCheckpoint
 from .distributed import Comm, Topology
-from .ensemble import LoRAEnsemble, RowGradRecorder, per_example_losses
+from .ensemble import LoRAEnsemble, RowGradRecorder, recorded_backward
 from .statistics import Collected
 from .tokenization import Encoded
 from .trainer import Trainer
@@ -132,18 +132,10 @@ class Collector:
         batch = self.batcher.batch([rows] * ensemble.members, width)
         recorder = RowGradRecorder(len(rows) * ensemble.members, batch.input_ids.device,
                                    self.sketch)
-        ensemble.set_recorder(recorder)
-        try:
-            with self.autocast:
-                row_losses = per_example_losses(ensemble.model, batch.input_ids,
-                                                batch.attention_mask, batch.response_mask,
-                                                batch.targets)
-            row_losses.sum().backward()
-        finally:
-            ensemble.set_recorder(None)
+        row_losses = recorded_backward(ensemble, batch, recorder, self.autocast)
         for p in ensemble.parameters():
             p.grad = None
-        return row_losses.detach(), recorder.sqnorms, recorder.sketches
+        return row_losses, recorder.sqnorms, recorder.sketches
 
 
 def train_and_collect(

@@ -70,6 +70,22 @@ class RowGradRecorder:
             self.sketches.add_(block.apply(out_grad, inputs))
 
 
+def recorded_backward(ensemble: LoRAEnsemble, batch, recorder: RowGradRecorder | None,
+                      autocast: torch.autocast, divisor: float = 1.0) -> torch.Tensor:
+    """One forward and one backward of `sum(row losses) / divisor` over `batch` (a Batcher
+    batch, all held members' rows), with `recorder` watching every LoRA layer (None: nothing
+    recorded); every row's loss, detached."""
+    ensemble.set_recorder(recorder)
+    try:
+        with autocast:
+            losses = per_example_losses(ensemble.model, batch.input_ids, batch.attention_mask,
+                                        batch.response_mask, batch.targets)
+        (losses.sum() / divisor).backward()
+    finally:
+        ensemble.set_recorder(None)
+    return losses.detach()
+
+
 class EnsembleLoRA(nn.Module):
     """A frozen linear layer plus M LoRA adapters, member m applied to rows slice m."""
 

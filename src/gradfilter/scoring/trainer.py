@@ -29,7 +29,7 @@ from ..config import ScoreConfig
 from ..progress import advance_bar
 from .batching import Batcher, member_batches, micro_batches
 from .checkpoint import Checkpoint, NullCheckpoint
-from .ensemble import LoRAEnsemble, RowGradRecorder, linear_warmup_decay, per_example_losses
+from .ensemble import LoRAEnsemble, RowGradRecorder, linear_warmup_decay, recorded_backward
 from .statistics import Collected
 
 WARMUP_RATIO = 0.03
@@ -138,16 +138,8 @@ class Trainer:
             batch = self.batcher.batch([member[part] for member in rows], width)
             recorder = (RowGradRecorder(batch.input_ids.shape[0], batch.input_ids.device,
                                         self.sketch, scale=size) if record else None)
-            ensemble.set_recorder(recorder)
-            try:
-                with self.autocast:
-                    part_losses = per_example_losses(ensemble.model, batch.input_ids,
-                                                     batch.attention_mask, batch.response_mask,
-                                                     batch.targets)
-                (part_losses.sum() / size).backward()
-            finally:
-                ensemble.set_recorder(None)
-            losses.append(part_losses.detach().view(ensemble.members, -1))
+            part_losses = recorded_backward(ensemble, batch, recorder, self.autocast, size)
+            losses.append(part_losses.view(ensemble.members, -1))
             if recorder is not None:
                 sketches = (None if recorder.sketches is None else
                             recorder.sketches.view(ensemble.members, len(rows[0][part]), -1))
