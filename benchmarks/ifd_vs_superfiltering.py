@@ -31,24 +31,11 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from child import measure_child
+
 HERE = Path(__file__).parent
-
-
-def measure(name: str, argv: list[str], log: Path) -> dict:
-    """Run one child; wall time and peak RSS (ru_maxrss, KiB on Linux) from wait4."""
-    start = time.perf_counter()
-    with open(log, "w") as out:
-        child = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - start
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise SystemExit(f"{name} failed ({code}):\n{log.read_text()[-3000:]}")
-    return {"name": name, "wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024,
-            "user_s": usage.ru_utime, "system_s": usage.ru_stime}
 
 
 def hf_directory(model: str, scratch: Path) -> str:
@@ -98,7 +85,7 @@ def gradfilter_side(records: Path, model: str, args: argparse.Namespace, work: P
     argv = [sys.executable, "-m", "gradfilter", "score", str(records), "--method", "ifd",
             "--proxy", model, "--max-length", str(args.max_length), "--out", str(out),
             "--quiet", *args.gradfilter_args.split()]
-    result = measure("gradfilter", argv, work / f"gradfilter-{run}.log")
+    result = measure_child("gradfilter", argv, work / f"gradfilter-{run}.log")
     import pyarrow.parquet as pq
 
     table = pq.read_table(out)
@@ -117,7 +104,7 @@ def superfiltering_side(records: Path, model: str, args: argparse.Namespace, wor
             model, "--max-length", str(args.max_length), "--out", str(out)]
     if args.device != "auto":
         argv += ["--device", args.device]
-    result = measure("superfiltering", argv, work / f"superfiltering-{run}.log")
+    result = measure_child("superfiltering", argv, work / f"superfiltering-{run}.log")
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     rows = [line for line in lines if "index" in line]
     result["ifd"] = [row["ifd"] for row in rows]

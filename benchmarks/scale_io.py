@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from child import measure_child
+
 WORDS = (
     "the", "model", "data", "answer", "question", "list", "explain", "write", "short", "story",
     "about", "health", "water", "energy", "city", "river", "music", "history", "number",
@@ -117,20 +119,6 @@ def planted_sources(rng, n: int):
     return source
 
 
-def measure(name: str, args: list[str], log: Path) -> dict:
-    """Run one child; its wall time and peak RSS (ru_maxrss, KiB on Linux) from wait4."""
-    start = time.perf_counter()
-    with open(log, "w") as out:
-        child = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - start
-    code = os.waitstatus_to_exitcode(status)
-    child.returncode = code
-    if code != 0:
-        raise SystemExit(f"{name} failed ({code}):\n{log.read_text()[-2000:]}")
-    return {"step": name, "wall_s": round(wall, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024)}
-
-
 def _generate(args: argparse.Namespace) -> None:
     """Write the data and the table in a child: this process stays small, and a child inherits
     its parent's peak RSS (Linux carries it across fork and exec), which would hide the
@@ -178,8 +166,11 @@ def main() -> None:
             "dedup", "--diversity-threshold", "0.9", "--out",
             str(args.dir / "subset-dedup.jsonl")]),
     ]
-    results = [measure(name, argv, args.dir / f"step{k}.log")
-               for k, (name, argv) in enumerate(steps)]
+    results = []
+    for k, (name, argv) in enumerate(steps):
+        child = measure_child(name, argv, args.dir / f"step{k}.log")
+        results.append({"step": name, "wall_s": round(child["wall_s"], 1),
+                        "peak_rss_mib": round(child["peak_rss_mib"])})
     with open(subset, encoding="utf-8") as handle:
         kept = sum(1 for _ in handle)
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python "

@@ -196,3 +196,37 @@ def test_demo_refuses_a_subset_linked_to_its_data(place):
     os.symlink(data, place / "demo" / "subset.jsonl")
     _refused(place, "demo", "--out-dir", "demo", "--quiet",
              names=("the subset (--out-dir demo/subset.jsonl)", f"the data (DATA {data})"))
+
+
+def test_demo_refuses_to_replace_a_users_file_in_its_directory(place):
+    from gradfilter.demo import demo_data
+
+    try:
+        demo_data()
+    except gf.GradfilterError as exc:
+        pytest.skip(str(exc))
+    (place / "demo").mkdir()
+    (place / "demo" / "data.jsonl").write_text('{"messages": []}\n')
+    _refused(place, "demo", "--out-dir", "demo", "--quiet",
+             names=("demo/data.jsonl", "is not what this demo writes"))
+
+
+def test_the_demo_may_rewrite_its_own_files_and_nothing_else(tmp_path):
+    from gradfilter.bench.noise import write_labels, write_messages
+    from gradfilter.data.conversations import Turn
+    from gradfilter.demo import refuse_foreign_files
+
+    mixed = [[Turn("user", "hi"), Turn("assistant", "hello")],
+             [Turn("user", "2+2?"), Turn("assistant", "4")]]
+    labels = [None, "swap"]
+    refuse_foreign_files(tmp_path, mixed, labels)  # nothing there yet
+    write_messages(tmp_path / "data.jsonl", mixed)
+    write_labels(tmp_path / "labels.parquet", np.arange(2), labels)
+    refuse_foreign_files(tmp_path, mixed, labels)  # an earlier demo's identical files
+    with pytest.raises(gf.GradfilterError, match="is not what this demo writes"):
+        refuse_foreign_files(tmp_path, mixed, [None, None])  # other labels
+    with pytest.raises(gf.GradfilterError, match="is not what this demo writes"):
+        refuse_foreign_files(tmp_path, mixed[::-1], labels)  # other data
+    (tmp_path / "labels.parquet").write_text("not parquet")
+    with pytest.raises(gf.GradfilterError, match="is not what this demo writes"):
+        refuse_foreign_files(tmp_path, mixed, labels)

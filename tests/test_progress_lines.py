@@ -88,3 +88,18 @@ def test_a_terminal_keeps_the_bars(monkeypatch):
                                                (3900, "1 h 5 min")])
 def test_durations_read_as_people_write_them(seconds, text):
     assert progress.duration(seconds) == text
+
+
+def test_a_task_counting_steps_says_steps(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setenv(progress.INTERVAL_ENV, "1000")
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    with progress.progress_bars(True) as bars:
+        task = bars.add_task("fine-tune seed 0", total=4, rate="", unit="steps")
+        for _ in range(4):
+            clock[0] += 5
+            progress.advance_bar(bars, task, 1, 0.0)
+        assert bars.tasks[task].fields["rate"] == "0.2 steps/s"
+    assert sys.stderr.getvalue().splitlines() == [
+        "fine-tune seed 0: 4/4 steps, 0.2 steps/s, done in 20 s"]

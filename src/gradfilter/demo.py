@@ -113,3 +113,24 @@ def evidence(scores: np.ndarray, chosen: np.ndarray, labels: list[str | None]) -
     corrupted = np.array([label is not None for label in labels])
     return Evidence(records=len(labels), corrupted=int(corrupted.sum()), kept=len(chosen),
                     kept_corrupted=int(corrupted[chosen].sum()), auroc=auroc(scores, ~corrupted))
+
+
+def refuse_foreign_files(out_dir: Path, mixed: list[list[Turn]], labels: list[str | None]) -> None:
+    """The demo writes its data.jsonl and labels.parquet into `out_dir`; a file already there
+    under either name must be an earlier demo's identical one, never something of the user's."""
+    import pyarrow.parquet as pq
+
+    from .bench.noise import labels_table, messages_jsonl
+
+    data, labels_path = out_dir / "data.jsonl", out_dir / "labels.parquet"
+    ours = (not data.exists() or data.read_bytes() == messages_jsonl(mixed).encode("utf-8"))
+    if ours and labels_path.exists():
+        try:
+            ours = pq.read_table(labels_path).equals(
+                labels_table(np.arange(len(mixed)), labels))
+        except (OSError, ValueError):  # not a parquet file: not ours
+            ours = False
+    if not ours:
+        raise GradfilterError(f"refusing to write {data} and {labels_path}: one of them exists "
+                              "and is not what this demo writes; move it or choose another "
+                              "--out-dir")

@@ -44,11 +44,21 @@ def progress_bars(enabled: bool) -> Progress:
 
 
 def advance_bar(bars: Progress, task: TaskID, rows: int, start: float, already: int = 0) -> None:
-    """Advance `task` by `rows` examples and show the rate since `start` (of the rows done in
-    this run: `already` were done before it resumed)."""
+    """Advance `task` by `rows` examples (or the task's `unit`) and show the rate since `start`
+    (of the rows done in this run: `already` were done before it resumed)."""
     bars.advance(task, rows)
     done = bars.tasks[task].completed - already
-    bars.update(task, rate=f"{done / max(time.perf_counter() - start, 1e-9):.1f} ex/s")
+    rate = done / max(time.perf_counter() - start, 1e-9)
+    bars.update(task, rate=f"{rate:.1f} {_short(unit_of(bars.tasks[task]))}/s")
+
+
+def unit_of(task) -> str:
+    """What a task counts: `examples` unless it was added with a `unit` field."""
+    return task.fields.get("unit", "examples")
+
+
+def _short(unit: str) -> str:
+    return "ex" if unit == "examples" else unit
 
 
 def interval() -> float:
@@ -109,7 +119,9 @@ class PlainProgress(Progress):
         speed = (task.completed - already) / max(elapsed, 1e-9)
         total = int(task.total) if task.total is not None else "?"
         shown = f"{speed:.1f}" if speed >= 1 else f"{speed:.2g}"
-        line = f"{task.description}: {int(task.completed)}/{total} examples, {shown} ex/s, "
+        unit = unit_of(task)
+        line = (f"{task.description}: {int(task.completed)}/{total} {unit}, "
+                f"{shown} {_short(unit)}/s, ")
         if done:
             self._finished.add(task_id)
             line += f"done in {duration(elapsed)}"

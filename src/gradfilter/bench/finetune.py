@@ -116,7 +116,8 @@ def train_subset(model: torch.nn.Module, targets: tuple[str, ...], subset: list[
     for k, seed in enumerate(config.seeds):
         runner = _Runner(model, targets, subset, config, k, device, dtype)
         task = None if bars is None else bars.add_task(
-            f"fine-tune seed {seed} on {len(subset)} records", total=config.steps, rate="")
+            f"fine-tune seed {seed} on {len(subset)} records", total=config.steps, rate="",
+            unit="steps")
         started = time.perf_counter()
         losses, seed_evals, points = [], [], []
         for step in range(config.steps + 1):

@@ -148,12 +148,15 @@ def _corrupt_turns(turns: list[Turn], corruption: Corruption, context) -> list[T
     return new
 
 
+def messages_jsonl(conversations: list[list[Turn]]) -> str:
+    """Conversations as OpenAI `messages` JSONL, one per line, in order."""
+    return "".join(json.dumps({"messages": [{"role": t.role, "content": t.text} for t in turns]},
+                              ensure_ascii=False) + "\n" for turns in conversations)
+
+
 def write_messages(path: Path, conversations: list[list[Turn]]) -> None:
-    """The mixed set as OpenAI `messages` JSONL, one conversation per line, in order."""
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
-        for turns in conversations:
-            messages = [{"role": t.role, "content": t.text} for t in turns]
-            out.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+    """The mixed set as OpenAI `messages` JSONL."""
+    atomic_write_text(path, messages_jsonl(conversations))
 
 
 def contamination(scores: np.ndarray, labels: np.ndarray, budget: float) -> dict[str, float]:
@@ -295,12 +298,15 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def labels_table(source_index: np.ndarray, labels: Sequence[str | None]) -> pa.Table:
+    return pa.table({"index": pa.array(np.arange(len(labels), dtype=np.int64)),
+                     "source_index": pa.array(source_index.astype(np.int64)),
+                     "corruption": pa.array(list(labels), type=pa.string())})
+
+
 def write_labels(path: Path, source_index: np.ndarray, labels: Sequence[str | None]) -> None:
-    table = pa.table({"index": pa.array(np.arange(len(labels), dtype=np.int64)),
-                      "source_index": pa.array(source_index.astype(np.int64)),
-                      "corruption": pa.array(list(labels), type=pa.string())})
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(labels_table(source_index, labels), tmp)
 
 
 def results_markdown(results: dict) -> str:

@@ -121,7 +121,14 @@ def demo(out_dir: Path, records: int, quiet: bool) -> None:
     """Run the whole pipeline offline on the embedded default: ShareGPT exchanges, 20% of them
     corrupted on purpose, scored with SmolLM2-135M; the subset and what it kept of them."""
     from ..bench.noise import write_labels, write_messages
-    from ..demo import demo_config, demo_data, demo_exchanges, evidence, mix_in_corruptions
+    from ..demo import (
+        demo_config,
+        demo_data,
+        demo_exchanges,
+        evidence,
+        mix_in_corruptions,
+        refuse_foreign_files,
+    )
     from ..paths import refuse_collisions, run_paths
     from ..scoring.proxy import load_tokenizer
 
@@ -132,6 +139,7 @@ def demo(out_dir: Path, records: int, quiet: bool) -> None:
                                  stats_option="--out-dir"))
     tokenizer = load_tokenizer(config.proxy)
     mixed, labels = mix_in_corruptions(demo_exchanges(tokenizer, records), tokenizer)
+    refuse_foreign_files(out_dir, mixed, labels)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_messages(data, mixed)
     write_labels(out_dir / "labels.parquet", np.arange(len(mixed)), labels)

@@ -9,7 +9,8 @@
 PPL(y) scores the same response tokens as PPL(y|x), preceded by one start token (the
 tokenizer's BOS, else its EOS) instead of the prompt, so both perplexities average over
 exactly the same tokens. Both are forward-only passes over length-sorted batches, each run in
-micro-batches within the forward pass's token budget (`--batch-tokens`).
+micro-batches within the forward pass's token budget (`--batch-tokens`), the prefix every
+example shares (a chat template's header, a fixed system prompt) run once (prefix.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ..progress import advance_bar
 from ..seeds import RANDOM_STREAM, derived_seed
 from .batching import Batcher, collection_batches, micro_batches
 from .ensemble import per_example_losses
+from .prefix import PrefixCache, shared_prefix_length, without_prefix
 from .tokenization import Encoded
 
 NEEDS_MODEL = ("ifd", "perplexity", "loss")
@@ -54,23 +56,31 @@ def start_token(tokenizer) -> int:
 @torch.inference_mode()
 def mean_nll(model: torch.nn.Module, encoded: Sequence[Encoded], batch_size: int,
              device: torch.device, dtype: torch.dtype, batch_tokens: int,
-             on_batch=None) -> np.ndarray:
+             on_batch=None, share_prefix: bool = True) -> np.ndarray:
     """Each example's mean cross-entropy over its response tokens, in `encoded`'s order.
 
     Batches are cut longest first, as in a collection pass, so that each pads little, and run
-    in micro-batches of at most `batch_tokens` padded tokens.
+    in micro-batches of at most `batch_tokens` padded tokens. With `share_prefix`, the tokens
+    all examples start with run once (prefix.py).
     """
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    shared = shared_prefix_length(encoded) if share_prefix else 0
+    prefix = None
+    if shared:
+        with autocast:
+            prefix = PrefixCache.run(model.base_model, encoded[0].input_ids[:shared], device)
+    if prefix is not None:
+        encoded = without_prefix(encoded, shared)
     lengths = np.array([len(item.input_ids) for item in encoded], dtype=np.int64)
     batches = collection_batches(lengths, batch_size, bucketing=True)
     batcher = Batcher(encoded, device)
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     results = []
     for rows in batches:
         for part, width in micro_batches([rows], lengths, batch_tokens):
             batch = batcher.batch([rows[part]], width)
             with autocast:
                 results.append(per_example_losses(model, batch.input_ids, batch.attention_mask,
-                                                  batch.response_mask, batch.targets))
+                                                  batch.response_mask, batch.targets, prefix))
         if on_batch is not None:
             on_batch(len(rows))
     nll = np.empty(len(encoded), dtype=np.float64)

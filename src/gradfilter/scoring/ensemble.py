@@ -22,6 +22,7 @@ from torch import nn
 
 from ..errors import GradfilterError
 from ..seeds import INIT_STREAM, derived_seed
+from .prefix import PrefixCache
 from .sketch import BlockProjection, SketchProjection
 
 
@@ -312,17 +313,25 @@ def _to(tensor: torch.Tensor, device: torch.device, pin: bool) -> torch.Tensor:
 
 def per_example_losses(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        response_mask: torch.Tensor,
-                       targets: ResponseTargets | None = None) -> torch.Tensor:
+                       targets: ResponseTargets | None = None,
+                       prefix: PrefixCache | None = None) -> torch.Tensor:
     """Each row's own mean cross-entropy over its response tokens (float32, [rows]).
 
     Logits are formed only at positions that predict a response token, so the LM head's cost
     and memory scale with the response tokens, not the padded batch. Pass `targets` (built on
-    the host) to avoid the host sync that finding those positions on the device costs.
+    the host) to avoid the host sync that finding those positions on the device costs. With
+    `prefix` (forward-only passes), the rows are what follows that shared prefix.
     """
     if targets is None:
         targets = ResponseTargets.from_masks(input_ids.cpu().numpy(),
                                              response_mask.cpu().numpy()).to(input_ids.device)
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    if prefix is None:
+        hidden = model.base_model(input_ids=input_ids,
+                                  attention_mask=attention_mask).last_hidden_state
+    else:
+        body = model.base_model
+        hidden = body(input_ids=input_ids, attention_mask=prefix.attention_mask(attention_mask),
+                      **prefix.inputs(body, input_ids.shape[0])).last_hidden_state
     flat = hidden.reshape(-1, hidden.shape[-1]).index_select(0, targets.positions)
     logits = model.get_output_embeddings()(flat).float()
     token_losses = F.cross_entropy(logits, targets.labels, reduction="none")

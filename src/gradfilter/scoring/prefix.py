@@ -1,0 +1,89 @@
+"""The token prefix every example of a forward-only pass shares, run once.
+
+Under a chat template every example starts with the same tokens (SmolLM2's default system
+prompt and the user header: 22 tokens), and datasets with a fixed system prompt or instruction
+preamble share far more. A forward-only pass (IFD, perplexity, loss) runs that prefix once,
+keeps its keys and values, and runs each micro-batch's rows from the end of the prefix on,
+attending to the kept prefix: the same numbers as running every row whole, to float rounding
+(tests/test_prefix.py), for fewer tokens. Passes that take gradients never use it: the
+adapters act on the prefix too.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .tokenization import Encoded
+
+MIN_SHARED_TOKENS = 4  # below this (a lone BOS), running the prefix again costs next to nothing
+
+
+def shared_prefix_length(encoded: Sequence[Encoded]) -> int:
+    """How many leading tokens all of `encoded` share and none of them needs a prediction
+    from: the prefix ends before the position that predicts any example's first response token
+    (so every row keeps at least that position and one more token)."""
+    if not encoded:
+        return 0
+    first = encoded[0].input_ids
+    shared = len(first)
+    for item in encoded:
+        ids = item.input_ids
+        n = min(shared, len(ids))
+        differs = np.nonzero(ids[:n] != first[:n])[0]
+        shared = int(differs[0]) if len(differs) else n
+        responses = np.nonzero(item.response_mask[1:])[0]  # positions that predict one
+        if len(responses):
+            shared = min(shared, int(responses[0]))
+    return shared if shared >= MIN_SHARED_TOKENS else 0
+
+
+def without_prefix(encoded: Sequence[Encoded], length: int) -> list[Encoded]:
+    return [Encoded(item.input_ids[length:], item.response_mask[length:], item.truncated)
+            for item in encoded]
+
+
+@dataclass
+class PrefixCache:
+    """The keys and values of the shared prefix (one row), copied out per micro-batch."""
+
+    ids: np.ndarray
+    cache: object  # a transformers Cache of batch 1
+
+    @classmethod
+    def run(cls, body: torch.nn.Module, ids: np.ndarray,
+            device: torch.device) -> PrefixCache | None:
+        """The prefix's cache; None where the model returns none that can be copied per row
+        (older transformers' tuples): the rows then run whole."""
+        tokens = torch.from_numpy(ids[None].astype(np.int64)).to(device)
+        out = body(input_ids=tokens, attention_mask=torch.ones_like(tokens), use_cache=True)
+        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        return cls(ids, cache) if hasattr(cache, "batch_repeat_interleave") else None
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+    def for_rows(self, rows: int):
+        """A copy for a micro-batch of `rows` rows (the forward appends to the copy)."""
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(rows)
+        return cache
+
+    def inputs(self, body: torch.nn.Module, rows: int) -> dict:
+        """The keyword that hands `body` the prefix for `rows` rows: `cache` from transformers
+        5.24 on, `past_key_values` before."""
+        keyword = ("cache" if "cache" in inspect.signature(body.forward).parameters
+                   else "past_key_values")
+        return {keyword: self.for_rows(rows), "use_cache": True}
+
+    def attention_mask(self, suffix_mask: torch.Tensor) -> torch.Tensor:
+        """The rows' mask over the prefix (all attended) and their own tokens."""
+        ones = torch.ones(suffix_mask.shape[0], self.length, dtype=suffix_mask.dtype,
+                          device=suffix_mask.device)
+        return torch.cat([ones, suffix_mask], dim=1)
