@@ -9,7 +9,9 @@ tokenising and scoring all counted):
   other flag at its default;
 - superfiltering: `benchmarks/superfiltering_loop.py`, Superfiltering's published method
   reimplemented from its description (two forward passes per example, one example at a time,
-  the model's own loss over full logits).
+  the model's own loss over full logits), in float32 as their script loads the model, or
+  with `--superfiltering-dtype bfloat16` to compare at equal precision where gradfilter's
+  `--dtype auto` picks bfloat16 (a CPU with AMX).
 
 Both read the same first `--limit` Alpaca records and the same Hugging Face model directory
 (`--model`; a `.gguf` file, the default being the demo's SmolLM2-135M-Instruct, is converted
@@ -93,6 +95,7 @@ def gradfilter_side(records: Path, model: str, args: argparse.Namespace, work: P
     result["ifd"] = table.column("ifd_ratio").to_pylist()
     result["tokens"] = record.get("forward_tokens")
     result["batch_tokens"] = record.get("batch_tokens")
+    result["dtype"] = record.get("dtype")
     result["device_peak_mib"] = record.get("device_peak_mib")
     return result
 
@@ -104,7 +107,9 @@ def superfiltering_side(records: Path, model: str, args: argparse.Namespace, wor
             model, "--max-length", str(args.max_length), "--out", str(out)]
     if args.device != "auto":
         argv += ["--device", args.device]
+    argv += ["--dtype", args.superfiltering_dtype]
     result = measure_child("superfiltering", argv, work / f"superfiltering-{run}.log")
+    result["dtype"] = f"torch.{args.superfiltering_dtype}"
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     rows = [line for line in lines if "index" in line]
     result["ifd"] = [row["ifd"] for row in rows]
@@ -136,6 +141,8 @@ def report(rounds: list[list[dict]], examples: int) -> dict:
     print(f"tokens through the two forward passes: gradfilter {sides['gradfilter']['tokens']}, "
           f"superfiltering {sides['superfiltering']['tokens']}; gradfilter's micro-batch "
           f"budget: {sides['gradfilter']['batch_tokens']} tokens")
+    print(f"dtypes: gradfilter {sides['gradfilter']['dtype']}, superfiltering "
+          f"{sides['superfiltering']['dtype']}")
     print(f"Spearman correlation of the two IFDs over {len(both)} records: {rho:.3f}")
     return {"examples": examples, "ratios": ratios, "spearman": rho,
             "rounds": [[{k: v for k, v in side.items() if k != "ifd"} for side in sides_]
@@ -151,6 +158,9 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--superfiltering-dtype", choices=["float32", "bfloat16"],
+                        default="float32",
+                        help="Superfiltering's weights (default float32, as their script).")
     parser.add_argument("--gradfilter-args", default="",
                         help="Extra flags for gradfilter score (default: none).")
     parser.add_argument("--work", type=Path, default=None,

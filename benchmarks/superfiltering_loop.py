@@ -2,7 +2,8 @@
 
 Not their code: what their paper and README describe their `data_analysis.py` as doing. For
 each Alpaca record, one at a time (batch size 1), with a Hugging Face causal LM in float32 and
-its own loss (`model(input_ids, labels=...)`, logits at every position):
+its own loss (`model(input_ids, labels=...)`, logits at every position; `--dtype bfloat16`
+loads the weights in bfloat16, to compare at equal precision):
 
 - the prompt is `"{instruction}\\n{input}\\n"` (or `"{instruction}\\n"` without input);
 - PPL(y|x): the prompt and the output tokenised together (at most `--max-length` tokens),
@@ -74,13 +75,16 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="The weights' dtype (their script: the model's default, float32).")
     args = parser.parse_args()
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = torch.device(args.device)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(device)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype))
+    model = model.to(device)
     model.eval()
     with args.out.open("w", encoding="utf-8") as out:
         for index, record in enumerate(read_records(args.data, args.limit)):

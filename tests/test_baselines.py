@@ -17,8 +17,10 @@ from gradfilter.scoring.tokenization import encode
 
 
 def _config(proxy: str, **overrides) -> gf.ScoreConfig:
+    """float32: the references below are float32 forwards (`auto` may pick bfloat16 for
+    forward passes on a CPU with AMX; test_auto_dtype_* covers that)."""
     return gf.ScoreConfig(proxy=proxy, collect_batch_size=5, max_length=200, device="cpu",
-                          **overrides)
+                          **{"dtype": "float32", **overrides})
 
 
 def _reference_nll(model, ids: list[int], scored: list[bool]) -> float:
@@ -144,3 +146,35 @@ def test_cli_scores_with_a_baseline_and_selects_by_it(tmp_path, gpt2_proxy):
     assert wrong.returncode == 2
     assert "no utility 'gsnr'; it offers ['perplexity']" in wrong.stderr
     assert not (tmp_path / "no.jsonl").exists()
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_auto_dtype_is_bfloat16_only_for_forward_passes_on_a_cpu_with_amx(monkeypatch, amx):
+    from gradfilter.scoring import proxy
+
+    monkeypatch.setattr(proxy, "cpu_has_bf16_matrix_units", lambda: amx)
+    cpu = torch.device("cpu")
+    assert proxy.resolve_dtype("auto", cpu, "forward") == (torch.bfloat16 if amx
+                                                           else torch.float32)
+    assert proxy.resolve_dtype("auto", cpu, "gradients") == torch.float32
+    assert proxy.resolve_dtype("float32", cpu, "forward") == torch.float32
+    assert proxy.resolve_dtype("bfloat16", cpu, "gradients") == torch.bfloat16
+
+
+def test_auto_dtype_ifd_on_a_cpu_with_amx_ranks_as_float32_does(tmp_path, gpt2_proxy,
+                                                                monkeypatch):
+    """The run records the dtype it used; bfloat16's ratios are float32's to rounding."""
+    from gradfilter.scoring import proxy
+
+    monkeypatch.setattr(proxy, "cpu_has_bf16_matrix_units", lambda: True)
+    data = write_json(tmp_path / "a.json", alpaca_records(13))
+    runs = {}
+    for dtype in ("auto", "float32"):
+        out = tmp_path / f"{dtype}.parquet"
+        table = gf.score(data, out, _config(gpt2_proxy, dtype=dtype), method="ifd",
+                         progress=False)
+        record = json.loads(out.with_name(out.name + ".run.json").read_text())
+        runs[record["dtype"]] = table["ifd_ratio"].to_numpy()
+    assert set(runs) == {"torch.bfloat16", "torch.float32"}
+    assert not np.array_equal(runs["torch.bfloat16"], runs["torch.float32"])
+    np.testing.assert_allclose(runs["torch.bfloat16"], runs["torch.float32"], rtol=0.05)

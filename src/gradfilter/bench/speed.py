@@ -229,6 +229,7 @@ def run_speed_benchmark(encoded: list[Encoded], config: ScoreConfig, paths: tupl
     """Time each requested path ('fused', 'naive', 'ifd') on `encoded`; figures as a dict."""
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
+    forward_dtype = resolve_dtype(config.dtype, device, "forward")
     tokenizer = load_tokenizer(config.proxy)
     model = load_model(config.proxy, device)
     config = config.with_targets(default_targets(model))
@@ -255,13 +256,14 @@ def run_speed_benchmark(encoded: list[Encoded], config: ScoreConfig, paths: tupl
         elif name == "naive":
             work = partial(naive_path, model, encoded, config, device, dtype)
         else:
-            work = partial(ifd_path, model, tokenizer, encoded, config, device, dtype)
+            work = partial(ifd_path, model, tokenizer, encoded, config, device, forward_dtype)
         timings[name], outputs[name] = measured(name, work, encoded, row_tokens[name], device)
         log(f"{name}: {timings[name].seconds:.1f} s")
     report = {
         "config": asdict(config),
         "device": str(device),
         "dtype": str(dtype),
+        "forward_dtype": str(forward_dtype),
         "proxy_parameters": params,
         "examples": len(encoded),
         "tokens": tokens,

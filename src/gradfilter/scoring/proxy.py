@@ -8,6 +8,7 @@ import torch
 
 from ..config import DeviceChoice, DtypeChoice
 from ..errors import GradfilterError
+from .budget import Purpose
 
 # LoRA targets per architecture: all attention and MLP projections (method.md §2).
 DEFAULT_TARGETS = {
@@ -26,13 +27,25 @@ def resolve_device(choice: DeviceChoice) -> torch.device:
     return torch.device(choice)
 
 
-def resolve_dtype(choice: DtypeChoice, device: torch.device) -> torch.dtype:
-    """Compute dtype for autocast; `auto` is bfloat16 on a GPU that supports it, else float32."""
+def resolve_dtype(choice: DtypeChoice, device: torch.device,
+                  purpose: Purpose = "gradients") -> torch.dtype:
+    """Compute dtype for autocast. `auto`: bfloat16 on a GPU that supports it; on a CPU,
+    bfloat16 for forward-only passes where the CPU has bfloat16 matrix units (AMX), float32
+    for passes that take gradients and on every other CPU (docs/performance.md, "dtype")."""
     if choice == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
+        if device.type == "cpu" and purpose == "forward" and cpu_has_bf16_matrix_units():
+            return torch.bfloat16
         return torch.float32
     return torch.bfloat16 if choice == "bfloat16" else torch.float32
+
+
+def cpu_has_bf16_matrix_units() -> bool:
+    """AMX tiles: there a bfloat16 matmul runs about 7x float32's (measured on the 2-core
+    development machine); without them bfloat16 gains little on a CPU or loses."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe()) if probe is not None else False
 
 
 EXPECTED_PROXY = "expected a model directory (with config.json), a .gguf file or a hub model id"

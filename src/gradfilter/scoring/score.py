@@ -30,6 +30,7 @@ from .budget import batch_tokens
 from .checkpoint import Checkpoint, NullCheckpoint
 from .collection import train_and_collect
 from .ensemble import LoRAEnsemble
+from .prefix import shared_prefix_length
 from .proxy import default_targets, load_model, load_tokenizer, resolve_device, resolve_dtype
 from .tokenization import Encoded, encode, resolve_template
 
@@ -133,7 +134,7 @@ def score(
     start = time.perf_counter()
     dataset = as_dataset(data, fmt, limit, skip_bad_records)
     with distributed.session(resolve_device(config.device)) as (comm, device):
-        dtype = resolve_dtype(config.dtype, device)
+        dtype = resolve_dtype(config.dtype, device, "gradients" if method == "gsnr" else "forward")
         tokenizer = load_tokenizer(config.proxy)
         tokens = tokenize(dataset, tokenizer, config, skip_bad_records)
         timings["read_and_tokenize"] = time.perf_counter() - start
@@ -189,10 +190,12 @@ def _score_gsnr(tokens: Tokenized, model: torch.nn.Module, tokenizer, config: Sc
     ifd_ratio = None
     if config.ifd_pass:  # before any LoRA is installed: the proxy as the IFD baseline sees it
         start = time.perf_counter()
-        ifd_ratio = _score_baseline("ifd", tokens, model, tokenizer, config, device, dtype,
-                                    progress and comm.rank == 0, {}, {}
+        forward_dtype = resolve_dtype(config.dtype, device, "forward")
+        ifd_ratio = _score_baseline("ifd", tokens, model, tokenizer, config, device,
+                                    forward_dtype, progress and comm.rank == 0, {}, {}
                                     ).column("ifd_ratio").to_numpy()
         timings["ifd_pass"] = time.perf_counter() - start
+        details["ifd_pass_dtype"] = str(forward_dtype)
     topology = comm.topology(config.members)
     ensemble = LoRAEnsemble(model, config.members, config.lora_rank, config.lora_alpha,
                             config.targets, config.seed, member_ids=topology.local_members)
@@ -237,10 +240,11 @@ def _score_baseline(method: str, tokens: Tokenized, model: torch.nn.Module | Non
 
 
 def _forward_tokens(method: str, tokens: Tokenized) -> int:
-    """Tokens the baseline's forward passes run: every scorable example, and for IFD its
-    response again after one start token."""
+    """Tokens the baseline's forward passes run: every scorable example (the prefix they all
+    share once), and for IFD its response again after one start token."""
     items = [tokens.encoded[i] for i in tokens.scorable]
-    total = sum(len(item.input_ids) for item in items)
+    shared = shared_prefix_length(items)
+    total = sum(len(item.input_ids) - shared for item in items) + shared
     if method == "ifd":
         total += sum(int(item.response_mask.sum()) + 1 for item in items)
     return total
