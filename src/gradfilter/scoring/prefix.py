@@ -1,7 +1,7 @@
 """The token prefix every example of a forward-only pass shares, run once.
 
 Under a chat template every example starts with the same tokens (SmolLM2's default system
-prompt and the user header: 22 tokens), and datasets with a fixed system prompt or instruction
+prompt and the user header: 24 tokens), and datasets with a fixed system prompt or instruction
 preamble share far more. A forward-only pass (IFD, perplexity, loss) runs that prefix once,
 keeps its keys and values, and runs each micro-batch's rows from the end of the prefix on,
 attending to the kept prefix: the same numbers as running every row whole, to float rounding
