@@ -329,9 +329,9 @@ def per_example_losses(model: nn.Module, input_ids: torch.Tensor, attention_mask
         hidden = model.base_model(input_ids=input_ids,
                                   attention_mask=attention_mask).last_hidden_state
     else:
-        body = model.base_model
-        hidden = body(input_ids=input_ids, attention_mask=prefix.attention_mask(attention_mask),
-                      **prefix.inputs(body, input_ids.shape[0])).last_hidden_state
+        hidden = model.base_model(input_ids=input_ids,
+                                  attention_mask=prefix.attention_mask(attention_mask),
+                                  **prefix.inputs(input_ids.shape[0])).last_hidden_state
     flat = hidden.reshape(-1, hidden.shape[-1]).index_select(0, targets.positions)
     logits = model.get_output_embeddings()(flat).float()
     token_losses = F.cross_entropy(logits, targets.labels, reduction="none")

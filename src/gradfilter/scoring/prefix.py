@@ -52,8 +52,10 @@ def without_prefix(encoded: Sequence[Encoded], length: int) -> list[Encoded]:
 class PrefixCache:
     """The keys and values of the shared prefix (one row), copied out per micro-batch."""
 
-    ids: np.ndarray
+    length: int
     cache: object  # a transformers Cache of batch 1
+    keyword: str  # the body's argument for it: `cache` from transformers 5.24 on, else
+    # `past_key_values`
 
     @classmethod
     def run(cls, body: torch.nn.Module, ids: np.ndarray,
@@ -63,24 +65,18 @@ class PrefixCache:
         tokens = torch.from_numpy(ids[None].astype(np.int64)).to(device)
         out = body(input_ids=tokens, attention_mask=torch.ones_like(tokens), use_cache=True)
         cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-        return cls(ids, cache) if hasattr(cache, "batch_repeat_interleave") else None
-
-    @property
-    def length(self) -> int:
-        return len(self.ids)
-
-    def for_rows(self, rows: int):
-        """A copy for a micro-batch of `rows` rows (the forward appends to the copy)."""
-        cache = copy.deepcopy(self.cache)
-        cache.batch_repeat_interleave(rows)
-        return cache
-
-    def inputs(self, body: torch.nn.Module, rows: int) -> dict:
-        """The keyword that hands `body` the prefix for `rows` rows: `cache` from transformers
-        5.24 on, `past_key_values` before."""
+        if not hasattr(cache, "batch_repeat_interleave"):
+            return None
         keyword = ("cache" if "cache" in inspect.signature(body.forward).parameters
                    else "past_key_values")
-        return {keyword: self.for_rows(rows), "use_cache": True}
+        return cls(len(ids), cache, keyword)
+
+    def inputs(self, rows: int) -> dict:
+        """The body's keyword arguments that hand it a copy of the prefix for `rows` rows (the
+        forward appends to the copy)."""
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(rows)
+        return {self.keyword: cache, "use_cache": True}
 
     def attention_mask(self, suffix_mask: torch.Tensor) -> torch.Tensor:
         """The rows' mask over the prefix (all attended) and their own tokens."""
