@@ -230,3 +230,8 @@ def test_the_demo_may_rewrite_its_own_files_and_nothing_else(tmp_path):
     (tmp_path / "labels.parquet").write_text("not parquet")
     with pytest.raises(gf.GradfilterError, match="is not what this demo writes"):
         refuse_foreign_files(tmp_path, mixed, labels)
+    (tmp_path / "labels.parquet").unlink()
+    (tmp_path / "data.jsonl").unlink()
+    (tmp_path / "data.jsonl").mkdir()
+    with pytest.raises(gf.GradfilterError, match="is not what this demo writes"):
+        refuse_foreign_files(tmp_path, mixed, labels)

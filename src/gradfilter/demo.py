@@ -123,7 +123,8 @@ def refuse_foreign_files(out_dir: Path, mixed: list[list[Turn]], labels: list[st
     from .bench.noise import labels_table, messages_jsonl
 
     data, labels_path = out_dir / "data.jsonl", out_dir / "labels.parquet"
-    ours = (not data.exists() or data.read_bytes() == messages_jsonl(mixed).encode("utf-8"))
+    ours = not data.exists() or (data.is_file() and data.read_bytes()
+                                 == messages_jsonl(mixed).encode("utf-8"))
     if ours and labels_path.exists():
         try:
             ours = pq.read_table(labels_path).equals(
