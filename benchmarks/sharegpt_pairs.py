@@ -11,6 +11,8 @@ you say, not committed.
 
     python benchmarks/sharegpt_pairs.py /work/shared/data/sharegpt_sample_2k.jsonl.gz \\
         /tmp/sharegpt_pairs.jsonl --limit 2000
+
+`--skip N` passes over the first N exchanges kept, for a pool disjoint from an earlier one.
 """
 
 from __future__ import annotations
@@ -28,13 +30,15 @@ def main() -> None:
     parser.add_argument("source", type=Path)
     parser.add_argument("target", type=Path)
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--skip", type=int, default=0)
     parser.add_argument("--max-prompt-chars", type=int, default=400)
     parser.add_argument("--min-answer-chars", type=int, default=20)
     args = parser.parse_args()
     found = exchanges(args.source, args.max_prompt_chars, min_answer_chars=args.min_answer_chars)
     count = 0
     with open(args.target, "w", encoding="utf-8") as out:
-        for exchange in itertools.islice(found, args.limit):
+        stop = None if args.limit is None else args.skip + args.limit
+        for exchange in itertools.islice(found, args.skip, stop):
             out.write(json.dumps(exchange.as_alpaca(), ensure_ascii=False) + "\n")
             count += 1
     print(count, "records written to", args.target)

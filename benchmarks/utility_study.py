@@ -11,7 +11,9 @@ both groups (a utility that only catches the kinds it was shown has a low worst 
 `--gate ifd` adds the hybrids of method.md §4 where the run has both an IFD and a G-SNR table:
 each G-SNR utility among the records Superfiltering would keep (IFD < 1), the others ranked
 after them (written `u|ifd<1`). They combine two tables, so they are studied here before any
-of them is worth a column of its own.
+of them is worth a column of its own. `--group NAME=KIND,KIND` reports those kinds as a
+group of their own (the rest stay "held-out"); `--versus random,ifd` adds each group's paired
+AUROC differences to those methods.
 
     python benchmarks/utility_study.py runs/sg600 runs/sinstruct252 --gate ifd
 """
@@ -52,13 +54,23 @@ def run_scores(run_dir: Path, seed: str, gate: str | None
     return {m: s[scored] for m, s in scores.items()}, labels[scored]
 
 
-def group_aurocs(run_dir: Path, seed: str, resamples: int, gate: str | None = None
+def kind_groups(kinds: list[str], named: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The standard kinds, each named group, and "held-out": every other kind present."""
+    grouped = {"standard": [k for k in kinds if k in STANDARD]}
+    grouped |= {name: [k for k in kinds if k in members] for name, members in named.items()}
+    taken = {k for members in grouped.values() for k in members}
+    return grouped | {"held-out": [k for k in kinds if k not in taken]}
+
+
+def group_aurocs(run_dir: Path, seed: str, resamples: int, gate: str | None = None,
+                 named: dict[str, list[str]] | None = None, versus: tuple[str, ...] = ()
                  ) -> dict[str, dict[str, dict]]:
+    """Per method: each group's AUROC, the contamination at 10%, and (under "-<ref>") each
+    group's paired AUROC difference to the methods in `versus`; 95% bootstrap intervals."""
     all_scores, kept = run_scores(run_dir, seed, gate)
-    kinds = sorted(set(kept) - {""})
-    groups = {"standard": [k for k in kinds if k in STANDARD],
-              "held-out": [k for k in kinds if k not in STANDARD]}
+    groups = kind_groups(sorted(set(kept) - {""}), named or {})
     weights = resample_weights(len(kept), resamples, seed=0)
+    draws: dict[tuple[str, str], tuple[float, np.ndarray]] = {}
     out: dict[str, dict[str, dict]] = {}
     for method, scores in all_scores.items():
         out[method] = {}
@@ -68,18 +80,25 @@ def group_aurocs(run_dir: Path, seed: str, resamples: int, gate: str | None = No
             rows = (kept == "") | np.isin(kept, members)
             clean = kept[rows] == ""
             ranking = Ranking(scores[rows])
-            draws = [ranking.auroc(clean, w[rows]) for w in weights]
-            out[method][group] = percentile_interval(ranking.auroc(clean), np.array(draws)
-                                                     ).as_dict()
+            draws[method, group] = (ranking.auroc(clean),
+                                    np.array([ranking.auroc(clean, w[rows]) for w in weights]))
+            out[method][group] = percentile_interval(*draws[method, group]).as_dict()
         ranking, corrupted = Ranking(scores), kept != ""
-        draws = [ranking.top_share(corrupted, 0.1, w) for w in weights]
+        shares = [ranking.top_share(corrupted, 0.1, w) for w in weights]
         out[method]["contamination@0.1"] = percentile_interval(
-            ranking.top_share(corrupted, 0.1), np.array(draws)).as_dict()
+            ranking.top_share(corrupted, 0.1), np.array(shares)).as_dict()
+    for (method, group), (estimate, values) in draws.items():
+        for ref in (r for r in versus if r != method and (r, group) in draws):
+            ref_estimate, ref_values = draws[ref, group]
+            out[method].setdefault(f"-{ref}", {})[group] = percentile_interval(
+                estimate - ref_estimate, values - ref_values).as_dict()
     return out
 
 
-def cell(i: dict) -> str:
-    return f"{i['estimate']:.3f} [{i['low']:.3f}, {i['high']:.3f}]"
+def cell(i: dict, signed: bool = False) -> str:
+    text = (f"{i['estimate']:+.3f} [{i['low']:+.3f}, {i['high']:+.3f}]" if signed else
+            f"{i['estimate']:.3f} [{i['low']:.3f}, {i['high']:.3f}]")
+    return text + ("*" if signed and (i["low"] > 0 or i["high"] < 0) else "")
 
 
 def main() -> None:
@@ -89,18 +108,32 @@ def main() -> None:
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--gate", choices=["ifd"], default=None,
                         help="add each G-SNR utility gated by IFD < 1 (a hybrid)")
+    parser.add_argument("--group", action="append", default=[], metavar="NAME=KIND,KIND",
+                        help="report these kinds as a group of their own (repeatable)")
+    parser.add_argument("--versus", default="",
+                        help="comma-separated methods to print paired AUROC differences to")
     args = parser.parse_args()
+    versus = tuple(filter(None, args.versus.split(",")))
+    named = {name: kinds.split(",") for name, kinds in (g.split("=", 1) for g in args.group)}
+    columns = ["standard", *named, "held-out"]
     worst: dict[str, list[float]] = {}
     for run in args.runs:
-        study = group_aurocs(run, args.seed, args.resamples, args.gate)
-        print(f"\n## {run}\n\n| method | AUROC, standard kinds | AUROC, held-out kinds | "
-              "contamination @10% |\n| --- | --- | --- | --- |")
+        study = group_aurocs(run, args.seed, args.resamples, args.gate, named, versus)
+        print(f"\n## {run}\n\n| method | "
+              + " | ".join(f"AUROC, {g} kinds" for g in columns)
+              + " | contamination @10% |\n|" + " --- |" * (len(columns) + 2))
         for method, m in study.items():
-            print(f"| {method} | {cell(m['standard'])} | "
-                  f"{cell(m['held-out']) if 'held-out' in m else '-'} | "
-                  f"{cell(m['contamination@0.1'])} |")
-            worst.setdefault(method, []).extend(
-                m[g]["estimate"] for g in ("standard", "held-out") if g in m)
+            print(f"| {method} | " + " | ".join(cell(m[g]) if g in m else "-" for g in columns)
+                  + f" | {cell(m['contamination@0.1'])} |")
+            worst.setdefault(method, []).extend(m[g]["estimate"] for g in columns if g in m)
+        for ref in versus:
+            print(f"\n### {run}: AUROC minus {ref}'s (paired; *: the interval excludes zero)\n\n"
+                  "| method | " + " | ".join(columns) + " |\n|" + " --- |" * (len(columns) + 1))
+            for method, m in study.items():
+                if f"-{ref}" in m:
+                    print(f"| {method} | " + " | ".join(
+                        cell(m[f"-{ref}"][g], signed=True) if g in m[f"-{ref}"] else "-"
+                        for g in columns) + " |")
     print("\n## Worst AUROC over runs and groups\n\n| method | worst | mean |\n| --- | --- | --- |")
     for method, values in sorted(worst.items(), key=lambda kv: -min(kv[1])):
         print(f"| {method} | {min(values):.3f} | {np.mean(values):.3f} |")
