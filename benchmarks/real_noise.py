@@ -4,7 +4,8 @@ A utility tuned to swap/truncate/repeat/echo has not been shown to work; these a
 kinds (written before any utility was compared on them, and never tuned against):
 
 - refusal: the answer replaced by a canned non-answer, as scraped chat logs are full of;
-- shuffle: the answer's sentences in a random order (on topic, fluent words, incoherent);
+- shuffle: the answer's sentences in a random order (on topic, fluent words, incoherent; a
+  one-word answer cannot be shuffled and stays clean);
 - boilerplate: web-scrape debris (cookie banners, share buttons, newsletter pleas) around a
   fragment of the answer.
 
@@ -48,7 +49,8 @@ def refusal(prompt: str, response: str, context: CorruptionContext) -> str:
 
 @register_corruption("shuffle")
 def shuffle_sentences(prompt: str, response: str, context: CorruptionContext) -> str:
-    """The answer's sentences (or, for a one-sentence answer, its words) in a random order."""
+    """The answer's sentences (or, for a one-sentence answer, its words) in a random order. A
+    one-word answer comes back as it was, and `bench noise` labels it clean."""
     parts = [p for p in _SENTENCE_END.split(response.strip()) if p]
     if len(parts) < 3:
         parts = response.split()

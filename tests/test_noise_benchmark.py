@@ -86,6 +86,22 @@ def test_only_answering_turns_are_corrupted():
     assert [t.text for t in corrupted] == ["hello", "s", "q1", "q1", "q2", "q2"]
 
 
+def test_a_corruption_that_changes_nothing_leaves_its_record_labelled_clean():
+    """E.g. the study's `shuffle` on a one-word answer: the text is the clean original, so the
+    label says clean; the other records' draws are the same as without the no-op."""
+    conversations = [[Turn("user", f"q{i}"), Turn("assistant", "Positive" if i % 2 else f"a{i} b")]
+                     for i in range(40)]
+    CORRUPTIONS["keep_one_word"] = lambda prompt, response, context: (
+        response if " " not in response else response[::-1])
+    try:
+        mixed, labels = corrupt(conversations, 0.5, ["keep_one_word"], seed=1, tokenizer=None)
+    finally:
+        del CORRUPTIONS["keep_one_word"]
+    changed = [m != c for m, c in zip(mixed, conversations, strict=True)]
+    assert [label is not None for label in labels] == changed
+    assert 0 < sum(changed) < 20  # some drawn records were one-word answers, left clean
+
+
 def test_random_keeps_the_corruption_rate_within_sampling_error(tmp_path, gpt2_proxy):
     data = write_jsonl(tmp_path / "big.jsonl", alpaca_records(1000))
     config = gf.ScoreConfig(proxy=gpt2_proxy, device="cpu", seed=3)

@@ -62,8 +62,10 @@ def test_evidence_counts_what_the_subset_kept():
     scores = np.array([9, 8, 7, 6, 0, 5, 4, 3, 2, 1], dtype=float)
     found = evidence(scores, np.array([0, 1, 2]), labels)
     assert (found.records, found.corrupted, found.kept, found.kept_corrupted) == (10, 2, 3, 1)
-    assert found.auroc == pytest.approx((1 + 8) / 16)  # 1 clean of 8 above echo, all above swap
+    assert found.auroc.estimate == pytest.approx((1 + 8) / 16)  # 1 clean of 8 above echo
+    assert found.auroc.low < found.auroc.estimate < found.auroc.high <= 1
     assert "kept 1 of them (33%), random would keep 20% on average" in found.line()
+    assert f"AUROC clean vs corrupted 0.56, 95% interval [{found.auroc.low:.2f}, " in found.line()
 
 
 def test_demo_end_to_end_measures_its_evidence(tmp_path):

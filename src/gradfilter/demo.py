@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench.intervals import auroc
+from .bench.intervals import Interval, Ranking, percentile_interval, resample_weights
 from .config import ScoreConfig
 from .data.conversations import Turn
 from .data.exchanges import exchanges
@@ -97,7 +97,7 @@ class Evidence:
     corrupted: int
     kept: int
     kept_corrupted: int
-    auroc: float  # clean scored above corrupted (0.5: chance)
+    auroc: Interval  # clean scored above corrupted (0.5: chance), a bootstrap over records
 
     def line(self) -> str:
         share = self.kept_corrupted / self.kept if self.kept else float("nan")
@@ -105,14 +105,18 @@ class Evidence:
                 f"purpose ({', '.join(DEMO_KINDS)}); the subset of {self.kept} kept "
                 f"{self.kept_corrupted} of them ({share:.0%}), random would keep "
                 f"{self.corrupted / self.records:.0%} on average; AUROC clean vs corrupted "
-                f"{self.auroc:.2f} (0.5 is chance). {self.records} records is a miniature: "
-                "docs/results.md has the benchmarks with intervals.")
+                f"{self.auroc.estimate:.2f}, 95% interval [{self.auroc.low:.2f}, "
+                f"{self.auroc.high:.2f}] (0.5 is chance). {self.records} records is a "
+                "miniature: docs/results.md has the benchmarks.")
 
 
 def evidence(scores: np.ndarray, chosen: np.ndarray, labels: list[str | None]) -> Evidence:
     corrupted = np.array([label is not None for label in labels])
+    ranking = Ranking(scores)
+    draws = [ranking.auroc(~corrupted, w) for w in resample_weights(len(labels), seed=DEMO_SEED)]
     return Evidence(records=len(labels), corrupted=int(corrupted.sum()), kept=len(chosen),
-                    kept_corrupted=int(corrupted[chosen].sum()), auroc=auroc(scores, ~corrupted))
+                    kept_corrupted=int(corrupted[chosen].sum()),
+                    auroc=percentile_interval(ranking.auroc(~corrupted), np.array(draws)))
 
 
 def refuse_foreign_files(out_dir: Path, mixed: list[list[Turn]], labels: list[str | None]) -> None:

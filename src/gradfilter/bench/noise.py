@@ -117,7 +117,9 @@ def near_duplicate(prompt: str, response: str, context: CorruptionContext) -> st
 
 def corrupt(conversations: list[list[Turn]], fraction: float, kinds: Sequence[str], seed: int,
             tokenizer) -> tuple[list[list[Turn]], list[str | None]]:
-    """Corrupt round(fraction * N) conversations, the kinds in equal shares, all seeded."""
+    """Corrupt round(fraction * N) conversations, the kinds in equal shares, all seeded. A
+    corruption that leaves a record as it was (a one-word answer cannot be shuffled) leaves
+    it labelled clean: a label is never a claim the text does not bear out."""
     unknown = [k for k in kinds if k not in CORRUPTIONS]
     if unknown:
         raise GradfilterError(f"unknown corruption {unknown}; registered: {list(CORRUPTIONS)}")
@@ -137,7 +139,7 @@ def corrupt(conversations: list[list[Turn]], fraction: float, kinds: Sequence[st
     for position, i in enumerate(sorted(int(c) for c in chosen)):
         kind = kinds[position % len(kinds)]
         mixed[i] = _corrupt_turns(conversations[i], CORRUPTIONS[kind], context)
-        labels[i] = kind
+        labels[i] = kind if mixed[i] != conversations[i] else None
     return mixed, labels
 
 
