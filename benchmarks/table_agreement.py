@@ -3,10 +3,13 @@
 For two G-SNR tables scored on the same data with one setting changed (`--collect during`
 against `snapshot`, `--epochs 2` against 4, two seeds...): per utility both tables can
 compute, Spearman's rank correlation and the overlap of the top 10% (as `select` ranks),
-over the records both scored. Prints a Markdown table.
+over the records both scored. With `--labels` (a `bench noise` labels file of the same
+records), also each table's AUROC of clean against corrupted records and their paired
+difference (second minus first), with 95% bootstrap intervals over records. Prints a
+Markdown table.
 
     python benchmarks/table_agreement.py runs/sg300/tables/gsnr.parquet \
-        runs/sg300/tables/gsnr-snapshot.parquet
+        runs/sg300/tables/gsnr-snapshot.parquet --labels runs/sg300/labels-s0.parquet
 """
 
 from __future__ import annotations
@@ -14,22 +17,49 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+import pyarrow.parquet as pq
 
+from gradfilter.bench.intervals import Ranking, percentile_interval, resample_weights
 from gradfilter.bench.speed import rank_agreement
 from gradfilter.table import available_utilities, load_stats, utility_scores
 
 
-def agreement(first: str, second: str, top: float) -> dict[str, dict[str, float]]:
+def agreement(first: str, second: str, top: float, labels: str | None = None,
+              resamples: int = 1000) -> dict[str, dict]:
     tables = [load_stats(path) for path in (first, second)]
     if tables[0].num_rows != tables[1].num_rows:
         raise SystemExit(f"{first} and {second} hold different numbers of records")
+    clean = (None if labels is None else
+             np.array([c is None for c in pq.read_table(labels)["corruption"].to_pylist()]))
+    weights = resample_weights(tables[0].num_rows, resamples) if labels else None
     names = [u for u in available_utilities(tables[0]) if u in available_utilities(tables[1])]
     result = {}
     for name in names:
         a, b = (utility_scores(table, name) for table in tables)
         both = np.isfinite(a) & np.isfinite(b)
         result[name] = rank_agreement(a[both], b[both], top) | {"records": int(both.sum())}
+        if clean is not None:
+            result[name] |= paired_aurocs(a, b, clean, weights)
     return result
+
+
+def paired_aurocs(a: np.ndarray, b: np.ndarray, clean: np.ndarray, weights: np.ndarray
+                  ) -> dict[str, dict]:
+    """Both AUROCs over all records (unscored ones rank last, as `bench noise` counts them) and
+    the paired difference b - a."""
+    rankings = Ranking(a), Ranking(b)
+    estimates = [r.auroc(clean) for r in rankings]
+    draws = np.array([[r.auroc(clean, w) for r in rankings] for w in weights])
+    return {"auroc_first": percentile_interval(estimates[0], draws[:, 0]).as_dict(),
+            "auroc_second": percentile_interval(estimates[1], draws[:, 1]).as_dict(),
+            "difference": percentile_interval(estimates[1] - estimates[0],
+                                              draws[:, 1] - draws[:, 0]).as_dict()}
+
+
+def cell(i: dict, signed: bool = False) -> str:
+    form = "+.3f" if signed else ".3f"
+    star = "*" if signed and (i["low"] > 0 or i["high"] < 0) else ""
+    return f"{i['estimate']:{form}} [{i['low']:{form}}, {i['high']:{form}}]{star}"
 
 
 def main() -> None:
@@ -37,11 +67,17 @@ def main() -> None:
     parser.add_argument("first")
     parser.add_argument("second")
     parser.add_argument("--top", type=float, default=0.1)
+    parser.add_argument("--labels", default=None)
     args = parser.parse_args()
-    print(f"| utility | records | Spearman | top-{args.top:.0%} overlap |")
-    print("| --- | --- | --- | --- |")
-    for name, row in agreement(args.first, args.second, args.top).items():
-        print(f"| {name} | {row['records']} | {row['spearman']:.3f} | {row['top_overlap']:.2f} |")
+    extra = " AUROC, first | AUROC, second | second - first |" if args.labels else ""
+    print(f"| utility | records | Spearman | top-{args.top:.0%} overlap |{extra}")
+    print("| --- | --- | --- | --- |" + " --- |" * (3 if args.labels else 0))
+    for name, row in agreement(args.first, args.second, args.top, args.labels).items():
+        line = f"| {name} | {row['records']} | {row['spearman']:.3f} | {row['top_overlap']:.2f} |"
+        if args.labels:
+            line += (f" {cell(row['auroc_first'])} | {cell(row['auroc_second'])} | "
+                     f"{cell(row['difference'], signed=True)} |")
+        print(line)
 
 
 if __name__ == "__main__":
