@@ -86,20 +86,33 @@ def test_only_answering_turns_are_corrupted():
     assert [t.text for t in corrupted] == ["hello", "s", "q1", "q1", "q2", "q2"]
 
 
-def test_a_corruption_that_changes_nothing_leaves_its_record_labelled_clean():
+def test_a_corruption_that_changes_nothing_leaves_its_record_labelled_clean(tmp_path,
+                                                                            gpt2_proxy):
     """E.g. the study's `shuffle` on a one-word answer: the text is the clean original, so the
-    label says clean; the other records' draws are the same as without the no-op."""
-    conversations = [[Turn("user", f"q{i}"), Turn("assistant", "Positive" if i % 2 else f"a{i} b")]
-                     for i in range(40)]
+    label says clean, and the benchmark says how many draws came back unchanged."""
+    records = [{"instruction": f"Classify text number {i}.",
+                "output": "Positive" if i % 2 else f"It is number {i}, a long answer."}
+               for i in range(40)]
+    data = write_jsonl(tmp_path / "d.jsonl", records)
     CORRUPTIONS["keep_one_word"] = lambda prompt, response, context: (
         response if " " not in response else response[::-1])
+    lines: list[str] = []
     try:
-        mixed, labels = corrupt(conversations, 0.5, ["keep_one_word"], seed=1, tokenizer=None)
+        run_noise_benchmark(data, tmp_path / "bench", gf.ScoreConfig(proxy=gpt2_proxy),
+                            methods=["random"], corruptions=["keep_one_word"], fraction=0.5,
+                            budgets=[0.1], progress=False, log=lines.append)
     finally:
         del CORRUPTIONS["keep_one_word"]
-    changed = [m != c for m, c in zip(mixed, conversations, strict=True)]
+    labels = pq.read_table(tmp_path / "bench" / "labels-s0.parquet")["corruption"].to_pylist()
+    mixed = [json.loads(line) for line in
+             (tmp_path / "bench" / "mixed-s0.jsonl").read_text().splitlines()]
+    changed = [m["messages"][-1]["content"] != r["output"] for m, r in zip(mixed, records,
+                                                                          strict=True)]
     assert [label is not None for label in labels] == changed
-    assert 0 < sum(changed) < 20  # some drawn records were one-word answers, left clean
+    unchanged = 20 - sum(changed)
+    assert 0 < unchanged < 20  # some drawn records were one-word answers, left clean
+    assert (f"corruption seed 0: {unchanged} drawn record(s) came back unchanged from their "
+            "corruption and count as clean") in lines
 
 
 def test_random_keeps_the_corruption_rate_within_sampling_error(tmp_path, gpt2_proxy):

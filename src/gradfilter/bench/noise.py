@@ -477,11 +477,16 @@ def run_noise_benchmark(data, out_dir: Path, config: ScoreConfig, *, methods: Se
     conversations, source = _answered(dataset, log)
     tokenizer = load_tokenizer(config.proxy)
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs = [_run_seed(out_dir, seed, *corrupt(conversations, fraction, corruptions, seed,
-                                              tokenizer),
-                      np.array(source), config, methods, corruptions, budgets, tables or {},
-                      resamples, progress, log, diversity, diversity_threshold)
-            for seed in corrupt_seeds]
+    runs = []
+    for seed in corrupt_seeds:
+        mixed, labels = corrupt(conversations, fraction, corruptions, seed, tokenizer)
+        unchanged = math.floor(fraction * len(conversations) + 0.5) - sum(map(bool, labels))
+        if unchanged:
+            log(f"corruption seed {seed}: {unchanged} drawn record(s) came back unchanged from "
+                "their corruption and count as clean")
+        runs.append(_run_seed(out_dir, seed, mixed, labels, np.array(source), config, methods,
+                              corruptions, budgets, tables or {}, resamples, progress, log,
+                              diversity, diversity_threshold))
     per_seed = {str(seed): run.results for seed, run in zip(corrupt_seeds, runs, strict=True)}
     results = {
         "data": str(dataset.path), "corrupt_fraction": fraction,
