@@ -18,6 +18,7 @@ import argparse
 
 import numpy as np
 import pyarrow.parquet as pq
+from utility_study import cell
 
 from gradfilter.bench.intervals import Ranking, percentile_interval, resample_weights
 from gradfilter.bench.speed import rank_agreement
@@ -54,12 +55,6 @@ def paired_aurocs(a: np.ndarray, b: np.ndarray, clean: np.ndarray, weights: np.n
             "auroc_second": percentile_interval(estimates[1], draws[:, 1]).as_dict(),
             "difference": percentile_interval(estimates[1] - estimates[0],
                                               draws[:, 1] - draws[:, 0]).as_dict()}
-
-
-def cell(i: dict, signed: bool = False) -> str:
-    form = "+.3f" if signed else ".3f"
-    star = "*" if signed and (i["low"] > 0 or i["high"] < 0) else ""
-    return f"{i['estimate']:{form}} [{i['low']:{form}}, {i['high']:{form}}]{star}"
 
 
 def main() -> None:

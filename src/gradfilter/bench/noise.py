@@ -115,6 +115,11 @@ def near_duplicate(prompt: str, response: str, context: CorruptionContext) -> st
     return " ".join(words)
 
 
+def corrupted_count(fraction: float, records: int) -> int:
+    """How many records a draw corrupts: round(fraction * records), halves up."""
+    return math.floor(fraction * records + 0.5)
+
+
 def corrupt(conversations: list[list[Turn]], fraction: float, kinds: Sequence[str], seed: int,
             tokenizer) -> tuple[list[list[Turn]], list[str | None]]:
     """Corrupt round(fraction * N) conversations, the kinds in equal shares, all seeded. A
@@ -126,7 +131,7 @@ def corrupt(conversations: list[list[Turn]], fraction: float, kinds: Sequence[st
     if not 0 < fraction < 1:
         raise GradfilterError(f"--corrupt must be in (0, 1), got {fraction}")
     eligible = [i for i, turns in enumerate(conversations) if answering_turns(turns)]
-    count = math.floor(fraction * len(conversations) + 0.5)
+    count = corrupted_count(fraction, len(conversations))
     if count > len(eligible):
         raise GradfilterError(f"cannot corrupt {count} records: only {len(eligible)} have an "
                               "assistant turn answering a prompt")
@@ -480,7 +485,7 @@ def run_noise_benchmark(data, out_dir: Path, config: ScoreConfig, *, methods: Se
     runs = []
     for seed in corrupt_seeds:
         mixed, labels = corrupt(conversations, fraction, corruptions, seed, tokenizer)
-        unchanged = math.floor(fraction * len(conversations) + 0.5) - sum(map(bool, labels))
+        unchanged = corrupted_count(fraction, len(conversations)) - sum(map(bool, labels))
         if unchanged:
             log(f"corruption seed {seed}: {unchanged} drawn record(s) came back unchanged from "
                 "their corruption and count as clean")
