@@ -3,9 +3,10 @@
 For two G-SNR tables scored on the same data with one setting changed (`--collect during`
 against `snapshot`, `--epochs 2` against 4, two seeds...): per utility both tables can
 compute, Spearman's rank correlation and the overlap of the top 10% (as `select` ranks),
-over the records both scored. With `--labels` (a `bench noise` labels file of the same
-records), also each table's AUROC of clean against corrupted records and their paired
-difference (second minus first), with 95% bootstrap intervals over records. Prints a
+over the records both rank. With `--labels` (a `bench noise` labels file of the same
+records), also each table's AUROC of clean against corrupted records over the records both
+scored, as `bench noise` counts it, and their paired difference (second minus first), with
+95% bootstrap intervals over records. Prints a
 Markdown table.
 
     python benchmarks/table_agreement.py runs/sg300/tables/gsnr.parquet \
@@ -30,9 +31,13 @@ def agreement(first: str, second: str, top: float, labels: str | None = None,
     tables = [load_stats(path) for path in (first, second)]
     if tables[0].num_rows != tables[1].num_rows:
         raise SystemExit(f"{first} and {second} hold different numbers of records")
-    clean = (None if labels is None else
-             np.array([c is None for c in pq.read_table(labels)["corruption"].to_pylist()]))
-    weights = resample_weights(tables[0].num_rows, resamples) if labels else None
+    # As `bench noise` counts them: the records both tables scored (a gated-out record is
+    # scored, and ranks last).
+    scored = np.logical_and(*(t["skip_reason"].is_null().to_numpy(zero_copy_only=False)
+                              for t in tables))
+    clean = (None if labels is None else np.array(
+        [c is None for c in pq.read_table(labels)["corruption"].to_pylist()])[scored])
+    weights = resample_weights(int(scored.sum()), resamples) if labels else None
     names = [u for u in available_utilities(tables[0]) if u in available_utilities(tables[1])]
     result = {}
     for name in names:
@@ -40,14 +45,13 @@ def agreement(first: str, second: str, top: float, labels: str | None = None,
         both = np.isfinite(a) & np.isfinite(b)
         result[name] = rank_agreement(a[both], b[both], top) | {"records": int(both.sum())}
         if clean is not None:
-            result[name] |= paired_aurocs(a, b, clean, weights)
+            result[name] |= paired_aurocs(a[scored], b[scored], clean, weights)
     return result
 
 
 def paired_aurocs(a: np.ndarray, b: np.ndarray, clean: np.ndarray, weights: np.ndarray
                   ) -> dict[str, dict]:
-    """Both AUROCs over all records (unscored ones rank last, as `bench noise` counts them) and
-    the paired difference b - a."""
+    """Both AUROCs (non-finite scores rank last) and the paired difference b - a."""
     rankings = Ranking(a), Ranking(b)
     estimates = [r.auroc(clean) for r in rankings]
     draws = np.array([[r.auroc(clean, w) for r in rankings] for w in weights])
