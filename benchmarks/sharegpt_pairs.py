@@ -34,6 +34,8 @@ def main() -> None:
     parser.add_argument("--max-prompt-chars", type=int, default=400)
     parser.add_argument("--min-answer-chars", type=int, default=20)
     args = parser.parse_args()
+    if args.target.resolve() == args.source.resolve():
+        raise SystemExit(f"{args.target}: the output would overwrite the source")
     found = exchanges(args.source, args.max_prompt_chars, min_answer_chars=args.min_answer_chars)
     count = 0
     with open(args.target, "w", encoding="utf-8") as out:

@@ -23,6 +23,7 @@ from utility_study import cell
 
 from gradfilter.bench.intervals import Ranking, percentile_interval, resample_weights
 from gradfilter.bench.speed import rank_agreement
+from gradfilter.errors import GradfilterError
 from gradfilter.table import available_utilities, load_stats, utility_scores
 
 
@@ -38,7 +39,8 @@ def agreement(first: str, second: str, top: float, labels: str | None = None,
     clean = (None if labels is None else np.array(
         [c is None for c in pq.read_table(labels)["corruption"].to_pylist()])[scored])
     weights = resample_weights(int(scored.sum()), resamples) if labels else None
-    names = [u for u in available_utilities(tables[0]) if u in available_utilities(tables[1])]
+    offered = set(available_utilities(tables[1]))
+    names = [u for u in available_utilities(tables[0]) if u in offered]
     result = {}
     for name in names:
         a, b = (utility_scores(table, name) for table in tables)
@@ -68,10 +70,14 @@ def main() -> None:
     parser.add_argument("--top", type=float, default=0.1)
     parser.add_argument("--labels", default=None)
     args = parser.parse_args()
+    try:
+        rows = agreement(args.first, args.second, args.top, args.labels)
+    except GradfilterError as exc:  # a missing or unreadable table: one line, no traceback
+        raise SystemExit(f"error: {exc}") from None
     extra = " AUROC, first | AUROC, second | second - first |" if args.labels else ""
     print(f"| utility | records | Spearman | top-{args.top:.0%} overlap |{extra}")
     print("| --- | --- | --- | --- |" + " --- |" * (3 if args.labels else 0))
-    for name, row in agreement(args.first, args.second, args.top, args.labels).items():
+    for name, row in rows.items():
         line = f"| {name} | {row['records']} | {row['spearman']:.3f} | {row['top_overlap']:.2f} |"
         if args.labels:
             line += (f" {cell(row['auroc_first'])} | {cell(row['auroc_second'])} | "

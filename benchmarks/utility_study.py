@@ -117,6 +117,9 @@ def main() -> None:
     named = {name: kinds.split(",") for name, kinds in (g.split("=", 1) for g in args.group)}
     columns = ["standard", *named, "held-out"]
     worst: dict[str, list[float]] = {}
+    missing = [str(run) for run in args.runs if not (run / "results.json").is_file()]
+    if missing:
+        raise SystemExit(f"error: no bench noise results.json in {', '.join(missing)}")
     for run in args.runs:
         study = group_aurocs(run, args.seed, args.resamples, args.gate, named, versus)
         print(f"\n## {run}\n\n| method | "
