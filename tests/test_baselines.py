@@ -55,15 +55,26 @@ def test_ifd_batched_equals_one_example_at_a_time(tmp_path, gpt2_proxy, batch_to
     run = json.loads((tmp_path / "ifd.parquet.run.json").read_text())
     assert run["batch_tokens"] == batch_tokens or batch_tokens is None
     model, tokenizer = load_model(gpt2_proxy, torch.device("cpu")), load_tokenizer(gpt2_proxy)
+    tokens_run = 0  # both passes, unpadded: the rows share no prefix under the plain template
     for i, record in enumerate(records):
         prompt = record["instruction"] + "\n" + (record["input"] + "\n" if record["input"] else "")
         conditional, alone = _reference_ifd(model, tokenizer, prompt, record["output"])
+        tokens_run += _ifd_tokens(tokenizer, prompt, record["output"])
         assert table["perplexity"][i].as_py() == pytest.approx(conditional, rel=1e-4)
         assert table["perplexity_response"][i].as_py() == pytest.approx(alone, rel=1e-4)
         ratio = conditional / alone
         assert table["ifd_ratio"][i].as_py() == pytest.approx(ratio, rel=1e-4)
         assert (table["ifd"][i].as_py() is None or math.isnan(table["ifd"][i].as_py())) == (
             ratio >= 1)
+    assert run["forward_tokens"] == tokens_run
+
+
+def _ifd_tokens(tokenizer, prompt: str, response: str) -> int:
+    """Tokens IFD's two passes run for one record: prompt and response + EOS, then the
+    response + EOS after one start token."""
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    return len(prompt_ids) + 2 * (len(response_ids) + 1) + 1
 
 
 def test_gsnr_table_carries_the_untrained_proxys_ifd_ratio(tmp_path, gpt2_proxy):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gradfilter.scoring.baselines import mean_nll
-from gradfilter.scoring.prefix import MIN_SHARED_TOKENS, shared_prefix_length
+from gradfilter.scoring.prefix import MIN_SHARED_TOKENS, PrefixCache, shared_prefix_length
 from gradfilter.scoring.proxy import load_model
 from gradfilter.scoring.tokenization import Encoded
 
@@ -57,3 +57,23 @@ def test_running_the_shared_prefix_once_changes_no_loss(request, proxy, batch_to
     reference = [_reference(model, item) for item in items]
     np.testing.assert_allclose(nll, reference, rtol=1e-5)
     np.testing.assert_allclose(whole, reference, rtol=1e-5)
+
+
+def test_the_token_count_is_what_the_pass_ran(gpt2_proxy, monkeypatch):
+    """The run record's forward_tokens: the prefix once where it is shared, every row whole
+    where the model gives no copyable cache (PrefixCache.run falls back)."""
+    model = load_model(gpt2_proxy, torch.device("cpu")).eval()
+    head = list(range(10, 20))
+    items = [_item([*head, 30 + k, 40, 41, 42][:12 + k % 3], 11) for k in range(5)]
+    whole = sum(len(item.input_ids) for item in items)
+
+    def tokens_run(**kwargs) -> int:
+        counted = []
+        mean_nll(model, items, 4, torch.device("cpu"), torch.float32, 10_000,
+                 on_tokens=counted.append, **kwargs)
+        return sum(counted)
+
+    assert tokens_run() == whole - (len(items) - 1) * len(head)
+    assert tokens_run(share_prefix=False) == whole
+    monkeypatch.setattr(PrefixCache, "run", classmethod(lambda cls, *args: None))
+    assert tokens_run() == whole

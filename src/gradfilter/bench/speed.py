@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ..config import ScoreConfig
 from ..progress import progress_bars
-from ..scoring.baselines import proxy_forward
+from ..scoring.baselines import ProxyForward
 from ..scoring.batching import Batcher, member_batches
 from ..scoring.budget import batch_tokens
 from ..scoring.collection import GradientStatistics, train_and_collect
@@ -204,8 +204,8 @@ def full_logits_losses(network, batch) -> torch.Tensor:
 def ifd_path(model, tokenizer, encoded, config: ScoreConfig, device, dtype) -> np.ndarray:
     budget = batch_tokens(config.batch_tokens, model, device, dtype, "forward")
     with progress_bars(False) as bars:
-        forward = proxy_forward(model, tokenizer, config.collect_batch_size, device, dtype, bars,
-                                budget)
+        forward = ProxyForward(model, tokenizer, config.collect_batch_size, device, dtype, bars,
+                               budget)
         return np.exp(forward(encoded)) / np.exp(forward(encoded, response_only=True))
 
 

@@ -56,12 +56,14 @@ def start_token(tokenizer) -> int:
 @torch.inference_mode()
 def mean_nll(model: torch.nn.Module, encoded: Sequence[Encoded], batch_size: int,
              device: torch.device, dtype: torch.dtype, batch_tokens: int,
-             on_batch=None, share_prefix: bool = True) -> np.ndarray:
+             on_batch=None, share_prefix: bool = True,
+             on_tokens: Callable[[int], None] | None = None) -> np.ndarray:
     """Each example's mean cross-entropy over its response tokens, in `encoded`'s order.
 
     Batches are cut longest first, as in a collection pass, so that each pads little, and run
     in micro-batches of at most `batch_tokens` padded tokens. With `share_prefix`, the tokens
-    all examples start with run once (prefix.py).
+    all examples start with run once (prefix.py). `on_tokens` hears how many tokens (unpadded)
+    the pass ran.
     """
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     shared = shared_prefix_length(encoded) if share_prefix else 0
@@ -72,6 +74,8 @@ def mean_nll(model: torch.nn.Module, encoded: Sequence[Encoded], batch_size: int
     if prefix is not None:
         encoded = without_prefix(encoded, shared)
     lengths = np.array([len(item.input_ids) for item in encoded], dtype=np.int64)
+    if on_tokens is not None:
+        on_tokens(int(lengths.sum()) + (prefix.length if prefix is not None else 0))
     batches = collection_batches(lengths, batch_size, bucketing=True)
     batcher = Batcher(encoded, device)
     results = []
@@ -122,18 +126,26 @@ def baseline_columns(method: str, encoded: Sequence[Encoded], scorable: np.ndarr
     return columns
 
 
-def proxy_forward(model, tokenizer, batch_size: int, device: torch.device, dtype: torch.dtype,
-                  bars, batch_tokens: int) -> Callable[..., np.ndarray]:
-    """The `forward` of baseline_columns over a loaded proxy, with a progress bar per pass."""
-    start_id = start_token(tokenizer)
+class ProxyForward:
+    """The `forward` of baseline_columns over a loaded proxy, with a progress bar per pass;
+    `tokens` counts the tokens its passes ran (for the run record)."""
 
-    def forward(items: list[Encoded], response_only: bool = False) -> np.ndarray:
+    def __init__(self, model, tokenizer, batch_size: int, device: torch.device,
+                 dtype: torch.dtype, bars, batch_tokens: int) -> None:
+        self.model, self.batch_size, self.bars = model, batch_size, bars
+        self.device, self.dtype, self.batch_tokens = device, dtype, batch_tokens
+        self.start_id = start_token(tokenizer)
+        self.tokens = 0
+
+    def __call__(self, items: list[Encoded], response_only: bool = False) -> np.ndarray:
         if response_only:
-            items = [response_alone(item, start_id) for item in items]
+            items = [response_alone(item, self.start_id) for item in items]
         name = "PPL(y) of the response alone" if response_only else "PPL(y|x)"
-        task = bars.add_task(name, total=len(items), rate="")
+        task = self.bars.add_task(name, total=len(items), rate="")
         started = time.perf_counter()
-        return mean_nll(model, items, batch_size, device, dtype, batch_tokens,
-                        lambda rows: advance_bar(bars, task, rows, started))
+        return mean_nll(self.model, items, self.batch_size, self.device, self.dtype,
+                        self.batch_tokens, lambda rows: advance_bar(self.bars, task, rows, started),
+                        on_tokens=self._count)
 
-    return forward
+    def _count(self, tokens: int) -> None:
+        self.tokens += tokens

@@ -25,12 +25,11 @@ from ..paths import refuse_collisions, score_paths
 from ..progress import progress_bars
 from ..table import baseline_table, gsnr_table, record_columns, write_table
 from . import distributed
-from .baselines import NEEDS_MODEL, baseline_columns, proxy_forward
+from .baselines import NEEDS_MODEL, ProxyForward, baseline_columns
 from .budget import batch_tokens
 from .checkpoint import Checkpoint, NullCheckpoint
 from .collection import train_and_collect
 from .ensemble import LoRAEnsemble
-from .prefix import shared_prefix_length
 from .proxy import default_targets, load_model, load_tokenizer, resolve_device, resolve_dtype
 from .tokenization import Encoded, encode, resolve_template
 
@@ -229,25 +228,15 @@ def _score_baseline(method: str, tokens: Tokenized, model: torch.nn.Module | Non
         if model is not None:
             budget = batch_tokens(config.batch_tokens, model, device, dtype, "forward")
             details["batch_tokens"] = budget
-            details["forward_tokens"] = _forward_tokens(method, tokens)
-            forward = proxy_forward(model, tokenizer, config.collect_batch_size, device, dtype,
-                                    bars, budget)
+            forward = ProxyForward(model, tokenizer, config.collect_batch_size, device, dtype,
+                                   bars, budget)
         start = time.perf_counter()
         columns = baseline_columns(method, tokens.encoded, tokens.scorable, len(tokens.encoded),
                                    config.seed, forward)
         timings[method] = time.perf_counter() - start
+        if forward is not None:
+            details["forward_tokens"] = forward.tokens
     return baseline_table(tokens.record_columns(), columns, method, config)
-
-
-def _forward_tokens(method: str, tokens: Tokenized) -> int:
-    """Tokens the baseline's forward passes run: every scorable example (the prefix they all
-    share once), and for IFD its response again after one start token."""
-    items = [tokens.encoded[i] for i in tokens.scorable]
-    shared = shared_prefix_length(items)
-    total = sum(len(item.input_ids) - shared for item in items) + shared
-    if method == "ifd":
-        total += sum(int(item.response_mask.sum()) + 1 for item in items)
-    return total
 
 
 def _write_score_outputs(out: Path, table: pa.Table, dataset: Dataset, tokens: Tokenized,
