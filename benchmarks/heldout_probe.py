@@ -34,6 +34,8 @@ from peft import PeftModel
 import gradfilter as gf
 from gradfilter.config import ScoreConfig
 from gradfilter.data.dataset import as_dataset
+from gradfilter.errors import GradfilterError
+from gradfilter.paths import reads, refuse_collisions, writes
 from gradfilter.scoring.proxy import load_model, load_tokenizer
 from gradfilter.scoring.score import tokenize
 from gradfilter.scoring.tokenization import Encoded
@@ -117,26 +119,38 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--split-seed", type=int, default=0)
     args = parser.parse_args()
-    base = load_stats(args.base)
-    settings = table_meta(base)["config"]
+    try:
+        probe(args.run_dir / "mixed-s0.jsonl", args.base, args.work, args.out, args.split_seed)
+    except GradfilterError as exc:  # a missing input, a collision: one line, no traceback
+        raise SystemExit(f"error: {exc}") from None
+
+
+def probe(data: Path, base_path: Path, work: Path, out: Path, split_seed: int) -> None:
+    refuse_collisions(reads("data", "RUN_DIR", data) + reads("base table", "--base", base_path),
+                      writes("held-out table", "--out", out, run_record=False)
+                      + writes("work directory", "--work", work, "dir", run_record=False))
+    base = load_stats(base_path)
+    meta = table_meta(base)
+    if meta.get("method") != "gsnr":
+        raise GradfilterError(f"{base_path}: not a G-SNR statistics table")
+    settings = meta["config"]
     config = ScoreConfig(**{**settings, "lora_targets": tuple(settings["lora_targets"])})
-    data = args.run_dir / "mixed-s0.jsonl"
     tokens = tokenize(as_dataset(data), load_tokenizer(config.proxy), config,
                       skip_bad_records=False)
-    parts = halves(tokens.scorable, args.split_seed)
-    args.work.mkdir(parents=True, exist_ok=True)
+    parts = halves(tokens.scorable, split_seed)
+    work.mkdir(parents=True, exist_ok=True)
     for h, rows in enumerate(parts):
-        subset = args.work / f"half{h}.jsonl"
+        subset = work / f"half{h}.jsonl"
         write_subset(data, rows, len(tokens.encoded), subset)
-        if not (args.work / f"half{h}.parquet").exists():
-            gf.score(subset, args.work / f"half{h}.parquet", replace(config, ifd_pass=False),
-                     save_adapters=args.work / f"adapters{h}",
-                     checkpoint_dir=args.work / f"ckpt{h}")
-    jobs = [(parts[0], args.work / "adapters1"), (parts[1], args.work / "adapters0")]
+        if not (work / f"half{h}.parquet").exists():
+            gf.score(subset, work / f"half{h}.parquet", replace(config, ifd_pass=False),
+                     save_adapters=work / f"adapters{h}",
+                     checkpoint_dir=work / f"ckpt{h}")
+    jobs = [(parts[0], work / "adapters1"), (parts[1], work / "adapters0")]
     stats = measure(load_model(config.proxy, torch.device("cpu")), tokens.encoded, jobs,
                     (config.early, config.late), config.members)
-    write_table(heldout_table(base, stats), args.out)
-    print(f"wrote {args.out}")
+    write_table(heldout_table(base, stats), out)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
