@@ -23,7 +23,9 @@ passes per record, one record at a time.
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
+import json
+import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,7 @@ import gradfilter as gf
 from gradfilter.config import ScoreConfig
 from gradfilter.data.dataset import as_dataset
 from gradfilter.errors import GradfilterError
+from gradfilter.outputs import atomic_write_text, write_run_record
 from gradfilter.paths import reads, refuse_collisions, writes
 from gradfilter.scoring.proxy import load_model, load_tokenizer
 from gradfilter.scoring.score import tokenize
@@ -45,6 +48,20 @@ from gradfilter.table import load_stats, table_meta, with_utilities, write_table
 def halves(scorable: np.ndarray, seed: int) -> list[np.ndarray]:
     order = np.random.default_rng(seed).permutation(scorable)
     return [np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2:])]
+
+
+def record_split(work: Path, data: Path, seed: int, parts: list[np.ndarray]) -> None:
+    """Write `work`/split.json, or check the one there: half-runs already in `work` (a finished
+    table is reused, a checkpoint resumed) must have been trained on these very halves."""
+    split = {"data": str(data.resolve()), "split_seed": seed,
+             "halves": [rows.tolist() for rows in parts]}
+    path = work / "split.json"
+    if path.exists():
+        if json.loads(path.read_text(encoding="utf-8")) != split:
+            raise GradfilterError(f"{path}: the half-runs in --work {work} were made from "
+                                  "other data or another --split-seed; choose another --work")
+        return
+    atomic_write_text(path, json.dumps(split) + "\n")
 
 
 def write_subset(source: Path, rows: np.ndarray, records: int, out: Path) -> None:
@@ -127,7 +144,7 @@ def main() -> None:
 
 def probe(data: Path, base_path: Path, work: Path, out: Path, split_seed: int) -> None:
     refuse_collisions(reads("data", "RUN_DIR", data) + reads("base table", "--base", base_path),
-                      writes("held-out table", "--out", out, run_record=False)
+                      writes("held-out table", "--out", out)
                       + writes("work directory", "--work", work, "dir", run_record=False))
     base = load_stats(base_path)
     meta = table_meta(base)
@@ -139,17 +156,27 @@ def probe(data: Path, base_path: Path, work: Path, out: Path, split_seed: int) -
                       skip_bad_records=False)
     parts = halves(tokens.scorable, split_seed)
     work.mkdir(parents=True, exist_ok=True)
+    record_split(work, data, split_seed, parts)
+    seconds: dict[str, float] = {}
     for h, rows in enumerate(parts):
+        start = time.perf_counter()
         subset = work / f"half{h}.jsonl"
         write_subset(data, rows, len(tokens.encoded), subset)
         if not (work / f"half{h}.parquet").exists():
             gf.score(subset, work / f"half{h}.parquet", replace(config, ifd_pass=False),
                      save_adapters=work / f"adapters{h}",
                      checkpoint_dir=work / f"ckpt{h}")
+        seconds[f"half{h}"] = time.perf_counter() - start
+    start = time.perf_counter()
     jobs = [(parts[0], work / "adapters1"), (parts[1], work / "adapters0")]
     stats = measure(load_model(config.proxy, torch.device("cpu")), tokens.encoded, jobs,
                     (config.early, config.late), config.members)
+    seconds["measure"] = time.perf_counter() - start
     write_table(heldout_table(base, stats), out)
+    write_run_record(out, {
+        "stage": "heldout probe", "data": str(data), "base": str(base_path), "work": str(work),
+        "split_seed": split_seed, "halves": [len(rows) for rows in parts],
+        "config": asdict(config), "wall_seconds": seconds})
     print(f"wrote {out}")
 
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
@@ -15,6 +16,7 @@ from conftest import alpaca_records, write_jsonl
 
 import gradfilter as gf
 from gradfilter.data.dataset import as_dataset
+from gradfilter.errors import GradfilterError
 from gradfilter.scoring.proxy import load_model, load_tokenizer
 from gradfilter.scoring.score import tokenize
 from gradfilter.table import utility_scores
@@ -48,3 +50,18 @@ def test_measured_stats_are_the_engines_and_make_the_table(tmp_path, llama_proxy
                                rtol=1e-4)
     np.testing.assert_allclose(utility_scores(rebuilt, "uncertainty"),
                                4 * utility_scores(table, "uncertainty"), rtol=1e-4)
+
+
+def test_work_made_with_another_split_is_refused(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", alpaca_records(4))
+    work = tmp_path / "work"
+    work.mkdir()
+    scorable = np.arange(10)
+    parts = heldout_probe.halves(scorable, seed=0)
+    heldout_probe.record_split(work, data, 0, parts)
+    heldout_probe.record_split(work, data, 0, parts)  # the same halves: reused
+    with pytest.raises(GradfilterError, match="another --split-seed"):
+        heldout_probe.record_split(work, data, 1, heldout_probe.halves(scorable, seed=1))
+    other = write_jsonl(tmp_path / "e.jsonl", alpaca_records(4))
+    with pytest.raises(GradfilterError, match="other data"):
+        heldout_probe.record_split(work, other, 0, parts)
