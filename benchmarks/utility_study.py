@@ -11,7 +11,9 @@ both groups (a utility that only catches the kinds it was shown has a low worst 
 `--gate ifd` adds the hybrids of method.md §4 where the run has both an IFD and a G-SNR table:
 each G-SNR utility among the records Superfiltering would keep (IFD < 1), the others ranked
 after them (written `u|ifd<1`). They combine two tables, so they are studied here before any
-of them is worth a column of its own. `--group NAME=KIND,KIND` reports those kinds as a
+of them is worth a column of its own. `--consensus` adds the gradient's direction (below,
+`consensus`, and `consensus-unit` with every record's pull of equal weight), from the G-SNR
+table's late-epoch sketches. `--group NAME=KIND,KIND` reports those kinds as a
 group of their own (the rest stay "held-out"); `--versus random,ifd` adds each group's paired
 AUROC differences to those methods.
 
@@ -25,19 +27,48 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gradfilter.bench.intervals import Ranking, percentile_interval, resample_weights
-from gradfilter.table import load_stats, utility_scores
+from gradfilter.table import (
+    load_sketch_features,
+    load_stats,
+    sketch_member_columns,
+    table_epochs,
+    utility_scores,
+)
 from gradfilter.utilities import UTILITIES
 
 STANDARD = ("swap", "truncate", "repeat", "echo")
 
 
-def run_scores(run_dir: Path, seed: str, gate: str | None
+def consensus(table: pa.Table, weighted: bool = True) -> np.ndarray:
+    """Per record, the mean over members of the cosine between its late-epoch gradient sketch
+    and the sum of every other scored record's (each weighted by its norm, or of unit length):
+    how far the record pulls the member the way the rest of the pool does. NaN where
+    unscored."""
+    scored = np.flatnonzero(table["skip_reason"].is_null().to_numpy(zero_copy_only=False))
+    columns = sketch_member_columns(table.column_names, table_epochs(table)[1])
+    members = len(columns)
+    features = load_sketch_features(table, scored).astype(np.float64) * np.sqrt(members)
+    dim = features.shape[1] // members
+    total = np.zeros(len(scored))
+    for k, column in enumerate(columns):
+        unit = features[:, k * dim:(k + 1) * dim]
+        norms = table[column.replace("sketch", "sketchnorm", 1)].to_numpy()[scored]
+        pull = unit * norms[:, None] if weighted else unit
+        others = pull.sum(axis=0) - pull
+        total += (unit * others).sum(axis=1) / np.maximum(np.linalg.norm(others, axis=1), 1e-30)
+    scores = np.full(table.num_rows, np.nan)
+    scores[scored] = total / members
+    return scores
+
+
+def run_scores(run_dir: Path, seed: str, gate: str | None, with_consensus: bool = False
                ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Every method's scores over the records all methods scored (and the gated hybrids), and
-    those records' labels ("" where clean)."""
+    """Every method's scores over the records all methods scored (and the gated hybrids, and
+    the consensus scores), and those records' labels ("" where clean)."""
     results = json.loads((run_dir / "results.json").read_text())
     draw = results["seeds"][seed]
     labels = np.array([label or "" for label in
@@ -51,6 +82,10 @@ def run_scores(run_dir: Path, seed: str, gate: str | None
         kept_by_ifd = scores["ifd"] < 1  # NaN (unscored) compares False
         for method in [m for m in scores if m in UTILITIES]:
             scores[f"{method}|ifd<1"] = np.where(kept_by_ifd, scores[method], -np.inf)
+    if with_consensus:
+        table = load_stats(draw["tables"]["gsnr"])
+        scores["consensus"] = consensus(table)
+        scores["consensus-unit"] = consensus(table, weighted=False)
     return {m: s[scored] for m, s in scores.items()}, labels[scored]
 
 
@@ -63,11 +98,11 @@ def kind_groups(kinds: list[str], named: dict[str, list[str]]) -> dict[str, list
 
 
 def group_aurocs(run_dir: Path, seed: str, resamples: int, gate: str | None = None,
-                 named: dict[str, list[str]] | None = None, versus: tuple[str, ...] = ()
-                 ) -> dict[str, dict[str, dict]]:
+                 named: dict[str, list[str]] | None = None, versus: tuple[str, ...] = (),
+                 with_consensus: bool = False) -> dict[str, dict[str, dict]]:
     """Per method: each group's AUROC, the contamination at 10%, and (under "-<ref>") each
     group's paired AUROC difference to the methods in `versus`; 95% bootstrap intervals."""
-    all_scores, kept = run_scores(run_dir, seed, gate)
+    all_scores, kept = run_scores(run_dir, seed, gate, with_consensus)
     groups = kind_groups(sorted(set(kept) - {""}), named or {})
     weights = resample_weights(len(kept), resamples, seed=0)
     draws: dict[tuple[str, str], tuple[float, np.ndarray]] = {}
@@ -108,6 +143,8 @@ def main() -> None:
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--gate", choices=["ifd"], default=None,
                         help="add each G-SNR utility gated by IFD < 1 (a hybrid)")
+    parser.add_argument("--consensus", action="store_true",
+                        help="add the gradient-direction scores `consensus`, `consensus-unit`")
     parser.add_argument("--group", action="append", default=[], metavar="NAME=KIND,KIND",
                         help="report these kinds as a group of their own (repeatable)")
     parser.add_argument("--versus", default="",
@@ -121,7 +158,8 @@ def main() -> None:
     if missing:
         raise SystemExit(f"error: no bench noise results.json in {', '.join(missing)}")
     for run in args.runs:
-        study = group_aurocs(run, args.seed, args.resamples, args.gate, named, versus)
+        study = group_aurocs(run, args.seed, args.resamples, args.gate, named, versus,
+                             args.consensus)
         print(f"\n## {run}\n\n| method | "
               + " | ".join(f"AUROC, {g} kinds" for g in columns)
               + " | contamination @10% |\n|" + " --- |" * (len(columns) + 2))
