@@ -83,7 +83,11 @@ def run_scores(run_dir: Path, seed: str, gate: str | None, with_consensus: bool 
         for method in [m for m in scores if m in UTILITIES]:
             scores[f"{method}|ifd<1"] = np.where(kept_by_ifd, scores[method], -np.inf)
     if with_consensus:
-        table = load_stats(draw["tables"]["gsnr"])
+        path = draw["tables"].get("gsnr")
+        table = None if path is None else load_stats(path)
+        if table is None or not any(c.startswith("sketch_") for c in table.column_names):
+            raise SystemExit(f"error: {run_dir} has no G-SNR table with gradient sketches "
+                             "(scored with --sketch-dim > 0); --consensus needs one")
         scores["consensus"] = consensus(table)
         scores["consensus-unit"] = consensus(table, weighted=False)
     return {m: s[scored] for m, s in scores.items()}, labels[scored]
