@@ -11,9 +11,9 @@ both groups (a utility that only catches the kinds it was shown has a low worst 
 `--gate ifd` adds the hybrids of method.md §4 where the run has both an IFD and a G-SNR table:
 each G-SNR utility among the records Superfiltering would keep (IFD < 1), the others ranked
 after them (written `u|ifd<1`). They combine two tables, so they are studied here before any
-of them is worth a column of its own. `--consensus` adds the gradient's direction (below,
-`consensus`, and `consensus-unit` with every record's pull of equal weight), from the G-SNR
-table's late-epoch sketches. `--group NAME=KIND,KIND` reports those kinds as a
+of them is worth a column of its own. `--consensus` adds two scores of the gradient's
+direction, from the G-SNR table's late-epoch sketches (`consensus` below, and `consensus-unit`,
+every record's pull of equal weight). `--group NAME=KIND,KIND` reports those kinds as a
 group of their own (the rest stay "held-out"); `--versus random,ifd` adds each group's paired
 AUROC differences to those methods.
 
