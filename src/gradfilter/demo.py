@@ -23,6 +23,7 @@ from .config import ScoreConfig
 from .data.conversations import Turn
 from .data.exchanges import exchanges
 from .errors import GradfilterError
+from .selection import select_top
 
 DEMO_RECORDS = 32
 DEMO_MAX_LENGTH = 128
@@ -109,6 +110,13 @@ class Evidence:
                 f"{self.auroc.high:.2f}] (0.5 is chance). {self.records} records is a "
                 "miniature: docs/results.md has the benchmarks.")
 
+    def baseline_line(self, name: str) -> str:
+        """The same check for another ranking of the same records, in one shorter line."""
+        share = self.kept_corrupted / self.kept if self.kept else float("nan")
+        return (f"check, {name}: its {self.kept} best kept {self.kept_corrupted} of the "
+                f"{self.corrupted} corrupted ({share:.0%}); AUROC {self.auroc.estimate:.2f}, "
+                f"95% interval [{self.auroc.low:.2f}, {self.auroc.high:.2f}]")
+
 
 def evidence(scores: np.ndarray, chosen: np.ndarray, labels: list[str | None]) -> Evidence:
     corrupted = np.array([label is not None for label in labels])
@@ -117,6 +125,19 @@ def evidence(scores: np.ndarray, chosen: np.ndarray, labels: list[str | None]) -
     return Evidence(records=len(labels), corrupted=int(corrupted.sum()), kept=len(chosen),
                     kept_corrupted=int(corrupted[chosen].sum()),
                     auroc=percentile_interval(ranking.auroc(~corrupted), np.array(draws)))
+
+
+def superfiltering_evidence(stats: Path, kept: int, labels: list[str | None]) -> Evidence | None:
+    """The check for IFD, Superfiltering's score, from the IFD ratios the run stored in its
+    table (None where it has none): the cheap baseline a user weighs gradfilter against."""
+    from .table import load_stats
+    from .utilities import superfiltering_score
+
+    table = load_stats(stats)
+    if "ifd_ratio" not in table.column_names:
+        return None
+    scores = superfiltering_score(table["ifd_ratio"].to_numpy(zero_copy_only=False))
+    return evidence(scores, select_top(scores, count=kept).indices, labels)
 
 
 def refuse_foreign_files(out_dir: Path, mixed: list[list[Turn]], labels: list[str | None]) -> None:

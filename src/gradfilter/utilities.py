@@ -124,6 +124,12 @@ DEFAULT_UNGATED = "snr-member"
 BASELINE_SCORES = ("ifd", "perplexity", "length", "random")  # columns of baseline tables
 
 
+def superfiltering_score(ifd_ratio: np.ndarray) -> np.ndarray:
+    """How Superfiltering ranks records by their IFD ratio: highest first among those below 1;
+    NaN (never selected) at 1 or above, where the prompt does not help the answer."""
+    return np.where(ifd_ratio < 1, ifd_ratio, np.nan)
+
+
 def compute_utilities(early: np.ndarray, late: np.ndarray, loss_early: np.ndarray | None = None,
                       loss_late: np.ndarray | None = None,
                       names: tuple[str, ...] = UTILITIES,

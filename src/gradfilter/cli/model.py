@@ -128,6 +128,7 @@ def demo(out_dir: Path, records: int, quiet: bool) -> None:
         evidence,
         mix_in_corruptions,
         refuse_foreign_files,
+        superfiltering_evidence,
     )
     from ..paths import refuse_collisions, run_paths
     from ..scoring.proxy import load_tokenizer
@@ -151,3 +152,6 @@ def demo(out_dir: Path, records: int, quiet: bool) -> None:
                               dict(ratio=0.25), tags=labels)
     if subset is not None:
         print(evidence(subset.scores, subset.indices, labels).line())  # the result: stdout
+        baseline = superfiltering_evidence(out_dir / "stats.parquet", len(subset.indices), labels)
+        if baseline is not None:
+            print(baseline.baseline_line("IFD (Superfiltering's score, from this run's table)"))

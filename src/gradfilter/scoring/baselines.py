@@ -25,6 +25,7 @@ from ..config import BASELINES
 from ..errors import GradfilterError
 from ..progress import advance_bar
 from ..seeds import RANDOM_STREAM, derived_seed
+from ..utilities import superfiltering_score
 from .batching import Batcher, collection_batches, micro_batches
 from .ensemble import per_example_losses
 from .prefix import PrefixCache, shared_prefix_length, without_prefix
@@ -122,7 +123,7 @@ def baseline_columns(method: str, encoded: Sequence[Encoded], scorable: np.ndarr
         ratio = conditional / alone
         columns["perplexity_response"] = full(alone)
         columns["ifd_ratio"] = full(ratio)
-        columns["ifd"] = full(np.where(ratio < 1, ratio, np.nan))  # IFD >= 1: never selected
+        columns["ifd"] = full(superfiltering_score(ratio))
     return columns
 
 
