@@ -69,8 +69,8 @@ def write_subset(source: Path, rows: np.ndarray, records: int, out: Path) -> Non
     were."""
     lines = [line for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
     if len(lines) != records:
-        raise SystemExit(f"{source}: {len(lines)} lines for {records} records; the probe "
-                         "needs one JSON record per line")
+        raise GradfilterError(f"{source}: {len(lines)} lines for {records} records; the "
+                              "probe needs one JSON record per line")
     out.write_text("".join(lines[i] + "\n" for i in rows), encoding="utf-8")
 
 

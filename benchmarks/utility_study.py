@@ -74,8 +74,11 @@ def run_scores(run_dir: Path, seed: str, gate: str | None, with_consensus: bool 
     labels = np.array([label or "" for label in
                        pq.read_table(run_dir / draw["labels"])["corruption"].to_pylist()])
     scores, scored = {}, np.ones(len(labels), dtype=bool)
+    tables: dict[str, pa.Table] = {}  # one read per file: most methods share the G-SNR table
     for method, path in draw["tables"].items():
-        table = load_stats(path)
+        if path not in tables:
+            tables[path] = load_stats(path)
+        table = tables[path]
         scored &= table["skip_reason"].is_null().to_numpy(zero_copy_only=False)
         scores[method] = utility_scores(table, method)
     if gate == "ifd" and "ifd" in scores:
@@ -83,8 +86,7 @@ def run_scores(run_dir: Path, seed: str, gate: str | None, with_consensus: bool 
         for method in [m for m in scores if m in UTILITIES]:
             scores[f"{method}|ifd<1"] = np.where(kept_by_ifd, scores[method], -np.inf)
     if with_consensus:
-        path = draw["tables"].get("gsnr")
-        table = None if path is None else load_stats(path)
+        table = tables.get(draw["tables"].get("gsnr"))
         if table is None or not any(c.startswith("sketch_") for c in table.column_names):
             raise SystemExit(f"error: {run_dir} has no G-SNR table with gradient sketches "
                              "(scored with --sketch-dim > 0); --consensus needs one")

@@ -100,11 +100,15 @@ class Evidence:
     kept_corrupted: int
     auroc: Interval  # clean scored above corrupted (0.5: chance), a bootstrap over records
 
+    @property
+    def share(self) -> float:
+        """The corrupted share of what was kept."""
+        return self.kept_corrupted / self.kept if self.kept else float("nan")
+
     def line(self) -> str:
-        share = self.kept_corrupted / self.kept if self.kept else float("nan")
         return (f"check: {self.corrupted} of the {self.records} records were corrupted on "
                 f"purpose ({', '.join(DEMO_KINDS)}); the subset of {self.kept} kept "
-                f"{self.kept_corrupted} of them ({share:.0%}), random would keep "
+                f"{self.kept_corrupted} of them ({self.share:.0%}), random would keep "
                 f"{self.corrupted / self.records:.0%} on average; AUROC clean vs corrupted "
                 f"{self.auroc.estimate:.2f}, 95% interval [{self.auroc.low:.2f}, "
                 f"{self.auroc.high:.2f}] (0.5 is chance). {self.records} records is a "
@@ -112,9 +116,8 @@ class Evidence:
 
     def baseline_line(self, name: str) -> str:
         """The same check for another ranking of the same records, in one shorter line."""
-        share = self.kept_corrupted / self.kept if self.kept else float("nan")
         return (f"check, {name}: its {self.kept} best kept {self.kept_corrupted} of the "
-                f"{self.corrupted} corrupted ({share:.0%}); AUROC {self.auroc.estimate:.2f}, "
+                f"{self.corrupted} corrupted ({self.share:.0%}); AUROC {self.auroc.estimate:.2f}, "
                 f"95% interval [{self.auroc.low:.2f}, {self.auroc.high:.2f}]")
 
 
