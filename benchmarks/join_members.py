@@ -1,0 +1,102 @@
+"""Two G-SNR tables of the same records, scored with different `--seed` and the same everything
+else, joined into one table of 2M members: what a run with `--members 2M` measures (members
+are independent: each has its own initialisation and data order), for the price of a second
+run that may already be on disk. Every utility is recomputed over all the members; gradient
+sketches are left out.
+
+    python benchmarks/join_members.py runs/sg300/tables/gsnr.parquet \
+        runs/sg300/tables/gsnr-seed1.parquet --out runs/sg300/tables/gsnr-m8.parquet
+    python benchmarks/table_agreement.py runs/sg300/tables/gsnr.parquet \
+        runs/sg300/tables/gsnr-m8.parquet --labels runs/sg300/labels-s0.parquet
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from gradfilter.config import ScoreConfig
+from gradfilter.errors import GradfilterError
+from gradfilter.table import (
+    IFD_RATIO,
+    gsnr_table,
+    load_stats,
+    stat_columns,
+    table_epochs,
+    table_meta,
+    write_table,
+)
+
+# Settings two runs may differ in: the seed (the point), and those that change no number
+# beyond float rounding.
+MAY_DIFFER = {"seed", "device", "batch_tokens"}
+HEAD = ("index", "n_response_tokens", "truncated", "skip_reason")
+
+
+def join_members(first: pa.Table, second: pa.Table) -> pa.Table:
+    """`first`'s members then `second`'s, as one G-SNR table (the config and IFD ratios are
+    `first`'s, with the members counted anew)."""
+    config = _joinable_config(first, second)
+    early, late = table_epochs(first)
+    scorable = np.flatnonzero(first["skip_reason"].is_null().to_numpy(zero_copy_only=False))
+    losses, sqnorms = {}, {}
+    for epoch in (early, late):
+        losses[epoch], sqnorms[epoch] = (
+            np.concatenate([_member_matrix(t, stat, epoch)[scorable] for t in (first, second)],
+                           axis=1) for stat in ("loss", "sqnorm"))
+    ifd = (first[IFD_RATIO].to_numpy(zero_copy_only=False)
+           if IFD_RATIO in first.column_names else None)
+    members = sqnorms[late].shape[1]
+    return gsnr_table({name: first[name].combine_chunks() for name in HEAD}, scorable, losses,
+                      sqnorms, ScoreConfig(**{**config, "members": members}), ifd_ratio=ifd)
+
+
+def _joinable_config(first: pa.Table, second: pa.Table) -> dict:
+    if first.num_rows != second.num_rows or any(
+            first[name].to_pylist() != second[name].to_pylist() for name in HEAD):
+        raise GradfilterError("the two tables are not of the same records (their index, "
+                              "lengths or skipped records differ)")
+    configs = [table_meta(t).get("config") for t in (first, second)]
+    if table_meta(first).get("method") != "gsnr" or None in configs:
+        raise GradfilterError("both tables must be G-SNR tables written by `gradfilter score`")
+    differ = sorted(k for k in configs[0].keys() | configs[1].keys()
+                    if k not in MAY_DIFFER and configs[0].get(k) != configs[1].get(k))
+    if differ:
+        raise GradfilterError(f"the two runs differ in {', '.join(differ)}: only --seed may")
+    if configs[0]["seed"] == configs[1]["seed"]:
+        raise GradfilterError("the two runs have the same seed: their members are the same")
+    known = {f.name for f in fields(ScoreConfig)}
+    config = {k: v for k, v in configs[0].items() if k in known}
+    if config.get("lora_targets") is not None:
+        config["lora_targets"] = tuple(config["lora_targets"])
+    return config
+
+
+def _member_matrix(table: pa.Table, stat: str, epoch: int) -> np.ndarray:
+    """[records, members] of `{stat}_e{epoch}_m*`."""
+    return np.stack([table[c].to_numpy(zero_copy_only=False).astype(np.float64)
+                     for c in stat_columns(table.column_names, stat, epoch)], axis=1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("first")
+    parser.add_argument("second")
+    parser.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args()
+    try:
+        if args.out.exists():
+            raise GradfilterError(f"{args.out} exists; choose another --out")
+        joined = join_members(load_stats(args.first), load_stats(args.second))
+    except GradfilterError as exc:  # one line, no traceback
+        raise SystemExit(f"error: {exc}") from None
+    write_table(joined, args.out)
+    print(f"{args.out}: {table_meta(joined)['members']} members, {joined.num_rows} records")
+
+
+if __name__ == "__main__":
+    main()
