@@ -15,8 +15,11 @@ peak, peak device memory, seconds per phase, and the projected wall time for 52,
 the naive PEFT loop on a small slice for the fused/naive ratio; the IFD forward rate; the bf16
 per-example norms against float32 ones at the same adapters (largest relative difference).
 
-Part 2, quality (when `--proxy` names a real pretrained model that is present, with `--data`):
-`bench noise` at default settings on as many records of DATA as the remaining budget allows.
+Part 2, quality (when `--proxy` names a real pretrained model that is present, with `--data`;
+`--quality-only` skips part 1): `bench noise` as docs/results.md's study runs it (its utilities
+and baselines; the four shipped kinds of corruption and real_noise.py's three held-out ones;
+max length 256) on as many records of DATA as the remaining budget allows, the run packed into
+one archive to study here. `gpu_quality.sh` carries the real SmolLM2 proxy there.
 
 Every part checks the clock (`--budget-seconds`, default 450) and is skipped when the time left
 looks too short; results go to OUT/gpu_check.json after every part, so a run cut short still
@@ -62,6 +65,12 @@ ALPACA_RESPONSE = (1, 8, 15, 45, 87, 126, 265, 588)
 ALPACA_RECORDS = 52_002
 GPT2_124M = dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)
 TINY = dict(n_layer=2, n_embd=64, n_head=2, vocab_size=1000, n_positions=1024)
+# Part 2 measures what docs/results.md's study measures: the default, the literal reading, the
+# drop and the scale-free variant, against the baselines, on shipped and held-out kinds.
+QUALITY_METHODS = ["snr-member-gated", "gsnr", "drop", "gsnr-cv", "ifd", "length", "loss",
+                   "random"]
+QUALITY_KINDS = ["swap", "truncate", "repeat", "echo", "refusal", "shuffle", "boilerplate"]
+PACK_LIMIT = 15 * 2**20
 
 
 def synthetic_records(n: int, vocab: int, max_length: int, seed: int = 0) -> list[Encoded]:
@@ -247,22 +256,27 @@ def naive_part(model, records, config: ScoreConfig, device, dtype) -> dict:
             "max_relative_difference": max_relative_difference(fused_norms, timings["naive"][1])}
 
 
-def quality_part(proxy: str, data: str, out: Path, seconds: float, device: str) -> dict:
-    """`bench noise` at default settings on as many records as ~`seconds` allow (measured on
-    a first slice of 64 records, then scaled). Its files stay in a scratch directory; OUT gets
-    noise.md and the summary in the JSON."""
+def quality_part(proxy: str, data: str, out: Path, seconds: float, device: str,
+                 max_length: int = 256) -> dict:
+    """`bench noise` as the study runs it (its utilities and baselines, the four shipped kinds
+    of corruption and the three held-out ones of real_noise.py) on as many records as
+    ~`seconds` allow (measured on a first slice of 64 records, then scaled). OUT gets noise.md
+    and the run itself, packed (`noise-run.tar.gz`: results, labels and tables, to study every
+    utility afterwards with utility_study.py); the summary goes into the JSON."""
     import tempfile
+
+    import real_noise  # noqa: F401  (registers the held-out kinds)
 
     from gradfilter.bench.noise import results_markdown, run_noise_benchmark
     from gradfilter.data.dataset import read_dataset
 
-    config = ScoreConfig(proxy=proxy, device=device)
+    # No sketches: they would make the tables too large to come back from the device.
+    config = ScoreConfig(proxy=proxy, device=device, max_length=max_length, sketch_dim=0)
     scratch = Path(tempfile.mkdtemp(prefix="gpu-check-noise-"))
 
     def noise(records: int, directory: str) -> dict:
         return run_noise_benchmark(read_dataset(data, limit=records), scratch / directory, config,
-                                   methods=["gsnr", "gsnr-cv", "loss", "ifd", "random"],
-                                   corruptions=["swap", "truncate", "repeat", "echo"],
+                                   methods=QUALITY_METHODS, corruptions=QUALITY_KINDS,
                                    fraction=0.2, budgets=[0.05, 0.1, 0.15], progress=False,
                                    log=lambda _: None)
 
@@ -274,7 +288,29 @@ def quality_part(proxy: str, data: str, out: Path, seconds: float, device: str) 
         return {"records": 64, "results": trial["summary"], "note": "no time for more"}
     results = noise(n, "noise")
     atomic_write_text(out / "noise.md", results_markdown(results))
-    return {"records": n, "results": results["summary"]}
+    return {"records": results["seeds"]["0"]["records"], "results": results["summary"],
+            "packed": pack_run(scratch / "noise", out / "noise-run.tar.gz")}
+
+
+def pack_run(run: Path, archive: Path) -> str:
+    """The noise run's results, labels and tables as one archive small enough to come back
+    (16 MiB a file); its mixed sets too where they fit (they can be remade from the data)."""
+    import tarfile
+
+    def write(with_mixed: bool) -> None:
+        with tarfile.open(archive, "w:gz") as tar:
+            for path in sorted(run.rglob("*")):
+                if path.is_file() and (with_mixed or not path.name.startswith("mixed")):
+                    tar.add(path, arcname=str(Path(run.name) / path.relative_to(run)))
+
+    write(with_mixed=True)
+    if archive.stat().st_size <= PACK_LIMIT:
+        return "with the mixed sets"
+    write(with_mixed=False)
+    if archive.stat().st_size <= PACK_LIMIT:
+        return "without the mixed sets"
+    archive.unlink()
+    return "too large to come back"
 
 
 def summary_lines(report: dict) -> list[str]:
@@ -300,33 +336,12 @@ def summary_lines(report: dict) -> list[str]:
                          f"{part['max_relative_difference_bf16_vs_fp32']:.2e}")
         elif name == "quality":
             lines.append(f"- quality: bench noise on {part['records']} records (see "
-                         "noise.md)")
+                         f"noise.md; the run packed {part.get('packed', '-')})")
     return lines
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--budget-seconds", type=float, default=450)
-    parser.add_argument("--records", type=int, default=None,
-                        help="records per pipeline run (default: sized to the budget)")
-    parser.add_argument("--tiny", action="store_true", help="a 2-layer model (CPU test)")
-    parser.add_argument("--proxy", default=None, help="a real pretrained model, for part 2")
-    parser.add_argument("--data", default=None, help="ShareGPT or other data, for part 2")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    args = parser.parse_args()
-
-    from gradfilter.scoring.proxy import resolve_device, resolve_dtype
-
-    clock = Clock(args.budget_seconds)
-    device = resolve_device(args.device)
-    dtype = resolve_dtype("auto", device)
-    shape = TINY if args.tiny else GPT2_124M
-    report = Report(args.out, {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "dtype": str(dtype), "budget_seconds": args.budget_seconds, "model": shape,
-        "versions": package_versions(), "alpaca_percentiles": {
-            "percent": PERCENT, "prompt": ALPACA_PROMPT, "response": ALPACA_RESPONSE}})
+def speed_parts(args, report: Report, clock: Clock, device, dtype, shape: dict) -> list:
+    """Part 1: (name, seconds it needs, run) for each measurement."""
     model = random_gpt2(shape, device)
     params = sum(p.numel() for p in model.parameters())
     config = ScoreConfig(proxy="random-gpt2", device=device.type,
@@ -348,9 +363,43 @@ def main() -> None:
     parts.append(("ifd", 5, lambda: ifd_part(model, pool[:size or 2048], device, dtype,
                                              config.collect_batch_size,
                                              shape["vocab_size"] - 1)))
+    return parts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--budget-seconds", type=float, default=450)
+    parser.add_argument("--records", type=int, default=None,
+                        help="records per pipeline run (default: sized to the budget)")
+    parser.add_argument("--tiny", action="store_true", help="a 2-layer model (CPU test)")
+    parser.add_argument("--proxy", default=None, help="a real pretrained model, for part 2")
+    parser.add_argument("--data", default=None, help="ShareGPT or other data, for part 2")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--max-length", type=int, default=256,
+                        help="part 2's max length (the study's: docs/results.md)")
+    parser.add_argument("--quality-only", action="store_true",
+                        help="part 2 alone: the whole budget to the noise benchmark")
+    args = parser.parse_args()
+    if args.quality_only and not (args.proxy and args.data):
+        parser.error("--quality-only needs --proxy and --data")
+
+    from gradfilter.scoring.proxy import resolve_device, resolve_dtype
+
+    clock = Clock(args.budget_seconds)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype("auto", device)
+    shape = TINY if args.tiny else GPT2_124M
+    report = Report(args.out, {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "dtype": str(dtype), "budget_seconds": args.budget_seconds,
+        "model": "--proxy alone" if args.quality_only else shape,
+        "versions": package_versions(), "alpaca_percentiles": {
+            "percent": PERCENT, "prompt": ALPACA_PROMPT, "response": ALPACA_RESPONSE}})
+    parts = [] if args.quality_only else speed_parts(args, report, clock, device, dtype, shape)
     if args.proxy and args.data:
         parts.append(("quality", 120, lambda: quality_part(
-            args.proxy, args.data, args.out, clock.left - 15, device.type)))
+            args.proxy, args.data, args.out, clock.left - 15, device.type, args.max_length)))
     for name, needs, run in parts:
         if clock.left < needs:
             report.part(name, {"skipped": f"{clock.left:.0f} s left, needs about {needs} s"})

@@ -7,7 +7,10 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
+
+from conftest import alpaca_records, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,3 +39,49 @@ def test_gpu_check_tiny_on_cpu(tmp_path):
     summary = (tmp_path / "summary.txt").read_text()
     assert summary.startswith("gradfilter GPU check on cpu") and summary in result.stdout
     assert len(list(tmp_path.iterdir())) <= 8
+
+
+def test_packed_run_drops_the_mixed_sets_before_it_gives_up(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_check
+
+    run = tmp_path / "noise"
+    (run / "tables").mkdir(parents=True)
+    (run / "results.json").write_text("{}")
+    (run / "tables" / "gsnr.parquet").write_bytes(os.urandom(1000))
+    (run / "mixed-s0.jsonl").write_bytes(os.urandom(50_000))  # random bytes do not compress
+    archive = tmp_path / "noise-run.tar.gz"
+
+    def names() -> set[str]:
+        with tarfile.open(archive) as tar:
+            return set(tar.getnames())
+
+    assert gpu_check.pack_run(run, archive) == "with the mixed sets"
+    assert names() == {"noise/results.json", "noise/tables/gsnr.parquet", "noise/mixed-s0.jsonl"}
+    monkeypatch.setattr(gpu_check, "PACK_LIMIT", 20_000)
+    assert gpu_check.pack_run(run, archive) == "without the mixed sets"
+    assert names() == {"noise/results.json", "noise/tables/gsnr.parquet"}
+    monkeypatch.setattr(gpu_check, "PACK_LIMIT", 100)
+    assert gpu_check.pack_run(run, archive) == "too large to come back"
+    assert not archive.exists()
+
+
+def test_quality_part_measures_the_study_and_packs_its_run(tmp_path, gpt2_proxy):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_check
+
+    data = tmp_path / "data.jsonl"
+    write_jsonl(data, alpaca_records(200))
+    # a budget far above what 200 records take: the whole file is benchmarked
+    part = gpu_check.quality_part(gpt2_proxy, str(data), tmp_path, 1e6, "cpu", 64)
+    assert part["packed"] == "with the mixed sets"
+    assert set(part["results"]) == set(gpu_check.QUALITY_METHODS)
+    with tarfile.open(tmp_path / "noise-run.tar.gz") as tar:
+        names = set(tar.getnames())
+        results = json.load(tar.extractfile("noise/results.json"))
+    # every answered record of the file (the few without an answer are not benchmarked)
+    assert part["records"] == results["seeds"]["0"]["records"] > 150
+    assert {"noise/results.json", "noise/labels-s0.parquet", "noise/mixed-s0.jsonl"} <= names
+    assert any(n.startswith("noise/scores/gsnr-") for n in names)
+    labels = (tmp_path / "noise.md").read_text()
+    assert all(kind in labels for kind in ("refusal", "shuffle", "boilerplate"))
