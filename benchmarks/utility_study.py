@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gradfilter.bench.intervals import Ranking, percentile_interval, resample_weights
+from gradfilter.bench.noise import run_table
 from gradfilter.table import (
     load_sketch_features,
     load_stats,
@@ -75,7 +76,8 @@ def run_scores(run_dir: Path, seed: str, gate: str | None, with_consensus: bool 
                        pq.read_table(run_dir / draw["labels"])["corruption"].to_pylist()])
     scores, scored = {}, np.ones(len(labels), dtype=bool)
     tables: dict[str, pa.Table] = {}  # one read per file: most methods share the G-SNR table
-    for method, path in draw["tables"].items():
+    paths = {method: str(run_table(run_dir, path)) for method, path in draw["tables"].items()}
+    for method, path in paths.items():
         if path not in tables:
             tables[path] = load_stats(path)
         table = tables[path]
@@ -86,7 +88,7 @@ def run_scores(run_dir: Path, seed: str, gate: str | None, with_consensus: bool 
         for method in [m for m in scores if m in UTILITIES]:
             scores[f"{method}|ifd<1"] = np.where(kept_by_ifd, scores[method], -np.inf)
     if with_consensus:
-        table = tables.get(draw["tables"].get("gsnr"))
+        table = tables.get(paths.get("gsnr"))
         if table is None or not any(c.startswith("sketch_") for c in table.column_names):
             raise SystemExit(f"error: {run_dir} has no G-SNR table with gradient sketches "
                              "(scored with --sketch-dim > 0); --consensus needs one")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -44,11 +45,25 @@ def _benchmark(noise_dir, out, gpt2_proxy, **overrides):
     return inputs, results, logs
 
 
+def test_a_noise_run_directory_can_be_moved_whole(noise_dir, gpt2_proxy, tmp_path, monkeypatch):
+    recorded = json.loads((noise_dir / "results.json").read_text())["seeds"]["0"]["tables"]
+    assert all(path.startswith("scores/") for path in recorded.values())
+    moved = tmp_path / "elsewhere" / "noise"
+    shutil.copytree(noise_dir, moved)
+    monkeypatch.chdir(tmp_path)
+    target = gf.ScoreConfig(proxy=gpt2_proxy, device="cpu", max_length=64)
+    there, here = (inputs_from_noise(run, None, target, None, 0.2, seed=0)
+                   for run in (noise_dir, moved))
+    assert here.scores.keys() == there.scores.keys() == recorded.keys()
+    for method in recorded:
+        np.testing.assert_array_equal(here.scores[method], there.scores[method])
+
+
 def test_every_subset_gets_the_same_steps_and_a_clean_held_out_set(noise_dir, gpt2_proxy,
                                                                    tmp_path):
     inputs, results, _ = _benchmark(noise_dir, tmp_path / "ft", gpt2_proxy)
     labels = pq.read_table(noise_dir / "labels-s0.parquet")["corruption"].to_pylist()
-    table = gf.load_stats(json.loads((noise_dir / "results.json").read_text())
+    table = gf.load_stats(noise_dir / json.loads((noise_dir / "results.json").read_text())
                           ["seeds"]["0"]["tables"]["loss"])
     scorable = table["skip_reason"].is_null().to_numpy(zero_copy_only=False)
     clean = np.array([label is None for label in labels])

@@ -191,7 +191,7 @@ def test_cli_report_follows_from_the_saved_tables_and_reruns_reuse_them(tmp_path
     assert all(m["messages"][-1]["content"].endswith("!!!") for m in shouted)
     corrupted = np.array([label is not None for label in labels])
     for method, metrics in run["methods"].items():
-        table = gf.load_stats(run["tables"][method])
+        table = gf.load_stats(out / run["tables"][method])
         assert table["skip_reason"].null_count == table.num_rows  # all scored: none left out
         scores = gf.utility_scores(table, method)
         assert metrics["auroc"]["estimate"] == pytest.approx(
@@ -244,7 +244,8 @@ def test_diversity_figures_follow_from_the_selections(tmp_path, gpt2_proxy):
     seed = results["seeds"]["0"]
     stats = seed["diversity"]["sketches"]
     for method, figures in seed["diversity"]["methods"].items():
-        scores = gf.utility_scores(gf.load_stats(seed["tables"][method]), method)
+        scores = gf.utility_scores(gf.load_stats(tmp_path / "bench" / seed["tables"][method]),
+                                   method)
         for budget in ("0.2", "0.5"):
             plain = gf.select_top(scores, ratio=float(budget))
             assert figures["plain"][budget] == pytest.approx(corrupted[plain.indices].mean())

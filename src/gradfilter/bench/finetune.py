@@ -511,6 +511,7 @@ def inputs_from_noise(noise_dir: Path, methods: Sequence[str] | None, target: Sc
     references)."""
     from ..data.dataset import read_dataset
     from ..table import load_stats, utility_scores
+    from .noise import run_table
 
     noise = json.loads(_read_text(noise_dir / "results.json"))
     draw = noise["seeds"][str(noise["corrupt_seeds"][0] if corrupt_seed is None
@@ -525,11 +526,12 @@ def inputs_from_noise(noise_dir: Path, methods: Sequence[str] | None, target: Sc
     if missing:
         raise GradfilterError(f"{noise_dir}: the noise benchmark has no table for {missing}; "
                               f"it has {list(draw['tables'])}")
-    scores = {m: utility_scores(load_stats(draw["tables"][m]), m) for m in chosen}
+    tables = {m: run_table(noise_dir, path) for m, path in draw["tables"].items()}
+    scores = {m: utility_scores(load_stats(tables[m]), m) for m in chosen}
     source = {"data": str(noise_dir / draw["mixed"]), "noise_benchmark": str(noise_dir),
               "corrupted": int((~clean).sum())}
     inputs = _inputs(pool, scores, target, held_out, held_out_share, seed, clean, source)
-    return replace(inputs, sketches=_sketched_table(draw["tables"].values()))
+    return replace(inputs, sketches=_sketched_table(tables.values()))
 
 
 def inputs_from_pool(pool_path: str, tables: dict[str, str], target: ScoreConfig,

@@ -463,6 +463,23 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
+def recorded_path(path: Path, out_dir: Path) -> str:
+    """How results.json records a table: relative to the run directory where it lies inside it
+    (as the mixed set and labels are), so the directory can be moved or copied whole; else as
+    given."""
+    try:
+        return str(path.resolve().relative_to(out_dir.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def run_table(run_dir: Path, recorded: str) -> Path:
+    """The table results.json records: relative to the run directory, else as recorded (an
+    absolute path, or one relative to where the run was made, as earlier versions wrote)."""
+    inside = run_dir / recorded
+    return inside if inside.exists() else Path(recorded)
+
+
 def run_noise_benchmark(data, out_dir: Path, config: ScoreConfig, *, methods: Sequence[str],
                         corruptions: Sequence[str], fraction: float, budgets: Sequence[float],
                         corrupt_seeds: Sequence[int] = (0,),
@@ -566,7 +583,8 @@ def _run_seed(out_dir: Path, seed: int, mixed: list[list[Turn]], labels: list[st
     kept = [label for label, keep in zip(labels, scored, strict=True) if keep]
     corrupted = [label for label in kept if label]
     results = {
-        "mixed": mixed_path.name, "labels": labels_path.name, "tables": tables,
+        "mixed": mixed_path.name, "labels": labels_path.name,
+        "tables": {method: recorded_path(Path(path), out_dir) for method, path in tables.items()},
         "records": len(kept), "unscorable": int((~scored).sum()),
         "corrupted": len(corrupted),
         "corrupted_by_type": {k: corrupted.count(k) for k in corruptions},
