@@ -13,6 +13,9 @@ from pathlib import Path
 from conftest import alpaca_records, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import gpu_check  # noqa: E402  (benchmarks/ is not a package)
 
 
 def test_gpu_check_tiny_on_cpu(tmp_path):
@@ -42,9 +45,6 @@ def test_gpu_check_tiny_on_cpu(tmp_path):
 
 
 def test_packed_run_drops_the_mixed_sets_before_it_gives_up(tmp_path, monkeypatch):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import gpu_check
-
     run = tmp_path / "noise"
     (run / "tables").mkdir(parents=True)
     (run / "results.json").write_text("{}")
@@ -67,9 +67,6 @@ def test_packed_run_drops_the_mixed_sets_before_it_gives_up(tmp_path, monkeypatc
 
 
 def test_quality_part_measures_the_study_and_packs_its_run(tmp_path, gpt2_proxy):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import gpu_check
-
     data = tmp_path / "data.jsonl"
     write_jsonl(data, alpaca_records(200))
     # a budget far above what 200 records take: the whole file is benchmarked
@@ -83,5 +80,5 @@ def test_quality_part_measures_the_study_and_packs_its_run(tmp_path, gpt2_proxy)
     assert part["records"] == results["seeds"]["0"]["records"] > 150
     assert {"noise/results.json", "noise/labels-s0.parquet", "noise/mixed-s0.jsonl"} <= names
     assert any(n.startswith("noise/scores/gsnr-") for n in names)
-    labels = (tmp_path / "noise.md").read_text()
-    assert all(kind in labels for kind in ("refusal", "shuffle", "boilerplate"))
+    report = (tmp_path / "noise.md").read_text()
+    assert all(kind in report for kind in ("refusal", "shuffle", "boilerplate"))
