@@ -45,6 +45,8 @@ receive)
     ls -l "$STAGE"
     ;;
 check)
+    test -f "$STAGE/proxy.gguf.0" \
+        || { echo "error: $STAGE holds no first half: make call 1 (receive) on this machine first"; exit 1; }
     cat "$STAGE/proxy.gguf.0" .gpu/part1/proxy.gguf.1 > "$STAGE/proxy.gguf"
     test "$(sha256sum < "$STAGE/proxy.gguf" | cut -d' ' -f1)" = "$(cat .gpu/part1/proxy.sha256)" \
         || { echo "error: the rebuilt GGUF's checksum differs (was call 1 made on this machine?)"; exit 1; }
