@@ -25,11 +25,13 @@ from gradfilter.table import (
     IFD_RATIO,
     gsnr_table,
     load_stats,
-    stat_columns,
+    raw_stats,
+    raw_stats_columns,
     table_epochs,
     table_meta,
     write_table,
 )
+from gradfilter.utilities import RawStats
 
 # Settings two runs may differ in: the seed (the point), and those that change no number
 # beyond float rounding.
@@ -43,11 +45,13 @@ def join_members(first: pa.Table, second: pa.Table) -> pa.Table:
     config = _joinable_config(first, second)
     early, late = table_epochs(first)
     scorable = np.flatnonzero(first["skip_reason"].is_null().to_numpy(zero_copy_only=False))
-    losses, sqnorms = {}, {}
-    for epoch in (early, late):
-        losses[epoch], sqnorms[epoch] = (
-            np.concatenate([_member_matrix(t, stat, epoch)[scorable] for t in (first, second)],
-                           axis=1) for stat in ("loss", "sqnorm"))
+    stats = [_raw_stats(t, early, late) for t in (first, second)]
+
+    def joined(field: str) -> np.ndarray:
+        return np.concatenate([getattr(s, field)[scorable] for s in stats], axis=1)
+
+    losses = {early: joined("loss_early"), late: joined("loss_late")}
+    sqnorms = {early: joined("sqnorm_early"), late: joined("sqnorm_late")}
     ifd = (first[IFD_RATIO].to_numpy(zero_copy_only=False)
            if IFD_RATIO in first.column_names else None)
     members = sqnorms[late].shape[1]
@@ -76,10 +80,10 @@ def _joinable_config(first: pa.Table, second: pa.Table) -> dict:
     return config
 
 
-def _member_matrix(table: pa.Table, stat: str, epoch: int) -> np.ndarray:
-    """[records, members] of `{stat}_e{epoch}_m*`."""
-    return np.stack([table[c].to_numpy(zero_copy_only=False).astype(np.float64)
-                     for c in stat_columns(table.column_names, stat, epoch)], axis=1)
+def _raw_stats(table: pa.Table, early: int, late: int) -> RawStats:
+    """[records, members] squared norms and losses at both collected epochs."""
+    columns = raw_stats_columns(table.column_names, early, late, with_loss=True)
+    return raw_stats(columns, lambda c: table[c].to_numpy(zero_copy_only=False).astype(np.float64))
 
 
 def main() -> None:
