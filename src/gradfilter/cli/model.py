@@ -118,8 +118,9 @@ def score_and_select(dataset, out: Path, stats: Path | None, config: ScoreConfig
               show_default=True)
 @click.option("--quiet", is_flag=True)
 def demo(out_dir: Path, records: int, quiet: bool) -> None:
-    """Run the whole pipeline offline on the embedded default: ShareGPT exchanges, 20% of them
-    corrupted on purpose, scored with SmolLM2-135M; the subset and what it kept of them."""
+    """Run the whole pipeline offline on the embedded default: ShareGPT conversations' opening
+    exchanges, 20% of them corrupted on purpose, scored with SmolLM2-135M; the subset and what
+    it kept of them."""
     from ..bench.noise import write_labels, write_messages
     from ..demo import (
         demo_config,
@@ -144,7 +145,8 @@ def demo(out_dir: Path, records: int, quiet: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_messages(data, mixed)
     write_labels(out_dir / "labels.parquet", np.arange(len(mixed)), labels)
-    console.print(f"demo: the first {records} exchanges of {source} that fit "
+    console.print(f"demo: the first {records} conversation openings (first prompt and its "
+                  f"answer) of {source} that fit "
                   f"{config.max_length} tokens, {sum(map(bool, labels))} of their answers "
                   f"corrupted on purpose ({data}, labels.parquet)\n      proxy {config.proxy}")
     subset = score_and_select(read_data(str(data), None, None, None), out_dir / "subset.jsonl",

@@ -22,7 +22,7 @@ from ..data.conversations import FORMATS
 from ..data.sources import CONTAINERS
 from ..diversity import DEFAULT_THRESHOLD, DIVERSITY
 from ..errors import GradfilterError
-from ..utilities import BASELINE_SCORES, UTILITIES
+from ..utilities import BASELINE_SCORES, DEFAULT_UNGATED, DEFAULT_UTILITY, UTILITIES
 
 DEFAULTS = ScoreConfig()
 
@@ -66,7 +66,9 @@ def select_options(command: Callable) -> Callable:
         click.option("--count", type=int, default=None, help="Number of records to keep."),
         click.option("--utility", type=click.Choice((*UTILITIES, *BASELINE_SCORES)),
                      default=None,
-                     help="What to rank by (default: gsnr, or the baseline that made the table)."),
+                     help=f"What to rank by (default: the baseline that made the table, else "
+                          f"{DEFAULT_UTILITY}, or {DEFAULT_UNGATED} where the table has no IFD "
+                          "ratios)."),
         click.option("--order", type=click.Choice(["input", "score"]), default="input",
                      show_default=True),
         click.option("--score-field", default=None, help="Add the score to each kept record."),

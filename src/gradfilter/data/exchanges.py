@@ -26,10 +26,11 @@ class Exchange:
 
 
 def exchanges(path: str | Path, max_prompt_chars: int = 400, max_answer_chars: int | None = None,
-              min_answer_chars: int = 20) -> Iterator[Exchange]:
+              min_answer_chars: int = 20, openings_only: bool = False) -> Iterator[Exchange]:
     """The exchanges of `path` (streamed) whose prompt and answer lengths are within bounds,
     each distinct exchange once; records the reader cannot read or validate are passed over
-    (they are not data to learn from)."""
+    (they are not data to learn from). `openings_only`: only each conversation's first
+    exchange, the one whose prompt needs no earlier turn to make sense."""
     source = resolve_source(path)
     fmt, seen = None, set()
     for record in iter_records(source, skip_bad_records=True):
@@ -41,6 +42,8 @@ def exchanges(path: str | Path, max_prompt_chars: int = 400, max_answer_chars: i
         except GradfilterError:
             continue
         for k in range(1, len(turns)):
+            if openings_only and any(turn.role == "user" for turn in turns[:k - 1]):
+                break
             prompt, answer = turns[k - 1].text.strip(), turns[k].text.strip()
             if (turns[k - 1].role != "user" or turns[k].role != "assistant" or not prompt
                     or len(prompt) > max_prompt_chars or len(answer) < min_answer_chars
