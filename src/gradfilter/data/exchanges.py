@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import GradfilterError
-from .conversations import detect_format, to_turns
+from .conversations import Turn, detect_format, to_turns
 from .readers import iter_records
 from .sources import resolve_source
 
@@ -41,9 +41,7 @@ def exchanges(path: str | Path, max_prompt_chars: int = 400, max_answer_chars: i
             turns = to_turns(record, fmt, source)
         except GradfilterError:
             continue
-        for k in range(1, len(turns)):
-            if openings_only and any(turn.role == "user" for turn in turns[:k - 1]):
-                break
+        for k in _answer_positions(turns, openings_only):
             prompt, answer = turns[k - 1].text.strip(), turns[k].text.strip()
             if (turns[k - 1].role != "user" or turns[k].role != "assistant" or not prompt
                     or len(prompt) > max_prompt_chars or len(answer) < min_answer_chars
@@ -52,3 +50,12 @@ def exchanges(path: str | Path, max_prompt_chars: int = 400, max_answer_chars: i
                 continue
             seen.add((prompt, answer))
             yield Exchange(prompt, answer, f"{record.data.get('id', record.index)}#{k}")
+
+
+def _answer_positions(turns: list[Turn], openings_only: bool) -> range:
+    """Where an exchange's answer may stand: after any turn, or (openings only) right after the
+    conversation's first user turn."""
+    if not openings_only:
+        return range(1, len(turns))
+    first = next((i for i, turn in enumerate(turns) if turn.role == "user"), len(turns))
+    return range(first + 1, min(first + 2, len(turns)))
