@@ -17,9 +17,9 @@ per-example norms against float32 ones at the same adapters (largest relative di
 
 Part 2, quality (when `--proxy` names a real pretrained model that is present, with `--data`;
 `--quality-only` skips part 1): `bench noise` as docs/results.md's study runs it (its utilities
-and baselines; the four shipped kinds of corruption and real_noise.py's three held-out ones;
-max length 256) on as many records of DATA as the remaining budget allows, the run packed into
-one archive to study here. `gpu_quality.sh` carries the real SmolLM2 proxy there.
+and baselines; the four shipped kinds of corruption and the opt-in refusal, shuffle and
+boilerplate; max length 256) on as many records of DATA as the remaining budget allows, the
+run packed into one archive to study here. `gpu_quality.sh` carries the real SmolLM2 proxy there.
 
 Every part checks the clock (`--budget-seconds`, default 450) and is skipped when the time left
 looks too short; results go to OUT/gpu_check.json after every part, so a run cut short still
@@ -259,13 +259,11 @@ def naive_part(model, records, config: ScoreConfig, device, dtype) -> dict:
 def quality_part(proxy: str, data: str, out: Path, seconds: float, device: str,
                  max_length: int = 256) -> dict:
     """`bench noise` as the study runs it (its utilities and baselines, the four shipped kinds
-    of corruption and the three held-out ones of real_noise.py) on as many records as
+    of corruption and the opt-in refusal, shuffle and boilerplate) on as many records as
     ~`seconds` allow (measured on a first slice of 64 records, then scaled). OUT gets noise.md
     and the run itself, packed (`noise-run.tar.gz`: results, labels and tables, to study every
     utility afterwards with utility_study.py); the summary goes into the JSON."""
     import tempfile
-
-    import real_noise  # noqa: F401  (registers the held-out kinds)
 
     from gradfilter.bench.noise import results_markdown, run_noise_benchmark
     from gradfilter.data.dataset import read_dataset

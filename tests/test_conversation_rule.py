@@ -6,6 +6,8 @@ here and checked where it is used.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from gradfilter.data.conversations import (
@@ -16,6 +18,7 @@ from gradfilter.data.conversations import (
     prompt_of,
     unscorable_reason,
 )
+from gradfilter.data.exchanges import ExchangeReport, exchanges
 
 S, U, A = "system", "user", "assistant"
 CASES = [
@@ -67,9 +70,6 @@ def test_a_system_then_assistant_record_is_scored_and_can_be_corrupted(gpt2_prox
 
 
 def test_exchanges_cut_conversations_into_single_turn_records(tmp_path):
-    import json
-
-    from gradfilter.data.exchanges import exchanges
 
     records = [
         {"id": "a", "conversations": [
@@ -100,3 +100,39 @@ def test_exchanges_cut_conversations_into_single_turn_records(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     assert [e.origin for e in exchanges(path, max_prompt_chars=40, min_answer_chars=5,
                                         openings_only=True)] == ["a#2"]
+
+
+def _chat(record_id: str, prompt: str) -> dict:
+    return {"id": record_id, "conversations": [{"from": "human", "value": prompt},
+                                               {"from": "gpt", "value": f"An answer to {prompt}"}]}
+
+
+def test_openings_pass_over_the_later_chunks_of_a_split_conversation(tmp_path):
+    """ShareGPT V3 splits long chats into `<id>_0`, `<id>_1`, ...: a later chunk starts in the
+    middle of its conversation ("Thanks", "Rewrite the above"), so it opens nothing; the count
+    is reported, with the reader's warning of a file cut off mid-record."""
+    records = [_chat("x_0", "Opening one?"), _chat("x_1", "Thanks, and now?"),
+               _chat("y_0", "Opening two?"), _chat("x_2", "Rewrite the above"),
+               _chat("z_3", "Orphan chunk"), _chat("plain", "Plain id?"),
+               _chat("item_7", "Unchunked id?")]
+    path = tmp_path / "chunks.json"
+    text = json.dumps(records)
+    path.write_text(text[: text.rindex("{")] + '{"id": "cut')  # cut off inside the last record
+    report = ExchangeReport()
+    openings = list(exchanges(path, min_answer_chars=5, openings_only=True, report=report))
+    # z_3's first chunk is missing, but the file has shown itself chunked (x_0, x_1).
+    assert [e.origin for e in openings] == ["x_0#1", "y_0#1", "plain#1"]
+    assert report.continuation_chunks == 3
+    assert any("cut off after 6 complete records" in line for line in report.lines())
+    assert any("3 continuation chunk(s)" in line for line in report.lines())
+    # Every exchange (not only openings) keeps the chunks: they hold real exchanges.
+    assert len(list(exchanges(path, min_answer_chars=5))) == 6
+
+
+def test_ids_with_a_number_suffix_are_openings_where_no_base_repeats(tmp_path):
+    path = tmp_path / "numbered.jsonl"
+    path.write_text("".join(json.dumps(_chat(f"item_{k}", f"Question {k}?")) + "\n"
+                            for k in range(1, 4)))
+    report = ExchangeReport()
+    assert len(list(exchanges(path, min_answer_chars=5, openings_only=True, report=report))) == 3
+    assert report.continuation_chunks == 0

@@ -14,15 +14,10 @@ import pytest
 from conftest import alpaca_records, sharegpt_records, write_json, write_jsonl
 
 import gradfilter as gf
+from gradfilter.bench.corruptions import CORRUPTIONS, NON_ANSWER, corrupt
 from gradfilter.bench.intervals import auprc, auroc
-from gradfilter.bench.noise import (
-    CORRUPTIONS,
-    NON_ANSWER,
-    answering_turns,
-    corrupt,
-    run_noise_benchmark,
-)
-from gradfilter.data.conversations import Turn
+from gradfilter.bench.noise import run_noise_benchmark
+from gradfilter.data.conversations import Turn, answering_turns
 from gradfilter.scoring.proxy import load_tokenizer
 
 PLUGIN = '''

@@ -52,7 +52,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .bench.noise import register_corruption, run_noise_benchmark
+    from .bench.corruptions import register_corruption
+    from .bench.noise import run_noise_benchmark
     from .config import METHODS, ScoreConfig
     from .data.dataset import read_dataset
     from .scoring.score import score

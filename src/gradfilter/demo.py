@@ -22,7 +22,7 @@ import numpy as np
 from .bench.intervals import Interval, Ranking, percentile_interval, resample_weights
 from .config import ScoreConfig
 from .data.conversations import Turn
-from .data.exchanges import exchanges
+from .data.exchanges import ExchangeReport, exchanges
 from .errors import GradfilterError
 from .selection import select_top
 
@@ -65,16 +65,24 @@ def demo_config() -> ScoreConfig:
     )
 
 
-def demo_exchanges(tokenizer, n: int, max_length: int = DEMO_MAX_LENGTH) -> list[list[Turn]]:
+def demo_exchanges(tokenizer, n: int, max_length: int = DEMO_MAX_LENGTH,
+                   report: ExchangeReport | None = None) -> list[list[Turn]]:
     """The first `n` conversation openings of the ShareGPT file whose prompt and answer fit
     `max_length` tokens whole (in the proxy's template), so that every record is scored on all
-    of it."""
+    of it. `report` gets the continuation chunks passed over and, since the demo reads only the
+    file's start, a warning when the file is cut off at its end."""
     from .scoring.tokenization import encode, resolve_template
 
     template = resolve_template(tokenizer, "auto")
+    report = report if report is not None else ExchangeReport()
+    if json_array_cut_off(demo_data()):
+        report.read.warnings.append(
+            f"{demo_data()}: the JSON array is cut off at its end (the package ships it so); "
+            "its complete records are read, and the demo reads only the first of them")
     found = []
     for exchange in exchanges(demo_data(), max_prompt_chars=4 * max_length,
-                              max_answer_chars=4 * max_length, openings_only=True):
+                              max_answer_chars=4 * max_length, openings_only=True,
+                              report=report):
         turns = [Turn("user", exchange.prompt), Turn("assistant", exchange.answer)]
         if not encode(turns, tokenizer, template, max_length).truncated:
             found.append(turns)
@@ -84,10 +92,17 @@ def demo_exchanges(tokenizer, n: int, max_length: int = DEMO_MAX_LENGTH) -> list
                           f"{max_length} tokens, {n} asked for")
 
 
+def json_array_cut_off(path: Path) -> bool:
+    """Whether a JSON array file does not end with its closing bracket (read from its tail)."""
+    with open(path, "rb") as handle:
+        handle.seek(max(0, path.stat().st_size - 64))
+        return not handle.read().rstrip().endswith(b"]")
+
+
 def mix_in_corruptions(conversations: list[list[Turn]], tokenizer
                        ) -> tuple[list[list[Turn]], list[str | None]]:
     """A seeded 20% of the answers corrupted, the noise benchmark's four kinds in turn."""
-    from .bench.noise import corrupt
+    from .bench.corruptions import corrupt
 
     return corrupt(conversations, DEMO_CORRUPT, DEMO_KINDS, DEMO_SEED, tokenizer)
 

@@ -1,16 +1,15 @@
 """The noise benchmark of evaluation.md §1: corrupt a known part of the data, score the mixed
 set with every method, and measure how much corruption each method keeps.
 
-Corruptions act on every assistant turn that answers a prompt (the turns that carry loss);
-they are registered by name, so users can add their own with `register_corruption`.
+Corruptions (`corruptions.py`) act on every assistant turn that answers a prompt (the turns that
+carry loss); they are registered by name, so users can add their own with `register_corruption`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,14 +18,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..config import ScoreConfig
-from ..data.conversations import Turn, answering_turns, prompt_of
+from ..data.conversations import Turn, answering_turns
 from ..diversity import DEFAULT_THRESHOLD, dedup
 from ..errors import GradfilterError
 from ..outputs import atomic_path, atomic_write_text, write_run_record
-from ..seeds import CORRUPTION_STREAM, derived_seed
 from ..selection import select_top
 from ..table import load_sketch_features, utility_scores
 from ..utilities import UTILITIES
+from .corruptions import (  # noqa: F401  (register_corruption, CorruptionContext: plugin API)
+    CORRUPTIONS,
+    CorruptionContext,
+    corrupt,
+    corrupted_count,
+    register_corruption,
+)
 from .intervals import (
     RESAMPLES,
     Ranking,
@@ -38,121 +43,6 @@ from .intervals import (
 )
 
 CURVE_BUDGETS = tuple(round(0.01 * k, 2) for k in range(1, 51))
-
-
-@dataclass(frozen=True)
-class CorruptionContext:
-    """What a corruption may use: its own seeded generator, the proxy's tokenizer, and the
-    assistant texts of the whole dataset (for swaps)."""
-
-    rng: np.random.Generator
-    tokenizer: object
-    responses: Sequence[str]
-
-
-Corruption = Callable[[str, str, CorruptionContext], str]  # (prompt, response, context) -> new
-CORRUPTIONS: dict[str, Corruption] = {}
-
-
-def register_corruption(name: str) -> Callable[[Corruption], Corruption]:
-    """Register `fn(prompt, response, context) -> corrupted response` under `name`."""
-
-    def register(fn: Corruption) -> Corruption:
-        CORRUPTIONS[name] = fn
-        return fn
-
-    return register
-
-
-@register_corruption("swap")
-def swap_response(prompt: str, response: str, context: CorruptionContext) -> str:
-    """Another example's response (drawn until it differs from this one)."""
-    for _ in range(100):
-        other = context.responses[int(context.rng.integers(len(context.responses)))]
-        if other != response:
-            return other
-    raise GradfilterError("swap corruption: every response in the data is the same")
-
-
-@register_corruption("truncate")
-def truncate_response(prompt: str, response: str, context: CorruptionContext) -> str:
-    """The response cut to its first 15% of tokens (at least one)."""
-    ids = context.tokenizer(response, add_special_tokens=False)["input_ids"]
-    return context.tokenizer.decode(ids[: max(1, math.ceil(0.15 * len(ids)))])
-
-
-@register_corruption("repeat")
-def repeat_ngram(prompt: str, response: str, context: CorruptionContext) -> str:
-    """A short n-gram of the response (1-3 words) repeated to the response's word count."""
-    words = response.split() or ["the"]
-    n = int(context.rng.integers(1, 4))
-    start = int(context.rng.integers(max(1, len(words) - n + 1)))
-    gram = words[start : start + n]
-    return " ".join((gram * (len(words) // len(gram) + 2))[: max(len(words), 2 * len(gram))])
-
-
-@register_corruption("echo")
-def echo_prompt(prompt: str, response: str, context: CorruptionContext) -> str:
-    """The prompt echoed back as the response."""
-    return prompt
-
-
-NON_ANSWER = ("I'm sorry, but I can't give a complete answer to that right now. Please let "
-              "me know if there is anything else I can help you with.")
-
-
-@register_corruption("near_duplicate")
-def near_duplicate(prompt: str, response: str, context: CorruptionContext) -> str:
-    """One fixed non-answer template with a light edit (one word dropped or doubled, seeded):
-    every record so corrupted is a near-duplicate of the others, as templated non-answers and
-    canned refusals are in real data."""
-    words = NON_ANSWER.split()
-    k = int(context.rng.integers(len(words)))
-    if context.rng.random() < 0.5:
-        del words[k]
-    else:
-        words.insert(k, words[k])
-    return " ".join(words)
-
-
-def corrupted_count(fraction: float, records: int) -> int:
-    """How many records a draw corrupts: round(fraction * records), halves up."""
-    return math.floor(fraction * records + 0.5)
-
-
-def corrupt(conversations: list[list[Turn]], fraction: float, kinds: Sequence[str], seed: int,
-            tokenizer) -> tuple[list[list[Turn]], list[str | None]]:
-    """Corrupt round(fraction * N) conversations, the kinds in equal shares, all seeded. A
-    corruption that leaves a record as it was (a one-word answer cannot be shuffled) leaves
-    it labelled clean: a label is never a claim the text does not bear out."""
-    unknown = [k for k in kinds if k not in CORRUPTIONS]
-    if unknown:
-        raise GradfilterError(f"unknown corruption {unknown}; registered: {list(CORRUPTIONS)}")
-    if not 0 < fraction < 1:
-        raise GradfilterError(f"--corrupt must be in (0, 1), got {fraction}")
-    eligible = [i for i, turns in enumerate(conversations) if answering_turns(turns)]
-    count = corrupted_count(fraction, len(conversations))
-    if count > len(eligible):
-        raise GradfilterError(f"cannot corrupt {count} records: only {len(eligible)} have an "
-                              "assistant turn answering a prompt")
-    rng = np.random.default_rng(derived_seed(seed, CORRUPTION_STREAM))
-    chosen = rng.permutation(eligible)[:count]
-    responses = [t.text for turns in conversations for t in turns if t.role == "assistant"]
-    context = CorruptionContext(rng, tokenizer, responses)
-    labels: list[str | None] = [None] * len(conversations)
-    mixed = list(conversations)
-    for position, i in enumerate(sorted(int(c) for c in chosen)):
-        kind = kinds[position % len(kinds)]
-        mixed[i] = _corrupt_turns(conversations[i], CORRUPTIONS[kind], context)
-        labels[i] = kind if mixed[i] != conversations[i] else None
-    return mixed, labels
-
-
-def _corrupt_turns(turns: list[Turn], corruption: Corruption, context) -> list[Turn]:
-    new = list(turns)
-    for k in answering_turns(turns):
-        new[k] = Turn("assistant", corruption(prompt_of(turns, k), turns[k].text, context))
-    return new
 
 
 def messages_jsonl(conversations: list[list[Turn]]) -> str:

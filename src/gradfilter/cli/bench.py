@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from ..bench.corruptions import OPT_IN, SHIPPED
 from ..config import ScoreConfig
 from ..diversity import DEFAULT_THRESHOLD, DIVERSITY
 from ..utilities import BASELINE_SCORES, UTILITIES
@@ -43,8 +44,9 @@ def bench() -> None:
 @click.option("--out-dir", type=click.Path(path_type=Path), required=True)
 @click.option("--corrupt", "fraction", type=float, default=0.2, show_default=True,
               help="Fraction of records to corrupt.")
-@click.option("--corruptions", default="swap,truncate,repeat,echo", show_default=True,
-              help="Corruption types, applied in equal shares.")
+@click.option("--corruptions", default=",".join(SHIPPED), show_default=True,
+              help="Corruption types, applied in equal shares. Opt-in kinds: "
+                   f"{', '.join(OPT_IN)} (docs/method.md, 'Noise benchmark').")
 @click.option("--corrupt-seeds", default="0", show_default=True,
               help="Corruption draws (comma-separated seeds): each is scored and measured; "
                    "with several, the intervals are Student's t over the draws.")

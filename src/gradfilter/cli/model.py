@@ -122,6 +122,7 @@ def demo(out_dir: Path, records: int, quiet: bool) -> None:
     exchanges, 20% of them corrupted on purpose, scored with SmolLM2-135M; the subset and what
     it kept of them."""
     from ..bench.noise import write_labels, write_messages
+    from ..data.exchanges import ExchangeReport
     from ..demo import (
         demo_config,
         demo_data,
@@ -140,7 +141,11 @@ def demo(out_dir: Path, records: int, quiet: bool) -> None:
                                  config.proxy, out_option="--out-dir",
                                  stats_option="--out-dir"))
     tokenizer = load_tokenizer(config.proxy)
-    mixed, labels = mix_in_corruptions(demo_exchanges(tokenizer, records), tokenizer)
+    read = ExchangeReport()
+    mixed, labels = mix_in_corruptions(demo_exchanges(tokenizer, records, report=read),
+                                       tokenizer)
+    for line in read.lines():
+        console.print(f"note: {line}")
     refuse_foreign_files(out_dir, mixed, labels)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_messages(data, mixed)

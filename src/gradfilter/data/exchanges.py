@@ -4,14 +4,19 @@ benchmarks' ShareGPT pools)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import GradfilterError
 from .conversations import Turn, detect_format, to_turns
-from .readers import iter_records
+from .readers import ReadReport, iter_records
 from .sources import resolve_source
+
+# ShareGPT V3 splits a long conversation into records with ids `<id>_0`, `<id>_1`, ...; a
+# chunk after the first starts in the middle of the conversation.
+_CHUNK_ID = re.compile(r"^(?P<base>.+)_(?P<n>\d+)$")
 
 
 @dataclass(frozen=True)
@@ -25,16 +30,38 @@ class Exchange:
                 "source": self.origin}
 
 
+@dataclass
+class ExchangeReport:
+    """What a pass over a file met besides its exchanges: the reader's warnings (a file cut
+    off mid-record) and, for openings, how many continuation chunks it passed over."""
+
+    read: ReadReport = field(default_factory=ReadReport)
+    continuation_chunks: int = 0
+
+    def lines(self) -> list[str]:
+        chunks = ([f"{self.continuation_chunks} continuation chunk(s) of split conversations "
+                   "(ids <id>_<n>, n > 0) passed over: they do not open a conversation"]
+                  if self.continuation_chunks else [])
+        return [*self.read.warnings, *chunks]
+
+
 def exchanges(path: str | Path, max_prompt_chars: int = 400, max_answer_chars: int | None = None,
-              min_answer_chars: int = 20, openings_only: bool = False) -> Iterator[Exchange]:
+              min_answer_chars: int = 20, openings_only: bool = False,
+              report: ExchangeReport | None = None) -> Iterator[Exchange]:
     """The exchanges of `path` (streamed) whose prompt and answer lengths are within bounds,
     each distinct exchange once; records the reader cannot read or validate are passed over
     (they are not data to learn from). `openings_only`: only each conversation's first
-    exchange, the one whose prompt needs no earlier turn to make sense."""
+    exchange, the one whose prompt needs no earlier turn to make sense; a later chunk of a
+    conversation split into several records (`ContinuationRule`) opens nothing."""
     source = resolve_source(path)
+    report = report if report is not None else ExchangeReport()
+    continuation = ContinuationRule()
     fmt, seen = None, set()
-    for record in iter_records(source, skip_bad_records=True):
+    for record in iter_records(source, report.read, skip_bad_records=True):
         if record.error is not None:
+            continue
+        if openings_only and continuation.passes_over(record.data.get("id")):
+            report.continuation_chunks += 1
             continue
         fmt = fmt or detect_format(record, source)
         try:
@@ -50,6 +77,29 @@ def exchanges(path: str | Path, max_prompt_chars: int = 400, max_answer_chars: i
                 continue
             seen.add((prompt, answer))
             yield Exchange(prompt, answer, f"{record.data.get('id', record.index)}#{k}")
+
+
+class ContinuationRule:
+    """Tells the later chunks of split conversations: a record whose id is `<base>_<n>` with
+    n > 0 is a continuation when `<base>_0` came earlier, or when the file has already shown
+    itself chunked (a `<base>_0` followed by its `<base>_1`) and this base's first chunk is
+    missing. Ids of another shape, and numbered ids with no `_0` (`item_1`, `item_2`), are
+    openings."""
+
+    def __init__(self) -> None:
+        self.openers: set[str] = set()
+        self.chunked = False
+
+    def passes_over(self, record_id: object) -> bool:
+        match = _CHUNK_ID.match(record_id) if isinstance(record_id, str) else None
+        if match is None:
+            return False
+        base, n = match["base"], int(match["n"])
+        if n == 0:
+            self.openers.add(base)
+            return False
+        self.chunked = self.chunked or base in self.openers
+        return self.chunked
 
 
 def _answer_positions(turns: list[Turn], openings_only: bool) -> range:
