@@ -9,19 +9,19 @@ import click
 from rich.console import Console
 
 from ..data.conversations import FORMATS
-from .options import data_options, out_format_option, select_options, split_option
+from .options import OUT_HELP, data_options, out_format_option, select_options, split_option
 from .report import print_selection
 
 
 @click.command()
 @click.argument("data")
 @click.option("--stats", type=click.Path(path_type=Path), required=True)
-@click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="Subset file (a directory for --out-format hf).")
+@click.option("--out", type=click.Path(), required=True,
+              help=f"Subset file (a directory for --out-format hf). {OUT_HELP}")
 @data_options
 @out_format_option
 @select_options
-def select(data: str, stats: Path, out: Path, fmt, fields, limit, split, **options) -> None:
+def select(data: str, stats: Path, out: str, fmt, fields, limit, split, **options) -> None:
     """Write the top records of DATA by a utility from a statistics table (no model needed).
 
     DATA is streamed, never held: memory holds the table's scores and the chosen indices.
@@ -31,9 +31,9 @@ def select(data: str, stats: Path, out: Path, fmt, fields, limit, split, **optio
     from ..subset import select as select_subset
 
     refuse_collisions(*select_paths(data, stats, out, options["out_format"]))
-    subset = select_subset(data, stats, out, fmt=fmt, fields=parse_fields(fields), limit=limit,
-                           split=split, **options)
-    print_selection(subset, out, stats)
+    subset = select_subset(data, stats, Path(out), fmt=fmt, fields=parse_fields(fields),
+                           limit=limit, split=split, **options)
+    print_selection(subset, Path(out), stats)
 
 
 @click.command()

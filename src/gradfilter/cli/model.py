@@ -15,6 +15,7 @@ from ..config import ScoreConfig
 from ..demo import DEMO_RECORDS
 from ..subset import Subset
 from .options import (
+    OUT_HELP,
     config_from,
     data_options,
     out_format_option,
@@ -28,12 +29,12 @@ from .report import console, print_recoveries, print_selection
 
 @click.command()
 @click.argument("data")
-@click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="Statistics table (Parquet).")
+@click.option("--out", type=click.Path(), required=True,
+              help=f"Statistics table (Parquet). {OUT_HELP}")
 @data_options
 @skip_option
 @score_options()
-def score(data: str, out: Path, fmt, fields, limit, split, skip_bad_records, method,
+def score(data: str, out: str, fmt, fields, limit, split, skip_bad_records, method,
           save_adapters, checkpoint_dir, checkpoint_every, quiet, **options) -> None:
     """Score DATA (the LoRA ensemble, or a baseline) and write the statistics table.
 
@@ -48,7 +49,7 @@ def score(data: str, out: Path, fmt, fields, limit, split, skip_bad_records, met
     refuse_collisions(*score_paths(data, out, options["proxy"], checkpoint_dir=checkpoint_dir,
                                    save_adapters=save_adapters))
     dataset = read_data(data, fmt, fields, limit, split, skip_bad_records)
-    table = run_score(dataset, out, config_from(options), method=method,
+    table = run_score(dataset, Path(out), config_from(options), method=method,
                       save_adapters=save_adapters, skip_bad_records=skip_bad_records,
                       progress=not quiet, checkpoint_dir=checkpoint_dir,
                       checkpoint_every=checkpoint_every)
@@ -62,8 +63,8 @@ def score(data: str, out: Path, fmt, fields, limit, split, skip_bad_records, met
 
 @click.command()
 @click.argument("data")
-@click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="Subset file (a directory for --out-format hf).")
+@click.option("--out", type=click.Path(), required=True,
+              help=f"Subset file (a directory for --out-format hf). {OUT_HELP}")
 @click.option("--stats", type=click.Path(path_type=Path), default=None,
               help="Statistics table (default: <out>.stats.parquet).")
 @data_options
@@ -71,7 +72,7 @@ def score(data: str, out: Path, fmt, fields, limit, split, skip_bad_records, met
 @select_options
 @skip_option
 @score_options()
-def run(data: str, out: Path, stats: Path | None, fmt, fields, limit, split, out_format,
+def run(data: str, out: str, stats: Path | None, fmt, fields, limit, split, out_format,
         skip_bad_records, method, save_adapters, checkpoint_dir, checkpoint_every, quiet, ratio,
         count, utility, order, score_field, diversity, diversity_threshold, **options) -> None:
     """Score DATA and write the selected subset in one go (default --ratio 0.1)."""
@@ -82,8 +83,8 @@ def run(data: str, out: Path, stats: Path | None, fmt, fields, limit, split, out
                                  out_format=out_format))
     if ratio is None and count is None:
         ratio = 0.1
-    score_and_select(read_data(data, fmt, fields, limit, split, skip_bad_records), out, stats,
-                     config_from(options),
+    score_and_select(read_data(data, fmt, fields, limit, split, skip_bad_records), Path(out),
+                     stats, config_from(options),
                      dict(method=method, save_adapters=save_adapters,
                           skip_bad_records=skip_bad_records, progress=not quiet,
                           checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every),

@@ -45,6 +45,9 @@ skip_option = click.option(
          "missing field) as unscored rows in their place (listed in the run record) instead "
          "of stopping.")
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
+# Outputs keep the user's spelling (a trailing '/' says "a directory"); paths.writes checks it.
+OUT_HELP = ("A symbolic link is followed (its target is replaced, the link kept); a device, FIFO "
+            "or socket there is refused, as is - (standard output).")
 
 
 def data_options(command: Callable) -> Callable:
