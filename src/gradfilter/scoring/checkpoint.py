@@ -3,6 +3,8 @@
 Layout of `--checkpoint-dir DIR`:
 
     fingerprint.json          every setting that affects results, and the data's hash
+    runs.json                 each run that worked on it: where it began and the settings
+                              outside the fingerprint (the micro-batch budget, processes)
     lock                      flock-ed by the run using the directory (rank 0)
     state.json                the commit point: last committed step, collected epochs, finished
     train-<step>/member<m>.pt member m's own training state (the ensemble's payload: its LoRA A/B
@@ -17,7 +19,8 @@ one. A training checkpoint is committed only when state.json names it, after all
 written (and, under torchrun, after every rank wrote its members); a shard is committed when
 its rename lands. The snapshots taken at the end of the collected epochs are kept (a later
 export of the adapters, or a collection pass interrupted after training went on, needs them);
-other superseded training checkpoints are deleted.
+other superseded training checkpoints are deleted. SIGTERM and SIGHUP are held until the next
+commit (see `interrupts`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ import os
 import shutil
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -37,7 +42,9 @@ from typing import IO, Any
 import numpy as np
 import torch
 
+from .. import interrupts
 from ..errors import GradfilterError
+from ..outputs import is_write_error, output_error, temp_prefix
 from .distributed import Comm, Topology
 
 FORMAT = 1
@@ -45,17 +52,23 @@ SLEEP_HOOK = "GRADFILTER_TEST_SLEEP_AFTER_CHECKPOINT"  # test hook: pause after 
 
 
 def durable_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write `path` atomically and durably: temporary file beside it, fsync, rename, fsync dir."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write `path` atomically and durably: temporary file beside it, fsync, rename, fsync dir.
+    A full disk is a one-line error naming `path`."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise output_error(path, exc) from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and is_write_error(exc, tmp):
+            raise output_error(path, exc) from exc
         raise
     _fsync_directory(path.parent)
 
@@ -76,7 +89,19 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise GradfilterError(f"{path}: unreadable checkpoint file: {exc}") from None
+        raise unreadable(path, exc) from None
+
+
+def unreadable(path: Path, exc: BaseException, what: str = "checkpoint file") -> GradfilterError:
+    """The one-line error for a checkpoint file that cannot be read, with a reason after the
+    colon even where the library gives none (an empty file's EOFError)."""
+    try:
+        empty = path.stat().st_size == 0
+    except OSError:
+        empty = False
+    reason = ("the file is empty (0 bytes: cut off by a crash or a full disk?)" if empty else
+              " ".join(str(exc).split()) or type(exc).__name__)
+    return GradfilterError(f"{path}: unreadable {what}: {reason}")
 
 
 def _shown(key: str, value: Any) -> str:
@@ -109,7 +134,9 @@ class Checkpoint:
         self.every = every
         self.manifest = Manifest()
         self.opened = False
+        self.runs: list[dict[str, Any]] = []  # runs.json: the runs that worked on it
         self._lock: IO[bytes] | None = None
+        self._held = ExitStack()
 
     # --- opening -------------------------------------------------------------------------
 
@@ -131,8 +158,23 @@ class Checkpoint:
             self._tidy()
         self.comm.barrier()
         self.manifest = self._read_manifest()
+        runs = self.root / "runs.json"
+        self.runs = _read_json(runs) if runs.exists() else []
         self.opened = True
         return self.manifest
+
+    def record_run(self, **settings: Any) -> None:
+        """Add this run to runs.json (rank 0): the step and epochs it starts from and
+        `settings` that are not in the fingerprint but produced numbers (the micro-batch
+        budget, the number of processes). A finished directory, which only rebuilds the
+        table, adds nothing."""
+        if self.manifest.finished:
+            return
+        self.runs.append({"from_step": self.manifest.step,
+                          "collected_before": list(self.manifest.collected),
+                          "checkpoint_every": self.every, **settings})
+        if self.comm.rank == 0:
+            _write_json(self.root / "runs.json", self.runs)
 
     def _take_lock(self) -> None:
         """One run per directory: two would overwrite each other's commits. The kernel drops
@@ -147,10 +189,17 @@ class Checkpoint:
 
     def __enter__(self) -> Checkpoint:
         self.open()
+        self._held.enter_context(interrupts.until_boundary())
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.close()
+        try:
+            if exc_info[0] is None:
+                self._held.close()  # a signal held to the end stops the run here
+            else:
+                self._held.__exit__(*exc_info)
+        finally:
+            self.close()
 
     def close(self) -> None:
         """Release the directory for the next run."""
@@ -216,6 +265,7 @@ class Checkpoint:
                 if old_step < step and old_step not in kept:
                     shutil.rmtree(old)
         _sleep_hook()
+        self._boundary(f"step {step}")
 
     def load_train(self, members: list[int]) -> tuple[dict[int, dict], dict]:
         """The last committed training state: the payloads of `members` and the common one."""
@@ -248,6 +298,7 @@ class Checkpoint:
             arrays["sketches"] = sketches
         durable_write(directory / name, lambda h: np.savez(h, **arrays))
         _sleep_hook()
+        self._boundary(f"collection batches {batches[0]}-{batches[-1]} after epoch {epoch}")
 
     def shards(self, epoch: int) -> list[dict[str, np.ndarray]]:
         """Every committed shard of the collection after `epoch`, in name order."""
@@ -256,8 +307,8 @@ class Checkpoint:
             try:
                 with np.load(path, allow_pickle=False) as data:
                     shards.append({key: data[key] for key in data.files})
-            except (OSError, ValueError) as exc:
-                raise GradfilterError(f"{path}: unreadable collection shard: {exc}") from None
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+                raise unreadable(path, exc, "collection shard") from None
         return shards
 
     def mark_collected(self, epoch: int) -> None:
@@ -267,6 +318,12 @@ class Checkpoint:
         if self.comm.rank == 0:
             self._commit(self.manifest)
         _sleep_hook()
+        self._boundary(f"the collection after epoch {epoch}")
+
+    def _boundary(self, what: str) -> None:
+        """Stop here if SIGTERM or SIGHUP came since the last commit."""
+        interrupts.boundary(f": stopped after committing {what} to {self.root}; the same "
+                            "command continues from there")
 
     def mark_finished(self) -> None:
         self.comm.barrier()
@@ -297,7 +354,7 @@ def _load(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError) as exc:
-        raise GradfilterError(f"{path}: unreadable checkpoint file: {exc}") from None
+        raise unreadable(path, exc) from None
 
 
 def _sleep_hook() -> None:
@@ -330,6 +387,9 @@ class NullCheckpoint:
         return False
 
     def save_shard(self, *args: Any) -> None:
+        pass
+
+    def record_run(self, **settings: Any) -> None:
         pass
 
     def shards(self, epoch: int) -> list[dict[str, np.ndarray]]:

@@ -174,6 +174,7 @@ def train_and_collect(
     lengths = np.array([len(encoded[i].input_ids) for i in scorable], dtype=np.int64)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     budget = batch_tokens(config.batch_tokens, ensemble.model, device, dtype, "gradients")
+    checkpoint.record_run(batch_tokens=budget, world_size=comm.world)
     trainer = Trainer(ensemble, batcher, lengths, config, autocast, checkpoint, budget)
     collector = Collector(ensemble, batcher, lengths, config, autocast, checkpoint, topology,
                           budget)

@@ -16,11 +16,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from ..arguments import path_or_name, whole_number
 from ..config import METHODS, Method, ScoreConfig
 from ..data.conversations import Format, unscorable_reason
 from ..data.dataset import Dataset, as_dataset, record_notes
 from ..errors import GradfilterError
-from ..outputs import device_description, write_run_record
+from ..outputs import device_description, write_run_record, written_together
 from ..paths import refuse_collisions, score_paths
 from ..progress import progress_bars
 from ..table import baseline_table, gsnr_table, record_columns, write_table
@@ -125,10 +126,12 @@ def score(
     directory just rebuilds the table. Launched by torchrun, the ranks split the members (see
     `distributed`); every rank returns the table, rank 0 writes it.
     """
-    config = config or ScoreConfig()
+    config = ScoreConfig() if config is None else config
+    if not isinstance(data, Dataset):
+        path_or_name(data, "DATA")
+    _check_arguments(config, method, checkpoint_dir, checkpoint_every)
     refuse_collisions(*score_paths(data, out, config.proxy, checkpoint_dir=checkpoint_dir,
                                    save_adapters=save_adapters))
-    _check_arguments(config, method, checkpoint_dir, checkpoint_every)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     dataset = as_dataset(data, fmt, limit, skip_bad_records)
@@ -171,7 +174,10 @@ def score(
 
 
 def _check_arguments(config: ScoreConfig, method: str, checkpoint_dir, checkpoint_every) -> None:
+    if not isinstance(config, ScoreConfig):
+        raise GradfilterError(f"config must be a ScoreConfig, got {type(config).__name__}")
     config.validate()
+    whole_number(checkpoint_every, "--checkpoint-every")
     if method not in METHODS:
         raise GradfilterError(f"--method must be one of {list(METHODS)}, got {method!r}")
     if checkpoint_every < 1:
@@ -211,6 +217,8 @@ def _score_gsnr(tokens: Tokenized, model: torch.nn.Module, tokenizer, config: Sc
                               checkpoint=checkpoint, comm=comm)
     timings.update(stats.phase_seconds)
     details["batch_tokens"] = stats.batch_tokens
+    if details.get("checkpoint") is not None:  # every run that worked on the table, its budget
+        details["checkpoint"]["runs"] = checkpoint.runs
     details["train_loss_first_last"] = stats.train_losses[:1] + stats.train_losses[-1:]
     sketch_meta = (ensemble.sketch_projection(config.sketch_dim, config.seed).metadata()
                    if config.sketch_dim else None)
@@ -239,6 +247,7 @@ def _score_baseline(method: str, tokens: Tokenized, model: torch.nn.Module | Non
     return baseline_table(tokens.record_columns(), columns, method, config)
 
 
+@written_together  # the table and its run record move into place together
 def _write_score_outputs(out: Path, table: pa.Table, dataset: Dataset, tokens: Tokenized,
                          method: str, config: ScoreConfig, device: torch.device,
                          dtype: torch.dtype, timings: dict[str, float], details: dict) -> None:
