@@ -65,6 +65,11 @@ def inspect(data: str, fmt, fields, split, max_problems: int, strict: bool) -> N
               f"{found.percentiles(found.response_chars)}")
     for warning in found.warnings:
         out.print(f"warning: {warning}", markup=False)
+    if found.copies is not None and found.copies.records:
+        out.print(f"exact copies: {found.copies.line()}", markup=False)
+    if found.duplicate_keys or found.empty_replies:
+        out.print(f"{found.duplicate_keys} records with a duplicate key, {found.empty_replies} "
+                  "with an empty reply (listed below)", markup=False)
     if found.role_variants:
         out.print(f"note: {role_variants_note(found.role_variants, found.first_role_variant)}",
                   markup=False)

@@ -28,6 +28,26 @@ def recoveries(report: ReadReport, notes: dict) -> list[str]:
                      "(scored; the unanswered tail carries no loss)")
     if notes.get("role_variants"):
         lines.append(role_variants_note(len(notes["role_variants"]), notes["role_variants"][0]))
+    lines.extend(quality_notes(notes))
+    return lines
+
+
+def quality_notes(notes: dict) -> list[str]:
+    """Records that were scored though they say less than they seem to."""
+    lines = []
+    if notes.get("duplicate_keys"):
+        first, keys = next(iter(notes["duplicate_keys"].items()))
+        lines.append(f"{len(notes['duplicate_keys'])} records have a key twice in one JSON "
+                     f"object (the last value read; the first: record {first}, key "
+                     f"{keys[0]!r})")
+    if notes.get("empty_replies"):
+        lines.append(f"{len(notes['empty_replies'])} records have an empty reply (scored; the "
+                     f"first: record {notes['empty_replies'][0]})")
+    copies = notes.get("exact_copies") or {}
+    if copies.get("records"):
+        lines.append(f"{copies['records']} records are exact copies of an earlier record (all "
+                     f"kept); the most repeated, record {copies['most_copied']}, appears "
+                     f"{copies['count']} times")
     return lines
 
 
