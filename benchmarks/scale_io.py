@@ -13,6 +13,7 @@ about 0.94), so `select --diversity dedup` has work to do.
 
     python benchmarks/scale_io.py                     # 1M records under /tmp/gradfilter-scale
     python benchmarks/scale_io.py --records 100000 --dir /tmp/x --keep
+    python benchmarks/scale_io.py --reuse --keep --steps parquet hf   # JSONL to Arrow only
 
 Not a test: it takes minutes and a few GB of scratch disk.
 """
@@ -134,6 +135,9 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="Keep the scratch files.")
     parser.add_argument("--reuse", action="store_true",
                         help="Use the files an earlier --keep run left in --dir.")
+    parser.add_argument("--steps", nargs="+", default=None, metavar="WORD",
+                        help="Run only the steps whose name holds one of these words, e.g. "
+                             "parquet hf (the start-up step always runs).")
     parser.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
@@ -165,28 +169,41 @@ def main() -> None:
             *CLI, "select", str(data), "--stats", str(stats), "--ratio", "0.1", "--diversity",
             "dedup", "--diversity-threshold", "0.9", "--out",
             str(args.dir / "subset-dedup.jsonl")]),
+        *((f"select --ratio {ratio} --out-format {container}", [
+            *CLI, "select", str(data), "--stats", str(stats), "--ratio", ratio, "--out-format",
+            container, "--out", str(args.dir / f"subset-{ratio}.{container}")])
+          for container in ("parquet", "hf") for ratio in ("0.1", "0.9")),
     ]
+    if args.steps:
+        steps = [step for step in steps if step is steps[0]
+                 or any(word in step[0] for word in args.steps)]
     results = []
     for k, (name, argv) in enumerate(steps):
         child = measure_child(name, argv, args.dir / f"step{k}.log")
         results.append({"step": name, "wall_s": round(child["wall_s"], 1),
                         "peak_rss_mib": round(child["peak_rss_mib"])})
-    with open(subset, encoding="utf-8") as handle:
-        kept = sum(1 for _ in handle)
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python "
           f"{platform.python_version()}")
-    print(f"{'step':<36}{'wall s':>8}{'peak RSS MiB':>14}{'of file size':>14}")
+    print(f"{'step':<44}{'wall s':>8}{'peak RSS MiB':>14}{'of file size':>14}")
     for row in results:
         share = row["peak_rss_mib"] / size_mib
-        print(f"{row['step']:<36}{row['wall_s']:>8}{row['peak_rss_mib']:>14}{share:>13.0%}")
-    print(f"subset: {kept} records, {subset.stat().st_size / 2**20:.0f} MiB; this script's own "
-          f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
-    dedup = json.loads((args.dir / "subset-dedup.jsonl.run.json").read_text())["diversity"]
-    print(f"dedup: removed {dedup['removed']} of {dedup['processed']} looked at, "
-          f"{dedup['comparisons']} pairs compared, {dedup['bits']} bits x {dedup['tables']} "
-          f"tables, {dedup['capped_lookups']} capped lookups, {dedup['pool_reads']} pool reads")
-    print(json.dumps({"records": args.records, "file_mib": round(size_mib), "steps": results,
-                      "dedup": {k: v for k, v in dedup.items() if k != "groups"}}))
+        print(f"{row['step']:<44}{row['wall_s']:>8}{row['peak_rss_mib']:>14}{share:>13.0%}")
+    print(f"this script's own peak RSS "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    summary: dict = {"records": args.records, "file_mib": round(size_mib), "steps": results}
+    ran = {row["step"] for row in results}
+    if "select --ratio 0.1" in ran:
+        with open(subset, encoding="utf-8") as handle:
+            kept = sum(1 for _ in handle)
+        print(f"subset: {kept} records, {subset.stat().st_size / 2**20:.0f} MiB")
+    if "select --ratio 0.1 --diversity dedup (0.9)" in ran:
+        dedup = json.loads((args.dir / "subset-dedup.jsonl.run.json").read_text())["diversity"]
+        print(f"dedup: removed {dedup['removed']} of {dedup['processed']} looked at, "
+              f"{dedup['comparisons']} pairs compared, {dedup['bits']} bits x "
+              f"{dedup['tables']} tables, {dedup['capped_lookups']} capped lookups, "
+              f"{dedup['pool_reads']} pool reads")
+        summary["dedup"] = {k: v for k, v in dedup.items() if k != "groups"}
+    print(json.dumps(summary))
     if not args.keep:
         shutil.rmtree(args.dir)
 

@@ -282,3 +282,19 @@ def test_records_that_fit_no_schema_are_refused_and_nothing_is_left(tmp_path, mo
         gf.select(data, np.array([1.0, 2.0, 3.0]), tmp_path / "o.parquet", ratio=1.0,
                   out_format="parquet")
     assert os.listdir(tmp_path) == ["d.jsonl"]
+
+
+def test_a_full_disk_while_spilling_names_the_output_and_leaves_nothing(tmp_path, monkeypatch):
+    from gradfilter.data import batched
+
+    def spill_on_a_full_disk(records, rank, chosen, spill, *args):
+        spill.write(b'{"instruction": "a"')
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(batched, "_spill", spill_on_a_full_disk)
+    data = write_jsonl(tmp_path / "d.jsonl", alpaca_records(3))
+    out = tmp_path / "new" / "o.parquet"
+    with pytest.raises(gf.GradfilterError) as caught:
+        gf.select(data, np.array([1.0, 2.0, 3.0]), out, ratio=1.0, out_format="parquet")
+    assert str(caught.value) == f"cannot write {out}: No space left on device"
+    assert os.listdir(tmp_path) == ["d.jsonl"]

@@ -93,8 +93,8 @@ def together() -> Iterator[None]:
     try:
         yield
     except BaseException:
-        for _, remove in staged:
-            remove()
+        for _, remove in reversed(staged):  # the last first: it may sit in a directory made
+            remove()                        # for an earlier one
         raise
     finally:
         _staged.reset(token)
@@ -102,7 +102,7 @@ def together() -> Iterator[None]:
         try:
             staged[k][0]()
         except BaseException:
-            for _, remove in staged[:k + 1]:
+            for _, remove in reversed(staged[:k + 1]):
                 remove()
             raise
 

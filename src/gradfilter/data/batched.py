@@ -21,7 +21,16 @@ from typing import IO, Any
 import numpy as np
 
 from ..errors import GradfilterError
-from ..outputs import atomic_dir, atomic_path, temp_prefix, write_target
+from ..outputs import (
+    atomic_dir,
+    atomic_path,
+    is_write_error,
+    make_parents,
+    output_error,
+    remove_made,
+    temp_prefix,
+    write_target,
+)
 from .readers import Record
 
 BATCH_ROWS = 4096
@@ -50,10 +59,21 @@ def _scratch(out: Path, suffix: str) -> Iterator[IO[bytes]]:
     """A temporary file beside `out` (its file system has the room the output needs), removed
     whatever happens."""
     target = write_target(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(prefix=temp_prefix(target.name), suffix=suffix,
-                                     dir=target.parent) as handle:
-        yield handle
+    made = make_parents(out, target)
+    name = None
+    try:
+        with tempfile.NamedTemporaryFile(prefix=temp_prefix(target.name), suffix=suffix,
+                                         dir=target.parent) as handle:
+            name = handle.name
+            yield handle
+    except OSError as exc:
+        remove_made(made)
+        if name is None or is_write_error(exc, name):  # the spill's (a full disk): the output's
+            raise output_error(out, exc) from exc
+        raise
+    except BaseException:
+        remove_made(made)
+        raise
 
 
 def _spill(records: Iterable[Record], rank: np.ndarray, chosen: np.ndarray, spill: IO[bytes],
