@@ -181,13 +181,15 @@ def main() -> None:
     for k, (name, argv) in enumerate(steps):
         child = measure_child(name, argv, args.dir / f"step{k}.log")
         results.append({"step": name, "wall_s": round(child["wall_s"], 1),
+                        "cpu_s": round(child["user_s"] + child["system_s"], 1),
                         "peak_rss_mib": round(child["peak_rss_mib"])})
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python "
           f"{platform.python_version()}")
-    print(f"{'step':<44}{'wall s':>8}{'peak RSS MiB':>14}{'of file size':>14}")
+    print(f"{'step':<44}{'wall s':>8}{'CPU s':>8}{'peak RSS MiB':>14}{'of file size':>14}")
     for row in results:
         share = row["peak_rss_mib"] / size_mib
-        print(f"{row['step']:<44}{row['wall_s']:>8}{row['peak_rss_mib']:>14}{share:>13.0%}")
+        print(f"{row['step']:<44}{row['wall_s']:>8}{row['cpu_s']:>8}{row['peak_rss_mib']:>14}"
+              f"{share:>13.0%}")
     print(f"this script's own peak RSS "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     summary: dict = {"records": args.records, "file_mib": round(size_mib), "steps": results}

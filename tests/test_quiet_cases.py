@@ -250,6 +250,10 @@ def test_json_records_go_to_arrow_in_batches_holding_no_record(tmp_path, monkeyp
         data.write_text(json.dumps(records, indent=1), encoding="utf-8")
     scores = np.random.default_rng(1).standard_normal(17)
     out = tmp_path / "subset"
+    if out_format == "hf":  # streamed into the save_to_disk layout, not copied from a mapped file
+        import datasets
+
+        monkeypatch.setattr(datasets.Dataset, "from_file", _not_called)
     subset = gf.select(data, scores, out, ratio=0.9, order=order, out_format=out_format,
                        score_field="s")
     assert len(records_alive) >= 17 and max(records_alive) <= 1  # no record is held
@@ -269,6 +273,40 @@ def test_json_records_go_to_arrow_in_batches_holding_no_record(tmp_path, monkeyp
     assert written.schema.remove_metadata() == expected.schema
     assert written.to_pylist() == expected.to_pylist()
     assert sorted(os.listdir(tmp_path)) == [name, "subset", "subset.run.json"]
+
+
+def _not_called(*args, **kwargs):
+    raise AssertionError("the batches were copied through a memory-mapped stream file")
+
+
+def test_a_hf_layout_of_other_files_is_written_by_datasets_itself(tmp_path, monkeypatch):
+    """Where save_to_disk lays out anything but one .arrow data file (another `datasets`
+    version), the batches go through a stream file that `datasets` copies: same rows."""
+    import datasets
+
+    from gradfilter.data import batched
+
+    monkeypatch.setattr(batched, "BATCH_ROWS", 2)
+    save, laid_out = datasets.Dataset.save_to_disk, []
+
+    def save_with_a_second_file(self, path, **kwargs):
+        save(self, path, **kwargs)
+        if not laid_out:  # the one-row layout only
+            laid_out.append(path)
+            state = json.loads((Path(path) / "state.json").read_text(encoding="utf-8"))
+            state["_data_files"].append({"filename": "data-00001-of-00002.arrow"})
+            (Path(path) / "state.json").write_text(json.dumps(state), encoding="utf-8")
+
+    monkeypatch.setattr(datasets.Dataset, "save_to_disk", save_with_a_second_file)
+    records = alpaca_records(7)
+    data = write_jsonl(tmp_path / "d.jsonl", records)
+    out = tmp_path / "subset"
+    subset = gf.select(data, np.arange(7.0), out, ratio=1.0, out_format="hf")
+    assert laid_out
+    written = datasets.load_from_disk(str(out))
+    assert [row["instruction"] for row in written] == [
+        records[i]["instruction"] for i in subset.in_order("input")]
+    assert sorted(os.listdir(tmp_path)) == ["d.jsonl", "subset", "subset.run.json"]
 
 
 def test_records_that_fit_no_schema_are_refused_and_nothing_is_left(tmp_path, monkeypatch):
