@@ -11,8 +11,9 @@ exactly 20% corrupted and every record of a smaller pool is scored, clean or cor
 way, at every larger size.
 
 Writes, per size N, `OUT/N/mixed-s0.jsonl` (OpenAI messages) and `OUT/N/labels-s0.parquet`
-(`bench noise --labels` reads them), and `OUT/pools.json` (counts per kind per size, what was
-passed over).
+(`bench noise --labels` reads them); `OUT/heldout.jsonl`, the `--held-out` openings that come
+after the pools' in the file (clean: `bench finetune --held-out`, the same at every size); and
+`OUT/pools.json` (counts per kind per size, what was passed over).
 
     python benchmarks/studies/trend_pools.py runs/trend --proxy /tmp/smollm2-8l
 """
@@ -80,13 +81,17 @@ def main() -> None:
     parser.add_argument("--fit-tokens", type=int, default=320)
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--fraction", type=float, default=0.2)
+    parser.add_argument("--held-out", type=int, default=100)
     args = parser.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     kinds = args.kinds.split(",")
-    clean, passed = openings(args.proxy, sizes[-1], args.fit_tokens)
+    found, passed = openings(args.proxy, sizes[-1] + args.held_out, args.fit_tokens)
+    clean, held_out = found[: sizes[-1]], found[sizes[-1]:]
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_messages(args.out / "heldout.jsonl", held_out)
     mixed, labels = corrupt_by_segment(clean, sizes, args.fraction, kinds, args.proxy)
     summary = {"sizes": sizes, "fit_tokens": args.fit_tokens, "kinds": kinds,
-               "fraction": args.fraction, **passed, "pools": {}}
+               "fraction": args.fraction, "held_out": len(held_out), **passed, "pools": {}}
     for n in sizes:
         directory = args.out / str(n)
         directory.mkdir(parents=True, exist_ok=True)
