@@ -95,8 +95,8 @@ def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_s
         log=console.print, diversity=diversity, diversity_threshold=diversity_threshold)
     Console(soft_wrap=True).print(results_markdown(results), markup=False)
     console.print(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}, "
-                  f"plots {out_dir / 'contamination.png'}, {out_dir / 'distributions.png'}; "
-                  f"the page to open: {out_dir / REPORT_NAME}")
+                  f"plots {out_dir / 'contamination.png'}, {out_dir / 'distributions.png'}")
+    print_page(out_dir)
 
 
 @bench.command()
@@ -187,8 +187,8 @@ def judge(models: tuple[str, ...], prompt_paths: tuple[Path, ...], out_dir: Path
     results = run_judge_benchmark(named, files, out_dir, log=console.print, **options)
     write_benchmark_report(out_dir)
     Console(soft_wrap=True).print(results_markdown(results), markup=False)
-    console.print(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}; the page "
-                  f"to open: {out_dir / REPORT_NAME}")
+    console.print(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}")
+    print_page(out_dir)
 
 
 @bench.command()
@@ -285,8 +285,8 @@ def finetune(pool: str | None, out_dir: Path, noise_dir: Path | None, tables: tu
                                      dedup_threshold=diversity_threshold)
     Console(soft_wrap=True).print(results_markdown(results), markup=False)
     console.print(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}, "
-                  f"plot {out_dir / 'heldout.png'}, adapters {out_dir / 'adapters'}; the page "
-                  f"to open: {out_dir / REPORT_NAME}")
+                  f"plot {out_dir / 'heldout.png'}, adapters {out_dir / 'adapters'}")
+    print_page(out_dir)
 
 
 def _finetune_target(noise_dir: Path | None, options: dict) -> ScoreConfig:
@@ -326,6 +326,10 @@ def check_page(out_dir: Path) -> None:
     from ..report.page import check_report_path
 
     check_report_path(out_dir / REPORT_NAME, f"the benchmark's page in --out-dir {out_dir}")
+
+
+def print_page(out_dir: Path) -> None:
+    console.print(f"report page: {out_dir / REPORT_NAME}", soft_wrap=True, markup=False)
 
 
 def plugin_file(module: str) -> str | None:

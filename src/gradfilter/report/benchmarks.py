@@ -215,7 +215,8 @@ def _contamination(results: dict, first: dict | None, out_dir: Path) -> list[Htm
     if series or len(panels) > 1:
         parts.append(figure(plots.lines_figure(panels), "Contamination against budget",
                             "The corrupted share of the records each method keeps; random "
-                            "keeps the corruption rate on average.", figure_id="contamination"))
+                            "keeps the corruption rate on average.",
+                            figure_id="contamination-plot"))
     if loaded is not None:
         scores, labels = loaded
         corrupted = labels != ""
@@ -294,7 +295,7 @@ def finetune_page(results: dict, record: dict, out_dir: Path) -> Page:
                  figure(plots.lines_figure(_loss_panels(results, curves, out_dir)),
                         "Held-out loss against optimiser steps",
                         "Mean over seeds and held-out examples; the band spans the seeds' "
-                        "means where the per-run curves are at hand.", figure_id="curves"))
+                        "means where the per-run curves are at hand.", figure_id="curves-plot"))
     return page
 
 
@@ -384,7 +385,7 @@ def judge_page(results: dict, record: dict, out_dir: Path) -> Page:
         parts.append(figure(plots.outcome_bars(bars, "wins, ties and losses of A against B"),
                             "Win, tie and lose bars per pair and test set",
                             "Shares of the judged prompts; counts in the bars.",
-                            figure_id="outcomes"))
+                            figure_id="outcomes-plot"))
     parts.append(table(["pair (A vs B)", "test set", "wins", "ties", "losses", "unparsed",
                         "winning score [95% CI]", "reading"], rows, table_id="pairs"))
     page.add("pairs", "Every pair", *parts)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -22,6 +23,7 @@ from ..outputs import atomic_path
 GENERATOR = "gradfilter report"
 _MARKER = f'<meta name="generator" content="{GENERATOR}'
 _SNIFF_BYTES = 4096
+_SURROGATE = re.compile("[\ud800-\udfff]")
 POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 CSS = """
@@ -86,8 +88,7 @@ def esc(value: object) -> str:
     """`value` as HTML text; a lone surrogate (legal in JSON, not in UTF-8) becomes U+FFFD."""
     if isinstance(value, Html):
         return value
-    text = str(value).encode("utf-8", "replace").decode("utf-8")
-    return html.escape(text, quote=True)
+    return html.escape(_SURROGATE.sub("\ufffd", str(value)), quote=True)
 
 
 def number(value: object, digits: int = 4) -> str:

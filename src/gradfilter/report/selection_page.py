@@ -208,6 +208,9 @@ def _kept_dropped_section(view: SelectionView) -> list[Html]:
     rows, images = [], []
     for name, values, integer in _measures(view):
         rows.append([name, *quantiles(values, view.kept), *quantiles(values, ~view.kept)])
+        finite = values[np.isfinite(values)]
+        if not len(finite) or finite.min() == finite.max():
+            continue  # one value: the table says it all
         hist = histogram(values, groups, integer=integer)
         images.append(figure(plots.histogram_figure(hist, name, name, share=True),
                              f"Histogram of {name}, kept and dropped",
