@@ -347,6 +347,7 @@ def test_the_demo_writes_its_page_with_the_corrupted_labels(tmp_path, gpt2_proxy
     code, printed, err = run_cli("demo", "--out-dir", out, "--records", "10", "--quiet")
     assert code == 0, err
     assert f"report page:      {out / 'report.html'}" in printed
+    assert printed.splitlines()[-1].startswith(f"the page to open: {out / 'report.html'}")
     page = (out / "report.html").read_text(encoding="utf-8")
     kept = (out / "subset.jsonl").read_text().count("\n")
     assert _number(page, "kept-count") == kept == math.floor(0.25 * 10 + 0.5)

@@ -191,3 +191,5 @@ def demo(out_dir: Path, records: int, quiet: bool, no_report: bool) -> None:
         baseline = superfiltering_evidence(out_dir / "stats.parquet", len(subset.indices), labels)
         if baseline is not None:
             print(baseline.baseline_line("IFD (Superfiltering's score, from this run's table)"))
+        if page is not None:
+            print(f"the page to open: {page} (what was kept and dropped, and why)")

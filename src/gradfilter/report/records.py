@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import conversations, readers, sources
-from ..data.conversations import FIELD_NAMES, FORMATS, Format, Turn
+from ..data.conversations import FIELD_NAMES, FORMATS, Format
 from ..data.readers import ReadReport, Record
 from ..errors import GradfilterError
 
@@ -61,19 +61,19 @@ class _Categories:
     """Scalar top-level fields, kept while they have at most MAX_VALUES distinct values."""
 
     def __init__(self, n: int, excluded: set[str]) -> None:
-        self.n, self.excluded = n, excluded
+        self.n = n
         self.found: dict[str, dict[str, int]] = {}
         self.codes: dict[str, np.ndarray] = {}
-        self.dropped: set[str] = set()
+        self.passed: set[str] = set(excluded)  # a format's own fields, and fields not kept
 
     def see(self, index: int, values: Iterable[tuple[str, object]]) -> None:
         for key, value in values:
-            if key in self.excluded or key in self.dropped:
+            if key in self.passed:
                 continue
             text = _category_value(value)
             known = self.found.setdefault(key, {})
             if text is None or (text not in known and len(known) >= MAX_VALUES):
-                self.dropped.add(key)
+                self.passed.add(key)
                 self.found.pop(key, None)
                 self.codes.pop(key, None)
                 continue
@@ -133,7 +133,8 @@ class _Pass:
         self.response = np.full(n, np.nan)
         self.turns = np.full(n, np.nan)
         self.categories = _Categories(n, excluded)
-        self.derived = _Categories(n, set())
+        self.system = np.zeros(n, dtype=bool)  # a system prompt
+        self.given = np.zeros(n, dtype=bool)  # Alpaca: a non-empty input
         self.examples: dict[int, Example] = {}
         self.unreadable = 0
 
@@ -155,21 +156,28 @@ class _Pass:
         self.response[i] = sum(len(turns[k].text) for k in answers)
         self.turns[i] = len(turns)
         self.categories.see(i, record.data.items())
-        self.derived.see(i, self._derived(record, turns))
+        self.system[i] = turns[0].role == "system" if turns else False
+        if self.fmt == "alpaca":
+            self.given[i] = bool(record.data.get(self.fields.get("input", "input")))
         if i in self.shown:
             self.examples[i] = Example(i, [ShownTurn(t.role, t.text[:TEXT_LIMIT], len(t.text))
                                            for t in turns])
 
-    def _derived(self, record: Record, turns: list[Turn]) -> list[tuple[str, object]]:
-        """Categories every format has: a system prompt or not, and Alpaca's input or not."""
-        found: list[tuple[str, object]] = [
-            ("system prompt", "yes" if any(t.role == "system" for t in turns) else "no")]
+    def _derived(self) -> dict[str, Category]:
+        """Categories every format has: a system prompt or not, and Alpaca's input or not (of
+        the records read as turns; two values at least)."""
+        read = np.isfinite(self.turns)
+        found = {"system prompt": (self.system, ("no", "yes"))}
         if self.fmt == "alpaca":
-            given = record.data.get(self.fields.get("input", "input"))
-            found.append(("alpaca input", "given" if given else "empty"))
-        return found
+            found["alpaca input"] = (self.given, ("empty", "given"))
+        result = {}
+        for name, (flag, values) in found.items():
+            if flag[read].any() and not flag[read].all():
+                codes = np.where(read, flag.astype(np.int16), np.int16(-1))
+                result[name] = Category(list(values), codes)
+        return result
 
     def facts(self, source: str, warnings: list[str]) -> RecordFacts:
-        categories = {**self.derived.result(), **self.categories.result()}
+        categories = {**self._derived(), **self.categories.result()}
         return RecordFacts(source, self.fmt or "unknown", self.prompt, self.response,
                            self.turns, categories, self.examples, self.unreadable, warnings)
