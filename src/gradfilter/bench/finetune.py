@@ -470,6 +470,9 @@ def _write_reports(out_dir: Path, results: dict, curves: dict[str, Curves],
     plot_curves(out_dir / "heldout.png", curves, budgets)
     write_run_record(out_dir / "results.json", {"stage": "bench finetune", **{
         k: results[k] for k in ("pool", "records", "budgets", "methods", "finetune", "target")}})
+    from ..report.benchmarks import write_benchmark_report  # the page: report.html
+
+    write_benchmark_report(out_dir)
 
 
 def plot_curves(path: Path, curves: dict[str, Curves], budgets: Sequence[float]) -> None:

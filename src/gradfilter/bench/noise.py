@@ -538,3 +538,6 @@ def _write_reports(out_dir: Path, results: dict, shown: SeedRun) -> None:
         k: results[k] for k in ("data", "config", "corrupt_seeds", "corrupt_fraction",
                                 "corruptions", "budgets", "resamples")},
         "tables": {seed: run["tables"] for seed, run in results["seeds"].items()}})
+    from ..report.benchmarks import write_benchmark_report  # the page: report.html
+
+    write_benchmark_report(out_dir)

@@ -17,6 +17,7 @@ from rich.console import Console
 from ..bench.corruptions import OPT_IN, SHIPPED
 from ..config import ScoreConfig
 from ..diversity import DEFAULT_THRESHOLD, DIVERSITY
+from ..report import REPORT_NAME
 from ..utilities import BASELINE_SCORES, UTILITIES
 from .options import (
     config_from,
@@ -82,6 +83,7 @@ def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_s
         [*reads("the data", "DATA", data), *reads("the proxy", "--proxy", options["proxy"]),
          *(named for found in plugin_files for named in found)],
         writes("the output directory", "--out-dir", out_dir, "dir", run_record=False))
+    check_page(out_dir)
     for module in plugins:
         import_plugin(module)
     results = run_noise_benchmark(
@@ -94,6 +96,7 @@ def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_s
     Console(soft_wrap=True).print(results_markdown(results), markup=False)
     console.print(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}, "
                   f"plots {out_dir / 'contamination.png'}, {out_dir / 'distributions.png'}")
+    print_page(out_dir)
 
 
 @bench.command()
@@ -176,11 +179,16 @@ def judge(models: tuple[str, ...], prompt_paths: tuple[Path, ...], out_dir: Path
     from ..bench.judge import default_prompt_files, results_markdown, run_judge_benchmark
 
     named = named_paths(models, "--model")
+    from ..report.benchmarks import write_benchmark_report
+
     _refuse_judge_collisions(named, prompt_paths, out_dir, options["cache_dir"])
+    check_page(out_dir)
     files = [f for p in prompt_paths for f in (default_prompt_files(p) if p.is_dir() else [p])]
     results = run_judge_benchmark(named, files, out_dir, log=console.print, **options)
+    write_benchmark_report(out_dir)
     Console(soft_wrap=True).print(results_markdown(results), markup=False)
     console.print(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}")
+    print_page(out_dir)
 
 
 @bench.command()
@@ -251,6 +259,7 @@ def finetune(pool: str | None, out_dir: Path, noise_dir: Path | None, tables: tu
          *reads("the target", "--target", options["proxy"]),
          *(n for spec in tables for n in reads("a table", "--table", spec.partition("=")[2]))],
         writes("the output directory", "--out-dir", out_dir, "dir", run_record=False))
+    check_page(out_dir)
     budget_values = csv_numbers(budgets, "--budgets")
     target = _finetune_target(noise_dir, options)
     held = (options.pop("held_out"), options.pop("held_out_share"), options["seed"])
@@ -277,6 +286,7 @@ def finetune(pool: str | None, out_dir: Path, noise_dir: Path | None, tables: tu
     Console(soft_wrap=True).print(results_markdown(results), markup=False)
     console.print(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}, "
                   f"plot {out_dir / 'heldout.png'}, adapters {out_dir / 'adapters'}")
+    print_page(out_dir)
 
 
 def _finetune_target(noise_dir: Path | None, options: dict) -> ScoreConfig:
@@ -308,6 +318,18 @@ def _refuse_judge_collisions(models: dict[str, str], prompt_paths: tuple[Path, .
                    run_record=False)),
                cache]
     refuse_collisions([*inputs, *([cache] if cache.path.exists() else [])], outputs)
+
+
+def check_page(out_dir: Path) -> None:
+    """Before the run: the benchmark's page (OUT/report.html) may replace only an earlier
+    page of ours."""
+    from ..report.page import check_report_path
+
+    check_report_path(out_dir / REPORT_NAME, f"the benchmark's page in --out-dir {out_dir}")
+
+
+def print_page(out_dir: Path) -> None:
+    console.print(f"report page: {out_dir / REPORT_NAME}", soft_wrap=True, markup=False)
 
 
 def plugin_file(module: str) -> str | None:

@@ -84,6 +84,41 @@ def select_options(command: Callable) -> Callable:
     ])
 
 
+def report_options(command: Callable) -> Callable:
+    """Where the selection's report page goes (`report_target`)."""
+    return _apply(command, [
+        click.option("--report", "report", type=click.Path(path_type=Path), default=None,
+                     help="The report page (HTML) of the selection (default: report.html "
+                          "beside the subset; replaces only an earlier report)."),
+        click.option("--no-report", is_flag=True, help="Write no report page."),
+    ])
+
+
+def report_target(out: Path, report: Path | None, no_report: bool) -> Path | None:
+    """The report page's path: as named, else report.html beside the subset (a Hugging Face
+    dataset directory gets it beside, not inside), None with --no-report."""
+    if no_report:
+        if report is not None:
+            raise GradfilterError("give --report PATH or --no-report, not both")
+        return None
+    from ..report import REPORT_NAME
+
+    return Path(report) if report is not None else Path(out).parent / REPORT_NAME
+
+
+def report_outputs(path: Path | None, option: str = "--report") -> list:
+    """The report page as an output for `refuse_collisions`, checked first: a file there must
+    be an earlier report of ours. `option`: how the user named it ("default --report" where
+    they did not)."""
+    from ..paths import writes
+    from ..report.page import check_report_path
+
+    if path is None:
+        return []
+    check_report_path(path, f"the report ({option} {path})")
+    return writes("the report", option, path, run_record=False)
+
+
 class BatchTokens(click.ParamType):
     """`auto` (None: chosen from the device and the proxy) or a positive integer."""
 
