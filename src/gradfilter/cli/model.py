@@ -172,9 +172,9 @@ def demo(out_dir: Path, records: int, quiet: bool, no_report: bool) -> None:
     read = ExchangeReport()
     mixed, labels = mix_in_corruptions(demo_exchanges(tokenizer, records, report=read),
                                        tokenizer)
+    refuse_foreign_files(out_dir, mixed, labels)
     for line in read.lines():
         console.print(f"note: {line}")
-    refuse_foreign_files(out_dir, mixed, labels)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_messages(data, mixed)
     write_labels(out_dir / "labels.parquet", np.arange(len(mixed)), labels)
