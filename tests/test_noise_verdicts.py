@@ -129,7 +129,7 @@ def test_several_draws_report_every_kind_with_each_draws_value(tmp_path, gpt2_pr
 def test_labels_measure_a_set_corrupted_already(tmp_path, gpt2_proxy):
     """The first 30 records of a mixed set with their labels: nothing is drawn, the labels are
     those given, the layout is bench noise's own (bench finetune --from-noise reads it)."""
-    _, config, first = _noise_run(tmp_path, gpt2_proxy)
+    _, config, _ = _noise_run(tmp_path, gpt2_proxy)
     mixed = (tmp_path / "first" / "mixed-s0.jsonl").read_text().splitlines(keepends=True)[:30]
     part = tmp_path / "part.jsonl"
     part.write_text("".join(mixed))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 
@@ -59,10 +60,15 @@ def expected_average_precision(records: int, corrupted: float) -> float:
     Above the corruption rate K / N on a small pool (0.214 for 60 of 300)."""
     if corrupted <= 0 or records < 1:
         return math.nan
-    harmonic = float(np.sum(1.0 / np.arange(1, records + 1)))
+    harmonic = _harmonic(records)
     spread = (corrupted - 1) * (records - harmonic) / (records * (records - 1)) if records > 1 \
         else 0.0
     return harmonic / records + spread
+
+
+@lru_cache(maxsize=64)
+def _harmonic(n: int) -> float:
+    return float(np.sum(1.0 / np.arange(1, n + 1)))
 
 
 def random_expectation(corrupted: np.ndarray, budgets: Sequence[float],
@@ -133,11 +139,13 @@ def method_metrics(all_scores: dict[str, np.ndarray], labels: Sequence[str | Non
 
     everyone = np.ones((1, len(pool.labels)))
     estimate = measures(everyone)[0]
-    blocks = list(resample_weight_blocks(len(pool.labels), resamples, seed))
-    draws = np.concatenate([measures(w) for w in blocks])  # [resamples, methods, columns]
+    blocks, expected_blocks = [], []
+    for weights in resample_weight_blocks(len(pool.labels), resamples, seed):
+        blocks.append(measures(weights))
+        expected_blocks.append(random_expectation(pool.corrupted, pool.budgets, weights))
+    draws = np.concatenate(blocks)  # [resamples, methods, columns]
+    expected_draws = np.concatenate(expected_blocks)
     expected = random_expectation(pool.corrupted, pool.budgets)
-    expected_draws = np.concatenate([random_expectation(pool.corrupted, pool.budgets, w)
-                                     for w in blocks])
     methods = list(all_scores)
     counts = {m: pool.kept_counts(s) for m, s in all_scores.items()}
     result = {}
