@@ -122,6 +122,13 @@ def test_several_draws_report_every_kind_with_each_draws_value(tmp_path, gpt2_pr
         share = length["contamination_by_type"]["0.1"][kind]
         assert len(share["draws"]) == 2 and share["high"] > 0
     assert set(length["verdicts"]) == {"random"} and "verdicts_by_type" in length
+    # a t interval over two draws is wide: cut to what the measure can take
+    for method in ("length", "random"):
+        entry = results["summary"][method]
+        for name in ("auroc", "auprc", "contamination@0.1", "contamination@0.2"):
+            assert 0 <= entry[name]["low"] <= entry[name]["high"] <= 1
+            d = entry["vs_random"][name]
+            assert -1 <= d["low"] <= d["high"] <= 1
     report = (tmp_path / "first" / "results.md").read_text()
     assert "## By corruption kind" in report and "seeds 0, 1" in report
 

@@ -65,6 +65,15 @@ def shifted(interval: Interval, by: float) -> Interval:
     return Interval(interval.estimate + by, interval.low + by, interval.high + by)
 
 
+def bounded(interval: Interval, low: float, high: float) -> Interval:
+    """The interval cut to the range its measure can take (a t interval over a few seeds of a
+    share or an AUROC can reach past 0 or 1)."""
+    def cut(v: float) -> float:
+        return min(max(v, low), high) if math.isfinite(v) else v
+
+    return Interval(interval.estimate, cut(interval.low), cut(interval.high))
+
+
 def widened(interval: Interval, to_contain: Interval) -> Interval:
     """`interval` (its estimate kept) stretched to contain `to_contain` where that is wider on
     either side: a bootstrap interval never narrower than the exact one beside it. A bound that

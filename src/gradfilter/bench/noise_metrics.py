@@ -29,6 +29,7 @@ from .intervals import (
     Interval,
     Ranking,
     auroc_of_sums,
+    bounded,
     percentile_interval,
     precision_of_sums,
     resample_weight_blocks,
@@ -281,8 +282,9 @@ def summary(per_seed: dict[str, dict], budgets: Sequence[str]) -> dict[str, dict
 def _over_draws(method: str, runs: list[dict], budgets: list[str]) -> dict:
     entries = [r["methods"][method] for r in runs]
 
-    def over(get) -> Interval:
-        return t_interval([get(e) for e in entries])
+    def over(get, low: float = 0.0) -> Interval:
+        """Student's t over the draws, cut to [low, 1]."""
+        return bounded(t_interval([get(e) for e in entries]), low, 1.0)
 
     def pooled(key: str, name: str = method) -> tuple[int, int]:
         return (sum(r["methods"][name]["kept_corrupted"][key] for r in runs),
@@ -298,7 +300,7 @@ def _over_draws(method: str, runs: list[dict], budgets: list[str]) -> dict:
     for reference in [k for k in entries[0] if k.startswith("vs_")]:
         entry[reference] = {}
         for name in entries[0][reference]:
-            spread = over(lambda e, r=reference, n=name: e[r][n]["estimate"])
+            spread = over(lambda e, r=reference, n=name: e[r][n]["estimate"], -1.0)
             if not higher_is_better(name):
                 key = name.removeprefix("contamination@")
                 if reference == "vs_random":
@@ -319,7 +321,7 @@ def _kinds_over_draws(entries: list[dict], budgets: list[str]) -> dict:
     kinds = list(entries[0]["auroc_by_type"])
 
     def spread(values: list[float], exact: Interval | None = None) -> dict:
-        interval = t_interval(values)
+        interval = bounded(t_interval(values), 0.0, 1.0)
         return {**(interval if exact is None else widened(interval, exact)).as_dict(),
                 "draws": values}
 

@@ -37,7 +37,7 @@ def _reading(results: dict) -> str:
     seeds = results["corrupt_seeds"]
     spread = ("a paired bootstrap over the records (every resample re-selects each method's "
               "kept records)" if len(seeds) == 1 else
-              f"Student's t over {len(seeds)} corruption seeds")
+              f"Student's t over {len(seeds)} corruption seeds (cut to the measure's range)")
     return (
         "AUROC: clean records scored above corrupted ones (0.5 is chance). AUPRC: corrupted "
         "records found at the bottom of the ranking. Contamination: share of corrupted records "
@@ -111,7 +111,8 @@ def _kinds(results: dict, budgets: Sequence[str]) -> list[str]:
     lines = ["", f"## By corruption kind (AUROC clean vs that kind, with its verdict against "
                  f"chance; share of that kind among the kept at {float(middle):.0%})", "",
              "Brackets: 95% intervals, " +
-             (f"Student's t over the {len(seeds)} draws, then each draw's value (seeds "
+             (f"Student's t over the {len(seeds)} draws (cut to [0, 1]), then each draw's "
+              f"value (seeds "
               f"{', '.join(map(str, seeds))})." if several else
               "a bootstrap over the records (AUROC), Clopper-Pearson (share)."), "",
              _row(["method", *kinds]), _row(["---"] * (len(kinds) + 1))]
