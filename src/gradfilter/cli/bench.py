@@ -20,6 +20,7 @@ from ..diversity import DEFAULT_THRESHOLD, DIVERSITY
 from ..report import REPORT_NAME
 from ..utilities import BASELINE_SCORES, UTILITIES
 from .options import (
+    baseline_help,
     config_from,
     csv_list,
     csv_numbers,
@@ -33,6 +34,9 @@ from .report import console
 
 BENCH_SCORE_OPTIONS = score_options("method", "save_adapters", "checkpoint_dir",
                                     "checkpoint_every")
+# Every baseline in both directions where it has two; plain `perplexity` (perplexity-high's
+# other name) is left out so that no ranking is measured twice.
+BENCH_METHODS = (*UTILITIES, *(b for b in BASELINE_SCORES if b != "perplexity"))
 
 
 @click.group()
@@ -51,12 +55,18 @@ def bench() -> None:
 @click.option("--corrupt-seeds", default="0", show_default=True,
               help="Corruption draws (comma-separated seeds): each is scored and measured; "
                    "with several, the intervals are Student's t over the draws.")
-@click.option("--methods", default=",".join((*UTILITIES, *BASELINE_SCORES)), show_default=True,
-              help="Utilities and baselines to compare (the G-SNR utilities share one run).")
+@click.option("--methods", default=",".join(BENCH_METHODS), show_default=True,
+              help="Utilities (highest first; loss: lowest loss first) and baselines to compare "
+                   "(the G-SNR utilities share one run, both perplexity directions IFD's "
+                   "pass). Baselines: " + baseline_help() + ".")
 @click.option("--budgets", default="0.05,0.1,0.15", show_default=True,
               help="Fractions of records kept at which contamination is reported.")
 @click.option("--plugin", "plugins", multiple=True,
               help="Import this module first (it may register corruptions).")
+@click.option("--labels", "labels_file", type=click.Path(path_type=Path), default=None,
+              help="DATA is corrupted already and this is its labels file (as bench noise "
+                   "writes it: index, source_index, corruption; one row per record of DATA): "
+                   "no corruption is drawn, so --corrupt and --corruptions do not apply.")
 @click.option("--table", "tables", multiple=True, metavar="RUN=PATH",
               help="A finished statistics table of the mixed set for a scoring run (gsnr, ifd, "
                    "perplexity, loss, length, random), e.g. one scored with --checkpoint-dir; "
@@ -71,16 +81,28 @@ def bench() -> None:
 @data_options
 @BENCH_SCORE_OPTIONS
 def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_seeds: str,
-          methods: str, budgets: str, plugins: tuple[str, ...], tables: tuple[str, ...],
-          resamples: int, diversity: str, diversity_threshold: float, fmt, fields, limit, split,
-          quiet, **options) -> None:
-    """Corrupt part of DATA, score it with every method, report contamination and AUROC."""
+          methods: str, budgets: str, plugins: tuple[str, ...], labels_file: Path | None,
+          tables: tuple[str, ...], resamples: int, diversity: str, diversity_threshold: float,
+          fmt, fields, limit, split, quiet, **options) -> None:
+    """Corrupt part of DATA (or take DATA as corrupted, with --labels), score it with every
+    method, report AUROC, AUPRC and contamination, and whether each method is better than,
+    tied with or worse than random's expectation, IFD and length."""
     from ..bench.noise import results_markdown, run_noise_benchmark
+    from ..errors import GradfilterError
     from ..paths import reads, refuse_collisions, writes
 
+    if labels_file is not None:
+        ctx = click.get_current_context()
+        drawn = [f"--{name}" for name in ("corrupt", "corruptions")
+                 if ctx.get_parameter_source("fraction" if name == "corrupt" else name)
+                 is not click.core.ParameterSource.DEFAULT]
+        if drawn:
+            raise GradfilterError(f"{' and '.join(drawn)}: nothing is corrupted with --labels "
+                                  "(DATA is corrupted already)")
     plugin_files = [reads("the plugin", "--plugin", plugin_file(module)) for module in plugins]
     refuse_collisions(
         [*reads("the data", "DATA", data), *reads("the proxy", "--proxy", options["proxy"]),
+         *reads("the labels", "--labels", labels_file),
          *(named for found in plugin_files for named in found)],
         writes("the output directory", "--out-dir", out_dir, "dir", run_record=False))
     check_page(out_dir)
@@ -92,7 +114,8 @@ def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_s
         budgets=csv_numbers(budgets, "--budgets"),
         corrupt_seeds=csv_numbers(corrupt_seeds, "--corrupt-seeds", int),
         tables=named_paths(tables, "--table"), resamples=resamples, progress=not quiet,
-        log=console.print, diversity=diversity, diversity_threshold=diversity_threshold)
+        log=console.print, diversity=diversity, diversity_threshold=diversity_threshold,
+        labels=labels_file)
     Console(soft_wrap=True).print(results_markdown(results), markup=False)
     console.print(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}, "
                   f"plots {out_dir / 'contamination.png'}, {out_dir / 'distributions.png'}")
@@ -200,7 +223,9 @@ def judge(models: tuple[str, ...], prompt_paths: tuple[Path, ...], out_dir: Path
 @click.option("--table", "tables", multiple=True, metavar="METHOD=PATH",
               help="A statistics table of POOL for a method to compare; repeatable.")
 @click.option("--methods", default=None,
-              help="Methods to compare (default: every table given or in the noise benchmark).")
+              help="Methods to compare (default: every table given or in the noise benchmark); "
+                   "a table of IFD's or perplexity's pass gives both perplexity-low and "
+                   "perplexity-high. Baselines: " + baseline_help() + ".")
 @click.option("--budgets", default="0.05,0.1,0.15", show_default=True)
 @click.option("--seeds", default="0,1,2", show_default=True,
               help="Fine-tuning runs per subset (LoRA init and data order).")

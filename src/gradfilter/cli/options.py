@@ -22,7 +22,13 @@ from ..data.conversations import FORMATS
 from ..data.sources import CONTAINERS
 from ..diversity import DEFAULT_THRESHOLD, DIVERSITY
 from ..errors import GradfilterError
-from ..utilities import BASELINE_SCORES, DEFAULT_UNGATED, DEFAULT_UTILITY, UTILITIES
+from ..utilities import (
+    BASELINE_SCORES,
+    DEFAULT_UNGATED,
+    DEFAULT_UTILITY,
+    DIRECTIONS,
+    UTILITIES,
+)
 
 DEFAULTS = ScoreConfig()
 
@@ -47,6 +53,11 @@ skip_option = click.option(
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
 
 
+def baseline_help(names: tuple[str, ...] = (*BASELINE_SCORES, "loss")) -> str:
+    """Each baseline with the direction it ranks in, for --help."""
+    return "; ".join(f"{name}: {DIRECTIONS[name]}" for name in names)
+
+
 def data_options(command: Callable) -> Callable:
     """How DATA is read: format override, key-name mapping, split, first N records."""
     return _apply(command, [
@@ -68,7 +79,8 @@ def select_options(command: Callable) -> Callable:
                      default=None,
                      help=f"What to rank by (default: the baseline that made the table, else "
                           f"{DEFAULT_UTILITY}, or {DEFAULT_UNGATED} where the table has no IFD "
-                          "ratios)."),
+                          "ratios). Utilities: highest first (loss: lowest loss first); "
+                          "baselines: " + baseline_help(BASELINE_SCORES) + "."),
         click.option("--order", type=click.Choice(["input", "score"]), default="input",
                      show_default=True),
         click.option("--score-field", default=None, help="Add the score to each kept record."),
@@ -147,8 +159,7 @@ def _score_option_table() -> dict[str, Callable]:
     return {
         "method": click.option(
             "--method", type=click.Choice(METHODS), default="gsnr", show_default=True,
-            help="gsnr (the LoRA ensemble) or a baseline: ifd, perplexity, loss, length, "
-                 "random."),
+            help="gsnr (the LoRA ensemble) or a baseline: " + baseline_help() + "."),
         "proxy": _default("--proxy", help="Hub id, local directory or .gguf file of a causal LM."),
         "members": _default("--members", type=int),
         "epochs": _default("--epochs", type=int),
