@@ -250,8 +250,10 @@ def test_the_issues_overfitting_curves_are_flagged_and_steps_to_random_are_not_d
     assert not table["full"]["overfitting"]["flagged"] and table["full"]["overfitting"]["learned"]
     assert schedule["every_subset_overfits"] and not schedule["full_pool_overfits"]
     assert "every subset's held-out loss rises" in schedule["warnings"][0]
-    # Read at the end, the default "beats" random: the issue's misleading verdict.
+    # Read at the end, the default "beats" random: the issue's misleading verdict, now marked
+    # as no result.
     assert table["default"]["vs_random"]["final"] == "better"
+    assert table["default"]["vs_random"]["readable"] is False
     assert table["default"]["final_vs_random"]["estimate"] == pytest.approx(-0.170, abs=0.01)
     assert table["default"]["auc_vs_random"]["estimate"] == pytest.approx(
         np.mean([1.837, 1.895, 1.943, 2.030, 2.063]) - np.mean([1.844, 1.907, 2.015, 2.163,
@@ -272,7 +274,8 @@ def test_steps_to_reach_random_and_verdicts_on_falling_made_up_curves():
     assert never["why"] == "not reached in 35 steps"
     table, schedule = budget_results({"a": [a], "random": [b, b, b]},
                                      {"a": 10, "random": 10}, 35, 8)
-    assert table["a"]["vs_random"] == {"declared": "auc", "auc": "better", "final": "better"}
+    assert table["a"]["vs_random"] == {"declared": "auc", "auc": "better", "final": "better",
+                                       "readable": True}
     assert not schedule["every_subset_overfits"] and schedule["warnings"] == []
 
 
@@ -313,6 +316,7 @@ def test_a_setting_that_overfits_is_flagged_in_a_real_run(gpt2_proxy, tmp_path):
     report = (tmp_path / "ft" / "results.md").read_text()
     assert "overfits: ends above the untrained model" in report
     assert "not defined (random does not end below the untrained model)" in report
+    assert "not a result: every subset overfits at this budget" in report
 
 
 def test_the_held_out_split_never_straddles_a_group():
@@ -368,6 +372,11 @@ def test_a_pool_split_by_conversation_leaves_no_chunk_of_a_held_out_conversation
     assert found.field == "instruction" and len(set(found.ids)) == 48
     with pytest.raises(gf.GradfilterError, match=r"pool.jsonl: record 0 has no 'thread' field"):
         record_groups(gf.read_dataset(data).records, "thread", "pool.jsonl")
+    # ids numbered task_0, task_1, ... are not one conversation's chunks
+    numbered = write_jsonl(tmp_path / "numbered.jsonl",
+                           [{"id": f"task_{i}", **r} for i, r in enumerate(alpaca_records(30))])
+    found = record_groups(gf.read_dataset(numbered).records, None, "numbered.jsonl")
+    assert found.ids is None and "put 30 of 30 records in one" in found.note
 
 
 def test_cli_from_a_noise_benchmark(noise_dir, gpt2_proxy, tmp_path):

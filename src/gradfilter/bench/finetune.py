@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -533,6 +534,7 @@ class Groups:
 
     ids: list[str | None] | None
     field: str | None
+    note: str = ""  # why ids found by shape were not used
 
     def of(self, records) -> list[str | None]:
         """The same field's groups of other records (the held-out file's)."""
@@ -562,12 +564,27 @@ def record_groups(records, field: str | None, where: str) -> Groups:
         return Groups(conversation_ids([d.get(field) for d in data]), field)
     sources = [d.get("source") for d in data if d]
     if sources and all(is_exchange_origin(v) for v in sources):
-        return Groups(conversation_ids([d.get("source") for d in data]), "source")
+        return _plausible(Groups(conversation_ids([d.get("source") for d in data]), "source"))
     ids = conversation_ids([d.get("id") for d in data])
     named = [g for g in ids if g is not None]
     if len(set(named)) < len(named):
-        return Groups(ids, "id")
+        return _plausible(Groups(ids, "id"))
     return Groups(None, None)
+
+
+LARGEST_CONVERSATION = 0.1  # of the records: beyond it, ids found by shape are not chats
+
+
+def _plausible(found: Groups) -> Groups:
+    """Ids found by shape, unless one of them names more than a tenth of the records (ids
+    numbered `task_0`, `task_1`, ... read like one chat's chunks): then none, saying why."""
+    assert found.ids is not None
+    largest = max(Counter(g for g in found.ids if g is not None).values(), default=0)
+    if largest <= max(2, LARGEST_CONVERSATION * len(found.ids)):
+        return found
+    return Groups(None, None, f"the {found.field!r} values read as conversation ids put "
+                              f"{largest} of {len(found.ids)} records in one; give "
+                              "--group-field to split by a field")
 
 
 def _noise_groups(data: str, source_index: np.ndarray, group_field: str | None,
@@ -670,7 +687,7 @@ def _leave_out_groups(usable: np.ndarray, groups: Groups, held: set[str]) -> str
     """Make every pool record of a held-out conversation unselectable; how the split was
     made, in words."""
     if groups.ids is None:
-        return "split by record (no conversation ids)"
+        return f"split by record ({groups.note or 'no conversation ids'})"
     sharing = np.array([g is not None and g in held for g in groups.ids]) & usable
     usable[sharing] = False
     return (f"split by conversation (field {groups.field!r}, "

@@ -192,7 +192,11 @@ def budget_results(rows: dict[str, list[Curves]], records: dict[str, int], steps
         for name, run in losses.items():
             table[name]["steps_to_random_final"] = convergence(
                 run, losses[RANDOM], eval_steps, learned[RANDOM], steps)
-    return table, _schedule(table, records, steps, batch_size, eval_steps)
+    schedule = _schedule(table, records, steps, batch_size, eval_steps)
+    for entry in table.values():  # a verdict read where every subset overfits is no result
+        if "vs_random" in entry:
+            entry["vs_random"]["readable"] = not schedule["every_subset_overfits"]
+    return table, schedule
 
 
 def _untrained_row(untrained: np.ndarray, losses: dict[str, np.ndarray]) -> dict:
@@ -308,7 +312,9 @@ def _summary_lines(results: dict) -> list[str]:
                 f"- {float(budget):.0%} {name}: **{e['vs_random']['auc']}** "
                 f"({_signed(e['auc_vs_random'])}); final: {e['vs_random']['final']} "
                 f"({_signed(e['final_vs_random'])})"
-                + (f"; {e['overfitting']['words']}" if e["overfitting"]["words"] else ""))
+                + (f"; {e['overfitting']['words']}" if e["overfitting"]["words"] else "")
+                + ("" if e["vs_random"]["readable"] else
+                   "; **not a result: every subset overfits at this budget**"))
     for warning in results.get("warnings", []):
         lines.append(f"- **Warning**: {warning}")
     return [*lines, ""]
