@@ -273,9 +273,9 @@ def _schedule(table: dict, records: dict[str, int], steps: int, batch_size: int,
 def results_markdown(results: dict) -> str:
     rec, ft = results["records"], results["finetune"]
     lines = [f"# Fine-tune benchmark: {results['pool'].get('data', '')}", "",
-             f"Pool {rec['pool']} records ({rec['usable']} selectable), held-out "
-             f"{rec['held_out']} ({results['pool'].get('held_out', '')}; "
-             f"{results['pool'].get('groups', 'split by record')}). Target "
+             f"Pool {rec['pool']} records ({rec['usable']} selectable). Held out "
+             f"{rec['held_out']}: {results['pool'].get('held_out', '')}; "
+             f"{results['pool'].get('groups', 'split by record')}. Target "
              f"{results['target']['proxy']} ({_kind(ft)}), batch {ft['batch_size']}, lr "
              f"{ft['lr']:g}, {_budget_words(ft)}; seeds {ft['seeds']} (each value seeds its "
              f"run's LoRA initialisation and data order); random: the mean of "
