@@ -48,8 +48,9 @@ skip_option = click.option(
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
 threads_option = click.option(
     "--threads", type=click.IntRange(min=1), default=None,
-    help="CPU threads for torch (default: the cores this process may use, "
-         f"{available_cores()} here); recorded in the run record, never part of the "
+    help="CPU threads for torch (default: OMP_NUM_THREADS where set, as torchrun sets it, "
+         f"else the cores this process may use, {available_cores()} here); recorded in the "
+         "run record, never part of the "
          "settings that name a stored table. Fewer than the cores when other work holds "
          "some (docs/performance.md).")
 
