@@ -15,6 +15,7 @@ import click
 from rich.console import Console
 
 from ..bench.corruptions import OPT_IN, SHIPPED
+from ..bench.finetune_measures import DEFAULT_EPOCHS, MIN_RANDOM_DRAWS
 from ..config import ScoreConfig
 from ..diversity import DEFAULT_THRESHOLD, DIVERSITY
 from ..report import REPORT_NAME
@@ -29,6 +30,7 @@ from .options import (
     quiet_option,
     read_data,
     score_options,
+    threads_option,
 )
 from .report import console
 
@@ -90,6 +92,7 @@ def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_s
     from ..bench.noise import results_markdown, run_noise_benchmark
     from ..errors import GradfilterError
     from ..paths import reads, refuse_collisions, writes
+    from ..threads import use_threads
 
     if labels_file is not None:
         ctx = click.get_current_context()
@@ -108,6 +111,7 @@ def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_s
     check_page(out_dir)
     for module in plugins:
         import_plugin(module)
+    use_threads(options.pop("threads"))
     results = run_noise_benchmark(
         read_data(data, fmt, fields, limit, split), out_dir, config_from(options),
         methods=csv_list(methods), corruptions=csv_list(corruptions), fraction=fraction,
@@ -144,11 +148,13 @@ def speed(data: str, paths: str, tokenizer, out, fmt, fields, limit, split, quie
     from ..paths import reads, refuse_collisions, writes
     from ..scoring.proxy import load_tokenizer
     from ..scoring.score import tokenize
+    from ..threads import use_threads
 
     refuse_collisions(
         [*reads("the data", "DATA", data), *reads("the proxy", "--proxy", options["proxy"]),
          *reads("the tokenizer", "--tokenizer", tokenizer)],
         writes("the figures", "--out", out))
+    use_threads(options.pop("threads"))
     config = config_from(options)
     with tempfile.TemporaryDirectory(prefix="gradfilter-speed-") as scratch:
         if config.proxy.startswith("random-gpt2"):
@@ -228,21 +234,35 @@ def judge(models: tuple[str, ...], prompt_paths: tuple[Path, ...], out_dir: Path
                    "perplexity-high. Baselines: " + baseline_help() + ".")
 @click.option("--budgets", default="0.05,0.1,0.15", show_default=True)
 @click.option("--seeds", default="0,1,2", show_default=True,
-              help="Fine-tuning runs per subset (LoRA init and data order).")
+              help="Fine-tuning runs per subset: each value seeds its run's LoRA initialisation "
+                   "and data order, so --seeds 0,1,2 equals --seeds 0, 1 and 2 run apart (and "
+                   "reuses them).")
+@click.option("--epochs", type=float, default=DEFAULT_EPOCHS, show_default=True,
+              help="The budget: passes over each budget's subset; every run at that budget "
+                   "(methods, random, the full pool) trains for the same steps.")
 @click.option("--steps", type=int, default=None,
-              help="Optimiser steps for every subset (default: two passes over the largest "
-                   "subset).")
+              help="Override the epoch budget: these optimiser steps at every budget (with a "
+                   "warning: many passes over a small subset overfit it).")
+@click.option("--random-draws", type=click.IntRange(min=MIN_RANDOM_DRAWS),
+              default=MIN_RANDOM_DRAWS, show_default=True,
+              help="Random subsets per budget: random's row is their mean, with their spread.")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--lr", type=float, default=2e-4, show_default=True)
 @click.option("--lora-rank", type=int, default=8, show_default=True)
 @click.option("--lora-alpha", type=float, default=16.0, show_default=True)
 @click.option("--full-finetune", is_flag=True, help="Train every weight instead of a LoRA.")
 @click.option("--eval-every", type=int, default=None,
-              help="Held-out loss every N steps (default: a tenth of the steps).")
+              help="Held-out loss every N steps (default: a tenth of each budget's steps); "
+                   "always at step 0 (the untrained model) and at the end.")
 @click.option("--held-out", type=click.Path(path_type=Path), default=None,
               help="Prompts with reference answers (any input format) to measure on "
                    "(default: a seeded share of the pool's clean records, taken out of it).")
 @click.option("--held-out-share", type=float, default=0.1, show_default=True)
+@click.option("--group-field", default=None, metavar="FIELD",
+              help="Records sharing this field's value (a conversation id) are held out "
+                   "together or not at all (default: `source` where it is an exchange's "
+                   "origin `<id>#<turn>`, else `id` where ids tie records together, as "
+                   "ShareGPT's split conversations `<id>_<n>`).")
 @click.option("--dedup", "dedup_methods", multiple=True, metavar="METHOD",
               help="Also METHOD's subset with near-duplicates removed (as select --diversity "
                    "dedup, by the G-SNR table's sketches), against its plain top-k; repeatable.")
@@ -257,17 +277,18 @@ def judge(models: tuple[str, ...], prompt_paths: tuple[Path, ...], out_dir: Path
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto",
               show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True,
-              help="Seeds the held-out split and every fine-tuning run.")
+              help="Seeds the held-out split, random's subsets and every fine-tuning run.")
+@threads_option
 @quiet_option
 def finetune(pool: str | None, out_dir: Path, noise_dir: Path | None, tables: tuple[str, ...],
-             methods: str | None, budgets: str, seeds: str, steps: int | None,
-             dedup_methods: tuple[str, ...], diversity_threshold: float, quiet: bool,
-             **options) -> None:
-    """Fine-tune a target on each method's subset (same steps, same batch) and compare held-out
-    losses, with intervals."""
+             methods: str | None, budgets: str, seeds: str, group_field: str | None,
+             dedup_methods: tuple[str, ...], diversity_threshold: float, threads: int | None,
+             quiet: bool, **options) -> None:
+    """Fine-tune a target on each method's subset, random subsets and the full pool (the same
+    steps at one budget: --epochs over the subset) and compare held-out curves with random's:
+    the area under the curve (the declared reading) and the final loss, with intervals."""
     from ..bench.finetune import (
         FinetuneConfig,
-        default_steps,
         inputs_from_noise,
         inputs_from_pool,
         results_markdown,
@@ -275,6 +296,7 @@ def finetune(pool: str | None, out_dir: Path, noise_dir: Path | None, tables: tu
     )
     from ..errors import GradfilterError
     from ..paths import reads, refuse_collisions, writes
+    from ..threads import use_threads
 
     if (noise_dir is None) == (pool is None):
         raise GradfilterError("give POOL (with --table) or --from-noise DIR, not both")
@@ -286,24 +308,27 @@ def finetune(pool: str | None, out_dir: Path, noise_dir: Path | None, tables: tu
         writes("the output directory", "--out-dir", out_dir, "dir", run_record=False))
     check_page(out_dir)
     budget_values = csv_numbers(budgets, "--budgets")
+    config = FinetuneConfig(
+        epochs=options["epochs"], steps=options["steps"], batch_size=options["batch_size"],
+        lr=options["lr"], lora_rank=options["lora_rank"], lora_alpha=options["lora_alpha"],
+        eval_every=options["eval_every"], full_finetune=options["full_finetune"],
+        seeds=tuple(csv_numbers(seeds, "--seeds", int)), base_seed=options["seed"],
+        random_draws=options["random_draws"])
+    config.validate()
+    use_threads(threads)
     target = _finetune_target(noise_dir, options)
     held = (options.pop("held_out"), options.pop("held_out_share"), options["seed"])
     chosen = csv_list(methods) if methods else None
     if noise_dir is not None:
-        inputs = inputs_from_noise(noise_dir, chosen, target, *held)
+        inputs = inputs_from_noise(noise_dir, chosen, target, *held, group_field=group_field,
+                                   log=console.print)
     else:
         named = named_paths(tables, "--table")
         if not named:
             raise GradfilterError("give the methods' statistics tables with --table METHOD=PATH")
         inputs = inputs_from_pool(pool, {m: p for m, p in named.items()
-                                         if chosen is None or m in chosen}, target, *held)
-    steps = steps or default_steps(inputs, budget_values, options["batch_size"])
-    config = FinetuneConfig(
-        steps=steps, batch_size=options["batch_size"], lr=options["lr"],
-        lora_rank=options["lora_rank"], lora_alpha=options["lora_alpha"],
-        eval_every=options["eval_every"] or max(1, steps // 10),
-        full_finetune=options["full_finetune"],
-        seeds=tuple(csv_numbers(seeds, "--seeds", int)), base_seed=options["seed"])
+                                         if chosen is None or m in chosen}, target, *held,
+                                  group_field=group_field)
     results = run_finetune_benchmark(inputs, out_dir, target, config, budget_values,
                                      progress=not quiet, log=console.print,
                                      dedup_methods=dedup_methods,

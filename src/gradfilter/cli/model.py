@@ -47,9 +47,11 @@ def score(data: str, out: Path, fmt, fields, limit, split, skip_bad_records, met
     from ..paths import refuse_collisions, score_paths
     from ..scoring.distributed import is_main_process
     from ..scoring.score import score as run_score
+    from ..threads import use_threads
 
     refuse_collisions(*score_paths(data, out, options["proxy"], checkpoint_dir=checkpoint_dir,
                                    save_adapters=save_adapters))
+    use_threads(options.pop("threads"))
     dataset = read_data(data, fmt, fields, limit, split, skip_bad_records)
     table = run_score(dataset, out, config_from(options), method=method,
                       save_adapters=save_adapters, skip_bad_records=skip_bad_records,
@@ -82,6 +84,7 @@ def run(data: str, out: Path, stats: Path | None, fmt, fields, limit, split, out
     """Score DATA and write the selected subset in one go (default --ratio 0.1), and the
     selection's report page (report.html beside the subset)."""
     from ..paths import refuse_collisions, run_paths
+    from ..threads import use_threads
 
     page = report_target(out, report, no_report)
     inputs, outputs = run_paths(data, out, stats, options["proxy"],
@@ -89,6 +92,7 @@ def run(data: str, out: Path, stats: Path | None, fmt, fields, limit, split, out
                                 out_format=out_format)
     refuse_collisions(inputs, [*outputs, *report_outputs(
         page, "--report" if report else "default --report")])
+    use_threads(options.pop("threads"))
     if ratio is None and count is None:
         ratio = 0.1
     score_and_select(read_data(data, fmt, fields, limit, split, skip_bad_records), out, stats,

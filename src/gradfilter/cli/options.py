@@ -22,6 +22,7 @@ from ..data.conversations import FORMATS
 from ..data.sources import CONTAINERS
 from ..diversity import DEFAULT_THRESHOLD, DIVERSITY
 from ..errors import GradfilterError
+from ..threads import available_cores
 from ..utilities import (
     BASELINE_SCORES,
     DEFAULT_UNGATED,
@@ -51,6 +52,13 @@ skip_option = click.option(
          "missing field) as unscored rows in their place (listed in the run record) instead "
          "of stopping.")
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
+threads_option = click.option(
+    "--threads", type=click.IntRange(min=1), default=None,
+    help="CPU threads for torch (default: OMP_NUM_THREADS where set, as torchrun sets it, "
+         f"else the cores this process may use, {available_cores()} here); recorded in the "
+         "run record, never part of the "
+         "settings that name a stored table. Fewer than the cores when other work holds "
+         "some (docs/performance.md).")
 
 
 def baseline_help(names: tuple[str, ...] = (*BASELINE_SCORES, "loss")) -> str:
@@ -219,6 +227,7 @@ def _score_option_table() -> dict[str, Callable]:
         "checkpoint_every": click.option(
             "--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True,
             help="Commit every N optimiser steps (and N collection batches)."),
+        "threads": threads_option,
         "quiet": quiet_option,
     }
 
