@@ -173,7 +173,9 @@ def speed(data: str, paths: str, tokenizer, out, fmt, fields, limit, split, quie
 def judge(models: tuple[str, ...], prompt_paths: tuple[Path, ...], out_dir: Path,
           **options) -> None:
     """Answer the test prompts with each model and let an LLM judge every pair, both orders."""
-    from ..bench.judge import default_prompt_files, results_markdown, run_judge_benchmark
+    from ..bench.judge_benchmark import run_judge_benchmark
+    from ..bench.pairwise_report import results_markdown
+    from ..bench.prompts import default_prompt_files
 
     named = named_paths(models, "--model")
     _refuse_judge_collisions(named, prompt_paths, out_dir, options["cache_dir"])
