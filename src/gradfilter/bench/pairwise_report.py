@@ -186,6 +186,11 @@ def results_markdown(results: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def item_numbers(numbers: list[int]) -> str:
+    """`item 3` / `items 3, 6`: as the sheet numbers them ("Item 3 of 100")."""
+    return ("item " if len(numbers) == 1 else "items ") + ", ".join(map(str, numbers))
+
+
 def _kappa_cell(agreement: dict[str, Any], name: str) -> str:
     return interval_cell(agreement[name]) if agreement["items"] else "n/a"
 
@@ -199,8 +204,10 @@ def human_report(results: dict[str, Any]) -> Report:
     agreement, and agreement with the judge where a judge run exists."""
     n = sum(t["prompts"] for t in results["test_sets"].values())
     raters = results["raters"]
+    given = sum(r["given"] for r in raters)
     report = Report().heading("Human pairwise ratings").paragraph(
-        f"{len(raters)} raters, blind sheets (each model shown first in half of the items); "
+        f"{given} raters" + (f" ({len(raters)} sheets)" if given < len(raters) else "")
+        + ", blind sheets (each model shown first in half of the items); "
         f"{n} prompts per pair. Verdict per item = the outcome more than half of its raters "
         "chose, else a tie. Winning score = (wins - losses) / rated + 1 with its 95% bootstrap "
         "interval over prompts; 1 is even. Unrated items are counted, not scored.")
@@ -209,8 +216,7 @@ def human_report(results: dict[str, Any]) -> Report:
     for pair in results["pairs"]:
         _human_pair(report, pair)
     unrated = [f"{r['rater']} ({r['sheet_file']}): {len(r['unrated'])} of {r['items']} "
-               f"unrated: items {', '.join(map(str, r['unrated']))}"
-               for r in raters if r["unrated"]]
+               f"unrated: {item_numbers(r['unrated'])}" for r in raters if r["unrated"]]
     if unrated:
         report.heading("Unrated items", 2).bullets(unrated)
     return report

@@ -18,6 +18,7 @@ from ..bench.corruptions import OPT_IN, SHIPPED
 from ..config import ScoreConfig
 from ..diversity import DEFAULT_THRESHOLD, DIVERSITY
 from ..utilities import BASELINE_SCORES, UTILITIES
+from .human import human
 from .options import (
     config_from,
     csv_list,
@@ -37,6 +38,9 @@ BENCH_SCORE_OPTIONS = score_options("method", "save_adapters", "checkpoint_dir",
 @click.group()
 def bench() -> None:
     """Benchmarks: how well each method selects (noise) and how fast it scores."""
+
+
+bench.add_command(human)
 
 
 @bench.command()
