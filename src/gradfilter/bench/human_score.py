@@ -23,16 +23,16 @@ from .pairwise import annotator_agreement, finite, flipped, majority, rater_agre
 from .pairwise_report import human_report, item_numbers
 
 Log = Callable[[str], object]
+Item = tuple[str, str, str]  # (model A, model B, prompt id): one item, whichever sheet
+PerRater = dict[Item, dict[str, str]]  # item -> rater -> A's outcome (or the rater's note)
 
 
 def _rater_outcomes(key: dict[str, Any], ratings: dict[str, dict[str, Any]]
-                    ) -> tuple[dict[tuple[str, str, str], dict[str, str]],
-                               dict[tuple[str, str, str], dict[str, str]],
-                               list[dict[str, Any]]]:
+                    ) -> tuple[PerRater, PerRater, list[dict[str, Any]]]:
     """({(a, b, prompt id): {rater: A's outcome}}, the same for notes, one summary per
     sheet with the numbers of its unrated items)."""
-    outcomes: dict[tuple[str, str, str], dict[str, str]] = {}
-    notes: dict[tuple[str, str, str], dict[str, str]] = {}
+    outcomes: PerRater = {}
+    notes: PerRater = {}
     sheets = []
     for sheet in key["sheets"]:
         given = ratings.get(sheet["sheet"])
@@ -54,7 +54,7 @@ def _rater_outcomes(key: dict[str, Any], ratings: dict[str, dict[str, Any]]
 
 
 def _judge_outcomes(key: dict[str, Any], judge_dir: Path | None
-                    ) -> tuple[dict[tuple[str, str, str], str], dict[tuple[str, str], str]]:
+                    ) -> tuple[dict[Item, str], dict[tuple[str, str], str]]:
     """({(a, b, prompt id): A's outcome by the judge}, {(a, b): judge model}) for the key's
     pairs that the judge run compared, in either order. The judge's answers must be the ones
     the sheets showed."""
@@ -71,7 +71,7 @@ def _judge_outcomes(key: dict[str, Any], judge_dir: Path | None
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
         raise GradfilterError(f"{path}: not the results of `bench judge`") from None
     _check_same_answers(key, Path(judge_dir))
-    outcomes: dict[tuple[str, str, str], str] = {}
+    outcomes: dict[Item, str] = {}
     models: dict[tuple[str, str], str] = {}
     for a, b in map(tuple, key["pairs"]):
         verdicts, turn = pairs.get((a, b)), lambda o: o
@@ -101,9 +101,11 @@ def _check_same_answers(key: dict[str, Any], judge_dir: Path) -> None:
                     f"{model}: the judge run compared other answers (--judge another run)")
 
 
-def _pair_results(a: str, b: str, key: dict[str, Any], outcomes, notes,
-                  judge: dict[tuple[str, str, str], str], judge_model: str | None,
-                  judge_dir: Path | None, raters: list[str], seed: int) -> dict[str, Any]:
+def _pair_results(a: str, b: str, key: dict[str, Any], outcomes: PerRater, notes: PerRater,
+                  judge: dict[Item, str], judge_model: str | None, judge_dir: Path | None,
+                  raters: list[str], seed: int) -> dict[str, Any]:
+    """One pair's verdicts (majority, each rater's, the judge's, notes), summaries and
+    agreement."""
     test_sets = list(key["test_sets"])
     verdicts = []
     for prompt in key["prompts"]:
