@@ -20,6 +20,7 @@ from ..config import ScoreConfig
 from ..diversity import DEFAULT_THRESHOLD, DIVERSITY
 from ..report import REPORT_NAME
 from ..utilities import BASELINE_SCORES, UTILITIES
+from .human import human
 from .options import (
     baseline_help,
     config_from,
@@ -44,6 +45,9 @@ BENCH_METHODS = (*UTILITIES, *(b for b in BASELINE_SCORES if b != "perplexity"))
 @click.group()
 def bench() -> None:
     """Benchmarks: how well each method selects (noise) and how fast it scores."""
+
+
+bench.add_command(human)
 
 
 @bench.command()
@@ -205,7 +209,9 @@ def speed(data: str, paths: str, tokenizer, out, fmt, fields, limit, split, quie
 def judge(models: tuple[str, ...], prompt_paths: tuple[Path, ...], out_dir: Path,
           **options) -> None:
     """Answer the test prompts with each model and let an LLM judge every pair, both orders."""
-    from ..bench.judge import default_prompt_files, results_markdown, run_judge_benchmark
+    from ..bench.judge_benchmark import run_judge_benchmark
+    from ..bench.pairwise_report import results_markdown
+    from ..bench.prompts import default_prompt_files
 
     named = named_paths(models, "--model")
     from ..report.benchmarks import write_benchmark_report
