@@ -1,4 +1,4 @@
-"""Streaming at scale: `gradfilter inspect` and `gradfilter select` on 1M synthetic records.
+"""Streaming at scale: `gradfilter inspect`, `select` and `report` on 1M synthetic records.
 
 Writes a synthetic Alpaca JSONL file (a few hundred bytes a record) and a matching statistics
 table (the squared-norm columns of 4 members x 2 epochs that `select` computes G-SNR from, a few
@@ -13,7 +13,8 @@ about 0.94), so `select --diversity dedup` has work to do.
 
     python benchmarks/scale_io.py                     # 1M records under /tmp/gradfilter-scale
     python benchmarks/scale_io.py --records 100000 --dir /tmp/x --keep
-    python benchmarks/scale_io.py --reuse --keep --steps parquet hf   # JSONL to Arrow only
+    python benchmarks/scale_io.py --reuse --keep --only report    # the report steps only
+    python benchmarks/scale_io.py --reuse --keep --only parquet --only hf   # JSONL to Arrow
 
 Not a test: it takes minutes and a few GB of scratch disk.
 """
@@ -135,9 +136,9 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="Keep the scratch files.")
     parser.add_argument("--reuse", action="store_true",
                         help="Use the files an earlier --keep run left in --dir.")
-    parser.add_argument("--steps", nargs="+", default=None, metavar="WORD",
-                        help="Run only the steps whose name holds one of these words, e.g. "
-                             "parquet hf (the start-up step always runs).")
+    parser.add_argument("--only", action="append", default=[],
+                        help="Run only the steps whose name holds this text (repeatable; the "
+                             "start-up step always runs).")
     parser.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
@@ -156,27 +157,32 @@ def main() -> None:
           f"statistics table {stats.stat().st_size / 2**20:.0f} MiB "
           f"({stats.stat().st_size / args.records / 4:.0f} bytes a record and member); "
           f"generated in {made:.0f} s")
-    subset = args.dir / "subset.jsonl"
+    subset, page = args.dir / "subset.jsonl", args.dir / "report.html"
     steps = [
         ("start the command line only", [*CLI, "--version"]),
         ("inspect", [*CLI, "inspect", str(data)]),
         ("select --ratio 0.1", [*CLI, "select", str(data), "--stats", str(stats), "--ratio",
-                                "0.1", "--out", str(subset)]),
+                                "0.1", "--out", str(subset), "--no-report"]),
         ("select --ratio 0.1 --order score", [*CLI, "select", str(data), "--stats", str(stats),
                                               "--ratio", "0.1", "--order", "score", "--out",
-                                              str(args.dir / "subset-by-score.jsonl")]),
+                                              str(args.dir / "subset-by-score.jsonl"),
+                                              "--no-report"]),
         ("select --ratio 0.1 --diversity dedup (0.9)", [
             *CLI, "select", str(data), "--stats", str(stats), "--ratio", "0.1", "--diversity",
             "dedup", "--diversity-threshold", "0.9", "--out",
-            str(args.dir / "subset-dedup.jsonl")]),
+            str(args.dir / "subset-dedup.jsonl"), "--no-report"]),
+        ("report --ratio 0.1", [*CLI, "report", str(stats), "--data", str(data), "--ratio",
+                                "0.1", "--out", str(page)]),
+        ("select --ratio 0.1 and its report", [
+            *CLI, "select", str(data), "--stats", str(stats), "--ratio", "0.1", "--out",
+            str(args.dir / "subset-reported.jsonl"), "--report", str(page)]),
         *((f"select --ratio {ratio} --out-format {container}", [
             *CLI, "select", str(data), "--stats", str(stats), "--ratio", ratio, "--out-format",
-            container, "--out", str(args.dir / f"subset-{ratio}.{container}")])
+            container, "--out", str(args.dir / f"subset-{ratio}.{container}"), "--no-report"])
           for container in ("parquet", "hf") for ratio in ("0.1", "0.9")),
     ]
-    if args.steps:
-        steps = [step for step in steps if step is steps[0]
-                 or any(word in step[0] for word in args.steps)]
+    steps = [step for step in steps if step is steps[0] or not args.only
+             or any(o in step[0] for o in args.only)]
     results = []
     for k, (name, argv) in enumerate(steps):
         child = measure_child(name, argv, args.dir / f"step{k}.log")
@@ -192,14 +198,17 @@ def main() -> None:
               f"{share:>13.0%}")
     print(f"this script's own peak RSS "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
-    summary: dict = {"records": args.records, "file_mib": round(size_mib), "steps": results}
-    ran = {row["step"] for row in results}
-    if "select --ratio 0.1" in ran:
+    summary = {"records": args.records, "file_mib": round(size_mib), "steps": results}
+    if subset.is_file():
         with open(subset, encoding="utf-8") as handle:
             kept = sum(1 for _ in handle)
         print(f"subset: {kept} records, {subset.stat().st_size / 2**20:.0f} MiB")
-    if "select --ratio 0.1 --diversity dedup (0.9)" in ran:
-        dedup = json.loads((args.dir / "subset-dedup.jsonl.run.json").read_text())["diversity"]
+    if page.is_file():
+        summary["report_bytes"] = page.stat().st_size
+        print(f"report page: {page.stat().st_size / 2**20:.2f} MiB")
+    dedup_record = args.dir / "subset-dedup.jsonl.run.json"
+    if dedup_record.is_file():
+        dedup = json.loads(dedup_record.read_text())["diversity"]
         print(f"dedup: removed {dedup['removed']} of {dedup['processed']} looked at, "
               f"{dedup['comparisons']} pairs compared, {dedup['bits']} bits x "
               f"{dedup['tables']} tables, {dedup['capped_lookups']} capped lookups, "
