@@ -153,6 +153,22 @@ def test_a_file_output_ending_in_a_slash_is_refused(place):
                    "written as a file (name a file)\n")
 
 
+REPORT_PAGES = {"select --report": ["select", "data.jsonl", "--stats", "s.parquet", "--count",
+                                    "3", "--out", "o.jsonl", "--report"],
+                "report --out": ["report", "s.parquet", "--data", "data.jsonl", "--out"]}
+
+
+@pytest.mark.parametrize("case", list(REPORT_PAGES))
+def test_a_report_page_named_dash_or_ending_in_a_slash_is_refused(place, case):
+    err = _one_line_refusal(place, *REPORT_PAGES[case], "-")
+    option = case.split()[1]
+    assert f"the report ({option} -): writing to standard output is not supported (the " \
+           "output is written atomically)" in err
+    err = _one_line_refusal(place, *REPORT_PAGES[case], "page/")
+    assert err == (f"error: the report ({option} page/) ends in '/', which names a directory; "
+                   "it is written as a file (name a file)\n")
+
+
 def test_a_directory_output_may_end_in_a_slash(place):
     datasets = pytest.importorskip("datasets")
     code, _, err = _select("ds/", "--out-format", "hf")

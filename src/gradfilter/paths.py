@@ -68,7 +68,7 @@ def writes(role: str, option: str, path: str | Path | None, kind: Kind = "file",
     spelled it (a string keeps a trailing '/')."""
     if path is None:
         return []
-    spelled = _spelling(role, option, path, kind)
+    spelled = _spelling(role, option, path, kind, run_record)
     path = Path(path)
     if run_record and path.name in ("", ".", ".."):  # it would be replaced whole
         raise GradfilterError(f"{role} ({option} {path}) names the current directory or one "
@@ -86,7 +86,7 @@ def record_of(path: str | Path) -> Path:
     return path.with_name(path.name + ".run.json")
 
 
-def _spelling(role: str, option: str, path: object, kind: Kind) -> str:
+def _spelling(role: str, option: str, path: object, kind: Kind, run_record: bool) -> str:
     """The output as the user wrote it; refused if it is not a path, is `-` (standard output)
     or, for a file, ends in '/'."""
     if not isinstance(path, str | os.PathLike):
@@ -96,9 +96,10 @@ def _spelling(role: str, option: str, path: object, kind: Kind) -> str:
     if not isinstance(spelled, str):
         raise GradfilterError(f"{role} ({option}) must be a path as text, got bytes")
     if spelled == "-":
+        why = "needs its run record beside it" if run_record else "is written atomically"
         raise GradfilterError(f"{role} ({option} -): writing to standard output is not "
-                              "supported (the output needs its run record beside it); name a "
-                              "file (./- for a file named '-')")
+                              f"supported (the output {why}); name a file (./- for a file "
+                              "named '-')")
     if kind == "file" and spelled.endswith(("/", os.sep)):
         raise GradfilterError(f"{role} ({option} {spelled}) ends in '/', which names a "
                               "directory; it is written as a file (name a file)")

@@ -64,7 +64,7 @@ def select(data: str, stats: Path, out: str, fmt, fields, limit, split, report: 
 @click.option("--data", default=None,
               help="The data the table was scored from (default: the file its run record, or "
                    "the subset's, names, if it is still there).")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
+@click.option("--out", type=click.Path(), default=None,
               help="The page (replaces only an earlier report; default: report.html, in the "
                    "benchmark's directory for a benchmark).")
 @click.option("--subset", type=click.Path(path_type=Path), default=None,
@@ -85,7 +85,7 @@ def select(data: str, stats: Path, out: str, fmt, fields, limit, split, report: 
 @click.option("--diversity-threshold", type=float, default=None,
               help="Cosine at or above which dedup removes a record (default: the subset's).")
 @data_options
-def report(table: Path, data: str | None, out: Path | None, subset: Path | None,
+def report(table: Path, data: str | None, out: str | Path | None, subset: Path | None,
            labels: Path | None, examples: int, fmt, fields, limit, split, **choice) -> None:
     """Write the report page (one self-contained HTML file) of a selection from TABLE, or of a
     benchmark from its results.json (or its output directory).
@@ -108,6 +108,7 @@ def report(table: Path, data: str | None, out: Path | None, subset: Path | None,
         refuse_collisions([*reads("the results", "TABLE", results),
                            *reads("their run record", "TABLE", run_record_path(results))],
                           report_outputs(out, "--out"))
+        out = Path(out)
         Console(soft_wrap=True).print(
             f"report: {write_benchmark_report(results, out)}", markup=False)
         return
@@ -117,6 +118,7 @@ def report(table: Path, data: str | None, out: Path | None, subset: Path | None,
               *reads("the subset's run record", "--subset",
                      run_record_path(subset) if subset else None)]
     refuse_collisions(inputs, report_outputs(out, "--out"))
+    out = Path(out)
     written = write_selection_report(SelectionSources(
         table, data, subset, labels, fmt, parse_fields(fields), split, limit,
         examples=examples, **choice), out)

@@ -110,26 +110,31 @@ def select_options(command: Callable) -> Callable:
 def report_options(command: Callable) -> Callable:
     """Where the selection's report page goes (`report_target`)."""
     return _apply(command, [
-        click.option("--report", "report", type=click.Path(path_type=Path), default=None,
+        click.option("--report", "report", type=click.Path(), default=None,
                      help="The report page (HTML) of the selection (default: report.html "
                           "beside the subset; replaces only an earlier report)."),
         click.option("--no-report", is_flag=True, help="Write no report page."),
     ])
 
 
-def report_target(out: Path, report: Path | None, no_report: bool) -> Path | None:
-    """The report page's path: as named, else report.html beside the subset (a Hugging Face
-    dataset directory gets it beside, not inside), None with --no-report."""
+def report_target(out: str | Path, report: str | Path | None, no_report: bool) -> Path | None:
+    """The report page's path: as named (refused as `paths.writes` refuses a file output
+    spelled '-' or ending in '/'), else report.html beside the subset (a Hugging Face dataset
+    directory gets it beside, not inside), None with --no-report."""
     if no_report:
         if report is not None:
             raise GradfilterError("give --report PATH or --no-report, not both")
         return None
+    from ..paths import writes
     from ..report import REPORT_NAME
 
-    return Path(report) if report is not None else Path(out).parent / REPORT_NAME
+    if report is not None:
+        writes("the report", "--report", report, run_record=False)
+        return Path(report)
+    return Path(out).parent / REPORT_NAME
 
 
-def report_outputs(path: Path | None, option: str = "--report") -> list:
+def report_outputs(path: str | Path | None, option: str = "--report") -> list:
     """The report page as an output for `refuse_collisions`, checked first: a file there must
     be an earlier report of ours. `option`: how the user named it ("default --report" where
     they did not)."""
