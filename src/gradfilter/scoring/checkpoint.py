@@ -37,7 +37,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 
 import numpy as np
 import torch
@@ -120,8 +120,10 @@ class Manifest:
     finished: bool = False
 
 
-class Checkpoint:
-    """The checkpoint directory of one scoring run (one instance per rank)."""
+class CheckpointDirectory:
+    """The checkpoint directory of one scoring run (one instance per rank): opening it (the
+    fingerprint, the lock, tidying after a kill), the manifest and its commits, the runs that
+    worked on it, and the signal boundaries; `Checkpoint` adds what is saved in it."""
 
     def __init__(self, directory: str | Path, fingerprint: dict[str, Any], comm: Comm,
                  topology: Topology, every: int = 50) -> None:
@@ -187,7 +189,7 @@ class Checkpoint:
             raise GradfilterError(f"checkpoint in {self.root} is in use by another run") from None
         self._lock = handle
 
-    def __enter__(self) -> Checkpoint:
+    def __enter__(self) -> Self:
         self.open()
         self._held.enter_context(interrupts.until_boundary())
         return self
@@ -236,6 +238,23 @@ class Checkpoint:
         for directory, step in _train_dirs(self.root):
             if step != self.manifest.step and step not in self.manifest.kept:
                 shutil.rmtree(directory)
+
+    def due(self, step: int, at_end: bool) -> bool:
+        """Whether the training state is committed after optimiser step `step`."""
+        return step % self.every == 0 or at_end
+
+    def _commit(self, manifest: Manifest) -> None:
+        _write_json(self.root / "state.json", {"format": FORMAT, **manifest.__dict__})
+
+    def _boundary(self, what: str) -> None:
+        """Stop here if SIGTERM or SIGHUP came since the last commit."""
+        interrupts.boundary(f": stopped after committing {what} to {self.root}; the same "
+                            "command continues from there")
+
+
+class Checkpoint(CheckpointDirectory):
+    """The checkpoint directory of one scoring run with its training states and collection
+    shards (one instance per rank)."""
 
     # --- training state ------------------------------------------------------------------
 
@@ -320,24 +339,12 @@ class Checkpoint:
         _sleep_hook()
         self._boundary(f"the collection after epoch {epoch}")
 
-    def _boundary(self, what: str) -> None:
-        """Stop here if SIGTERM or SIGHUP came since the last commit."""
-        interrupts.boundary(f": stopped after committing {what} to {self.root}; the same "
-                            "command continues from there")
-
     def mark_finished(self) -> None:
         self.comm.barrier()
         self.manifest = Manifest(self.manifest.step, self.manifest.collected,
                                  self.manifest.kept, True)
         if self.comm.rank == 0:
             self._commit(self.manifest)
-
-    def due(self, step: int, at_end: bool) -> bool:
-        """Whether the training state is committed after optimiser step `step`."""
-        return step % self.every == 0 or at_end
-
-    def _commit(self, manifest: Manifest) -> None:
-        _write_json(self.root / "state.json", {"format": FORMAT, **manifest.__dict__})
 
 
 def _train_dirs(root: Path) -> list[tuple[Path, int]]:
