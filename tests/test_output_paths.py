@@ -146,10 +146,13 @@ def test_standard_output_is_refused_not_written_as_a_file_named_dash(place, gpt2
     assert "./- for a file named '-'" in err
 
 
-def test_a_file_output_ending_in_a_slash_is_refused(place):
-    err = _one_line_refusal(place, "select", "data.jsonl", "--stats", "s.parquet", "--count",
-                            "3", "--out", "sub/")
-    assert err == ("error: the subset (--out sub/) ends in '/', which names a directory; it is "
+@pytest.mark.parametrize("command", ["select", "bench speed"])
+def test_a_file_output_ending_in_a_slash_is_refused(place, command):
+    args = (["select", "data.jsonl", "--stats", "s.parquet", "--count", "3"]
+            if command == "select" else ["bench", "speed", "data.jsonl"])
+    err = _one_line_refusal(place, *args, "--out", "sub/")
+    role = "the subset" if command == "select" else "the figures"
+    assert err == (f"error: {role} (--out sub/) ends in '/', which names a directory; it is "
                    "written as a file (name a file)\n")
 
 

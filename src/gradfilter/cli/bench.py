@@ -139,7 +139,7 @@ def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_s
 @click.option("--tokenizer", default=None,
               help="With --proxy random-gpt2[:LAYERS:WIDTH]: whose tokenizer to use "
                    "(default: the demo's SmolLM2).")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
+@click.option("--out", type=click.Path(), default=None,
               help="Also write the figures as JSON here.")
 @data_options
 @BENCH_SCORE_OPTIONS
@@ -158,6 +158,7 @@ def speed(data: str, paths: str, tokenizer, out, fmt, fields, limit, split, quie
         [*reads("the data", "DATA", data), *reads("the proxy", "--proxy", options["proxy"]),
          *reads("the tokenizer", "--tokenizer", tokenizer)],
         writes("the figures", "--out", out))
+    out = Path(out) if out is not None else None  # (checked as spelled: a trailing '/')
     use_threads(options.pop("threads"))
     config = config_from(options)
     with tempfile.TemporaryDirectory(prefix="gradfilter-speed-") as scratch:
