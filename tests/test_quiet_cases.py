@@ -122,7 +122,7 @@ def test_inspect_counts_and_names_the_quiet_cases(quiet_data):
     assert code == 1, err
     assert ("exact copies: 3 records are exact copies of an earlier record; the most repeated, "
             "record 2, is 4 of 7 (57%)\n") in out
-    assert "1 records with a duplicate key, 1 with an empty reply (listed below)\n" in out
+    assert "1 record with a duplicate key, 1 with an empty reply (listed below)\n" in out
     assert "\n2 problems\n" in out
     assert (f"  {quiet_data}: record 0: duplicate key 'output' in one JSON object (only the "
             "last value is read; the record is scored)\n") in out
@@ -139,15 +139,25 @@ def test_score_reports_the_quiet_cases_in_its_summary_and_run_record(quiet_data,
                            gpt2_proxy, "--quiet")
     assert code == 0, err
     shown = " ".join(err.split())  # the summary (on stderr) wraps at the console's width
-    assert ("1 records have a key twice in one JSON object (the last value read; the first: "
+    assert ("1 record has a key twice in one JSON object (the last value read; the first: "
             "record 0, key 'output')") in shown
-    assert "1 records have an empty reply (scored; the first: record 1)" in shown
+    assert "1 record has an empty reply (scored; the first: record 1)" in shown
     assert ("3 records are exact copies of an earlier record (all kept); the most repeated, "
             "record 2, appears 4 times") in shown
     record = json.loads(Path(f"{out}.run.json").read_text())
     assert record["duplicate_keys"] == {"0": ["output"]}
     assert record["empty_replies"] == [1]
     assert record["exact_copies"] == {"records": 3, "most_copied": 2, "count": 4}
+
+
+def test_counts_of_records_agree_with_their_verb():
+    from gradfilter.data.quality import copies_of_earlier, records
+
+    assert records(1, "has", "have") == "1 record has"
+    assert records(2, "has", "have") == "2 records have"
+    assert records(0) == "0 records"
+    assert copies_of_earlier(1) == "1 record is an exact copy of an earlier record"
+    assert copies_of_earlier(3) == "3 records are exact copies of an earlier record"
 
 
 def test_a_key_inside_a_string_is_not_a_duplicate_key(tmp_path):

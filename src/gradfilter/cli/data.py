@@ -9,6 +9,7 @@ import click
 from rich.console import Console
 
 from ..data.conversations import FORMATS
+from ..data.quality import records
 from ..diversity import DIVERSITY
 from ..utilities import BASELINE_SCORES, UTILITIES
 from .options import (
@@ -157,8 +158,8 @@ def inspect(data: str, fmt, fields, split, max_problems: int, strict: bool) -> N
     if found.copies is not None and found.copies.records:
         out.print(f"exact copies: {found.copies.line()}", markup=False)
     if found.duplicate_keys or found.empty_replies:
-        out.print(f"{found.duplicate_keys} records with a duplicate key, {found.empty_replies} "
-                  "with an empty reply (listed below)", markup=False)
+        out.print(f"{records(found.duplicate_keys)} with a duplicate key, "
+                  f"{found.empty_replies} with an empty reply (listed below)", markup=False)
     if found.role_variants:
         out.print(f"note: {role_variants_note(found.role_variants, found.first_role_variant)}",
                   markup=False)

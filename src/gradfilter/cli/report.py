@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from ..data.quality import copies_of_earlier, records
 from ..data.readers import ReadReport
 from ..outputs import run_record_path
 from ..subset import Subset
@@ -37,17 +38,16 @@ def quality_notes(notes: dict) -> list[str]:
     lines = []
     if notes.get("duplicate_keys"):
         first, keys = next(iter(notes["duplicate_keys"].items()))
-        lines.append(f"{len(notes['duplicate_keys'])} records have a key twice in one JSON "
-                     f"object (the last value read; the first: record {first}, key "
+        lines.append(f"{records(len(notes['duplicate_keys']), 'has', 'have')} a key twice in "
+                     f"one JSON object (the last value read; the first: record {first}, key "
                      f"{keys[0]!r})")
     if notes.get("empty_replies"):
-        lines.append(f"{len(notes['empty_replies'])} records have an empty reply (scored; the "
-                     f"first: record {notes['empty_replies'][0]})")
+        lines.append(f"{records(len(notes['empty_replies']), 'has', 'have')} an empty reply "
+                     f"(scored; the first: record {notes['empty_replies'][0]})")
     copies = notes.get("exact_copies") or {}
     if copies.get("records"):
-        lines.append(f"{copies['records']} records are exact copies of an earlier record (all "
-                     f"kept); the most repeated, record {copies['most_copied']}, appears "
-                     f"{copies['count']} times")
+        lines.append(f"{copies_of_earlier(copies['records'])} (all kept); the most repeated, "
+                     f"record {copies['most_copied']}, appears {copies['count']} times")
     return lines
 
 

@@ -82,9 +82,21 @@ class Copies:
         return {"records": self.records, "most_copied": self.most_copied, "count": self.count}
 
     def line(self) -> str:
-        return (f"{self.records} records are exact copies of an earlier record; the most "
-                f"repeated, record {self.most_copied}, is {self.count} of {self.total} "
+        return (f"{copies_of_earlier(self.records)}; the most repeated, record "
+                f"{self.most_copied}, is {self.count} of {self.total} "
                 f"({self.count / self.total:.0%})")
+
+
+def records(n: int, one: str = "", many: str = "") -> str:
+    """'1 record is' / '3 records are': a count of records, with a verb that agrees."""
+    words = ("record", one) if n == 1 else ("records", many)
+    return " ".join((str(n), *(word for word in words if word)))
+
+
+def copies_of_earlier(n: int) -> str:
+    """'1 record is an exact copy of an earlier record' / '3 records are exact copies ...'."""
+    return (f"{records(n, 'is', 'are')} {'an exact copy' if n == 1 else 'exact copies'} of an "
+            "earlier record")
 
 
 class CopyCounter:
