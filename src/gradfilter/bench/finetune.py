@@ -552,7 +552,7 @@ class Groups:
 def record_groups(records, field: str | None, where: str) -> Groups:
     """The group of every record: `field`'s value when given (every record must carry it),
     else found by shape: `source` when every record's is an exchange origin
-    (`<conversation>#<turn>`, as benchmarks/sharegpt_pairs.py writes), or `id` where ids tie
+    (`<conversation>#<turn>`, as benchmarks/data/sharegpt_pairs.py writes), or `id` where ids tie
     records together (ShareGPT's split conversations `<id>_<n>`). A conversation's exchanges
     and chunks share one group (`conversation_ids`)."""
     from ..data.exchanges import conversation_ids, is_exchange_origin
