@@ -17,10 +17,11 @@ from gradfilter.bench.pairwise import (
     flipped,
     majority,
     rater_agreement,
+    reading,
     summarize,
     winning_score,
 )
-from gradfilter.bench.pairwise_report import Report, interval_cell, reading
+from gradfilter.bench.pairwise_report import Report, interval_cell
 
 
 def test_winning_score():
@@ -128,9 +129,10 @@ def test_finite_and_cells():
     assert finite({"a": [math.nan, 1.0], "b": (math.inf,)}) == {"a": [None, 1.0], "b": [None]}
     assert interval_cell({"estimate": 1.5, "low": 1.2, "high": 1.8}) == "1.500 [1.200, 1.800]"
     assert interval_cell({"estimate": None, "low": None, "high": None}) == "n/a"
-    assert reading({"winning_score": {"low": 1.1, "high": 1.5}}, "a", "b") == "a better"
-    assert reading({"winning_score": {"low": 0.2, "high": 0.9}}, "a", "b") == "b better"
-    assert reading({"winning_score": {"low": None, "high": None}}, "a", "b") == "tied"
+    assert reading({"low": 1.1, "high": 1.5}, "a", "b") == "a better"
+    assert reading({"low": 0.2, "high": 0.9}, "a", "b") == "b better"
+    assert reading({"low": 0.9, "high": 1.1}, "a", "b") == "tied"
+    assert reading({"low": None, "high": None}, "a", "b") == "tied"
 
 
 def test_report_renders_the_same_blocks_as_markdown_and_html():

@@ -51,7 +51,6 @@ from .finetune_measures import (
     UNTRAINED,
     Curves,
     budget_results,
-    plot_curves,
     results_markdown,
     stacked,
 )
@@ -141,7 +140,7 @@ def run_finetune_benchmark(inputs: FinetuneInputs, out_dir: Path, target: ScoreC
                            dedup_threshold: float = DEFAULT_THRESHOLD) -> dict:
     """Fine-tune on every method's subset, random's reselected subsets and the full pool, at
     every budget, for every seed; write runs/ (one file per run and seed, reused by a rerun),
-    adapters/, results.json, results.md and heldout.png. Returns the results."""
+    adapters/, results.json, results.md and report.html. Returns the results."""
     config.validate()
     if not inputs.held_out:
         raise GradfilterError("the held-out set has no scorable record")
@@ -318,7 +317,6 @@ def summarize(rows: dict[str, dict[str, list[Curves]]], plan: Plan, config: Fine
 def _write_reports(out_dir: Path, results: dict, rows: dict[str, dict[str, list[Curves]]]) -> None:
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
     atomic_write_text(out_dir / "results.md", results_markdown(results))
-    plot_curves(out_dir / "heldout.png", rows)
     write_run_record(out_dir / "results.json", {"stage": "bench finetune", **{
         k: results[k] for k in ("pool", "records", "budgets", "methods", "finetune", "target",
                                 "threads", "run_seeds", "warnings")}})

@@ -15,11 +15,27 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bench.finetune_measures import steps_to_random_text
+from ..bench.noise_metrics import contamination
+from ..bench.noise_report import SHOWN, verdict_cell
+from ..bench.pairwise import reading
 from ..errors import GradfilterError
 from ..outputs import run_record_path
 from . import REPORT_NAME, plots
 from .measures import histogram
-from .page import Html, Page, details, facts, figure, grid, json_block, paragraph, table, write_page
+from .page import (
+    Html,
+    Page,
+    details,
+    facts,
+    figure,
+    grid,
+    json_block,
+    paragraph,
+    table,
+    warning,
+    write_page,
+)
 from .selection import read_json
 
 CURVE_BUDGETS = tuple(round(0.01 * k, 2) for k in range(1, 51))
@@ -160,6 +176,9 @@ def noise_page(results: dict, record: dict, out_dir: Path) -> Page:
         ("members / epochs", f"{config.get('members')} / {config.get('epochs')}"),
         ("budgets", ", ".join(map(str, results.get("budgets", [])))),
         ("bootstrap resamples", results.get("resamples")), *scale]))
+    verdicts = _noise_verdicts(results)
+    if verdicts:
+        page.add("verdicts", "Verdicts", *verdicts)
     page.add("summary", "Every method, with 95% intervals",
              paragraph("AUROC: clean records scored above corrupted ones (0.5 is chance). "
                        "AUPRC: corrupted found at the bottom. Contamination: the corrupted "
@@ -169,17 +188,76 @@ def noise_page(results: dict, record: dict, out_dir: Path) -> Page:
     first = draws.get(seeds[0]) if seeds else None
     page.add("contamination", "Contamination by budget", *_contamination(results, first,
                                                                          out_dir))
-    if first:
+    kinds = _kind_verdicts(results)
+    if kinds:
+        page.add("kinds", "By corruption kind", *kinds)
+    elif first:
         by_kind = {m: {"auroc " + k: v for k, v in (e.get("auroc_by_type") or {}).items()}
                    for m, e in (first.get("methods") or {}).items()}
         page.add("kinds", f"By corruption kind (seed {seeds[0]})",
                  *result_tables(by_kind, "method"))
-        if first.get("diversity"):
-            diversity = first["diversity"]
-            page.add("diversity", "Near-duplicate removal against plain top-k",
-                     paragraph(f"dedup at cosine >= {diversity.get('threshold')}", "note"),
-                     *result_tables(diversity.get("methods") or {}, "method"))
+    if first and first.get("diversity"):
+        diversity = first["diversity"]
+        page.add("diversity", "Near-duplicate removal against plain top-k",
+                 paragraph(f"dedup at cosine >= {diversity.get('threshold')}", "note"),
+                 *result_tables(diversity.get("methods") or {}, "method"))
     return page
+
+
+def _noise_verdicts(results: dict) -> list[Html]:
+    """Each method's verdicts against random's expectation, IFD and length, the measures named
+    by verdict (as results.md's headline table), and random's expectation with its band."""
+    summary = {m: e for m, e in (results.get("summary") or {}).items() if isinstance(e, dict)}
+    references = [r for r in ("random", *sorted(SHOWN.keys() - {"random"}))
+                  if any(r in (e.get("verdicts") or {}) for e in summary.values())]
+    if not references:
+        return []
+    rows = [[method, *[verdict_cell((e.get("verdicts") or {}).get(r)) for r in references]]
+            for method, e in summary.items()]
+    parts = [paragraph("On each measure, better, tied or worse than the reference by whether "
+                       "the 95% interval of the difference (method minus random's expectation, "
+                       "or minus the other method, paired) excludes zero; the cells name the "
+                       "measures (5%, 10%: contamination at that budget).", "note"),
+             table(["method", *[f"vs {SHOWN.get(r, r)}" for r in references]], rows,
+                   table_id="verdicts")]
+    random = results.get("random") or {}
+    expected, bands = random.get("expectation") or {}, random.get("reselections") or {}
+    if expected:
+        shown = [f"{name} {value:.3f}" + (f" ({bands[name]['low']:.3f}-{bands[name]['high']:.3f})"
+                                          if isinstance(bands.get(name), dict) else "")
+                 for name, value in expected.items() if isinstance(value, int | float)]
+        parts.append(paragraph(f"Random, expected (in parentheses the 2.5-97.5% band of "
+                               f"{bands.get('draws', '?')} random orders): "
+                               + "; ".join(shown) + ".", "note"))
+    return parts
+
+
+def _kind_verdicts(results: dict) -> list[Html]:
+    """Per method and corruption kind: AUROC clean vs that kind with its verdict against
+    chance, and that kind's share of the kept records at the middle budget."""
+    summary = {m: e for m, e in (results.get("summary") or {}).items()
+               if isinstance(e, dict) and e.get("verdicts_by_type")}
+    if not summary:
+        return []
+    budgets = [str(b) for b in results.get("budgets", [])]
+    middle = budgets[len(budgets) // 2] if budgets else None
+    kinds = sorted({k for e in summary.values() for k in e["verdicts_by_type"]})
+    rows = []
+    for method, e in summary.items():
+        shares = (e.get("contamination_by_type") or {}).get(middle) or {}
+        rows.append([method, *[Html(" · ".join(
+            part for part in (_interval_or_na((e.get("auroc_by_type") or {}).get(kind)),
+                              str(e["verdicts_by_type"].get(kind, "n/a")),
+                              _interval_or_na(shares.get(kind)) if shares else "")
+            if part)) for kind in kinds]])
+    share = f"; its share of the kept at {_percent(middle)}" if middle else ""
+    return [paragraph(f"AUROC clean vs that kind, its verdict against chance (0.5){share}; "
+                      "95% intervals.", "note"), table(["method", *kinds], rows,
+                                                       table_id="kind-verdicts")]
+
+
+def _interval_or_na(value: object) -> str:
+    return interval_text(value) if is_interval(value) else "n/a"  # type: ignore[arg-type]
 
 
 def _scale(draw: dict) -> str:
@@ -219,10 +297,12 @@ def _contamination(results: dict, first: dict | None, out_dir: Path) -> list[Htm
                             figure_id="contamination-plot"))
     if loaded is not None:
         scores, labels = loaded
-        corrupted = labels != ""
-        parts.append(Html("<h3>Scores of clean and corrupted records (first seed)</h3>"))
+        groups = {"clean": labels == "", **{kind: labels == kind
+                                           for kind in sorted(set(labels) - {""})}}
+        parts.append(Html("<h3>Scores of clean records and of each corruption kind (first "
+                          "seed)</h3>"))
         parts.append(grid(figure(plots.histogram_figure(
-            histogram(s, {"clean": ~corrupted, "corrupted": corrupted}), m, m, share=True),
+            histogram(s, groups), m, m, share=True),
             f"Histogram of {m} by label") for m, s in scores.items()))
     else:
         parts.append(paragraph("The curves and score histograms need the run's tables and "
@@ -258,14 +338,7 @@ def _recorded(out_dir: Path, recorded: str) -> Path:
 
 
 def _curve(scores: np.ndarray, labels: np.ndarray) -> list[float]:
-    from ..selection import select_top
-
-    corrupted = labels != ""
-    shares = []
-    for budget in CURVE_BUDGETS:
-        kept = select_top(scores, ratio=budget).indices
-        shares.append(float(corrupted[kept].mean()) if len(kept) else math.nan)
-    return shares
+    return [contamination(scores, labels, budget)["all"] for budget in CURVE_BUDGETS]
 
 
 # --- fine-tune -------------------------------------------------------------------------------
@@ -283,6 +356,9 @@ def finetune_page(results: dict, record: dict, out_dir: Path) -> Page:
         ("training", ", ".join(f"{k} {v}" for k, v in config.items())),
         ("budgets", ", ".join(map(str, results.get("budgets", [])))),
         ("methods", ", ".join(map(str, results.get("methods", []))))]))
+    verdicts = _finetune_verdicts(results)
+    if verdicts:
+        page.add("verdicts", "Verdict against random", *verdicts)
     parts: list[Html] = [paragraph("Differences are paired (same seeds, same held-out "
                                    "examples); * marks an interval that excludes zero.", "note")]
     for budget, rows in (results.get("results") or {}).items():
@@ -297,6 +373,65 @@ def finetune_page(results: dict, record: dict, out_dir: Path) -> Page:
                         "Mean over seeds and held-out examples; the band spans the seeds' "
                         "means where the per-run curves are at hand.", figure_id="curves-plot"))
     return page
+
+
+def _finetune_verdicts(results: dict) -> list[Html]:
+    """Each subset's verdict against random on the declared reading (AUC) with the final loss's
+    beside it, the paired differences, overfitting in words, the budget's schedule and
+    warnings, and random's reselected draws."""
+    declared = (results.get("reading") or {}).get("declared", "auc")
+    parts: list[Html] = [warning(w) for w in results.get("warnings") or []]
+    rows = []
+    for budget, table_rows in (results.get("results") or {}).items():
+        for name, e in (table_rows if isinstance(table_rows, dict) else {}).items():
+            found = e.get("vs_random") if isinstance(e, dict) else None
+            if not isinstance(found, dict):
+                continue
+            overfit = (e.get("overfitting") or {}) if isinstance(e.get("overfitting"), dict) else {}
+            rows.append([_percent(budget), name, found.get("auc", "n/a"),
+                         _interval_or_signed(e.get("auc_vs_random")),
+                         found.get("final", "n/a"),
+                         _interval_or_signed(e.get("final_vs_random")),
+                         overfit.get("words") or "no",
+                         steps_to_random_text(e.get("steps_to_random_final"))
+                         if isinstance(e.get("steps_to_random_final"), dict) else "-",
+                         "yes" if found.get("readable", True) else
+                         "no: every subset overfits at this budget"])
+    if rows:
+        parts.append(paragraph(f"Verdict reading declared before the runs: {declared} (the area "
+                               "under the held-out curve); the final loss beside it. Better / "
+                               "tied / worse: the 95% interval of the paired difference "
+                               "(loss minus random's) is below / includes / is above zero.",
+                               "note"))
+        parts.append(table(["budget", "subset", "vs random (AUC)", "AUC - random",
+                            "vs random (final)", "final - random", "overfitting",
+                            "steps to random's final", "a result"], rows,
+                           table_id="finetune-verdicts"))
+    parts += _schedules(results)
+    return parts
+
+
+def _interval_or_signed(value: object) -> Html | str:
+    return Html(interval_text(value, signed=True)) if is_interval(value) else "-"  # type: ignore[arg-type]
+
+
+def _schedules(results: dict) -> list[Html]:
+    """Per budget: the steps every run took, how often a record was seen, random's draws."""
+    lines = []
+    for budget, schedule in (results.get("schedule") or {}).items():
+        if not isinstance(schedule, dict):
+            continue
+        passes = schedule.get("subset_passes")
+        random = ((results.get("results") or {}).get(budget) or {}).get("random") or {}
+        spread = (random.get("draw_spread") or {}).get("auc") or {}
+        draws = (f"; random's {random.get('draws')} draws: AUC "
+                 + ", ".join(f"{v:.4f}" for v in spread["per_draw"])
+                 if isinstance(spread.get("per_draw"), list) else "")
+        lines.append(f"{_percent(budget)}: {schedule.get('steps')} steps of batch "
+                     f"{schedule.get('batch_size')}"
+                     + (f", each subset record seen {passes:.2g} times"
+                        if isinstance(passes, int | float) else "") + draws)
+    return [paragraph("; ".join(lines) + ".", "note")] if lines else []
 
 
 def _percent(budget: object) -> str:
@@ -319,8 +454,12 @@ def _loss_panels(results: dict, curves: dict, out_dir: Path) -> list[plots.Panel
             low, high = _seed_band(name, curve, out_dir)
             series.append(plots.Series(name.split("@")[0], steps, mean, low, high,
                                        dashed="@" not in name))
+        untrained = (((results.get("mean_curves") or {}).get(budget) or {}).get("untrained")
+                     or [None])[0]
         panels.append(plots.Panel(f"budget {_percent(budget)}", "optimiser step",
-                                  "held-out loss", series))
+                                  "held-out loss", series,
+                                  None if untrained is None else
+                                  (float(untrained), "untrained (step 0)")))
     return panels
 
 
@@ -379,7 +518,7 @@ def judge_page(results: dict, record: dict, out_dir: Path) -> Page:
             rows.append([f"{a} vs {b}", test_set, s.get("wins"), s.get("ties"),
                          s.get("losses"), s.get("unparsed"),
                          Html(interval_text(score)) if is_interval(score) else "n/a",
-                         _reading(score, a, b)])
+                         reading(score, a, b)])
     parts: list[Html] = []
     if bars:
         parts.append(figure(plots.outcome_bars(bars, "wins, ties and losses of A against B"),
@@ -396,16 +535,6 @@ def judge_page(results: dict, record: dict, out_dir: Path) -> Page:
                  *[details(f"{p.get('a')} vs {p.get('b')}, {u.get('prompt_id')}",
                            json_block(u, limit=2000)) for p, u in unparsed[:50]])
     return page
-
-
-def _reading(score: dict, a: object, b: object) -> str:
-    """Better only where the interval excludes 1 (even)."""
-    low, high = score.get("low"), score.get("high")
-    if isinstance(low, int | float) and math.isfinite(low) and low > 1:
-        return f"{a} better"
-    if isinstance(high, int | float) and math.isfinite(high) and high < 1:
-        return f"{b} better"
-    return "tied"
 
 
 ADAPTERS: dict[str, Callable[[dict, dict, Path], Page]] = {
