@@ -34,10 +34,10 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Self
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -120,10 +120,8 @@ class Manifest:
     finished: bool = False
 
 
-class CheckpointDirectory:
-    """The checkpoint directory of one scoring run (one instance per rank): opening it (the
-    fingerprint, the lock, tidying after a kill), the manifest and its commits, the runs that
-    worked on it, and the signal boundaries; `Checkpoint` adds what is saved in it."""
+class Checkpoint:
+    """The checkpoint directory of one scoring run (one instance per rank)."""
 
     def __init__(self, directory: str | Path, fingerprint: dict[str, Any], comm: Comm,
                  topology: Topology, every: int = 50) -> None:
@@ -138,7 +136,6 @@ class CheckpointDirectory:
         self.opened = False
         self.runs: list[dict[str, Any]] = []  # runs.json: the runs that worked on it
         self._lock: IO[bytes] | None = None
-        self._held = ExitStack()
 
     # --- opening -------------------------------------------------------------------------
 
@@ -148,113 +145,43 @@ class CheckpointDirectory:
             raise GradfilterError(f"--checkpoint-dir {self.root} is a file, not a directory")
         self.root.mkdir(parents=True, exist_ok=True)
         if self.comm.rank == 0:
-            self._take_lock()
+            self._lock = _take_lock(self.root)
         path = self.root / "fingerprint.json"
         if path.exists():
-            self._check_fingerprint(_read_json(path))
+            _check_fingerprint(self.root, _read_json(path), self.fingerprint)
         self.comm.barrier()
         if self.comm.rank == 0:
             if not path.exists():
                 _write_json(path, self.fingerprint)
-            self.manifest = self._read_manifest()
-            self._tidy()
+            self.manifest = _read_manifest(self.root)
+            _tidy(self.root, self.manifest)
         self.comm.barrier()
-        self.manifest = self._read_manifest()
+        self.manifest = _read_manifest(self.root)
         runs = self.root / "runs.json"
         self.runs = _read_json(runs) if runs.exists() else []
         self.opened = True
         return self.manifest
 
     def record_run(self, **settings: Any) -> None:
-        """Add this run to runs.json (rank 0): the step and epochs it starts from and
-        `settings` that are not in the fingerprint but produced numbers (the micro-batch
-        budget, the number of processes). A finished directory, which only rebuilds the
-        table, adds nothing."""
-        if self.manifest.finished:
-            return
-        self.runs.append({"from_step": self.manifest.step,
-                          "collected_before": list(self.manifest.collected),
-                          "checkpoint_every": self.every, **settings})
-        if self.comm.rank == 0:
-            _write_json(self.root / "runs.json", self.runs)
+        """Add this run to runs.json (rank 0; `_run_entry`); a finished directory, which only
+        rebuilds the table, adds nothing."""
+        if not self.manifest.finished:
+            self.runs.append(_run_entry(self.manifest, self.every, settings))
+            if self.comm.rank == 0:
+                _write_json(self.root / "runs.json", self.runs)
 
-    def _take_lock(self) -> None:
-        """One run per directory: two would overwrite each other's commits. The kernel drops
-        the lock when the process dies, even by SIGKILL."""
-        handle = open(self.root / "lock", "ab")  # noqa: SIM115 (held until close())
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            raise GradfilterError(f"checkpoint in {self.root} is in use by another run") from None
-        self._lock = handle
-
-    def __enter__(self) -> Self:
+    def __enter__(self) -> Checkpoint:
         self.open()
-        self._held.enter_context(interrupts.until_boundary())
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        try:
-            if exc_info[0] is None:
-                self._held.close()  # a signal held to the end stops the run here
-            else:
-                self._held.__exit__(*exc_info)
-        finally:
-            self.close()
+        self.close()
 
     def close(self) -> None:
         """Release the directory for the next run."""
         if self._lock is not None:
             self._lock.close()
             self._lock = None
-
-    def _read_manifest(self) -> Manifest:
-        path = self.root / "state.json"
-        if not path.exists():
-            return Manifest()
-        state = _read_json(path)
-        if state.pop("format", None) != FORMAT:
-            raise GradfilterError(f"{path}: checkpoint format is not {FORMAT}; use a new "
-                                  "--checkpoint-dir")
-        return Manifest(**state)
-
-    def _check_fingerprint(self, stored: dict[str, Any]) -> None:
-        keys = [k for k in {**stored, **self.fingerprint}
-                if stored.get(k) != self.fingerprint.get(k)]
-        if not keys:
-            return
-        made = ", ".join(_shown(k, stored.get(k)) for k in keys)
-        this = ", ".join(_shown(k, self.fingerprint.get(k)) for k in keys)
-        raise GradfilterError(
-            f"checkpoint in {self.root} was made with {made}, this run has {this}; "
-            "use a new --checkpoint-dir or the same settings"
-        )
-
-    def _tidy(self) -> None:
-        """Remove what a kill left half-done: temporary files, uncommitted or stale train dirs."""
-        for tmp in self.root.rglob(".*.tmp"):
-            tmp.unlink()
-        for directory, step in _train_dirs(self.root):
-            if step != self.manifest.step and step not in self.manifest.kept:
-                shutil.rmtree(directory)
-
-    def due(self, step: int, at_end: bool) -> bool:
-        """Whether the training state is committed after optimiser step `step`."""
-        return step % self.every == 0 or at_end
-
-    def _commit(self, manifest: Manifest) -> None:
-        _write_json(self.root / "state.json", {"format": FORMAT, **manifest.__dict__})
-
-    def _boundary(self, what: str) -> None:
-        """Stop here if SIGTERM or SIGHUP came since the last commit."""
-        interrupts.boundary(f": stopped after committing {what} to {self.root}; the same "
-                            "command continues from there")
-
-
-class Checkpoint(CheckpointDirectory):
-    """The checkpoint directory of one scoring run with its training states and collection
-    shards (one instance per rank)."""
 
     # --- training state ------------------------------------------------------------------
 
@@ -284,7 +211,7 @@ class Checkpoint(CheckpointDirectory):
                 if old_step < step and old_step not in kept:
                     shutil.rmtree(old)
         _sleep_hook()
-        self._boundary(f"step {step}")
+        _boundary(self.root, f"step {step}")
 
     def load_train(self, members: list[int]) -> tuple[dict[int, dict], dict]:
         """The last committed training state: the payloads of `members` and the common one."""
@@ -317,7 +244,8 @@ class Checkpoint(CheckpointDirectory):
             arrays["sketches"] = sketches
         durable_write(directory / name, lambda h: np.savez(h, **arrays))
         _sleep_hook()
-        self._boundary(f"collection batches {batches[0]}-{batches[-1]} after epoch {epoch}")
+        _boundary(self.root, f"collection batches {batches[0]}-{batches[-1]} after epoch "
+                             f"{epoch}")
 
     def shards(self, epoch: int) -> list[dict[str, np.ndarray]]:
         """Every committed shard of the collection after `epoch`, in name order."""
@@ -337,7 +265,7 @@ class Checkpoint(CheckpointDirectory):
         if self.comm.rank == 0:
             self._commit(self.manifest)
         _sleep_hook()
-        self._boundary(f"the collection after epoch {epoch}")
+        _boundary(self.root, f"the collection after epoch {epoch}")
 
     def mark_finished(self) -> None:
         self.comm.barrier()
@@ -345,6 +273,77 @@ class Checkpoint(CheckpointDirectory):
                                  self.manifest.kept, True)
         if self.comm.rank == 0:
             self._commit(self.manifest)
+
+    def due(self, step: int, at_end: bool) -> bool:
+        """Whether the training state is committed after optimiser step `step`."""
+        return step % self.every == 0 or at_end
+
+    def _commit(self, manifest: Manifest) -> None:
+        _write_json(self.root / "state.json", {"format": FORMAT, **manifest.__dict__})
+
+
+def signals_held(checkpoint: Checkpoint | NullCheckpoint) -> AbstractContextManager:
+    """With a checkpoint directory, SIGTERM and SIGHUP are held until its next commit (the
+    run stops there and resumes from it); without one they stop the run at once."""
+    return (interrupts.until_boundary() if isinstance(checkpoint, Checkpoint)
+            else nullcontext())
+
+
+def _boundary(root: Path, what: str) -> None:
+    """Stop here if SIGTERM or SIGHUP came since the last commit."""
+    interrupts.boundary(f": stopped after committing {what} to {root}; the same command "
+                        "continues from there")
+
+
+def _run_entry(manifest: Manifest, every: int, settings: dict[str, Any]) -> dict[str, Any]:
+    """A run in runs.json: the step and epochs it starts from and `settings` that are not in
+    the fingerprint but produced numbers (the micro-batch budget, the number of processes)."""
+    return {"from_step": manifest.step, "collected_before": list(manifest.collected),
+            "checkpoint_every": every, **settings}
+
+
+def _take_lock(root: Path) -> IO[bytes]:
+    """One run per directory: two would overwrite each other's commits. The kernel drops the
+    lock when the process dies, even by SIGKILL."""
+    handle = open(root / "lock", "ab")  # noqa: SIM115 (held until Checkpoint.close())
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise GradfilterError(f"checkpoint in {root} is in use by another run") from None
+    return handle
+
+
+def _read_manifest(root: Path) -> Manifest:
+    path = root / "state.json"
+    if not path.exists():
+        return Manifest()
+    state = _read_json(path)
+    if state.pop("format", None) != FORMAT:
+        raise GradfilterError(f"{path}: checkpoint format is not {FORMAT}; use a new "
+                              "--checkpoint-dir")
+    return Manifest(**state)
+
+
+def _check_fingerprint(root: Path, stored: dict[str, Any], fingerprint: dict[str, Any]) -> None:
+    keys = [k for k in {**stored, **fingerprint} if stored.get(k) != fingerprint.get(k)]
+    if not keys:
+        return
+    made = ", ".join(_shown(k, stored.get(k)) for k in keys)
+    this = ", ".join(_shown(k, fingerprint.get(k)) for k in keys)
+    raise GradfilterError(
+        f"checkpoint in {root} was made with {made}, this run has {this}; "
+        "use a new --checkpoint-dir or the same settings"
+    )
+
+
+def _tidy(root: Path, manifest: Manifest) -> None:
+    """Remove what a kill left half-done: temporary files, uncommitted or stale train dirs."""
+    for tmp in root.rglob(".*.tmp"):
+        tmp.unlink()
+    for directory, step in _train_dirs(root):
+        if step != manifest.step and step not in manifest.kept:
+            shutil.rmtree(directory)
 
 
 def _train_dirs(root: Path) -> list[tuple[Path, int]]:

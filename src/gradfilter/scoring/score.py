@@ -28,7 +28,7 @@ from ..table import baseline_table, gsnr_table, record_columns, write_table
 from . import distributed
 from .baselines import NEEDS_MODEL, ProxyForward, baseline_columns
 from .budget import batch_tokens
-from .checkpoint import Checkpoint, NullCheckpoint
+from .checkpoint import Checkpoint, NullCheckpoint, signals_held
 from .collection import train_and_collect
 from .ensemble import LoRAEnsemble
 from .proxy import default_targets, load_model, load_tokenizer, resolve_device, resolve_dtype
@@ -143,7 +143,8 @@ def score(
         checkpoint = (NullCheckpoint() if checkpoint_dir is None else Checkpoint(
             checkpoint_dir, run_fingerprint(config, device, dtype, tokens), comm,
             comm.topology(config.members), checkpoint_every))
-        with checkpoint:  # opened first: other settings are refused before the proxy loads
+        # the checkpoint is opened first: other settings are refused before the proxy loads
+        with checkpoint, signals_held(checkpoint):
             start = time.perf_counter()
             torch.manual_seed(config.seed)
             model = (load_model(config.proxy, device)
