@@ -42,8 +42,8 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from .. import interrupts
 from ..errors import GradfilterError
+from ..interrupts import boundary, until_boundary
 from ..outputs import is_write_error, output_error, temp_prefix
 from .distributed import Comm, Topology
 
@@ -285,14 +285,14 @@ class Checkpoint:
 def signals_held(checkpoint: Checkpoint | NullCheckpoint) -> AbstractContextManager:
     """With a checkpoint directory, SIGTERM and SIGHUP are held until its next commit (the
     run stops there and resumes from it); without one they stop the run at once."""
-    return (interrupts.until_boundary() if isinstance(checkpoint, Checkpoint)
+    return (until_boundary() if isinstance(checkpoint, Checkpoint)
             else nullcontext())
 
 
 def _boundary(root: Path, what: str) -> None:
     """Stop here if SIGTERM or SIGHUP came since the last commit."""
-    interrupts.boundary(f": stopped after committing {what} to {root}; the same command "
-                        "continues from there")
+    boundary(f": stopped after committing {what} to {root}; the same command continues "
+             "from there")
 
 
 def _run_entry(manifest: Manifest, every: int, settings: dict[str, Any]) -> dict[str, Any]:
