@@ -17,6 +17,9 @@ CORRUPTION_STREAM = 11  # (seed, CORRUPTION_STREAM): the noise benchmark's corru
 SKETCH_STREAM = 13  # (seed, layer, part, SKETCH_STREAM): a gradient sketch's projection factors
 LSH_STREAM = 17  # (seed, LSH_STREAM): the random hyperplanes of diversity-aware selection
 HELD_OUT_STREAM = 19  # (seed, HELD_OUT_STREAM): the fine-tune benchmark's held-out records
+CLUSTER_STREAM = 23  # (seed, CLUSTER_STREAM): k-means of --stratify clusters
+WITHIN_STREAM = 29  # (seed, WITHIN_STREAM): --within random's draw inside each stratum
+SKETCH_PROJECTION_STREAM = 31  # (seed, ...): the sketches' projection for clustering
 
 
 def derived_seed(*parts: int) -> int:

@@ -21,6 +21,8 @@ from .report import print_selection
 @data_options
 @out_format_option
 @select_options
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of --stratify clusters and --within random.")
 def select(data: str, stats: Path, out: Path, fmt, fields, limit, split, **options) -> None:
     """Write the top records of DATA by a utility from a statistics table (no model needed).
 

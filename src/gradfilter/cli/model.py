@@ -73,23 +73,30 @@ def score(data: str, out: Path, fmt, fields, limit, split, skip_bad_records, met
 @score_options()
 def run(data: str, out: Path, stats: Path | None, fmt, fields, limit, split, out_format,
         skip_bad_records, method, save_adapters, checkpoint_dir, checkpoint_every, quiet, ratio,
-        count, utility, order, score_field, diversity, diversity_threshold, **options) -> None:
-    """Score DATA and write the selected subset in one go (default --ratio 0.1)."""
+        count, utility, order, score_field, diversity, diversity_threshold, threshold, stratify,
+        allocate, within, cluster_features, **options) -> None:
+    """Score DATA and write the selected subset in one go (default --ratio 0.1, unless
+    --threshold alone)."""
     from ..paths import refuse_collisions, run_paths
+    from ..strata import check_options, refuse_before_scoring
 
     refuse_collisions(*run_paths(data, out, stats, options["proxy"],
                                  checkpoint_dir=checkpoint_dir, save_adapters=save_adapters,
                                  out_format=out_format))
-    if ratio is None and count is None:
+    spec = check_options(stratify, allocate, within, cluster_features, threshold, diversity)
+    if ratio is None and count is None and threshold is None:
         ratio = 0.1
-    score_and_select(read_data(data, fmt, fields, limit, split, skip_bad_records), out, stats,
-                     config_from(options),
+    dataset = read_data(data, fmt, fields, limit, split, skip_bad_records)
+    refuse_before_scoring(spec, method, dataset.records, data)
+    score_and_select(dataset, out, stats, config_from(options),
                      dict(method=method, save_adapters=save_adapters,
                           skip_bad_records=skip_bad_records, progress=not quiet,
                           checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every),
                      dict(ratio=ratio, count=count, utility=utility, order=order,
                           score_field=score_field, out_format=out_format, diversity=diversity,
-                          diversity_threshold=diversity_threshold))
+                          diversity_threshold=diversity_threshold, threshold=threshold,
+                          stratify=stratify, allocate=allocate, within=within,
+                          cluster_features=cluster_features, seed=options["seed"]))
 
 
 def score_and_select(dataset, out: Path, stats: Path | None, config: ScoreConfig, how: dict,
