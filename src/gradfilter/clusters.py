@@ -22,8 +22,11 @@ Features of record i (documented in docs/method.md, "Selection"), by `features`:
 Only records whose trajectory is finite (the scored ones) are clustered; the others get no
 cluster (label -1). k-means is scikit-learn's: `KMeans` (k-means++, 3 initialisations) up to
 `MINIBATCH_ABOVE` records, `MiniBatchKMeans` (batches of 4096, 3 initialisations) above, both
-seeded from `(seed, CLUSTER_STREAM)`: the same seed gives the same clusters. Cluster numbers
-are then ordered by each cluster's first record in input order.
+seeded from `(seed, CLUSTER_STREAM)` and run on one thread: the same seed gives the same
+clusters whatever the machine's cores (and the many small steps of mini-batch k-means are
+faster on one thread than across a busy machine's). Cluster numbers are then ordered by each
+cluster's first record in input order; fewer distinct records than K leave empty clusters
+(counted in the run record).
 
 K, unless given: `min(100, max(2, round(sqrt(N / 2))), max(budget, 1), N)` for N clustered
 records: the sqrt(N/2) rule of thumb, at most 100 (each cluster then holds at least 1% of a
@@ -115,16 +118,16 @@ def trajectory_columns(names: list[str], features: str) -> list[str]:
 
 
 def trajectory_block(values: np.ndarray, columns: list[str]) -> np.ndarray:
-    """The standardised trajectory features ([records, columns] float32, finite rows only)."""
-    out = np.empty(values.shape, dtype=np.float32)
+    """The standardised trajectory features of finite rows `values` ([records, columns]
+    float32), written over them."""
     for k, name in enumerate(columns):
         column = values[:, k].astype(np.float64)
         if name.startswith("sqnorm"):
             positive = column[column > 0]
             floor = positive.min() if len(positive) else 1.0
             column = np.log(np.maximum(column, floor))
-        out[:, k] = _standardised(column)
-    return out
+        values[:, k] = _standardised(column)
+    return values
 
 
 def _standardised(column: np.ndarray) -> np.ndarray:
@@ -149,8 +152,11 @@ def sketch_block(stats: str | Path | pa.Table, names: list[str], rows: np.ndarra
     rng = np.random.default_rng(derived_seed(seed, SKETCH_PROJECTION_STREAM))
     planes = (rng.standard_normal((len(members) * dim, SKETCH_DIMS))
               / math.sqrt(SKETCH_DIMS)).astype(np.float32)
-    projected = project_sketches(stats, late, planes)[rows]
-    return projected - projected.mean(axis=0)
+    projected = project_sketches(stats, late, planes)
+    if len(rows) < len(projected):
+        projected = projected[rows]
+    projected -= projected.mean(axis=0, dtype=np.float64).astype(np.float32)
+    return projected
 
 
 def _sketch_dim(stats: str | Path | pa.Table, column: str) -> int:
@@ -159,9 +165,11 @@ def _sketch_dim(stats: str | Path | pa.Table, column: str) -> int:
 
 
 def _unit_variance(block: np.ndarray) -> np.ndarray:
-    """The block scaled to a total variance of 1 (left as is where it has none)."""
-    total = float(block.astype(np.float64).var(axis=0).sum())
-    return block / np.float32(math.sqrt(total)) if total > 0 else block
+    """The block scaled, in place, to a total variance of 1 (left as is where it has none)."""
+    total = float(block.var(axis=0, dtype=np.float64).sum())
+    if total > 0:
+        block /= np.float32(math.sqrt(total))
+    return block
 
 
 def features_of(stats: str | Path | pa.Table, features: str = DEFAULT_FEATURES,
@@ -172,12 +180,12 @@ def features_of(stats: str | Path | pa.Table, features: str = DEFAULT_FEATURES,
     columns = trajectory_columns(names, features)
     values = load_columns(stats, columns)
     rows = np.flatnonzero(np.isfinite(values).all(axis=1))
-    block = trajectory_block(values[rows], columns)
+    block = trajectory_block(values if len(rows) == len(values) else values[rows], columns)
     del values
     if features != "trajectory+sketch":
         return rows, block, columns
-    sketch = sketch_block(stats, names, rows, seed)
-    return rows, np.hstack([_unit_variance(block), _unit_variance(sketch)]), columns
+    sketch = _unit_variance(sketch_block(stats, names, rows, seed))
+    return rows, np.hstack([_unit_variance(block), sketch]), columns
 
 
 def cluster_records(stats: str | Path | pa.Table, *, k: int | None = None, budget: int,
@@ -206,6 +214,7 @@ def _kmeans(matrix: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, str]:
     """Cluster labels of the rows of `matrix` (scikit-learn), seeded."""
     from sklearn.cluster import KMeans, MiniBatchKMeans
     from sklearn.exceptions import ConvergenceWarning
+    from threadpoolctl import threadpool_limits
 
     state = derived_seed(seed, CLUSTER_STREAM) % (2**32)
     if k == 1:
@@ -217,8 +226,8 @@ def _kmeans(matrix: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, str]:
     else:
         model = KMeans(n_clusters=k, n_init=N_INIT, random_state=state)
         name = f"KMeans (k-means++, {N_INIT} initialisations)"
-    with warnings.catch_warnings():  # fewer distinct points than k: reported as empty clusters
-        warnings.simplefilter("ignore", ConvergenceWarning)
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
+        warnings.simplefilter("ignore", ConvergenceWarning)  # fewer distinct points than k
         labels = model.fit_predict(matrix)
     return np.asarray(labels, dtype=np.int64), name
 
