@@ -446,3 +446,18 @@ def test_run_stratifies_after_scoring_and_refuses_before_it(tmp_path, gpt2_proxy
     assert sorted(r["source"] for r in _kept(tmp_path / "s.jsonl")) == ["a", "a", "b", "b"]
     record = json.loads((tmp_path / "s.jsonl.run.json").read_text())
     assert record["stratify"]["by"] == "field" and record["seed"] == 0
+    # --threshold alone: every record at or above it, not run's default 10%
+    code, stdout, err = run_cli("run", data, "--out", tmp_path / "t.jsonl", "--proxy",
+                                gpt2_proxy, *TINY_RUN, "--threshold", "-1e300", "--utility",
+                                "snr-member")
+    assert code == 0, err
+    assert len(_kept(tmp_path / "t.jsonl")) == 12 and stdout.startswith("kept 12 of 12 ")
+
+
+def test_fewer_distinct_records_than_clusters_leaves_empty_clusters_in_the_report():
+    table = trajectory_table(np.zeros(10), np.zeros(10), noise=0.0)
+    scores = np.arange(10.0)
+    selection, report = gf.strata.choose(scores, table, count=4, stratify="clusters:3")
+    assert [s["pool"] for s in report["strata"]] == [10, 0, 0]
+    assert report["empty_clusters"] == 2
+    assert sorted(selection.indices.tolist()) == [6, 7, 8, 9]

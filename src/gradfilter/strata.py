@@ -189,16 +189,19 @@ class StrataChoice:
 
 def stratified_choice(scores: np.ndarray, labels: np.ndarray, total: int, *,
                       allocation: Allocation, within: Within, seed: int = 0,
-                      threshold: float | None = None) -> StrataChoice:
-    """`total` records spread over the strata `labels` (-1: none) by `allocation`, the best by
-    `scores` (or a seeded random draw) within each; records without a finite score or a
-    stratum, or below `threshold`, are never chosen."""
+                      threshold: float | None = None,
+                      n_strata: int | None = None) -> StrataChoice:
+    """`total` records spread over the strata `labels` (-1: none; `n_strata` of them, by
+    default one more than the largest label) by `allocation`, the best by `scores` (or a
+    seeded random draw) within each; records without a finite score or a stratum, or below
+    `threshold`, are never chosen."""
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels)
     if allocation not in ALLOCATIONS:
         raise GradfilterError(f"--allocate must be one of {list(ALLOCATIONS)}, got "
                               f"{allocation!r}")
-    n_strata = int(labels.max()) + 1 if len(labels) else 0
+    if n_strata is None:
+        n_strata = int(labels.max()) + 1 if len(labels) else 0
     pool = np.isfinite(scores) & (labels >= 0)
     eligible = pool if threshold is None else pool & (scores >= threshold)
     sizes = np.bincount(labels[pool], minlength=n_strata)
@@ -351,7 +354,8 @@ def choose(scores: np.ndarray, stats: Stats, *, ratio: float | None = None,
                                      cluster_features or DEFAULT_FEATURES, seed)
     allocation = allocate or spec.default_allocation
     picked = stratified_choice(scores, labels, total, allocation=allocation,
-                               within=within or "utility", seed=seed, threshold=threshold)
+                               within=within or "utility", seed=seed, threshold=threshold,
+                               n_strata=len(names))
     selection = Selection(ranked.ranked, total, len(scores), ranked.n_nonfinite,
                           chosen=picked.chosen)
     return selection, _report(spec, allocation, within or "utility", names, picked, details)
@@ -398,7 +402,7 @@ def _report(spec: Stratify, allocation: str, within: str, names: list,
         "by": spec.by, **details, "allocation": allocation, "within": within,
         "strata": [{"stratum": name, "pool": int(n), "eligible": int(c), "taken": int(x)}
                    for name, n, c, x in zip(names, picked.sizes, picked.capacities,
-                                            picked.taken, strict=False)],
+                                            picked.taken, strict=True)],
         "taken_whole": whole,
     }
 
