@@ -1,4 +1,4 @@
-"""Streaming at scale: `gradfilter inspect` and `gradfilter select` on 1M synthetic records.
+"""Streaming at scale: `gradfilter inspect`, `select` and `report` on 1M synthetic records.
 
 Writes a synthetic Alpaca JSONL file (a few hundred bytes a record) and a matching statistics
 table (the losses and squared norms of 4 members x 2 epochs that `select` computes G-SNR from
@@ -14,7 +14,8 @@ about 0.94), so `select --diversity dedup` has work to do.
 
     python benchmarks/scale_io.py                     # 1M records under /tmp/gradfilter-scale
     python benchmarks/scale_io.py --records 100000 --dir /tmp/x --keep
-    python benchmarks/scale_io.py --only "select --ratio 0.1" --only "select --ratio 0.1 --strat*"
+    python benchmarks/scale_io.py --reuse --keep --only stratify  # the --stratify steps only
+    python benchmarks/scale_io.py --reuse --keep --only report    # the report steps only
 
 Not a test: it takes minutes and a few GB of scratch disk.
 """
@@ -128,7 +129,7 @@ def planted_sources(rng, n: int):
 def stratify_steps(data: Path, stats: Path, where: Path) -> list[tuple[str, list[str]]]:
     """`select --stratify` at the same budget: by response length, by clusters of the
     trajectories, and by clusters of the trajectories and the sketches."""
-    base = [*CLI, "select", str(data), "--stats", str(stats), "--ratio", "0.1"]
+    base = [*CLI, "select", str(data), "--stats", str(stats), "--ratio", "0.1", "--no-report"]
     return [
         ("select --ratio 0.1 --stratify length", [
             *base, "--stratify", "length", "--out", str(where / "subset-length.jsonl")]),
@@ -155,9 +156,9 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="Keep the scratch files.")
     parser.add_argument("--reuse", action="store_true",
                         help="Use the files an earlier --keep run left in --dir.")
-    parser.add_argument("--only", action="append", default=None, metavar="TEXT",
-                        help="Run only the step named TEXT, or those whose names start with TEXT "
-                             "without its final '*' (repeatable).")
+    parser.add_argument("--only", action="append", default=[], metavar="TEXT",
+                        help="Run only the steps whose name holds TEXT, or with a final '*' "
+                             "those whose names start with TEXT without it (repeatable).")
     parser.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
@@ -176,24 +177,30 @@ def main() -> None:
           f"statistics table {stats.stat().st_size / 2**20:.0f} MiB "
           f"({stats.stat().st_size / args.records / 4:.0f} bytes a record and member); "
           f"generated in {made:.0f} s")
-    subset = args.dir / "subset.jsonl"
+    subset, page = args.dir / "subset.jsonl", args.dir / "report.html"
     steps = [
         ("start the command line only", [*CLI, "--version"]),
         ("inspect", [*CLI, "inspect", str(data)]),
         ("select --ratio 0.1", [*CLI, "select", str(data), "--stats", str(stats), "--ratio",
-                                "0.1", "--out", str(subset)]),
+                                "0.1", "--out", str(subset), "--no-report"]),
         ("select --ratio 0.1 --order score", [*CLI, "select", str(data), "--stats", str(stats),
                                               "--ratio", "0.1", "--order", "score", "--out",
-                                              str(args.dir / "subset-by-score.jsonl")]),
+                                              str(args.dir / "subset-by-score.jsonl"),
+                                              "--no-report"]),
         ("select --ratio 0.1 --diversity dedup (0.9)", [
             *CLI, "select", str(data), "--stats", str(stats), "--ratio", "0.1", "--diversity",
             "dedup", "--diversity-threshold", "0.9", "--out",
-            str(args.dir / "subset-dedup.jsonl")]),
+            str(args.dir / "subset-dedup.jsonl"), "--no-report"]),
         *stratify_steps(data, stats, args.dir),
+        ("report --ratio 0.1", [*CLI, "report", str(stats), "--data", str(data), "--ratio",
+                                "0.1", "--out", str(page)]),
+        ("select --ratio 0.1 and its report", [
+            *CLI, "select", str(data), "--stats", str(stats), "--ratio", "0.1", "--out",
+            str(args.dir / "subset-reported.jsonl"), "--report", str(page)]),
     ]
-    if args.only:  # a name, or a prefix ending in "*"
-        steps = [(n, a) for n, a in steps if any(
-            n == text or (text.endswith("*") and n.startswith(text[:-1])) for text in args.only)]
+    steps = [(name, argv) for name, argv in steps if not args.only or any(
+        text[:-1] == name[:len(text) - 1] if text.endswith("*") else text in name
+        for text in args.only)]
     results = []
     for k, (name, argv) in enumerate(steps):
         child = measure_child(name, argv, args.dir / f"step{k}.log")
@@ -207,13 +214,16 @@ def main() -> None:
         share = row["peak_rss_mib"] / size_mib
         print(f"{row['step']:<58}{row['wall_s']:>8}{row['cpu_s']:>8}{row['peak_rss_mib']:>14}"
               f"{share:>13.0%}")
+    print(f"this script's own peak RSS "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    summary = {"records": args.records, "file_mib": round(size_mib), "steps": results}
     if subset.is_file():
         with open(subset, encoding="utf-8") as handle:
             kept = sum(1 for _ in handle)
         print(f"subset: {kept} records, {subset.stat().st_size / 2**20:.0f} MiB")
-    print(f"this script's own peak RSS "
-          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
-    summary = {"records": args.records, "file_mib": round(size_mib), "steps": results}
+    if page.is_file():
+        summary["report_bytes"] = page.stat().st_size
+        print(f"report page: {page.stat().st_size / 2**20:.2f} MiB")
     dedup_record = args.dir / "subset-dedup.jsonl.run.json"
     if dedup_record.is_file():
         dedup = json.loads(dedup_record.read_text())["diversity"]
