@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -461,3 +462,55 @@ def test_fewer_distinct_records_than_clusters_leaves_empty_clusters_in_the_repor
     assert [s["pool"] for s in report["strata"]] == [10, 0, 0]
     assert report["empty_clusters"] == 2
     assert sorted(selection.indices.tolist()) == [6, 7, 8, 9]
+
+
+# --- the report page of a stratified selection ---------------------------------------------------
+
+def _strata_rows(page: str) -> list[list[str]]:
+    """The cells of the page's strata table, row by row."""
+    start = page.index('<table id="strata">')
+    body = page[page.index("<tbody>", start):page.index("</tbody>", start)]
+    return [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in body.split("<tr>")[1:]]
+
+
+def _kept_shown(page: str) -> dict[int, bool]:
+    """Every record the page shows: whether it carries the kept badge."""
+    found = re.findall(r'<article class="record" data-index="(\d+)"><div class="head">'
+                       r'[^<]*<span class="badge (\w+)"', page)
+    return {int(i): badge == "kept" for i, badge in found}
+
+
+def test_report_makes_a_stratified_selection_again_and_shows_its_strata(tiny):
+    tmp_path, data, _ = tiny
+    out = tmp_path / "c.jsonl"
+    code, _, err = run_cli("select", data, "--stats", tmp_path / "t.parquet", "--count", "6",
+                           "--stratify", "clusters:3", "--within", "random", "--seed", "3",
+                           "--out", out, "--report", tmp_path / "c.html")
+    assert code == 0, err
+    page = (tmp_path / "c.html").read_text()
+    kept = {r["meta"]["i"] for r in _kept(out)}
+    assert re.search(r'id="kept-count">6<', page)
+    shown = _kept_shown(page)
+    assert shown and all(flag == (i in kept) for i, flag in shown.items())
+    record = json.loads((tmp_path / "c.jsonl.run.json").read_text())
+    rows = _strata_rows(page)
+    assert [int(r[3]) for r in rows] == [s["taken"] for s in record["stratify"]["strata"]] \
+        == [2, 2, 2]
+    assert "stratified by 3 clusters of the training trajectories, even allocation, random " \
+        "within" in page
+    assert "took other numbers" not in page
+    # by a field: the strata come from the data, found through the run record
+    code, _, err = run_cli("select", data, "--stats", tmp_path / "t.parquet", "--count", "10",
+                           "--stratify", "source", "--out", tmp_path / "f.jsonl", "--no-report")
+    assert code == 0, err
+    code, _, err = run_cli("report", tmp_path / "t.parquet", "--subset", tmp_path / "f.jsonl",
+                           "--out", tmp_path / "f.html")
+    assert code == 0, err
+    rows = _strata_rows((tmp_path / "f.html").read_text())
+    assert [(r[0], int(r[1]), int(r[3])) for r in rows] == [("a", 18, 6), ("b", 9, 3),
+                                                             ("c", 3, 1)]
+    data.rename(tmp_path / "moved.jsonl")  # no data at hand: one line, no page
+    code, _, err = run_cli("report", tmp_path / "t.parquet", "--subset", tmp_path / "f.jsonl",
+                           "--out", tmp_path / "g.html")
+    assert code == 2 and "give its data (--data)" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "g.html").exists()

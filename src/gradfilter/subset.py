@@ -131,7 +131,7 @@ def select(
     selection, strata = choose(
         scores, stats, ratio=ratio, count=count, threshold=threshold, stratify=stratify,
         allocate=allocate, within=within, cluster_features=cluster_features, seed=seed,
-        records=_records_again(data, split, limit),
+        records=records_again(data, split, limit),
         where=str(data.path if isinstance(data, Dataset) else data))
     removed = None
     if diversity != "none":
@@ -201,7 +201,7 @@ def select(
                   removed.as_dict() if removed else None, strata)
 
 
-def _records_again(data: str | Path | Dataset, split: str | None,
+def records_again(data: str | Path | Dataset, split: str | None,
                    limit: int | None) -> RecordSource:
     """The data's records once more, for `--stratify FIELD` (read only if called)."""
     if isinstance(data, Dataset):
