@@ -196,3 +196,39 @@ def test_finetune_benchmark_fine_tunes_the_selectors_subsets(noise_run, tmp_path
     assert "final_vs_length" not in table["length"]
     markdown = (out / "results.md").read_text()
     assert "final - length" in markdown and "| coverage |" in markdown
+    # the cost: the G-SNR run over the records it scored, each fine-tune, the full pool
+    cost = results["cost"]
+    tokens = np.array([len(e.input_ids) for e in inputs.pool])
+    scored = stats["skip_reason"].is_null().to_numpy(zero_copy_only=False)
+    selection = cost["selection"]
+    assert selection["scored_tokens"] == tokens[scored].sum()
+    assert selection["forward_backward_row_tokens"] == 2 * 2 * tokens[scored].sum()  # M x E
+    rows = cost["budgets"]["0.3"]["subsets"]
+    full = cost["budgets"]["0.3"]["full_pool_same_epochs_row_tokens"]
+    assert full == tokens[inputs.usable].sum()  # one epoch over the selectable records
+    kept = np.array(results["subsets"]["coverage@0.3"])
+    passes = table["coverage"]["passes"]
+    assert rows["coverage"]["forward_backward_row_tokens"] == pytest.approx(
+        passes * tokens[kept].sum(), abs=1)
+    assert rows["coverage"]["selection_row_tokens"] == (
+        selection["forward_backward_row_tokens"] + selection["forward_row_tokens"])
+    assert rows["length"]["selection_row_tokens"] == 0
+    assert rows["length"]["with_selection_over_full_pool"] == pytest.approx(
+        rows["length"]["forward_backward_row_tokens"] / full)
+    assert "## Is selecting worth it?" in markdown
+    assert "Is selecting worth it?" in (out / "report.html").read_text()
+
+
+def test_selection_cost_counts_each_pass_of_the_scoring_run():
+    from gradfilter.bench.costs import ScoringWork, selection_cost
+
+    tokens, response = np.array([10, 20, 30]), np.array([4, 5, 6])
+    during = ScoringWork("t.parquet", "gpt2", members=4, epochs=2, collect="during",
+                         ifd_pass=True, wall_seconds=None)
+    cost = selection_cost(during, tokens, response)
+    assert cost["forward_backward_row_tokens"] == 4 * 2 * 60
+    assert cost["forward_row_tokens"] == 60 + 15 + 3  # prompt and response, response alone
+    snapshot = selection_cost(ScoringWork("t.parquet", "gpt2", 4, 2, "snapshot", False, 9.0),
+                              tokens, response)
+    assert snapshot["forward_backward_row_tokens"] == (4 * 2 + 4 * 2) * 60
+    assert snapshot["forward_row_tokens"] == 0 and snapshot["wall_seconds"] == 9.0

@@ -41,6 +41,7 @@ from ..scoring.trainer import WARMUP_RATIO
 from ..seeds import FINETUNE_STREAM, HELD_OUT_STREAM, RESELECT_STREAM, derived_seed
 from ..selection import select_top
 from ..table import load_sketch_features
+from .costs import Trained, cost_block, scoring_work
 from .finetune_measures import (
     DECLARED,
     DEDUP,
@@ -465,7 +466,37 @@ def summarize(rows: dict[str, dict[str, list[Curves]]], plan: Plan, config: Fine
                           "seconds": c.seconds}
                    for budget, table in rows.items() for row, draws in table.items()
                    for (name, _), c in zip(plan[budget][1][row], draws, strict=True)},
+        "cost": _cost(rows, plan, config, inputs, target),
     }
+
+
+def _cost(rows: dict[str, dict[str, list[Curves]]], plan: Plan, config: FinetuneConfig,
+          inputs: FinetuneInputs, target: ScoreConfig) -> dict:
+    """results.json's `cost` (`costs`): the G-SNR run's row-tokens over the records its table
+    scored, each row's fine-tunes, the full pool at the same epochs."""
+    from ..table import load_stats
+
+    tokens = np.array([len(e.input_ids) for e in inputs.pool], dtype=np.int64)
+    response = np.array([e.n_response_tokens for e in inputs.pool], dtype=np.int64)
+    work = scoring_work(inputs.chooser.table if inputs.chooser else None)
+    scored = np.ones(len(tokens), dtype=bool)
+    if work is not None:
+        reasons = load_stats(work.table, ["skip_reason"]).column(0)
+        scored = np.asarray(reasons.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    trained = {}
+    for budget, table in rows.items():
+        settings = plan[budget][0]
+        trained[budget] = {}
+        for row, draws in table.items():
+            runs = plan[budget][1][row]
+            chosen = np.concatenate([positions for _, positions in runs])
+            size = len(runs[0][1])
+            trained[budget][row] = Trained(
+                size, float(tokens[chosen].mean()) if len(chosen) else 0.0,
+                settings.steps * settings.batch_size / max(size, 1),
+                float(np.mean([c.seconds for c in draws])) / len(config.seeds))
+    full = config.epochs * float(tokens[inputs.usable].sum())
+    return cost_block(work, tokens[scored], response[scored], trained, full, target.proxy)
 
 
 def _write_reports(out_dir: Path, results: dict, rows: dict[str, dict[str, list[Curves]]]) -> None:

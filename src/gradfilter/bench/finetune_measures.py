@@ -293,6 +293,9 @@ def results_markdown(results: dict) -> str:
         lines += _budget_lines(budget, table, results["schedule"][budget])
         lines += ["Mean held-out loss at each evaluation (step 0: the untrained model):", "",
                   *curve_table(results, budget), ""]
+    from .costs import cost_markdown
+
+    lines += cost_markdown(results.get("cost"))
     return "\n".join(lines)
 
 

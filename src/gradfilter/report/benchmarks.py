@@ -19,7 +19,19 @@ from ..errors import GradfilterError
 from ..outputs import run_record_path
 from . import REPORT_NAME, plots
 from .measures import histogram
-from .page import Html, Page, details, facts, figure, grid, json_block, paragraph, table, write_page
+from .page import (
+    Html,
+    Page,
+    details,
+    esc,
+    facts,
+    figure,
+    grid,
+    json_block,
+    paragraph,
+    table,
+    write_page,
+)
 from .selection import read_json
 
 CURVE_BUDGETS = tuple(round(0.01 * k, 2) for k in range(1, 51))
@@ -289,6 +301,9 @@ def finetune_page(results: dict, record: dict, out_dir: Path) -> Page:
         parts.append(Html(f"<h3>Budget {_percent(budget)}</h3>"))
         parts += result_tables(rows if isinstance(rows, dict) else {}, "subset")
     page.add("results", "Held-out loss by subset", *parts)
+    cost = results.get("cost")
+    if isinstance(cost, dict):
+        page.add("cost", "Is selecting worth it? (row-tokens)", *_cost_parts(cost))
     curves = results.get("curves") or {}
     if curves:
         page.add("curves", "Held-out loss curves",
@@ -297,6 +312,30 @@ def finetune_page(results: dict, record: dict, out_dir: Path) -> Page:
                         "Mean over seeds and held-out examples; the band spans the seeds' "
                         "means where the per-run curves are at hand.", figure_id="curves-plot"))
     return page
+
+
+def _cost_parts(cost: dict) -> list[Html]:
+    """The selection's cost and each budget's fine-tunes, against the full pool's."""
+    selection = cost.get("selection")
+    parts: list[Html] = [paragraph(
+        "Row-tokens: one token of one sequence through the model once (forward+backward counts "
+        "once); " + str(cost.get("tokens", "")) + f" ({cost.get('target')}). The last column: "
+        "the selection and the fine-tune on its subset as a share of fine-tuning the target on "
+        "the full pool for the same epochs (docs/method.md).", "note")]
+    if isinstance(selection, dict):
+        parts.append(facts([(k.replace("_", " "), v) for k, v in selection.items()
+                            if not isinstance(v, dict | list)]))
+    else:
+        parts.append(paragraph("No G-SNR table among the inputs: the selection's cost is not "
+                               "known.", "note"))
+    for budget, block in (cost.get("budgets") or {}).items():
+        if not isinstance(block, dict):
+            continue
+        parts.append(Html(f"<h3>Budget {esc(_percent(budget))}: the full pool for the same "
+                          f"epochs, {esc(block.get('full_pool_same_epochs_row_tokens'))} "
+                          "row-tokens</h3>"))
+        parts += result_tables(block.get("subsets") or {}, "subset")
+    return parts
 
 
 def _percent(budget: object) -> str:
