@@ -26,7 +26,7 @@ def results_markdown(results: dict) -> str:
     for method, m in results["summary"].items():
         lines.append(_row([method, _cell(m.get("auroc")), _cell(m.get("auprc")),
                            *[_cell(m[f"contamination@{b}"]) for b in budgets],
-                           *[_verdict_cell(m["verdicts"].get(r)) for r in references]]))
+                           *[verdict_cell(m["verdicts"].get(r)) for r in references]]))
     lines += _differences(results["summary"], budgets, references)
     lines += _kinds(results, budgets)
     first = results["seeds"][str(seeds[0])]
@@ -69,7 +69,7 @@ def _random_row(random: dict, budgets: Sequence[str], references: int) -> str:
                  *[cell(f"contamination@{b}") for b in budgets], *["-"] * references])
 
 
-def _verdict_cell(verdicts: dict[str, str] | None) -> str:
+def verdict_cell(verdicts: dict[str, str] | None) -> str:
     """The measures grouped by verdict: `worse: AUROC, AUPRC; tied: 5%, 10%`."""
     if verdicts is None:
         return "-"
