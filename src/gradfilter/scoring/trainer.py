@@ -80,12 +80,9 @@ class Trainer:
         self.losses_done = torch.stack([members[m]["losses"] for m in self.ensemble.member_ids],
                                        1)
         for k, m in enumerate(self.ensemble.member_ids):
-            if not self.layout.owns(m):  # the owner alone carries what earlier runs recorded
-                continue
-            parts = [members[m].get("recorded", {}), *members[m].get("recorded_parts", [])]
-            for part in parts:
-                for epoch, column in part.items():
-                    self.during.start(int(epoch)).merge_column(k, column)
+            if self.layout.owns(m):  # the owner alone carries what earlier runs recorded
+                self.during.merge(k, [members[m].get("recorded", {}),
+                                      *members[m].get("recorded_parts", [])])
 
     def records(self, epoch: int) -> bool:
         """Whether `epoch`'s training passes record the statistics (collect=during)."""
@@ -240,6 +237,13 @@ class DuringRecords:
             rows = np.concatenate([p[0][k] for p in pending])
             self.epochs[epoch].put(rows, k, losses[k], sqnorms[k],
                                    None if sketches is None else sketches[k])
+
+    def merge(self, k: int, parts: list[dict[str, Any]]) -> None:
+        """Held member k's records as a checkpoint holds them (its owner's payload, and what
+        other ranks recorded of it), merged by example."""
+        for part in parts:
+            for epoch, column in part.items():
+                self.start(int(epoch)).merge_column(k, column)
 
     def flushed(self, epoch: int) -> Collected:
         """`epoch`'s statistics recorded here, flushed (under torchrun, this rank's slices:
