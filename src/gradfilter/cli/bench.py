@@ -37,7 +37,7 @@ from .options import (
 from .report import console
 
 BENCH_SCORE_OPTIONS = score_options("method", "save_adapters", "checkpoint_dir",
-                                    "checkpoint_every")
+                                    "checkpoint_every", "member_groups")
 # Every baseline in both directions where it has two; plain `perplexity` (perplexity-high's
 # other name) is left out so that no ranking is measured twice.
 BENCH_METHODS = (*UTILITIES, *(b for b in BASELINE_SCORES if b != "perplexity"), *CLUSTERED)
@@ -153,10 +153,14 @@ def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_s
 @click.option("--out", type=click.Path(), default=None,
               help="Also write the figures as JSON here.")
 @data_options
-@BENCH_SCORE_OPTIONS
+@score_options("method", "save_adapters", "checkpoint_dir", "checkpoint_every")
 def speed(data: str, paths: str, tokenizer, out, fmt, fields, limit, split, quiet,
-          **options) -> None:
-    """Time gradfilter's fused scoring against a naive PEFT loop and a forward-only IFD pass."""
+          member_groups, **options) -> None:
+    """Time gradfilter's fused scoring against a naive PEFT loop and a forward-only IFD pass.
+
+    Under torchrun the gradient paths run on every process (as `score` lays them out: see
+    --member-groups) and on one: examples/s per process and the 1 -> W speed-up.
+    """
     from ..bench.speed import random_gpt2, run_speed_benchmark, speed_table
     from ..demo import demo_config
     from ..outputs import atomic_write_text, write_run_record
@@ -179,7 +183,10 @@ def speed(data: str, paths: str, tokenizer, out, fmt, fields, limit, split, quie
         dataset = read_data(data, fmt, fields, limit, split)
         tokens = tokenize(dataset, load_tokenizer(config.proxy), config, True)
         report = run_speed_benchmark([tokens.encoded[i] for i in tokens.scorable], config,
-                                     tuple(csv_list(paths)), log=console.print)
+                                     tuple(csv_list(paths)), log=console.print,
+                                     member_groups=member_groups)
+    if not report:  # a torchrun rank other than 0
+        return
     report["data"], report["proxy_requested"] = str(data), options["proxy"]
     Console(soft_wrap=True).print(speed_table(report), markup=False)
     if out is not None:

@@ -38,11 +38,13 @@ from .report import console, print_recoveries, print_selection
 @skip_option
 @score_options()
 def score(data: str, out: str, fmt, fields, limit, split, skip_bad_records, method,
-          save_adapters, checkpoint_dir, checkpoint_every, quiet, **options) -> None:
+          save_adapters, checkpoint_dir, member_groups, checkpoint_every, quiet,
+          **options) -> None:
     """Score DATA (the LoRA ensemble, or a baseline) and write the statistics table.
 
-    Under torchrun (e.g. `torchrun --nproc_per_node 4 -m gradfilter score ...`) the ranks
-    split the ensemble's members; rank 0 writes the table.
+    Under torchrun (e.g. `torchrun --nproc-per-node 4 -m gradfilter score ...`) the processes
+    form member groups x data shards: they split the ensemble's members, then each member's
+    batches; rank 0 writes the table.
     """
     from ..data.dataset import record_notes
     from ..paths import refuse_collisions, score_paths
@@ -57,7 +59,7 @@ def score(data: str, out: str, fmt, fields, limit, split, skip_bad_records, meth
     table = run_score(dataset, Path(out), config_from(options), method=method,
                       save_adapters=save_adapters, skip_bad_records=skip_bad_records,
                       progress=not quiet, checkpoint_dir=checkpoint_dir,
-                      checkpoint_every=checkpoint_every)
+                      checkpoint_every=checkpoint_every, member_groups=member_groups)
     if not is_main_process():
         return
     unscored = sum(reason is not None for reason in table.column("skip_reason").to_pylist())
@@ -79,9 +81,10 @@ def score(data: str, out: str, fmt, fields, limit, split, skip_bad_records, meth
 @skip_option
 @score_options()
 def run(data: str, out: str, stats: Path | None, fmt, fields, limit, split, out_format,
-        skip_bad_records, method, save_adapters, checkpoint_dir, checkpoint_every, quiet, ratio,
-        count, utility, order, score_field, diversity, diversity_threshold, threshold, stratify,
-        allocate, within, cluster_features, report, no_report, **options) -> None:
+        skip_bad_records, method, save_adapters, checkpoint_dir, member_groups, checkpoint_every,
+        quiet, ratio, count, utility, order, score_field, diversity, diversity_threshold,
+        threshold, stratify, allocate, within, cluster_features, report, no_report,
+        **options) -> None:
     """Score DATA and write the selected subset in one go (default --ratio 0.1, unless
     --threshold alone), and the selection's report page (report.html beside the subset)."""
     from ..paths import refuse_collisions, run_paths
@@ -103,7 +106,8 @@ def run(data: str, out: str, stats: Path | None, fmt, fields, limit, split, out_
     score_and_select(dataset, Path(out), stats, config_from(options),
                      dict(method=method, save_adapters=save_adapters,
                           skip_bad_records=skip_bad_records, progress=not quiet,
-                          checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every),
+                          checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+                          member_groups=member_groups),
                      dict(ratio=ratio, count=count, utility=utility, order=order,
                           score_field=score_field, out_format=out_format, diversity=diversity,
                           diversity_threshold=diversity_threshold, threshold=threshold,

@@ -261,6 +261,12 @@ def _score_option_table() -> dict[str, Callable]:
             "--checkpoint-dir", type=click.Path(path_type=Path), default=None,
             help="Commit the run's state here as it goes; rerunning with the same settings "
                  "continues from the last commit (kept after the end)."),
+        "member_groups": click.option(
+            "--member-groups", type=click.IntRange(min=1), default=None,
+            help="Under torchrun: the member groups the processes form (default: the smaller "
+                 "of --members and the number of processes); each group's processes split its "
+                 "members' batches (docs/method.md, 'Several processes'). Changes no number "
+                 "beyond float rounding."),
         "checkpoint_every": click.option(
             "--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True,
             help="Commit every N optimiser steps (and N collection batches)."),

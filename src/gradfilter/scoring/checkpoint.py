@@ -9,6 +9,9 @@ Layout of `--checkpoint-dir DIR`:
     state.json                the commit point: last committed step, collected epochs, finished
     train-<step>/member<m>.pt member m's own training state (the ensemble's payload: its LoRA A/B
                               and AdamW moments; and its per-step training losses)
+    train-<step>/member<m>.rank<r>.pt
+                              with --collect during, when ranks share member m's batches: what
+                              rank r (not m's owner) recorded of it
     train-<step>/common.pt    what all members share (AdamW step count and param groups, LR
                               schedule, RNG states)
     collect-e<e>/*.npz        collection shards: rows of whole collection batches, some members
@@ -45,7 +48,7 @@ import torch
 from ..errors import GradfilterError
 from ..interrupts import boundary, until_boundary
 from ..outputs import is_write_error, output_error, temp_prefix
-from .distributed import Comm, Topology
+from .distributed import Comm, Layout
 
 FORMAT = 1
 SLEEP_HOOK = "GRADFILTER_TEST_SLEEP_AFTER_CHECKPOINT"  # test hook: pause after each commit
@@ -124,13 +127,13 @@ class Checkpoint:
     """The checkpoint directory of one scoring run (one instance per rank)."""
 
     def __init__(self, directory: str | Path, fingerprint: dict[str, Any], comm: Comm,
-                 topology: Topology, every: int = 50) -> None:
+                 layout: Layout, every: int = 50) -> None:
         if every < 1:
             raise GradfilterError("--checkpoint-every must be at least 1")
         self.root = Path(directory)
         self.fingerprint = fingerprint
         self.comm = comm
-        self.topology = topology
+        self.layout = layout
         self.every = every
         self.manifest = Manifest()
         self.opened = False
@@ -191,14 +194,19 @@ class Checkpoint:
     def save_train(self, step: int, members: dict[int, dict], common: dict,
                    keep: bool) -> None:
         """Commit the training state after optimiser step `step` (all ranks call this):
-        `members` are the held members' own payloads (this rank writes those it owns),
-        `common` what all members share (rank 0 writes it). Both are opaque here."""
+        `members` are the held members' own payloads (this rank writes those it owns; of the
+        others, the part it recorded, under `recorded`), `common` what all members share (rank
+        0 writes it). Both are opaque here otherwise."""
         directory = self._train_dir(step)
         directory.mkdir(parents=True, exist_ok=True)
         for m, payload in members.items():
-            if self.topology.owns(m):
+            if self.layout.owns(m):
                 payload = {"member": m, "step": step, **payload}
                 durable_write(directory / f"member{m}.pt", lambda h, p=payload: torch.save(p, h))
+            elif "recorded" in payload:
+                part = {"member": m, "step": step, "recorded": payload["recorded"]}
+                durable_write(directory / f"member{m}.rank{self.comm.rank}.pt",
+                              lambda h, p=part: torch.save(p, h))
         if self.comm.rank == 0:
             common = {"step": step, **common}
             durable_write(directory / "common.pt", lambda h: torch.save(common, h))
@@ -219,9 +227,9 @@ class Checkpoint:
         return self.load_members(self.manifest.step, members), _load(directory / "common.pt")
 
     def load_members(self, step: int, members: list[int]) -> dict[int, dict]:
-        """The payloads of `members` committed at step `step`."""
-        directory = self._train_dir(step)
-        return {m: _load(directory / f"member{m}.pt") for m in members}
+        """The payloads of `members` committed at step `step`, each with what other ranks
+        recorded of it (whatever the layout that wrote them) under `recorded_parts`."""
+        return _member_payloads(self._train_dir(step), members)
 
     # --- collection shards ---------------------------------------------------------------
 
@@ -249,14 +257,7 @@ class Checkpoint:
 
     def shards(self, epoch: int) -> list[dict[str, np.ndarray]]:
         """Every committed shard of the collection after `epoch`, in name order."""
-        shards = []
-        for path in sorted(self._collect_dir(epoch).glob("*.npz")):
-            try:
-                with np.load(path, allow_pickle=False) as data:
-                    shards.append({key: data[key] for key in data.files})
-            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-                raise unreadable(path, exc, "collection shard") from None
-        return shards
+        return _read_shards(self._collect_dir(epoch))
 
     def mark_collected(self, epoch: int) -> None:
         self.comm.barrier()
@@ -280,6 +281,26 @@ class Checkpoint:
 
     def _commit(self, manifest: Manifest) -> None:
         _write_json(self.root / "state.json", {"format": FORMAT, **manifest.__dict__})
+
+
+def _member_payloads(directory: Path, members: list[int]) -> dict[int, dict]:
+    payloads = {}
+    for m in members:
+        parts = sorted(directory.glob(f"member{m}.rank*.pt"))
+        payloads[m] = {**_load(directory / f"member{m}.pt"),
+                       "recorded_parts": [_load(path)["recorded"] for path in parts]}
+    return payloads
+
+
+def _read_shards(directory: Path) -> list[dict[str, np.ndarray]]:
+    shards = []
+    for path in sorted(directory.glob("*.npz")):
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                shards.append({key: data[key] for key in data.files})
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise unreadable(path, exc, "collection shard") from None
+    return shards
 
 
 def signals_held(checkpoint: Checkpoint | NullCheckpoint) -> AbstractContextManager:
