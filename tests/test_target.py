@@ -60,6 +60,22 @@ def test_align_utilities_by_hand():
                                       gf.utility_scores(table, utility))
 
 
+def test_align_utilities_read_batch_by_batch(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from gradfilter import table as table_contract
+    from gradfilter.table import load_scores
+
+    monkeypatch.setattr(table_contract, "_STATS_BATCH_ROWS", 2)
+    table = _target_table()
+    pq.write_table(table, tmp_path / "t.parquet", row_group_size=2)
+    for utility in TARGET_UTILITIES:
+        np.testing.assert_array_equal(load_scores(tmp_path / "t.parquet", utility),
+                                      gf.utility_scores(table, utility))
+    assert gf.select_top(load_scores(tmp_path / "t.parquet", "align"), count=5).indices.tolist(
+        )[:2] in ([0, 2], [2, 0])
+
+
 def test_a_table_without_a_target_offers_no_alignment():
     table = _target_table().drop_columns(
         [c for c in _target_table().column_names if c.startswith("align")])
@@ -220,3 +236,29 @@ def test_run_selects_for_the_target_and_refuses_what_cannot_work(tmp_path, files
     result = cli_process("score", str(pool), "--target-examples", str(pool), "--out",
                          str(pool), *tiny)
     assert result.returncode != 0 and "refusing to write over an input" in result.stderr
+
+
+# --- the noise benchmark with a target ----------------------------------------------------
+
+
+def test_noise_benchmark_scores_its_gsnr_run_with_the_target(tmp_path, files, gpt2_proxy):
+    from gradfilter.bench.corruptions import SHIPPED
+    from gradfilter.bench.noise import run_noise_benchmark, scores_path
+
+    _, target = files
+    data = write_jsonl(tmp_path / "d.jsonl", alpaca_records(16))
+    config = _config(gpt2_proxy, sketch_dim=8, collect="during")
+    common = dict(corruptions=list(SHIPPED)[:2], fraction=0.25, budgets=[0.25], progress=False,
+                  log=lambda _: None)
+    with pytest.raises(gf.GradfilterError, match="need --target-examples"):
+        run_noise_benchmark(data, tmp_path / "none", config, methods=["align", "length"],
+                            **common)
+    results = run_noise_benchmark(data, tmp_path / "bench", config,
+                                  methods=["align-snr", "align", "length"],
+                                  target_examples=target, **common)
+    run = results["seeds"]["0"]
+    assert 0 <= run["methods"]["align-snr"]["auroc"]["estimate"] <= 1
+    table = gf.load_stats(tmp_path / "bench" / run["tables"]["align"])
+    assert table_meta(table)["target"]["used"] == TARGET
+    assert scores_path(tmp_path, "gsnr", config, "d") != scores_path(tmp_path, "gsnr", config,
+                                                                      "d", "t")
