@@ -211,6 +211,22 @@ def test_without_target_examples_the_table_is_unchanged(tmp_path, files, gpt2_pr
     assert "target" not in json.loads((tmp_path / "plain.parquet.run.json").read_text())
 
 
+def test_a_resumed_run_redoes_the_target_pass_from_the_kept_adapters(tmp_path, files,
+                                                                      gpt2_proxy):
+    pool, target = files
+    config = _config(gpt2_proxy, collect="during")
+    first = gf.score(pool, tmp_path / "a.parquet", config, progress=False,
+                     checkpoint_dir=tmp_path / "ckpt", checkpoint_every=1,
+                     target_examples=target)
+    # the directory is finished: nothing is trained again, the target pass runs on the
+    # end-of-epoch adapters read back from it
+    again = gf.score(pool, tmp_path / "b.parquet", config, progress=False,
+                     checkpoint_dir=tmp_path / "ckpt", target_examples=target)
+    assert again.equals(first)
+    assert "train_epoch1" not in json.loads(
+        (tmp_path / "b.parquet.run.json").read_text())["wall_seconds"]
+
+
 def test_run_selects_for_the_target_and_refuses_what_cannot_work(tmp_path, files, gpt2_proxy):
     pool, target = files
     tiny = ["--proxy", gpt2_proxy, "--members", "2", "--lora-rank", "2", "--batch-size", "4",

@@ -87,7 +87,9 @@ def select_options(command: Callable) -> Callable:
                      default=None,
                      help=f"What to rank by (default: the baseline that made the table, else "
                           f"{DEFAULT_UTILITY}, or {DEFAULT_UNGATED} where the table has no IFD "
-                          "ratios). Utilities: highest first (loss: lowest loss first); "
+                          "ratios, or align where it was scored with --target-examples; the "
+                          "align utilities need such a table). Utilities: highest first "
+                          "(loss: lowest loss first); "
                           "baselines: " + baseline_help(BASELINE_SCORES) + "."),
         click.option("--order", type=click.Choice(["input", "score"]), default="input",
                      show_default=True),
