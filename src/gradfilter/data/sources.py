@@ -30,7 +30,7 @@ class Source:
     container: Container
     path: Path | None  # None for a hub dataset id
     split: str | None = None  # the split of a Hugging Face DatasetDict (default "train")
-    _loaded: Any = field(default=None, repr=False)  # the datasets.Dataset, loaded once
+    _loaded: Any = field(default=None, repr=False)  # the datasets.Dataset (hf.hf_dataset)
 
     def __str__(self) -> str:
         return self.name
@@ -39,14 +39,6 @@ class Source:
     def label(self) -> Path:
         """The name as a Path, for APIs that carry one (a hub id reads as a relative path)."""
         return Path(self.name)
-
-    def hf_dataset(self):
-        """The `datasets.Dataset` of an "hf" source (memory-mapped; loaded on first use)."""
-        if self._loaded is None:
-            from .hf import load_hf
-
-            self._loaded = load_hf(self)
-        return self._loaded
 
 
 def looks_like_hub_id(name: str) -> bool:

@@ -7,13 +7,13 @@ target examples, the rest as held-out references. Every pool record carries `dom
 (`sharegpt` or `sinstruct`). The outputs are derived copies of shared files, written where you
 say, not committed.
 
-    python benchmarks/target_pool.py split runs/sharegpt1000.jsonl \\
+    python benchmarks/studies/target_pool.py split runs/sharegpt1000.jsonl \\
         ../shared/data/eval_prompts/sinstruct_test_set.jsonl runs/target-pool
 
 `share`: the share of Self-Instruct records each utility keeps at each budget, from a pool and
 its statistics tables (no model; the share in the pool is the random expectation).
 
-    python benchmarks/target_pool.py share runs/target-pool/pool.jsonl \\
+    python benchmarks/studies/target_pool.py share runs/target-pool/pool.jsonl \\
         --table runs/target-pool/gsnr.parquet --table runs/target-pool/ifd.parquet \\
         --utilities align,align-snr,align-max,snr-member-gated,ifd,length,random
 """

@@ -3,7 +3,7 @@ a target): the tests' tiny GPT-2 (tests/tiny.py) with a trained-like adapter, ea
 tests' 4 conversations' LoRA gradient (one backward() each, through PEFT) against their mean,
 projected by the seeded sketch of several dims and 20 seeds.
 
-    PYTHONPATH=src python benchmarks/sketch_cosine_error.py /tmp/sketch-error
+    PYTHONPATH=src python benchmarks/perf/sketch_cosine_error.py /tmp/sketch-error
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 
 from test_gradnorms import _ensemble
 from test_sketches import _encoded, _explicit_sketch, _reference_gradients
