@@ -16,14 +16,17 @@ class Selection:
     requested: int
     n_records: int
     n_nonfinite: int
+    # The selected records where they are not the top `requested` of `ranked` (a --threshold
+    # cut, a stratified choice), highest score first; None: plain top-k.
+    chosen: np.ndarray | None = None
 
     @property
     def indices(self) -> np.ndarray:
         """The selected records, highest score first."""
-        return self.ranked[:self.requested]
+        return self.ranked[:self.requested] if self.chosen is None else self.chosen
 
     def best(self, k: int) -> np.ndarray:
-        return self.ranked[:k]
+        return self.ranked[:k] if self.chosen is None else self.chosen[:k]
 
     def worst(self, k: int) -> np.ndarray:
         return self.ranked[::-1][:k]
@@ -51,12 +54,35 @@ def budget(n_records: int, ratio: float | None, count: int | None) -> int:
 
 
 def select_top(
-    scores: np.ndarray, ratio: float | None = None, count: int | None = None
+    scores: np.ndarray, ratio: float | None = None, count: int | None = None,
+    threshold: float | None = None,
 ) -> Selection:
-    """Highest scores first, ties broken by position; non-finite scores are never selected."""
+    """Highest scores first, ties broken by position; non-finite scores are never selected.
+
+    With `threshold`, only records scoring at or above it: all of them, or (with `ratio` or
+    `count`) the top of them up to that budget.
+    """
     scores = np.asarray(scores, dtype=np.float64)
     finite = np.isfinite(scores)
-    wanted = budget(len(scores), ratio, count)
     candidates = np.flatnonzero(finite)
     order = np.lexsort((candidates, -scores[candidates]))  # primary: score desc; then position
-    return Selection(candidates[order], wanted, len(scores), int((~finite).sum()))
+    ranked = candidates[order]
+    if threshold is None:
+        wanted = budget(len(scores), ratio, count)
+        return Selection(ranked, wanted, len(scores), int((~finite).sum()))
+    check_threshold(threshold)
+    above = int(np.count_nonzero(scores[ranked] >= threshold))  # a prefix: ranked is sorted
+    wanted = above if ratio is None and count is None else budget(len(scores), ratio, count)
+    return Selection(ranked, wanted, len(scores), int((~finite).sum()),
+                     chosen=ranked[:min(wanted, above)])
+
+
+def check_threshold(threshold: float) -> None:
+    if not math.isfinite(threshold):
+        raise GradfilterError(f"--threshold must be a finite number, got {threshold}")
+
+
+def cut_score(scores: np.ndarray, chosen: np.ndarray) -> float | None:
+    """The lowest score kept (None if nothing was): reused as --threshold on the same scores,
+    it keeps a top-k subset again (with any record tied with the last one)."""
+    return float(np.min(scores[chosen])) if len(chosen) else None

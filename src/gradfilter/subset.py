@@ -25,7 +25,8 @@ from .diversity import DEFAULT_THRESHOLD, DIVERSITY, DedupReport, dedup
 from .errors import GradfilterError
 from .outputs import write_run_record
 from .paths import refuse_collisions, select_paths
-from .selection import Selection, select_top
+from .selection import Selection, cut_score
+from .strata import Allocation, ClusterFeatures, RecordSource, Within, check_options, choose
 from .table import load_scores, load_sketch_features, table_utility
 
 PREVIEWS = 3  # best and worst records shown after a selection
@@ -57,6 +58,7 @@ class Subset:
     best: list[Preview]
     worst: list[Preview]
     diversity: dict | None = None  # what near-duplicate suppression removed (--diversity)
+    strata: dict | None = None  # what --stratify did (the run record's `stratify`)
 
     @property
     def indices(self) -> np.ndarray:
@@ -95,6 +97,12 @@ def select(
     fields: dict[str, str] | None = None,
     diversity: str = "none",
     diversity_threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | None = None,
+    stratify: str | None = None,
+    allocate: Allocation | None = None,
+    within: Within | None = None,
+    cluster_features: ClusterFeatures | None = None,
+    seed: int = 0,
 ) -> Subset:
     """Write the top records of `data` by `utility` to `out`, unchanged, in the input's
     container unless `out_format` names another. `stats` is the statistics table (a Parquet
@@ -107,12 +115,24 @@ def select(
     `diversity="dedup"` removes near-duplicates on the way down the ranking (their gradient
     sketches' cosine >= `diversity_threshold` to a record kept already; see `diversity`): it
     reads the sketches of a pool of the best-ranked records only.
+
+    `threshold` keeps only records scoring at or above it (all of them, or the top of them up
+    to `ratio`/`count`). `stratify` (`FIELD`, `field:FIELD`, `length[:B]`, `clusters[:K]`)
+    spreads the budget over strata by `allocate` (`even`, or `proportional` to the pool's
+    shares; default: even for clusters, proportional otherwise) and takes the best by the
+    utility (or, `within="random"`, a draw seeded by `seed`) within each; see `strata` and
+    `clusters` (`cluster_features`: trajectory, loss or trajectory+sketch).
     """
     refuse_collisions(*select_paths(data, stats, out, out_format))
+    check_options(stratify, allocate, within, cluster_features, threshold, diversity)
     start = time.perf_counter()
     utility = utility or table_utility(stats)
     scores = load_scores(stats, utility)
-    selection = select_top(scores, ratio=ratio, count=count)
+    selection, strata = choose(
+        scores, stats, ratio=ratio, count=count, threshold=threshold, stratify=stratify,
+        allocate=allocate, within=within, cluster_features=cluster_features, seed=seed,
+        records=records_again(data, split, limit),
+        where=str(data.path if isinstance(data, Dataset) else data))
     removed = None
     if diversity != "none":
         selection, removed = _diversify(selection, stats, diversity, diversity_threshold)
@@ -163,6 +183,10 @@ def select(
         "requested": selection.requested,
         "nonfinite_scores": selection.n_nonfinite,
         "diversity": {"method": diversity, **(removed.as_dict() if removed else {})},
+        "threshold": threshold,
+        "cut_score": cut_score(scores, chosen),
+        "stratify": strata,
+        "seed": seed,
         "read_warnings": report.warnings,
         "unreadable_records": report.skipped,
         "wall_seconds": {"select": time.perf_counter() - start},
@@ -174,7 +198,15 @@ def select(
 
     return Subset(selection, scores, utility, source, fmt, container, report,
                   previews(selection.best(PREVIEWS)), previews(selection.worst(PREVIEWS)),
-                  removed.as_dict() if removed else None)
+                  removed.as_dict() if removed else None, strata)
+
+
+def records_again(data: str | Path | Dataset, split: str | None,
+                   limit: int | None) -> RecordSource:
+    """The data's records once more, for `--stratify FIELD` (read only if called)."""
+    if isinstance(data, Dataset):
+        return lambda: iter(data.records)
+    return lambda: _read(sources.resolve_source(data, split), ReadReport(), limit)
 
 
 def _diversify(selection: Selection, stats, diversity: str,

@@ -16,6 +16,7 @@ from rich.console import Console
 
 from ..bench.corruptions import OPT_IN, SHIPPED
 from ..bench.finetune_measures import DEFAULT_EPOCHS, MIN_RANDOM_DRAWS
+from ..bench.selectors import CLUSTERED, DEFAULT_BALANCE_FIELD, SELECTORS
 from ..config import ScoreConfig
 from ..diversity import DEFAULT_THRESHOLD, DIVERSITY
 from ..report import REPORT_NAME
@@ -41,7 +42,16 @@ BENCH_SCORE_OPTIONS = score_options("method", "save_adapters", "checkpoint_dir",
 # other name) is left out so that no ranking is measured twice.
 # The alignment utilities need target examples: added by --target-examples.
 BENCH_METHODS = (*(u for u in UTILITIES if u not in TARGET_UTILITIES),
-                 *(b for b in BASELINE_SCORES if b != "perplexity"))
+                 *(b for b in BASELINE_SCORES if b != "perplexity"), *CLUSTERED)
+SELECTOR_HELP = ("Selectors (a subset at each budget, measured beside the rankings): coverage "
+                 "(k-means over the G-SNR run's trajectories, the budget spread evenly over "
+                 "the clusters, highest G-SNR in each), s2l (the same clusters, a seeded "
+                 "random draw in each: S2L), balanced_random (a seeded random draw in each "
+                 "value of --balance-field; named only).")
+BALANCE_OPTION = click.option(
+    "--balance-field", default=DEFAULT_BALANCE_FIELD, show_default=True, metavar="FIELD",
+    help="balanced_random's source field: a top-level field of the records with a few values "
+         "(a source, a task, a language).")
 
 
 @click.group()
@@ -64,9 +74,10 @@ bench.add_command(human)
               help="Corruption draws (comma-separated seeds): each is scored and measured; "
                    "with several, the intervals are Student's t over the draws.")
 @click.option("--methods", default=",".join(BENCH_METHODS), show_default=True,
-              help="Utilities (highest first; loss: lowest loss first) and baselines to compare "
-                   "(the G-SNR utilities share one run, both perplexity directions IFD's "
-                   "pass). Baselines: " + baseline_help() + ".")
+              help="Utilities (highest first; loss: lowest loss first), baselines and selectors "
+                   "to compare (the G-SNR utilities and coverage, s2l share one run, both "
+                   "perplexity directions IFD's pass). Baselines: " + baseline_help() + ". "
+                   + SELECTOR_HELP)
 @click.option("--budgets", default="0.05,0.1,0.15", show_default=True,
               help="Fractions of records kept at which contamination is reported.")
 @click.option("--plugin", "plugins", multiple=True,
@@ -89,12 +100,14 @@ bench.add_command(human)
 @click.option("--target-examples", type=click.Path(path_type=Path), default=None,
               help="Score the G-SNR run with these target examples (score --target-examples); "
                    "the default --methods then include " + ", ".join(TARGET_UTILITIES) + ".")
+@BALANCE_OPTION
 @data_options
 @BENCH_SCORE_OPTIONS
 def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_seeds: str,
           methods: str, budgets: str, plugins: tuple[str, ...], labels_file: Path | None,
           tables: tuple[str, ...], resamples: int, diversity: str, diversity_threshold: float,
-          target_examples: Path | None, fmt, fields, limit, split, quiet, **options) -> None:
+          balance_field: str, target_examples: Path | None, fmt, fields, limit, split, quiet,
+          **options) -> None:
     """Corrupt part of DATA (or take DATA as corrupted, with --labels), score it with every
     method, report AUROC, AUPRC and contamination, and whether each method is better than,
     tied with or worse than random's expectation, IFD and length."""
@@ -133,7 +146,8 @@ def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_s
         corrupt_seeds=csv_numbers(corrupt_seeds, "--corrupt-seeds", int),
         tables=named_paths(tables, "--table"), resamples=resamples, progress=not quiet,
         log=console.print, diversity=diversity, diversity_threshold=diversity_threshold,
-        labels=labels_file, target_examples=target_examples)
+        labels=labels_file, balance_field=balance_field,
+        target_examples=target_examples)
     Console(soft_wrap=True).print(results_markdown(results), markup=False)
     console.print(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}")
     print_page(out_dir)
@@ -242,11 +256,14 @@ def judge(models: tuple[str, ...], prompt_paths: tuple[Path, ...], out_dir: Path
               help="A `bench noise` output directory: its mixed set is the pool, its tables the "
                    "methods' scores (selection on noisy data, evaluation on clean references).")
 @click.option("--table", "tables", multiple=True, metavar="METHOD=PATH",
-              help="A statistics table of POOL for a method to compare; repeatable.")
+              help="A statistics table of POOL for a method to compare; repeatable. coverage "
+                   "and s2l read a G-SNR table: their own (--table coverage=PATH), else the "
+                   "first table given with training trajectories.")
 @click.option("--methods", default=None,
-              help="Methods to compare (default: every table given or in the noise benchmark); "
-                   "a table of IFD's or perplexity's pass gives both perplexity-low and "
-                   "perplexity-high. Baselines: " + baseline_help() + ".")
+              help="Methods to compare (default: every table given, or the noise benchmark's "
+                   "tables and selectors); a table of IFD's or perplexity's pass gives both "
+                   "perplexity-low and perplexity-high. Baselines: " + baseline_help() + ". "
+                   + SELECTOR_HELP)
 @click.option("--budgets", default="0.05,0.1,0.15", show_default=True)
 @click.option("--seeds", default="0,1,2", show_default=True,
               help="Fine-tuning runs per subset: each value seeds its run's LoRA initialisation "
@@ -292,13 +309,15 @@ def judge(models: tuple[str, ...], prompt_paths: tuple[Path, ...], out_dir: Path
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto",
               show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True,
-              help="Seeds the held-out split, random's subsets and every fine-tuning run.")
+              help="Seeds the held-out split, random's subsets, the selectors and every "
+                   "fine-tuning run.")
+@BALANCE_OPTION
 @threads_option
 @quiet_option
 def finetune(pool: str | None, out_dir: Path, noise_dir: Path | None, tables: tuple[str, ...],
              methods: str | None, budgets: str, seeds: str, group_field: str | None,
-             dedup_methods: tuple[str, ...], diversity_threshold: float, threads: int | None,
-             quiet: bool, **options) -> None:
+             dedup_methods: tuple[str, ...], diversity_threshold: float, balance_field: str,
+             threads: int | None, quiet: bool, **options) -> None:
     """Fine-tune a target on each method's subset, random subsets and the full pool (the same
     steps at one budget: --epochs over the subset) and compare held-out curves with random's:
     the area under the curve (the declared reading) and the final loss, with intervals."""
@@ -336,14 +355,19 @@ def finetune(pool: str | None, out_dir: Path, noise_dir: Path | None, tables: tu
     chosen = csv_list(methods) if methods else None
     if noise_dir is not None:
         inputs = inputs_from_noise(noise_dir, chosen, target, *held, group_field=group_field,
-                                   log=console.print)
+                                   log=console.print, balance_field=balance_field)
     else:
         named = named_paths(tables, "--table")
         if not named:
             raise GradfilterError("give the methods' statistics tables with --table METHOD=PATH")
+        wanted = list(named) if chosen is None else chosen
+        selectors = [m for m in wanted if m in SELECTORS]
         inputs = inputs_from_pool(pool, {m: p for m, p in named.items()
-                                         if chosen is None or m in chosen}, target, *held,
-                                  group_field=group_field)
+                                         if m in wanted and m not in SELECTORS}, target, *held,
+                                  group_field=group_field, selectors=selectors,
+                                  selector_table=next((str(named[m]) for m in CLUSTERED
+                                                       if m in named), None),
+                                  balance_field=balance_field)
     results = run_finetune_benchmark(inputs, out_dir, target, config, budget_values,
                                      progress=not quiet, log=console.print,
                                      dedup_methods=dedup_methods,

@@ -32,6 +32,8 @@ from .report import print_selection
 @out_format_option
 @select_options
 @report_options
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of --stratify clusters and --within random.")
 def select(data: str, stats: Path, out: Path, fmt, fields, limit, split, report: Path | None,
            no_report: bool, **options) -> None:
     """Write the top records of DATA by a utility from a statistics table (no model needed),

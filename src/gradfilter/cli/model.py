@@ -81,11 +81,13 @@ def score(data: str, out: Path, fmt, fields, limit, split, skip_bad_records, met
 @score_options()
 def run(data: str, out: Path, stats: Path | None, fmt, fields, limit, split, out_format,
         skip_bad_records, method, save_adapters, checkpoint_dir, checkpoint_every,
-        target_examples, quiet, ratio, count, utility, order, score_field, diversity,
-        diversity_threshold, report, no_report, **options) -> None:
-    """Score DATA and write the selected subset in one go (default --ratio 0.1), and the
-    selection's report page (report.html beside the subset)."""
+        target_examples, quiet, ratio,
+        count, utility, order, score_field, diversity, diversity_threshold, threshold, stratify,
+        allocate, within, cluster_features, report, no_report, **options) -> None:
+    """Score DATA and write the selected subset in one go (default --ratio 0.1, unless
+    --threshold alone), and the selection's report page (report.html beside the subset)."""
     from ..paths import refuse_collisions, run_paths
+    from ..strata import check_options, refuse_before_scoring
     from ..threads import use_threads
 
     page = report_target(out, report, no_report)
@@ -94,18 +96,23 @@ def run(data: str, out: Path, stats: Path | None, fmt, fields, limit, split, out
                                 out_format=out_format, target_examples=target_examples)
     refuse_collisions(inputs, [*outputs, *report_outputs(
         page, "--report" if report else "default --report")])
+    spec = check_options(stratify, allocate, within, cluster_features, threshold, diversity)
     use_threads(options.pop("threads"))
-    if ratio is None and count is None:
+    if ratio is None and count is None and threshold is None:
         ratio = 0.1
-    score_and_select(read_data(data, fmt, fields, limit, split, skip_bad_records), out, stats,
-                     config_from(options),
+    dataset = read_data(data, fmt, fields, limit, split, skip_bad_records)
+    refuse_before_scoring(spec, method, dataset.records, data)
+    score_and_select(dataset, out, stats, config_from(options),
                      dict(method=method, save_adapters=save_adapters,
                           skip_bad_records=skip_bad_records, progress=not quiet,
                           checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
                           target_examples=target_examples),
                      dict(ratio=ratio, count=count, utility=utility, order=order,
                           score_field=score_field, out_format=out_format, diversity=diversity,
-                          diversity_threshold=diversity_threshold), report=page)
+                          diversity_threshold=diversity_threshold, threshold=threshold,
+                          stratify=stratify, allocate=allocate, within=within,
+                          cluster_features=cluster_features, seed=options["seed"]),
+                     report=page)
 
 
 def score_and_select(dataset, out: Path, stats: Path | None, config: ScoreConfig, how: dict,

@@ -9,6 +9,7 @@ from typing import Any, get_args
 
 import click
 
+from ..clusters import CLUSTER_FEATURES, DEFAULT_FEATURES
 from ..config import (
     METHODS,
     CollectChoice,
@@ -22,6 +23,7 @@ from ..data.conversations import FORMATS
 from ..data.sources import CONTAINERS
 from ..diversity import DEFAULT_THRESHOLD, DIVERSITY
 from ..errors import GradfilterError
+from ..strata import ALLOCATIONS, WITHIN
 from ..threads import available_cores
 from ..utilities import (
     BASELINE_SCORES,
@@ -103,7 +105,34 @@ def select_options(command: Callable) -> Callable:
                      help="Cosine similarity (mean over members, late-epoch sketches) at or "
                           "above which dedup drops a record; 1 keeps plain top-k, lower drops "
                           "more."),
+        *stratify_options,
     ])
+
+
+stratify_options = [
+    click.option("--threshold", type=float, default=None,
+                 help="Keep only records whose score is at or above this (in the utility's "
+                      "units; the run record's cut_score is a run's lowest kept score): all "
+                      "of them, or with --ratio/--count the top of them up to that budget."),
+    click.option("--stratify", default=None, metavar="FIELD|length[:B]|clusters[:K]",
+                 help="Spread the budget over strata and take the best within each: FIELD "
+                      "(or field:FIELD), a top-level field of the records (source, language); "
+                      "length[:B], B bins (default 4) of response tokens cut at the pool's "
+                      "quantiles; clusters[:K], k-means over the ensemble's training "
+                      "trajectories (K by a rule when not given; docs/method.md)."),
+    click.option("--allocate", type=click.Choice(ALLOCATIONS), default=None,
+                 help="How --stratify spreads the budget: even (S2L: strata smaller than "
+                      "their share taken whole, the rest shared evenly; the default for "
+                      "clusters) or proportional (the pool's shares; the default otherwise)."),
+    click.option("--within", type=click.Choice(WITHIN), default=None,
+                 help="Within a stratum: utility (highest score first, the default) or "
+                      "random (a draw seeded by --seed; with clusters, this is S2L)."),
+    click.option("--cluster-features", type=click.Choice(CLUSTER_FEATURES), default=None,
+                 help=f"What --stratify clusters clusters on (default {DEFAULT_FEATURES}: "
+                      "each member's loss and log gradient norm at each recorded epoch, "
+                      "standardised; loss: the losses alone, as S2L; trajectory+sketch: "
+                      "also the late gradient sketches, projected)."),
+]
 
 
 def report_options(command: Callable) -> Callable:

@@ -59,6 +59,8 @@ def print_selection(subset: Subset, out: Path, stats: Path | None,
         out_console.print(f"report page:      {report}", markup=False)
     for line in recoveries(subset.report, notes or {}):
         out_console.print(line, markup=False)
+    if subset.strata is not None:
+        out_console.print(strata_line(subset.strata), markup=False)
     if subset.diversity is not None:
         groups = subset.diversity["groups"]
         largest = (f"; largest group: #{groups[0]['kept']} kept, "
@@ -75,3 +77,17 @@ def print_selection(subset: Subset, out: Path, stats: Path | None,
                               (f"  [corrupted: {tag}]" if tag else ""), markup=False)
             if preview.answer:
                 out_console.print(f"{'':<{len(head)}}reply: {preview.answer}", markup=False)
+
+
+def strata_line(strata: dict) -> str:
+    """One line on what --stratify did; every stratum's numbers are in the run record."""
+    by = {"field": f"field {strata.get('field')!r}", "length": "response length",
+          "clusters": "clusters"}[strata["by"]]
+    how = f"{len(strata['strata'])} strata"
+    if strata["by"] == "clusters":
+        how = f"K = {strata['k']} ({strata['features']} features)"
+    taken = [s["taken"] for s in strata["strata"]]
+    spread = f"{min(taken)} to {max(taken)} a stratum" if taken else "none"
+    return (f"stratified by {by}: {how}, {strata['allocation']} allocation, within by "
+            f"{strata['within']}; kept {spread}, {strata['taken_whole']} taken whole; every "
+            "stratum in the run record")
