@@ -16,6 +16,7 @@ about 0.94), so `select --diversity dedup` has work to do.
     python benchmarks/perf/scale_io.py --records 100000 --dir /tmp/x --keep
     python benchmarks/perf/scale_io.py --reuse --keep --only stratify  # the --stratify steps only
     python benchmarks/perf/scale_io.py --reuse --keep --only report    # the report steps only
+    python benchmarks/perf/scale_io.py --reuse --keep --only parquet --only hf   # JSONL to Arrow
 
 Not a test: it takes minutes and a few GB of scratch disk.
 """
@@ -158,7 +159,8 @@ def main() -> None:
                         help="Use the files an earlier --keep run left in --dir.")
     parser.add_argument("--only", action="append", default=[], metavar="TEXT",
                         help="Run only the steps whose name holds TEXT, or with a final '*' "
-                             "those whose names start with TEXT without it (repeatable).")
+                             "those whose names start with TEXT without it (repeatable; the "
+                             "start-up step always runs).")
     parser.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
@@ -197,8 +199,12 @@ def main() -> None:
         ("select --ratio 0.1 and its report", [
             *CLI, "select", str(data), "--stats", str(stats), "--ratio", "0.1", "--out",
             str(args.dir / "subset-reported.jsonl"), "--report", str(page)]),
+        *((f"select --ratio {ratio} --out-format {container}", [
+            *CLI, "select", str(data), "--stats", str(stats), "--ratio", ratio, "--out-format",
+            container, "--out", str(args.dir / f"subset-{ratio}.{container}"), "--no-report"])
+          for container in ("parquet", "hf") for ratio in ("0.1", "0.9")),
     ]
-    steps = [(name, argv) for name, argv in steps if not args.only or any(
+    steps = [(name, argv) for name, argv in steps if name == steps[0][0] or not args.only or any(
         text[:-1] == name[:len(text) - 1] if text.endswith("*") else text in name
         for text in args.only)]
     results = []

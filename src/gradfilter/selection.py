@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .arguments import real_number, whole_number
 from .errors import GradfilterError
 
 
@@ -44,10 +45,12 @@ def budget(n_records: int, ratio: float | None, count: int | None) -> int:
     if (ratio is None) == (count is None):
         raise GradfilterError("give exactly one of --ratio and --count")
     if count is not None:
+        count = whole_number(count, "--count")
         if count < 0:
             raise GradfilterError("--count must not be negative")
         return count
     assert ratio is not None
+    ratio = real_number(ratio, "--ratio")
     if not 0 < ratio <= 1:
         raise GradfilterError(f"--ratio must be in (0, 1], got {ratio}")
     return math.floor(ratio * n_records + 0.5)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from .arguments import path_or_name
 from .data import conversations, readers, sources
 from .data.conversations import Format
 from .data.dataset import Dataset, resolve_format
@@ -23,7 +24,7 @@ from .data.readers import ReadReport, Record
 from .data.writers import write_subset
 from .diversity import DEFAULT_THRESHOLD, DIVERSITY, DedupReport, dedup
 from .errors import GradfilterError
-from .outputs import write_run_record
+from .outputs import write_run_record, written_together
 from .paths import refuse_collisions, select_paths
 from .selection import Selection, cut_score
 from .strata import Allocation, ClusterFeatures, RecordSource, Within, check_options, choose
@@ -80,6 +81,7 @@ class Subset:
         return self.selection.in_order(order)
 
 
+@written_together  # the subset and its run record move into place together
 def select(
     data: str | Path | Dataset,
     stats: str | Path | pa.Table | np.ndarray,
@@ -123,6 +125,10 @@ def select(
     utility (or, `within="random"`, a draw seeded by `seed`) within each; see `strata` and
     `clusters` (`cluster_features`: trajectory, loss or trajectory+sketch).
     """
+    if not isinstance(data, Dataset):
+        path_or_name(data, "DATA")
+    if not isinstance(stats, pa.Table | np.ndarray):
+        path_or_name(stats, "--stats")
     refuse_collisions(*select_paths(data, stats, out, out_format))
     check_options(stratify, allocate, within, cluster_features, threshold, diversity)
     start = time.perf_counter()

@@ -162,9 +162,10 @@ def with_meta(table: pa.Table, meta: dict) -> pa.Table:
 
 
 def write_table(table: pa.Table, path: Path) -> None:
-    """The table to `path` (Parquet), atomically."""
+    """The table to `path` (Parquet), atomically, with a checksum on every page (checked on
+    every read: a flipped bit in a stored score is an error, not another selection)."""
     with atomic_path(path) as tmp:  # row groups of one read batch: reads stream by row group
-        pq.write_table(table, tmp, row_group_size=_STATS_BATCH_ROWS)
+        pq.write_table(table, tmp, row_group_size=_STATS_BATCH_ROWS, write_page_checksum=True)
 
 
 # --- what a table holds ----------------------------------------------------------------------
@@ -315,7 +316,7 @@ def load_stats(path: str | Path, columns: list[str] | None = None) -> pa.Table:
         # ParquetFile.read, not pq.read_table: the latter brings in pyarrow.dataset and pandas.
         return table_file.read(columns=columns)
     except (pa.ArrowException, OSError) as exc:
-        raise parquet_error(path, exc, NOT_A_TABLE) from exc
+        raise _read_error(path, exc) from exc
 
 
 def load_scores(stats: str | Path | pa.Table | np.ndarray, utility: str) -> np.ndarray:
@@ -346,7 +347,17 @@ def load_scores(stats: str | Path | pa.Table | np.ndarray, utility: str) -> np.n
             scores[start:start + batch.num_rows] = _computed(stats, (utility,))[utility]
         return scores
     except (pa.ArrowException, OSError) as exc:
-        raise parquet_error(path, exc, NOT_A_TABLE) from exc
+        raise _read_error(path, exc) from exc
+
+
+def _read_error(path: Path, exc: Exception) -> GradfilterError:
+    """A page whose checksum does not match is damage, said plainly; else what parquet_error
+    finds in the file."""
+    if "checksum" in str(exc).lower():
+        return GradfilterError(f"{path}: the statistics table is damaged: a page's checksum "
+                               "does not match its bytes (a flipped bit on disk or in a copy); "
+                               "restore the file or score again")
+    return parquet_error(path, exc, NOT_A_TABLE)
 
 
 def table_utility(stats: str | Path | pa.Table | np.ndarray) -> str:
@@ -365,8 +376,8 @@ def open_table(path: Path, **options) -> pq.ParquetFile:
     if not path.is_file():
         kind = "a directory" if path.is_dir() else "nothing"
         raise GradfilterError(f"{path}: no such statistics table (found {kind} there)")
-    try:
-        table_file = pq.ParquetFile(path, **options)
+    try:  # pages written with a checksum are checked against it (older tables have none)
+        table_file = pq.ParquetFile(path, page_checksum_verification=True, **options)
     except (pa.ArrowException, OSError) as exc:
         raise parquet_error(path, exc, NOT_A_TABLE) from exc
     schema = table_file.schema_arrow
@@ -403,10 +414,11 @@ def load_sketch_features(stats: str | Path | pa.Table, records: np.ndarray) -> n
     else:
         path = Path(stats)
         try:
-            table_file = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
+            table_file = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False,
+                                        page_checksum_verification=True)
         except (pa.ArrowInvalid, OSError) as exc:
             raise GradfilterError(f"{path}: not a Parquet statistics table: {exc}") from None
-        schema, batches = table_file.schema_arrow, partial(_stat_batches, table_file)
+        schema, batches = table_file.schema_arrow, partial(_checked_batches, table_file, path)
     late = table_meta(pa.Table.from_batches([], schema=schema)).get("late")
     if late is None:  # no metadata: the latest epoch with sketches
         late = max((int(m.group(1)) for c in schema.names if (m := _SKETCH.match(c))),
@@ -447,6 +459,13 @@ def _table_batches(table: pa.Table, columns: list[str]):
     for batch in table.select(columns).to_batches(max_chunksize=_STATS_BATCH_ROWS):
         yield start, batch
         start += batch.num_rows
+
+
+def _checked_batches(table_file: pq.ParquetFile, path: Path, columns: list[str]):
+    try:
+        yield from _stat_batches(table_file, columns)
+    except (pa.ArrowException, OSError) as exc:
+        raise _read_error(path, exc) from exc
 
 
 def _stat_batches(table_file: pq.ParquetFile, columns: list[str]):

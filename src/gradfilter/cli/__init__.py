@@ -7,6 +7,7 @@ without it; the commands that need a model import it when they run.
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import traceback
@@ -14,6 +15,7 @@ import traceback
 import click
 
 from ..errors import GradfilterError
+from ..interrupts import Interrupted, handled
 from .bench import bench
 from .data import inspect, select
 from .data import report as report_command  # (.report is the module of printed summaries)
@@ -43,16 +45,22 @@ for command in (score, select, run, report_command, inspect, demo, bench):
 
 def main() -> None:
     """Run the command; an error is one line on stderr and exit 2 (with --debug, the traceback
-    and the cause behind the one line come first)."""
+    and the cause behind the one line come first). Ctrl-C, SIGTERM and SIGHUP print `aborted`
+    and exit 128 + the signal's number, leaving no partial output."""
     _state["debug"] = False
+    _printing_never_fails()
     try:
-        app(standalone_mode=False)
+        with handled():
+            app(standalone_mode=False)
     except GradfilterError as exc:
         _show_traceback(exc)
         _error(str(exc))
     except click.exceptions.Abort:
         console.print("aborted")
         sys.exit(130)
+    except Interrupted as exc:
+        console.print(f"aborted ({exc})", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
@@ -60,6 +68,14 @@ def main() -> None:
         _show_traceback(exc)
         hint = "" if _debugging() else " (run with --debug for the traceback)"
         _error(f"{type(exc).__name__}: {_one_line(exc)}{hint}")
+
+
+def _printing_never_fails() -> None:
+    """A console that cannot show a character (PYTHONIOENCODING=ascii, a Windows code page)
+    shows a replacement instead of failing a run whose outputs are written."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and stream.errors == "strict":
+            stream.reconfigure(errors="replace")
 
 
 def _debugging() -> bool:

@@ -37,7 +37,8 @@ from .options import (
 from .report import console
 
 BENCH_SCORE_OPTIONS = score_options("method", "save_adapters", "checkpoint_dir",
-                                    "checkpoint_every", "target_examples")
+                                    "checkpoint_every", "target_examples",
+                                    "member_groups")
 # Every baseline in both directions where it has two; plain `perplexity` (perplexity-high's
 # other name) is left out so that no ranking is measured twice.
 # The alignment utilities need target examples: added by --target-examples.
@@ -162,13 +163,18 @@ def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_s
 @click.option("--tokenizer", default=None,
               help="With --proxy random-gpt2[:LAYERS:WIDTH]: whose tokenizer to use "
                    "(default: the demo's SmolLM2).")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
+@click.option("--out", type=click.Path(), default=None,
               help="Also write the figures as JSON here.")
 @data_options
-@BENCH_SCORE_OPTIONS
+@score_options("method", "save_adapters", "checkpoint_dir", "checkpoint_every",
+               "target_examples")
 def speed(data: str, paths: str, tokenizer, out, fmt, fields, limit, split, quiet,
-          **options) -> None:
-    """Time gradfilter's fused scoring against a naive PEFT loop and a forward-only IFD pass."""
+          member_groups, **options) -> None:
+    """Time gradfilter's fused scoring against a naive PEFT loop and a forward-only IFD pass.
+
+    Under torchrun the gradient paths run on every process (as `score` lays them out: see
+    --member-groups) and on one: examples/s per process and the 1 -> W speed-up.
+    """
     from ..bench.speed import random_gpt2, run_speed_benchmark, speed_table
     from ..demo import demo_config
     from ..outputs import atomic_write_text, write_run_record
@@ -181,6 +187,7 @@ def speed(data: str, paths: str, tokenizer, out, fmt, fields, limit, split, quie
         [*reads("the data", "DATA", data), *reads("the proxy", "--proxy", options["proxy"]),
          *reads("the tokenizer", "--tokenizer", tokenizer)],
         writes("the figures", "--out", out))
+    out = Path(out) if out is not None else None  # (checked as spelled: a trailing '/')
     use_threads(options.pop("threads"))
     config = config_from(options)
     with tempfile.TemporaryDirectory(prefix="gradfilter-speed-") as scratch:
@@ -190,7 +197,10 @@ def speed(data: str, paths: str, tokenizer, out, fmt, fields, limit, split, quie
         dataset = read_data(data, fmt, fields, limit, split)
         tokens = tokenize(dataset, load_tokenizer(config.proxy), config, True)
         report = run_speed_benchmark([tokens.encoded[i] for i in tokens.scorable], config,
-                                     tuple(csv_list(paths)), log=console.print)
+                                     tuple(csv_list(paths)), log=console.print,
+                                     member_groups=member_groups)
+    if not report:  # a torchrun rank other than 0
+        return
     report["data"], report["proxy_requested"] = str(data), options["proxy"]
     Console(soft_wrap=True).print(speed_table(report), markup=False)
     if out is not None:

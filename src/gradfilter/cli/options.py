@@ -54,6 +54,9 @@ skip_option = click.option(
          "missing field) as unscored rows in their place (listed in the run record) instead "
          "of stopping.")
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
+# Outputs keep the user's spelling (a trailing '/' says "a directory"); paths.writes checks it.
+OUT_HELP = ("A symbolic link is followed (its target is replaced, the link kept); a device, FIFO "
+            "or socket there is refused, as is - (standard output).")
 threads_option = click.option(
     "--threads", type=click.IntRange(min=1), default=None,
     help="CPU threads for torch (default: OMP_NUM_THREADS where set, as torchrun sets it, "
@@ -138,26 +141,31 @@ stratify_options = [
 def report_options(command: Callable) -> Callable:
     """Where the selection's report page goes (`report_target`)."""
     return _apply(command, [
-        click.option("--report", "report", type=click.Path(path_type=Path), default=None,
+        click.option("--report", "report", type=click.Path(), default=None,
                      help="The report page (HTML) of the selection (default: report.html "
                           "beside the subset; replaces only an earlier report)."),
         click.option("--no-report", is_flag=True, help="Write no report page."),
     ])
 
 
-def report_target(out: Path, report: Path | None, no_report: bool) -> Path | None:
-    """The report page's path: as named, else report.html beside the subset (a Hugging Face
-    dataset directory gets it beside, not inside), None with --no-report."""
+def report_target(out: str | Path, report: str | Path | None, no_report: bool) -> Path | None:
+    """The report page's path: as named (refused as `paths.writes` refuses a file output
+    spelled '-' or ending in '/'), else report.html beside the subset (a Hugging Face dataset
+    directory gets it beside, not inside), None with --no-report."""
     if no_report:
         if report is not None:
             raise GradfilterError("give --report PATH or --no-report, not both")
         return None
+    from ..paths import writes
     from ..report import REPORT_NAME
 
-    return Path(report) if report is not None else Path(out).parent / REPORT_NAME
+    if report is not None:
+        writes("the report", "--report", report, run_record=False)
+        return Path(report)
+    return Path(out).parent / REPORT_NAME
 
 
-def report_outputs(path: Path | None, option: str = "--report") -> list:
+def report_outputs(path: str | Path | None, option: str = "--report") -> list:
     """The report page as an output for `refuse_collisions`, checked first: a file there must
     be an earlier report of ours. `option`: how the user named it ("default --report" where
     they did not)."""
@@ -261,6 +269,12 @@ def _score_option_table() -> dict[str, Callable]:
             "--checkpoint-dir", type=click.Path(path_type=Path), default=None,
             help="Commit the run's state here as it goes; rerunning with the same settings "
                  "continues from the last commit (kept after the end)."),
+        "member_groups": click.option(
+            "--member-groups", type=click.IntRange(min=1), default=None,
+            help="Under torchrun: the member groups the processes form (default: the smaller "
+                 "of --members and the number of processes); each group's processes split its "
+                 "members' batches (docs/method.md, 'Several processes'). Changes no number "
+                 "beyond float rounding."),
         "checkpoint_every": click.option(
             "--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True,
             help="Commit every N optimiser steps (and N collection batches)."),

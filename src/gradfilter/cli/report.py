@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from ..data.quality import copies_of_earlier, records
 from ..data.readers import ReadReport
 from ..outputs import run_record_path
 from ..subset import Subset
@@ -28,6 +29,25 @@ def recoveries(report: ReadReport, notes: dict) -> list[str]:
                      "(scored; the unanswered tail carries no loss)")
     if notes.get("role_variants"):
         lines.append(role_variants_note(len(notes["role_variants"]), notes["role_variants"][0]))
+    lines.extend(quality_notes(notes))
+    return lines
+
+
+def quality_notes(notes: dict) -> list[str]:
+    """Records that were scored though they say less than they seem to."""
+    lines = []
+    if notes.get("duplicate_keys"):
+        first, keys = next(iter(notes["duplicate_keys"].items()))
+        lines.append(f"{records(len(notes['duplicate_keys']), 'has', 'have')} a key twice in "
+                     f"one JSON object (the last value read; the first: record {first}, key "
+                     f"{keys[0]!r})")
+    if notes.get("empty_replies"):
+        lines.append(f"{records(len(notes['empty_replies']), 'has', 'have')} an empty reply "
+                     f"(scored; the first: record {notes['empty_replies'][0]})")
+    copies = notes.get("exact_copies") or {}
+    if copies.get("records"):
+        lines.append(f"{copies_of_earlier(copies['records'])} (all kept); the most repeated, "
+                     f"record {copies['most_copied']}, appears {copies['count']} times")
     return lines
 
 
