@@ -13,6 +13,7 @@ import traceback
 import click
 
 from ..errors import GradfilterError
+from ..progress import library_bars
 from .bench import bench
 from .data import inspect, select
 from .model import demo, run, score
@@ -41,10 +42,12 @@ for command in (score, select, run, inspect, demo, bench):
 
 def main() -> None:
     """Run the command; an error is one line on stderr and exit 2 (with --debug, the traceback
-    and the cause behind the one line come first)."""
+    and the cause behind the one line come first). Where stderr is not a terminal, other
+    libraries' progress bars are off (gradfilter's own phases print plain lines there)."""
     _state["debug"] = False
     try:
-        app(standalone_mode=False)
+        with library_bars(sys.stderr.isatty()):  # in a log, other libraries' bars are noise
+            app(standalone_mode=False)
     except GradfilterError as exc:
         _show_traceback(exc)
         _error(str(exc))

@@ -11,7 +11,9 @@ from ..data.readers import ReadReport
 from ..outputs import run_record_path
 from ..subset import Subset
 
-console = Console(stderr=True)
+# Lines are never wrapped by rich (it wraps at 80 columns wherever stderr is not a terminal,
+# breaking paths in logs): a terminal wraps long lines itself.
+console = Console(stderr=True, soft_wrap=True)
 
 
 def recoveries(report: ReadReport, notes: dict) -> list[str]:
