@@ -44,6 +44,7 @@ def score(data: str, out: Path, fmt, fields, limit, split, skip_bad_records, met
     from ..paths import refuse_collisions, score_paths
     from ..scoring.distributed import is_main_process
     from ..scoring.score import score as run_score
+    from ..table import table_meta
 
     refuse_collisions(*score_paths(data, out, options["proxy"], checkpoint_dir=checkpoint_dir,
                                    save_adapters=save_adapters))
@@ -57,7 +58,8 @@ def score(data: str, out: Path, fmt, fields, limit, split, skip_bad_records, met
     unscored = sum(reason is not None for reason in table.column("skip_reason").to_pylist())
     console.print(f"statistics table: {out} ({table.num_rows} records, {unscored} unscored: "
                   "reasons in the table's skip_reason and the run record)")
-    print_recoveries(dataset.report, record_notes(dataset))
+    print_recoveries(dataset.report, {**record_notes(dataset),
+                                      "truncation": table_meta(table).get("truncation")})
 
 
 @click.command()
@@ -101,13 +103,15 @@ def score_and_select(dataset, out: Path, stats: Path | None, config: ScoreConfig
     from ..scoring.distributed import is_main_process
     from ..scoring.score import score as run_score
     from ..subset import select as select_subset
+    from ..table import table_meta
 
     stats = stats or default_stats(out)
     table = run_score(dataset, stats, config, **how)
     if not is_main_process():
         return None
     subset = select_subset(dataset, table, out, **choice)
-    print_selection(subset, out, stats, record_notes(dataset), tags)
+    print_selection(subset, out, stats, {**record_notes(dataset),
+                                         "truncation": table_meta(table).get("truncation")}, tags)
     return subset
 
 

@@ -16,6 +16,7 @@ from ..config import (
     DtypeChoice,
     ScoreConfig,
     TemplateChoice,
+    TruncationChoice,
     TurnsChoice,
 )
 from ..data.conversations import FORMATS
@@ -131,6 +132,11 @@ def _score_option_table() -> dict[str, Callable]:
             "--collect-batch-size", type=int,
             help="Batch size of gradient collection and of forward-only (baseline) passes."),
         "max_length": _default("--max-length", type=int),
+        "truncation": _default(
+            "--truncation", type=click.Choice(get_args(TruncationChoice)),
+            help="A record longer than --max-length: keep (scored on its first --max-length "
+                 "tokens) or drop (left unscored, with that reason). The summary and the run "
+                 "record say how many records and response tokens it hides."),
         "batch_tokens": click.option(
             "--batch-tokens", type=BatchTokens(), default="auto", show_default=True,
             help="Padded tokens per micro-batch, all members' rows together (auto: from the "

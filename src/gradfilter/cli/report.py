@@ -30,7 +30,27 @@ def recoveries(report: ReadReport, notes: dict) -> list[str]:
                      "(scored; the unanswered tail carries no loss)")
     if notes.get("role_variants"):
         lines.append(role_variants_note(len(notes["role_variants"]), notes["role_variants"][0]))
+    if notes.get("truncation") and notes["truncation"]["truncated_records"]:
+        lines.append(truncation_note(notes["truncation"]))
     return lines
+
+
+def truncation_note(summary: dict) -> str:
+    """The line for records longer than --max-length (`Tokenized.truncation`'s summary)."""
+    cut, records = summary["truncated_records"], summary["records"]
+    unseen, tokens = summary["response_tokens_unseen"], summary["response_tokens"]
+    length = summary["max_length"]
+    head = (f"truncated: {cut} of {records} records ({cut / records:.0%}) "
+            f"{'is' if cut == 1 else 'are'} longer than --max-length {length}")
+    share = f"{unseen / tokens:.1%}" if tokens else "0%"
+    if summary["mode"] == "drop":
+        return (f"{head}: left unscored (--truncation drop); their {unseen} response tokens "
+                f"({share} of {tokens}) never seen")
+    empty = summary.get("truncated_unscored", 0)
+    left = f" ({empty} of them unscored: no response token left)" if empty else ""
+    return (f"{head}: scored on their first {length} tokens{left}; {unseen} of {tokens} "
+            f"response tokens ({share}) never seen (--truncation drop leaves such records "
+            "unscored)")
 
 
 def role_variants_note(count: int, first: int) -> str:
