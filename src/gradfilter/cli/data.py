@@ -68,6 +68,12 @@ def inspect(data: str, fmt, fields, split, max_problems: int, strict: bool) -> N
     if found.role_variants:
         out.print(f"note: {role_variants_note(found.role_variants, found.first_role_variant)}",
                   markup=False)
+    if found.first_special_token is not None:
+        index, text = found.first_special_token
+        count = found.special_token_text
+        out.print(f"note: {count} {'record' if count == 1 else 'records'} hold text that looks "
+                  f"like a model's special token (the first: record {index}, {text!r}); scoring "
+                  "tokenises it as plain text, never as the token", markup=False)
     n = len(found.problems)
     out.print(f"{n} {'problem' if n == 1 else 'problems'}")
     for problem in found.problems[:max_problems]:
