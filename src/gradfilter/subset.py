@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from .binding import DataCheck, table_data
 from .data import conversations, readers, sources
 from .data.conversations import Format
 from .data.dataset import Dataset, resolve_format
 from .data.readers import ReadReport, Record
-from .data.writers import write_subset
+from .data.writers import reads_records, write_subset
 from .diversity import DEFAULT_THRESHOLD, DIVERSITY, DedupReport, dedup
 from .errors import GradfilterError
 from .outputs import write_run_record
@@ -57,6 +58,9 @@ class Subset:
     best: list[Preview]
     worst: list[Preview]
     diversity: dict | None = None  # what near-duplicate suppression removed (--diversity)
+    # The data against the table's record of it (binding.DataCheck.finish: fingerprints, the
+    # check's outcome, a warning where it could not check or a mismatch was allowed).
+    data_check: dict | None = None
 
     @property
     def indices(self) -> np.ndarray:
@@ -95,6 +99,7 @@ def select(
     fields: dict[str, str] | None = None,
     diversity: str = "none",
     diversity_threshold: float = DEFAULT_THRESHOLD,
+    allow_data_mismatch: bool = False,
 ) -> Subset:
     """Write the top records of `data` by `utility` to `out`, unchanged, in the input's
     container unless `out_format` names another. `stats` is the statistics table (a Parquet
@@ -107,6 +112,10 @@ def select(
     `diversity="dedup"` removes near-duplicates on the way down the ranking (their gradient
     sketches' cosine >= `diversity_threshold` to a record kept already; see `diversity`): it
     reads the sketches of a pool of the best-ranked records only.
+
+    The records are checked against the table's record of its data on the way (`binding`): a
+    table of other, edited or reordered data is refused, nothing written, unless
+    `allow_data_mismatch`; a table that records no data is used with a warning.
     """
     refuse_collisions(*select_paths(data, stats, out, out_format))
     start = time.perf_counter()
@@ -118,10 +127,15 @@ def select(
         selection, removed = _diversify(selection, stats, diversity, diversity_threshold)
     shown = {int(i) for i in (*selection.best(PREVIEWS), *selection.worst(PREVIEWS))}
     report = ReadReport()
+    check = None if isinstance(stats, np.ndarray) else DataCheck(
+        table_data(stats), data.path if isinstance(data, Dataset) else data,
+        allow_data_mismatch)
     if isinstance(data, Dataset):
         source = data.source or sources.resolve_source(data.path)
         fmt, fields, report = data.format, data.fields, data.report
         _check_rows(len(scores), source, len(data.records))
+        if check is not None:
+            check.see_all(data.records).finish()  # before writing: the records are in memory
         describe = partial(_prompt_preview, fmt=fmt, source=source, fields=fields)
         watch = _Watch(shown, None, source, describe)
         records = partial(watch.stream, data.records)
@@ -135,12 +149,16 @@ def select(
             n_rows = readers.arrow_num_rows(source)
             _check_rows(len(scores), source, n_rows if limit is None else min(n_rows, limit))
         describe = partial(_prompt_preview, fmt=fmt, source=source, fields=fields)
-        watch = _Watch(shown, len(scores), source, describe)
+        watch = _Watch(shown, len(scores), source, describe, check)
         records = partial(watch.stream, _read(source, report, limit))
         prompts = None
     container = out_format or source.container
     if container not in sources.CONTAINERS:
         raise GradfilterError(f"--out-format must be one of {list(sources.CONTAINERS)}")
+    if check is not None and not isinstance(data, Dataset) and not reads_records(source,
+                                                                                 container):
+        # The writer copies Arrow rows without reading records: check them before it runs.
+        check.see_all(_read(source, ReadReport(), limit)).finish()
     chosen = selection.in_order(order)
     write_subset(Path(out), source, chosen, container, records, n_records=len(scores),
                  score_field=score_field, scores=scores if score_field else None)
@@ -165,6 +183,7 @@ def select(
         "diversity": {"method": diversity, **(removed.as_dict() if removed else {})},
         "read_warnings": report.warnings,
         "unreadable_records": report.skipped,
+        **(check.finish() if check is not None else {"data_check": "unchecked: bare scores"}),
         "wall_seconds": {"select": time.perf_counter() - start},
     })
 
@@ -174,7 +193,8 @@ def select(
 
     return Subset(selection, scores, utility, source, fmt, container, report,
                   previews(selection.best(PREVIEWS)), previews(selection.worst(PREVIEWS)),
-                  removed.as_dict() if removed else None)
+                  removed.as_dict() if removed else None,
+                  check.finish() if check is not None else None)
 
 
 def _diversify(selection: Selection, stats, diversity: str,
@@ -241,9 +261,11 @@ class _Watch:
     error (raised inside the writer, so no output is left)."""
 
     def __init__(self, remember: set[int], expected: int | None, source: sources.Source,
-                 describe: Callable[[Record], tuple[str, str]]) -> None:
+                 describe: Callable[[Record], tuple[str, str]],
+                 check: DataCheck | None = None) -> None:
         self.remember, self.expected, self.source = remember, expected, source
         self.describe = describe
+        self.check = check  # sees each record where the records were not checked before
         self.count = 0
         self.prompts: dict[int, tuple[str, str]] = {}
 
@@ -252,6 +274,10 @@ class _Watch:
             self.count += 1
             if record.index in self.remember:
                 self.prompts[record.index] = self.describe(record)
+            if self.expected is not None and self.check is not None:
+                self.check.see(record)
             yield record
         if self.expected is not None and self.count != self.expected:
             raise _mismatch(self.expected, self.source, self.count)
+        if self.expected is not None and self.check is not None:
+            self.check.finish()  # a mismatch not allowed raises here: the writer leaves nothing

@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import ScoreConfig
+from ..config import ScoreConfig, config_key
 from ..diversity import DEFAULT_THRESHOLD, dedup
 from ..errors import GradfilterError
 from ..outputs import atomic_write_text, write_run_record
-from ..progress import advance_bar, progress_bars
+from ..progress import advance_bar, library_bars, progress_bars, shows_library_bars
 from ..scoring.batching import Batcher, collection_batches, member_batches
 from ..scoring.ensemble import LoRAEnsemble, linear_warmup_decay, per_example_losses
 from ..scoring.tokenization import Encoded
@@ -265,7 +265,7 @@ def run_key(name: str, positions: np.ndarray, config: FinetuneConfig, target: Sc
             data_digest: str) -> str:
     """A name that changes whenever anything that affects the run changes."""
     key = json.dumps({"name": name, "subset": hashlib.sha256(positions.tobytes()).hexdigest(),
-                      "finetune": asdict(config), "target": asdict(target),
+                      "finetune": asdict(config), "target": config_key(target),
                       "data": data_digest}, sort_keys=True, default=str)
     return f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
@@ -321,7 +321,7 @@ def run_finetune_benchmark(inputs: FinetuneInputs, out_dir: Path, target: ScoreC
     (out_dir / "runs").mkdir(parents=True, exist_ok=True)
     model, targets = None, target.lora_targets
     curves: dict[str, Curves] = {}
-    with progress_bars(progress) as bars:
+    with progress_bars(progress) as bars, library_bars(shows_library_bars(progress)):
         for name, chosen in runs.items():
             key = run_key(name, chosen, config, target, inputs.digest)
             path = out_dir / "runs" / f"{key}.json"
@@ -504,11 +504,14 @@ def plot_curves(path: Path, curves: dict[str, Curves], budgets: Sequence[float])
 
 def inputs_from_noise(noise_dir: Path, methods: Sequence[str] | None, target: ScoreConfig,
                       held_out: Path | None, held_out_share: float, seed: int,
-                      corrupt_seed: int | None = None) -> FinetuneInputs:
+                      corrupt_seed: int | None = None, allow_data_mismatch: bool = False,
+                      log=print) -> FinetuneInputs:
     """The noise benchmark's mixed set as the pool and its tables as the methods' scores
     (selection on noisy data); held out: `held_out` (a file of prompts with reference answers)
     or a seeded share of the clean records, taken out of the pool (evaluation on clean
-    references)."""
+    references). Each table must have been scored on the mixed set (`binding`), unless
+    `allow_data_mismatch`."""
+    from ..binding import require_table_of
     from ..data.dataset import read_dataset
     from ..table import load_stats, utility_scores
     from .noise import run_table
@@ -527,7 +530,10 @@ def inputs_from_noise(noise_dir: Path, methods: Sequence[str] | None, target: Sc
         raise GradfilterError(f"{noise_dir}: the noise benchmark has no table for {missing}; "
                               f"it has {list(draw['tables'])}")
     tables = {m: run_table(noise_dir, path) for m, path in draw["tables"].items()}
-    scores = {m: utility_scores(load_stats(tables[m]), m) for m in chosen}
+    loaded = {path: load_stats(path) for path in {tables[m] for m in chosen}}
+    for path, table in loaded.items():
+        require_table_of(table, path, pool.records, pool.path, allow_data_mismatch, log)
+    scores = {m: utility_scores(loaded[tables[m]], m) for m in chosen}
     source = {"data": str(noise_dir / draw["mixed"]), "noise_benchmark": str(noise_dir),
               "corrupted": int((~clean).sum())}
     inputs = _inputs(pool, scores, target, held_out, held_out_share, seed, clean, source)
@@ -535,8 +541,11 @@ def inputs_from_noise(noise_dir: Path, methods: Sequence[str] | None, target: Sc
 
 
 def inputs_from_pool(pool_path: str, tables: dict[str, str], target: ScoreConfig,
-                     held_out: Path | None, held_out_share: float, seed: int) -> FinetuneInputs:
-    """A pool file and the statistics tables of the methods to compare (scored on that pool)."""
+                     held_out: Path | None, held_out_share: float, seed: int,
+                     allow_data_mismatch: bool = False, log=print) -> FinetuneInputs:
+    """A pool file and the statistics tables of the methods to compare (scored on that pool,
+    checked by `binding` unless `allow_data_mismatch`)."""
+    from ..binding import require_table_of
     from ..data.dataset import read_dataset
     from ..table import load_stats, table_utility, utility_scores
 
@@ -547,6 +556,7 @@ def inputs_from_pool(pool_path: str, tables: dict[str, str], target: ScoreConfig
         if table.num_rows != len(pool.records):
             raise GradfilterError(f"{path}: {table.num_rows} rows, but the pool {pool_path} has "
                                   f"{len(pool.records)} records")
+        require_table_of(table, path, pool.records, pool_path, allow_data_mismatch, log)
         utility = method if method in _offered(table) else table_utility(table)
         scores[method] = utility_scores(table, utility)
     inputs = _inputs(pool, scores, target, held_out, held_out_share, seed,

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..config import ScoreConfig
+from ..config import ScoreConfig, config_key
 from ..data.conversations import Turn, answering_turns
 from ..diversity import DEFAULT_THRESHOLD, dedup
 from ..errors import GradfilterError
@@ -182,7 +182,7 @@ def method_groups(methods: Sequence[str]) -> dict[str, list[str]]:
 def scores_path(out_dir: Path, run: str, config: ScoreConfig, data_sha256: str) -> Path:
     """A name that changes whenever anything that affects the scores changes, so a rerun with
     the same arguments finds (and reuses) the finished table."""
-    key = json.dumps({"run": run, "config": asdict(config), "data": data_sha256},
+    key = json.dumps({"run": run, "config": config_key(config), "data": data_sha256},
                      sort_keys=True)
     return out_dir / "scores" / f"{run}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.parquet"
 
@@ -375,11 +375,13 @@ def run_noise_benchmark(data, out_dir: Path, config: ScoreConfig, *, methods: Se
                         corrupt_seeds: Sequence[int] = (0,),
                         tables: dict[str, Path] | None = None, resamples: int = RESAMPLES,
                         progress: bool = True, log=print, diversity: str = "none",
-                        diversity_threshold: float = DEFAULT_THRESHOLD) -> dict:
+                        diversity_threshold: float = DEFAULT_THRESHOLD,
+                        allow_data_mismatch: bool = False) -> dict:
     """Corrupt (once per corruption seed), score with every method (reusing finished tables,
     or the `tables` given by run name), measure with intervals, report. With
     `diversity="dedup"`, also each method's selection with near-duplicates removed (by the
-    G-SNR run's sketches) against its plain top-k."""
+    G-SNR run's sketches) against its plain top-k. A table reused or given must have been
+    scored on the mixed set (`binding`), unless `allow_data_mismatch`."""
     from ..data.dataset import as_dataset
     from ..scoring.proxy import load_tokenizer
 
@@ -398,7 +400,7 @@ def run_noise_benchmark(data, out_dir: Path, config: ScoreConfig, *, methods: Se
                 "their corruption and count as clean")
         runs.append(_run_seed(out_dir, seed, mixed, labels, np.array(source), config, methods,
                               corruptions, budgets, tables or {}, resamples, progress, log,
-                              diversity, diversity_threshold))
+                              diversity, diversity_threshold, allow_data_mismatch))
     per_seed = {str(seed): run.results for seed, run in zip(corrupt_seeds, runs, strict=True)}
     results = {
         "data": str(dataset.path), "corrupt_fraction": fraction,
@@ -440,8 +442,11 @@ def _run_seed(out_dir: Path, seed: int, mixed: list[list[Turn]], labels: list[st
               source: np.ndarray, config: ScoreConfig, methods: Sequence[str],
               corruptions: Sequence[str], budgets: Sequence[float], given: dict[str, Path],
               resamples: int, progress: bool, log, diversity: str = "none",
-              diversity_threshold: float = DEFAULT_THRESHOLD) -> SeedRun:
+              diversity_threshold: float = DEFAULT_THRESHOLD,
+              allow_data_mismatch: bool = False) -> SeedRun:
     """One corruption draw: its mixed set and labels, every method's scores, the metrics."""
+    from ..binding import require_table_of
+    from ..data.dataset import read_dataset
     from ..scoring.score import score
     from ..table import load_stats
 
@@ -460,6 +465,8 @@ def _run_seed(out_dir: Path, seed: int, mixed: list[list[Turn]], labels: list[st
             if table.num_rows != len(mixed):
                 raise GradfilterError(f"{path}: {table.num_rows} rows, but the mixed set "
                                       f"{mixed_path} has {len(mixed)} records")
+            require_table_of(table, path, read_dataset(mixed_path).records, mixed_path,
+                             allow_data_mismatch, log)
         else:
             log(f"{run}: scoring {len(mixed)} records (corruption seed {seed})")
             table = score(mixed_path, path, config, method=run, progress=progress)

@@ -19,6 +19,7 @@ from ..config import ScoreConfig
 from ..diversity import DEFAULT_THRESHOLD, DIVERSITY
 from ..utilities import BASELINE_SCORES, UTILITIES
 from .options import (
+    allow_mismatch_option,
     config_from,
     csv_list,
     csv_numbers,
@@ -67,12 +68,13 @@ def bench() -> None:
                    "(by the G-SNR run's gradient sketches) against its plain top-k.")
 @click.option("--diversity-threshold", type=float, default=DEFAULT_THRESHOLD,
               show_default=True, help="The cosine at or above which dedup removes a record.")
+@allow_mismatch_option
 @data_options
 @BENCH_SCORE_OPTIONS
 def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_seeds: str,
           methods: str, budgets: str, plugins: tuple[str, ...], tables: tuple[str, ...],
-          resamples: int, diversity: str, diversity_threshold: float, fmt, fields, limit, split,
-          quiet, **options) -> None:
+          resamples: int, diversity: str, diversity_threshold: float, allow_data_mismatch: bool,
+          fmt, fields, limit, split, quiet, **options) -> None:
     """Corrupt part of DATA, score it with every method, report contamination and AUROC."""
     from ..bench.noise import results_markdown, run_noise_benchmark
     from ..paths import reads, refuse_collisions, writes
@@ -90,7 +92,8 @@ def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_s
         budgets=csv_numbers(budgets, "--budgets"),
         corrupt_seeds=csv_numbers(corrupt_seeds, "--corrupt-seeds", int),
         tables=named_paths(tables, "--table"), resamples=resamples, progress=not quiet,
-        log=console.print, diversity=diversity, diversity_threshold=diversity_threshold)
+        log=console.print, diversity=diversity, diversity_threshold=diversity_threshold,
+        allow_data_mismatch=allow_data_mismatch)
     Console(soft_wrap=True).print(results_markdown(results), markup=False)
     console.print(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}, "
                   f"plots {out_dir / 'contamination.png'}, {out_dir / 'distributions.png'}")
@@ -225,11 +228,12 @@ def judge(models: tuple[str, ...], prompt_paths: tuple[Path, ...], out_dir: Path
               show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seeds the held-out split and every fine-tuning run.")
+@allow_mismatch_option
 @quiet_option
 def finetune(pool: str | None, out_dir: Path, noise_dir: Path | None, tables: tuple[str, ...],
              methods: str | None, budgets: str, seeds: str, steps: int | None,
-             dedup_methods: tuple[str, ...], diversity_threshold: float, quiet: bool,
-             **options) -> None:
+             dedup_methods: tuple[str, ...], diversity_threshold: float,
+             allow_data_mismatch: bool, quiet: bool, **options) -> None:
     """Fine-tune a target on each method's subset (same steps, same batch) and compare held-out
     losses, with intervals."""
     from ..bench.finetune import (
@@ -255,14 +259,16 @@ def finetune(pool: str | None, out_dir: Path, noise_dir: Path | None, tables: tu
     target = _finetune_target(noise_dir, options)
     held = (options.pop("held_out"), options.pop("held_out_share"), options["seed"])
     chosen = csv_list(methods) if methods else None
+    binding = dict(allow_data_mismatch=allow_data_mismatch, log=console.print)
     if noise_dir is not None:
-        inputs = inputs_from_noise(noise_dir, chosen, target, *held)
+        inputs = inputs_from_noise(noise_dir, chosen, target, *held, **binding)
     else:
         named = named_paths(tables, "--table")
         if not named:
             raise GradfilterError("give the methods' statistics tables with --table METHOD=PATH")
         inputs = inputs_from_pool(pool, {m: p for m, p in named.items()
-                                         if chosen is None or m in chosen}, target, *held)
+                                         if chosen is None or m in chosen}, target, *held,
+                                  **binding)
     steps = steps or default_steps(inputs, budget_values, options["batch_size"])
     config = FinetuneConfig(
         steps=steps, batch_size=options["batch_size"], lr=options["lr"],

@@ -9,7 +9,13 @@ import click
 from rich.console import Console
 
 from ..data.conversations import FORMATS
-from .options import data_options, out_format_option, select_options, split_option
+from .options import (
+    allow_mismatch_option,
+    data_options,
+    out_format_option,
+    select_options,
+    split_option,
+)
 from .report import print_selection
 
 
@@ -21,10 +27,13 @@ from .report import print_selection
 @data_options
 @out_format_option
 @select_options
+@allow_mismatch_option
 def select(data: str, stats: Path, out: Path, fmt, fields, limit, split, **options) -> None:
     """Write the top records of DATA by a utility from a statistics table (no model needed).
 
-    DATA is streamed, never held: memory holds the table's scores and the chosen indices.
+    DATA is streamed, never held: memory holds the table's scores and the chosen indices. The
+    table must have been scored on DATA as it is (same records, same order): its data
+    fingerprint and record hashes are checked on the way.
     """
     from ..data.conversations import parse_fields
     from ..paths import refuse_collisions, select_paths

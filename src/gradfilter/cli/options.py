@@ -46,6 +46,11 @@ skip_option = click.option(
          "missing field) as unscored rows in their place (listed in the run record) instead "
          "of stopping.")
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
+allow_mismatch_option = click.option(
+    "--allow-data-mismatch", is_flag=True,
+    help="Use a statistics table even where the data differs from the data it was scored on "
+         "(records edited, added, removed or reordered on purpose); the mismatch is shown "
+         "and recorded in the run record. Without it such a table is refused.")
 
 
 def data_options(command: Callable) -> Callable:

@@ -77,6 +77,8 @@ def print_selection(subset: Subset, out: Path, stats: Path | None,
                       f"run record:       {run_record_path(out)}")
     for line in recoveries(subset.report, notes or {}):
         out_console.print(line, markup=False)
+    if subset.data_check and subset.data_check.get("data_warning"):
+        out_console.print(f"warning: {subset.data_check['data_warning']}", markup=False)
     if subset.diversity is not None:
         groups = subset.diversity["groups"]
         largest = (f"; largest group: #{groups[0]['kept']} kept, "

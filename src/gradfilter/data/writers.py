@@ -57,6 +57,12 @@ def write_subset(
                            scores)
 
 
+def reads_records(source: Source, container: Container) -> bool:
+    """Whether `write_subset` makes the subset from the `records()` stream (else from the
+    input's own Arrow rows, never reading records)."""
+    return container in ("json", "jsonl") or source.container not in ARROW_CONTAINERS
+
+
 def _ranks(chosen: np.ndarray, n_records: int) -> np.ndarray:
     """rank[i] = position of record i in the output, -1 if it is not chosen."""
     if len(chosen) and (chosen.min() < 0 or chosen.max() >= n_records):
