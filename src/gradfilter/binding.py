@@ -48,25 +48,41 @@ def table_data(stats: str | Path | pa.Table, name: object = None) -> TableData:
     if isinstance(stats, pa.Table):
         table = stats
 
-        def column(name: str) -> list:
-            return table.column(name).to_pylist()
+        def column(column_name: str) -> pa.Array:
+            return table.column(column_name).combine_chunks()
     else:
         table_file = open_table(Path(stats))
         table = pa.Table.from_batches([], schema=table_file.schema_arrow)
 
-        def column(name: str) -> list:
-            return table_file.read(columns=[name]).column(0).to_pylist()
+        def column(column_name: str) -> pa.Array:
+            return table_file.read(columns=[column_name]).column(0).combine_chunks()
     fingerprint = table_meta(table).get(DATA_FINGERPRINT)
     if fingerprint is None or RECORD_HASH not in table.column_names:
         return TableData(label, None, np.zeros(0, np.uint64), list)
     return TableData(label, str(fingerprint), _hash_values(column(RECORD_HASH)),
-                     lambda: [str(v) for v in column(RECORD_ID)])
+                     lambda: [str(v) for v in column(RECORD_ID).to_pylist()])
 
 
-def _hash_values(hex_hashes: list[str | None]) -> np.ndarray:
-    """16-hex-digit hashes as uint64 (8 bytes a record); a missing one as 0."""
-    text = "".join(h if h else "0" * 16 for h in hex_hashes)
-    return np.frombuffer(bytes.fromhex(text), dtype=">u8").astype(np.uint64)
+def _hash_values(hashes: pa.Array) -> np.ndarray:
+    """The 16-hex-digit hashes as uint64 (8 bytes a record), read from the Arrow buffers (a
+    list of a million Python strings would hold ~60 MB); a missing or malformed one as 0."""
+    hashes = hashes.cast(pa.string()).fill_null("")
+    offsets = np.frombuffer(hashes.buffers()[1], dtype=np.int32, count=len(hashes) + 1,
+                            offset=hashes.offset * 4)
+    if len(hashes) and np.all(np.diff(offsets) == 16):
+        text = bytes(memoryview(hashes.buffers()[2])[offsets[0]:offsets[-1]])
+        try:
+            return np.frombuffer(bytes.fromhex(text.decode("ascii")), ">u8").astype(np.uint64)
+        except (UnicodeDecodeError, ValueError):
+            pass
+    return np.array([_hash_value(h) for h in hashes.to_pylist()], dtype=np.uint64)
+
+
+def _hash_value(text: str) -> int:
+    try:
+        return int(text, 16) if len(text) == 16 else 0
+    except ValueError:
+        return 0
 
 
 class DataCheck:
@@ -86,8 +102,8 @@ class DataCheck:
         if self._first is not None or self.table.fingerprint is None:
             return
         index = record.index
-        if index >= len(self.table.hashes) or int(self.table.hashes[index]) != int(
-                short_hash(digest), 16):
+        if (index >= len(self.table.hashes)
+                or int(self.table.hashes[index]) != int.from_bytes(digest[:8], "big")):
             self._first = (index, own_id(record), short_hash(digest))
 
     def see_all(self, records: Iterable[Record]) -> DataCheck:
