@@ -1,4 +1,4 @@
-"""Streaming at scale: `gradfilter inspect` and `gradfilter select` on 1M synthetic records.
+"""Streaming at scale: `gradfilter inspect`, `select` and `report` on 1M synthetic records.
 
 Writes a synthetic Alpaca JSONL file (a few hundred bytes a record) and a matching statistics
 table (the squared-norm columns of 4 members x 2 epochs that `select` computes G-SNR from, a few
@@ -13,6 +13,7 @@ about 0.94), so `select --diversity dedup` has work to do.
 
     python benchmarks/scale_io.py                     # 1M records under /tmp/gradfilter-scale
     python benchmarks/scale_io.py --records 100000 --dir /tmp/x --keep
+    python benchmarks/scale_io.py --reuse --keep --only report    # the report steps only
 
 Not a test: it takes minutes and a few GB of scratch disk.
 """
@@ -134,6 +135,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="Keep the scratch files.")
     parser.add_argument("--reuse", action="store_true",
                         help="Use the files an earlier --keep run left in --dir.")
+    parser.add_argument("--only", action="append", default=[],
+                        help="Run only the steps whose name holds this text (repeatable).")
     parser.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
@@ -152,41 +155,57 @@ def main() -> None:
           f"statistics table {stats.stat().st_size / 2**20:.0f} MiB "
           f"({stats.stat().st_size / args.records / 4:.0f} bytes a record and member); "
           f"generated in {made:.0f} s")
-    subset = args.dir / "subset.jsonl"
+    subset, page = args.dir / "subset.jsonl", args.dir / "report.html"
     steps = [
         ("start the command line only", [*CLI, "--version"]),
         ("inspect", [*CLI, "inspect", str(data)]),
         ("select --ratio 0.1", [*CLI, "select", str(data), "--stats", str(stats), "--ratio",
-                                "0.1", "--out", str(subset)]),
+                                "0.1", "--out", str(subset), "--no-report"]),
         ("select --ratio 0.1 --order score", [*CLI, "select", str(data), "--stats", str(stats),
                                               "--ratio", "0.1", "--order", "score", "--out",
-                                              str(args.dir / "subset-by-score.jsonl")]),
+                                              str(args.dir / "subset-by-score.jsonl"),
+                                              "--no-report"]),
         ("select --ratio 0.1 --diversity dedup (0.9)", [
             *CLI, "select", str(data), "--stats", str(stats), "--ratio", "0.1", "--diversity",
             "dedup", "--diversity-threshold", "0.9", "--out",
-            str(args.dir / "subset-dedup.jsonl")]),
+            str(args.dir / "subset-dedup.jsonl"), "--no-report"]),
+        ("report --ratio 0.1", [*CLI, "report", str(stats), "--data", str(data), "--ratio",
+                                "0.1", "--out", str(page)]),
+        ("select --ratio 0.1 and its report", [
+            *CLI, "select", str(data), "--stats", str(stats), "--ratio", "0.1", "--out",
+            str(args.dir / "subset-reported.jsonl"), "--report", str(page)]),
     ]
+    steps = [step for step in steps if not args.only or any(o in step[0] for o in args.only)]
     results = []
     for k, (name, argv) in enumerate(steps):
         child = measure_child(name, argv, args.dir / f"step{k}.log")
         results.append({"step": name, "wall_s": round(child["wall_s"], 1),
                         "peak_rss_mib": round(child["peak_rss_mib"])})
-    with open(subset, encoding="utf-8") as handle:
-        kept = sum(1 for _ in handle)
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python "
           f"{platform.python_version()}")
-    print(f"{'step':<36}{'wall s':>8}{'peak RSS MiB':>14}{'of file size':>14}")
+    print(f"{'step':<44}{'wall s':>8}{'peak RSS MiB':>14}{'of file size':>14}")
     for row in results:
         share = row["peak_rss_mib"] / size_mib
-        print(f"{row['step']:<36}{row['wall_s']:>8}{row['peak_rss_mib']:>14}{share:>13.0%}")
-    print(f"subset: {kept} records, {subset.stat().st_size / 2**20:.0f} MiB; this script's own "
-          f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
-    dedup = json.loads((args.dir / "subset-dedup.jsonl.run.json").read_text())["diversity"]
-    print(f"dedup: removed {dedup['removed']} of {dedup['processed']} looked at, "
-          f"{dedup['comparisons']} pairs compared, {dedup['bits']} bits x {dedup['tables']} "
-          f"tables, {dedup['capped_lookups']} capped lookups, {dedup['pool_reads']} pool reads")
-    print(json.dumps({"records": args.records, "file_mib": round(size_mib), "steps": results,
-                      "dedup": {k: v for k, v in dedup.items() if k != "groups"}}))
+        print(f"{row['step']:<44}{row['wall_s']:>8}{row['peak_rss_mib']:>14}{share:>13.0%}")
+    print(f"this script's own peak RSS "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    summary = {"records": args.records, "file_mib": round(size_mib), "steps": results}
+    if subset.is_file():
+        with open(subset, encoding="utf-8") as handle:
+            kept = sum(1 for _ in handle)
+        print(f"subset: {kept} records, {subset.stat().st_size / 2**20:.0f} MiB")
+    if page.is_file():
+        summary["report_bytes"] = page.stat().st_size
+        print(f"report page: {page.stat().st_size / 2**20:.2f} MiB")
+    dedup_record = args.dir / "subset-dedup.jsonl.run.json"
+    if dedup_record.is_file():
+        dedup = json.loads(dedup_record.read_text())["diversity"]
+        print(f"dedup: removed {dedup['removed']} of {dedup['processed']} looked at, "
+              f"{dedup['comparisons']} pairs compared, {dedup['bits']} bits x "
+              f"{dedup['tables']} tables, {dedup['capped_lookups']} capped lookups, "
+              f"{dedup['pool_reads']} pool reads")
+        summary["dedup"] = {k: v for k, v in dedup.items() if k != "groups"}
+    print(json.dumps(summary))
     if not args.keep:
         shutil.rmtree(args.dir)
 

@@ -155,8 +155,33 @@ def test_cli_scores_with_a_baseline_and_selects_by_it(tmp_path, gpt2_proxy):
                         "--stats", str(tmp_path / "subset.jsonl.stats.parquet"),
                         "--utility", "gsnr", "--count", "2", "--out", str(tmp_path / "no.jsonl"))
     assert wrong.returncode == 2
-    assert "no utility 'gsnr'; it offers ['perplexity']" in wrong.stderr
+    assert ("no utility 'gsnr'; it offers ['perplexity-low', 'perplexity-high', 'perplexity']"
+            in wrong.stderr)
     assert not (tmp_path / "no.jsonl").exists()
+
+
+def test_perplexity_in_both_directions_with_each_stated(tmp_path, gpt2_proxy):
+    """`perplexity-low` keeps the lowest perplexity first, `perplexity-high` (and its other name
+    `perplexity`) the highest; one pass, one column; the table's metadata says which way."""
+    from gradfilter.table import load_scores, table_meta
+
+    records = alpaca_records(12)
+    data = write_jsonl(tmp_path / "a.jsonl", records)
+    table = gf.score(data, tmp_path / "low.parquet", _config(gpt2_proxy),
+                     method="perplexity-low", progress=False)
+    meta = table_meta(table)
+    assert meta["utility"] == "perplexity-low"
+    assert meta["directions"]["perplexity-low"] == "lowest perplexity first, a quality filter"
+    assert meta["directions"]["perplexity-high"] == "highest perplexity first, hard examples"
+    perplexity = table["perplexity"].to_numpy()
+    for name, sign in (("perplexity-low", -1), ("perplexity-high", 1), ("perplexity", 1)):
+        assert gf.utility_scores(table, name) == pytest.approx(sign * perplexity)
+        assert load_scores(tmp_path / "low.parquet", name) == pytest.approx(sign * perplexity)
+    lowest = gf.select(data, tmp_path / "low.parquet", tmp_path / "low.jsonl", count=3)
+    assert sorted(lowest.indices) == sorted(np.argsort(perplexity, kind="stable")[:3])
+    highest = gf.select(data, tmp_path / "low.parquet", tmp_path / "high.jsonl", count=3,
+                        utility="perplexity-high")
+    assert sorted(highest.indices) == sorted(np.argsort(-perplexity, kind="stable")[:3])
 
 
 @pytest.mark.parametrize("amx", [True, False])

@@ -17,7 +17,7 @@ def test_run_then_select_from_the_table(tmp_path, gpt2_proxy):
     data = write_json(tmp_path / "alpaca_data.json", records)
     out = tmp_path / "subset.json"
     result = cli_process("run", str(data), "--ratio", "0.1",
-                         "--out", str(out), "--proxy", gpt2_proxy,
+                         "--out", str(out), "--proxy", gpt2_proxy, "--threads", "1",
                          *TINY)
     assert result.returncode == 0, result.stderr
     assert "kept 2 of 20 records by snr-member-gated" in result.stdout
@@ -25,7 +25,8 @@ def test_run_then_select_from_the_table(tmp_path, gpt2_proxy):
     assert "worst 3 by snr-member-gated" in result.stdout
     stats = tmp_path / "subset.json.stats.parquet"
     assert stats.is_file() and (tmp_path / "subset.json.run.json").is_file()
-    assert (tmp_path / "subset.json.stats.parquet.run.json").is_file()
+    record = json.loads((tmp_path / "subset.json.stats.parquet.run.json").read_text())
+    assert record["device"]["cpu_threads"] == 1  # --threads, in the run record
     table = gf.load_stats(stats)
     expected = gf.select_top(gf.utility_scores(table, DEFAULT_UTILITY),
                              ratio=0.1).in_order("input")
@@ -44,7 +45,8 @@ def test_score_options_are_all_there():
     for option in ("--proxy", "--members", "--epochs", "--early", "--late", "--lora-rank",
                    "--lora-alpha", "--lr", "--batch-size", "--collect-batch-size",
                    "--max-length", "--seed", "--device", "--dtype", "--save-adapters",
-                   "--checkpoint-dir", "--checkpoint-every", "--bucket / --no-bucket"):
+                   "--checkpoint-dir", "--checkpoint-every", "--bucket / --no-bucket",
+                   "--threads"):
         assert option in result.stdout
 
 

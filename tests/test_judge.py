@@ -25,24 +25,20 @@ from pathlib import Path
 
 import pytest
 
-from gradfilter.bench import judge
+from gradfilter.bench import answers as answers_module
+from gradfilter.bench.answers import generate_answers, model_identity
+from gradfilter.bench.cache import EntryCache
 from gradfilter.bench.judge import (
     JudgeClient,
-    Prompt,
-    default_prompt_files,
-    generate_answers,
     judge_messages,
     judge_once,
     judge_pair,
-    load_prompts,
-    model_identity,
-    model_pairs,
     parse_scores,
-    run_judge_benchmark,
-    summarize,
     verdict,
-    winning_score,
 )
+from gradfilter.bench.judge_benchmark import model_pairs, run_judge_benchmark
+from gradfilter.bench.pairwise import winning_score
+from gradfilter.bench.prompts import Prompt, default_prompt_files, load_prompts
 from gradfilter.errors import GradfilterError
 
 EVAL_PROMPTS = Path(os.environ.get(
@@ -82,28 +78,6 @@ def test_verdict_reads_the_second_order_reversed():
     # A better by 1 with a +1 bias towards Assistant 1: better in one order, tied in the other.
     assert verdict((8, 6), (7, 7)) == "win"
     assert verdict((7, 7), (8, 6)) == "lose"
-
-
-def test_winning_score():
-    assert winning_score(10, 0, 0) == 2.0
-    assert winning_score(0, 0, 10) == 0.0
-    assert winning_score(3, 4, 3) == 1.0
-    assert winning_score(6, 2, 2) == pytest.approx(1.4)
-    assert winning_score(0, 0, 0) != winning_score(0, 0, 0)  # NaN: nothing judged
-
-
-def test_summarize_counts_unparsed_apart_and_bootstraps():
-    outcomes = ["win"] * 12 + ["tie"] * 5 + ["lose"] * 3 + ["unparsed"] * 2
-    s = summarize(outcomes, seed=0)
-    assert (s["wins"], s["ties"], s["losses"], s["unparsed"], s["judged"]) == (12, 5, 3, 2, 20)
-    interval = s["winning_score"]
-    assert interval["estimate"] == pytest.approx(winning_score(12, 5, 3)) == pytest.approx(1.45)
-    assert interval["low"] < interval["estimate"] < interval["high"]
-    assert interval["low"] > 1.0  # 12 wins to 3 losses over 20 prompts is clearly better
-    assert summarize(["tie"] * 4)["winning_score"] == {"estimate": 1.0, "low": 1.0, "high": 1.0}
-    empty = summarize(["unparsed"])
-    assert empty["judged"] == 0 and empty["unparsed"] == 1
-    assert empty["winning_score"]["estimate"] != empty["winning_score"]["estimate"]
 
 
 @pytest.mark.parametrize(("reply", "scores"), [
@@ -365,7 +339,7 @@ def test_not_a_chat_completion_reply():
 
 
 def test_unparseable_reply_is_retried_counted_and_cached(tmp_path):
-    cache = judge._EntryCache(tmp_path / "judgments", print)
+    cache = EntryCache(tmp_path / "judgments", print)
     with ScriptedJudge(scripted(chat_reply("Both are good."), chat_reply(None),
                                 chat_reply("8 6\nfine"))) as server:
         client = JudgeClient(server.url, "m", sleep=lambda s: None)
@@ -462,7 +436,7 @@ def test_generate_plain_template_truncates_and_caches(gpt2_proxy, tmp_path, monk
     def no_generation(*args, **kwargs):
         raise AssertionError("a cached answer was generated again")
 
-    monkeypatch.setattr(judge, "_generate", no_generation)
+    monkeypatch.setattr(answers_module, "_generate", no_generation)
     assert generate_answers(gpt2_proxy, prompts, max_new_tokens=5, batch_size=1,
                             device="cpu", cache_dir=tmp_path, log=logs.append) == answers
     assert "0 to generate" in logs[-1]
@@ -645,7 +619,7 @@ def test_judge_benchmark_end_to_end_over_transformers_serve(judge_server, target
     def no_generation(*args, **kwargs):
         raise AssertionError("a cached answer was generated again")
 
-    monkeypatch.setattr(judge, "_generate", no_generation)
+    monkeypatch.setattr(answers_module, "_generate", no_generation)
     again = run()
     assert again["run"]["http_calls"] == 0
     assert again["pairs"] == results["pairs"]

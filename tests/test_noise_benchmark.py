@@ -131,11 +131,26 @@ def test_random_keeps_the_corruption_rate_within_sampling_error(tmp_path, gpt2_p
     assert abs(random["auroc"]["estimate"] - 0.5) < 0.07
     assert random["auroc"]["low"] < 0.5 < random["auroc"]["high"]
     assert abs(random["auprc"]["estimate"] - 0.2) < 0.05
-    # The summary of one seed is its bootstrap; the differences are paired ones.
+    # The summary of one seed is its bootstrap; "vs random" is against random's expectation
+    # (AUROC 0.5, contamination the corruption rate), not against the seeded draw.
     assert results["summary"]["random"]["auroc"] == random["auroc"]
     difference = results["summary"]["length"]["vs_random"]["auroc"]
     assert difference["estimate"] == pytest.approx(
-        run["methods"]["length"]["auroc"]["estimate"] - random["auroc"]["estimate"])
+        run["methods"]["length"]["auroc"]["estimate"] - 0.5)
+    shortfall = results["summary"]["length"]["vs_random"]["contamination@0.1"]
+    assert shortfall["estimate"] == pytest.approx(
+        run["methods"]["length"]["contamination@0.1"]["estimate"] - 0.2)
+    # random as its expectation and the band of 200 random orders of the same records
+    expected, band = results["random"]["expectation"], results["random"]["reselections"]
+    assert band["draws"] == 200 and expected["auroc"] == 0.5
+    for budget, kept in random["selected"].items():
+        name = f"contamination@{budget}"
+        sd = math.sqrt(0.2 * 0.8 / kept * (1000 - kept) / 999)
+        assert expected[name] == pytest.approx(0.2)
+        assert 1.96 * sd / 1.5 < (band[name]["high"] - band[name]["low"]) / 2 < 1.96 * sd * 1.5
+    assert band["auroc"]["low"] < 0.5 < band["auroc"]["high"]
+    # a label-blind ranking is tied with random's expectation, measure by measure
+    assert set(results["summary"]["random"]["verdicts"]["random"].values()) == {"tied"}
 
 
 def test_several_corruption_seeds_give_t_intervals_over_the_draws(tmp_path, gpt2_proxy):
@@ -178,7 +193,8 @@ def test_cli_report_follows_from_the_saved_tables_and_reruns_reuse_them(tmp_path
     run = results["seeds"]["0"]
     assert run["records"] == 30 and run["corrupted"] == 9 and run["unscorable"] == 0
     assert run["corrupted_by_type"] == {"swap": 3, "echo": 3, "shout": 3}
-    assert set(run["methods"]) == {*gf.UTILITIES, "ifd", "perplexity", "length", "random"}
+    assert set(run["methods"]) == {*gf.UTILITIES, "ifd", "perplexity-low", "perplexity-high",
+                                   "length", "random"}
 
     labels = pq.read_table(out / "labels-s0.parquet")["corruption"].to_pylist()
     mixed = [json.loads(line) for line in (out / "mixed-s0.jsonl").read_text().splitlines()]
@@ -191,19 +207,30 @@ def test_cli_report_follows_from_the_saved_tables_and_reruns_reuse_them(tmp_path
         scores = gf.utility_scores(table, method)
         assert metrics["auroc"]["estimate"] == pytest.approx(
             _brute_auroc(scores, ~corrupted), abs=1e-12)
-        bottom = -np.where(np.isfinite(scores), scores, -np.inf)
+        # AUPRC searches from the bottom; a score that is not finite ranks lowest (as in
+        # AUROC), so it is found first: one block above every finite one
+        finite = np.isfinite(scores)
+        top = -scores[finite].min() + 1 if finite.any() else 0.0
+        bottom = np.where(finite, -scores, top)
         assert metrics["auprc"]["estimate"] == pytest.approx(auprc(bottom, corrupted), abs=1e-12)
         for budget, selected in metrics["selected"].items():
             kept = gf.select_top(scores, ratio=float(budget)).indices
             share = metrics[f"contamination@{budget}"]
             assert share["estimate"] == pytest.approx(corrupted[kept].mean(), abs=1e-12)
             assert selected == len(kept)
-        if method != "random":
-            vs = metrics["vs_random"]["auroc"]["estimate"]
-            assert vs == pytest.approx(metrics["auroc"]["estimate"]
-                                       - run["methods"]["random"]["auroc"]["estimate"])
+        vs = metrics["vs_random"]["auroc"]["estimate"]
+        assert vs == pytest.approx(metrics["auroc"]["estimate"] - 0.5)
+        for reference in ("ifd", "length"):
+            if method != reference:
+                vs = metrics[f"vs_{reference}"]["auroc"]
+                assert vs["estimate"] == pytest.approx(
+                    metrics["auroc"]["estimate"]
+                    - run["methods"][reference]["auroc"]["estimate"])
+                assert metrics["verdicts"][reference]["auroc"] == (
+                    "better" if vs["low"] > 0 else "worse" if vs["high"] < 0 else "tied")
     report = (out / "results.md").read_text()
-    assert "| gsnr | " in report and "beats random" in report
+    assert "| gsnr | " in report and "| vs random | vs IFD | vs length |" in report
+    assert "## By corruption kind" in report and "## Differences behind the verdicts" in report
 
     again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0, again.stderr

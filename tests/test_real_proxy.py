@@ -65,8 +65,24 @@ def test_evidence_counts_what_the_subset_kept():
     assert (found.records, found.corrupted, found.kept, found.kept_corrupted) == (10, 2, 3, 1)
     assert found.auroc.estimate == pytest.approx((1 + 8) / 16)  # 1 clean of 8 above echo
     assert found.auroc.low < found.auroc.estimate < found.auroc.high <= 1
-    assert "kept 1 of them (33%), random would keep 20% on average" in found.line()
+    assert found.kept_share.low < 1 / 3 < found.kept_share.high  # 1 of 3: wide, exact
+    assert (f"kept 1 of them (33%, 95% interval [{found.kept_share.low:.0%}, "
+            f"{found.kept_share.high:.0%}]), random would keep 20% on average: tied with random"
+            ) in found.line()
     assert f"AUROC clean vs corrupted 0.56, 95% interval [{found.auroc.low:.2f}, " in found.line()
+    assert "(0.5 is chance): tied with random." in found.line()
+
+
+def test_evidence_says_worse_than_random_in_those_words():
+    from gradfilter.demo import evidence
+
+    labels = [None] * 16 + ["echo", "swap", "repeat", "truncate"]
+    scores = np.array([*range(16), *range(100, 104)], dtype=float)  # the corrupted first
+    found = evidence(scores, gf.select_top(scores, count=5).indices, labels)
+    assert found.verdicts == {"auroc": "worse", "contamination": "worse"}
+    assert "random would keep 20% on average: worse than random" in found.line()
+    assert "(0.5 is chance): worse than random." in found.line()
+    assert found.baseline_line("flipped").endswith(": worse than random")
 
 
 def test_superfiltering_check_ranks_by_ifd_below_one(tmp_path):
@@ -81,7 +97,8 @@ def test_superfiltering_check_ranks_by_ifd_below_one(tmp_path):
     found = superfiltering_evidence(tmp_path / "t.parquet", 2, labels)
     assert found is not None and (found.kept, found.kept_corrupted) == (2, 1)  # #1 and #4
     line = found.baseline_line("IFD")
-    assert line.startswith("check, IFD: its 2 best kept 1 of the 2 corrupted (50%); AUROC ")
+    assert line.startswith("check, IFD: its 2 best kept 1 of the 2 corrupted (50%, 95% "
+                           "interval [1%, 99%]): tied with random; AUROC ")
     pq.write_table(pa.table({"length": [1.0] * 6}), tmp_path / "no-ifd.parquet")
     assert superfiltering_evidence(tmp_path / "no-ifd.parquet", 2, labels) is None
 

@@ -1,4 +1,5 @@
-"""The rule the package lives by: reading, inspecting, selecting and help never import torch."""
+"""The rule the package lives by: reading, inspecting, selecting, reports and help never import
+torch."""
 
 from __future__ import annotations
 
@@ -50,10 +51,13 @@ def test_import_help_select_and_inspect_never_import_torch(tmp_path):
                  ["select", str(data), "--stats", str(tmp_path / "s.parquet"), "--count", "2",
                   "--out", str(tmp_path / "out.jsonl")],
                  ["select", str(data), "--stats", str(tmp_path / "s.parquet"), "--count", "3",
-                  "--diversity", "dedup", "--out", str(tmp_path / "diverse.jsonl")]):
+                  "--diversity", "dedup", "--out", str(tmp_path / "diverse.jsonl")],
+                 ["report", str(tmp_path / "s.parquet"), "--data", str(data), "--count", "2",
+                  "--out", str(tmp_path / "page.html")]):
         assert _torch_modules_after(*args) == [], args
     assert (tmp_path / "out.jsonl").read_text().count("\n") == 2
     assert (tmp_path / "diverse.jsonl").read_text().count("\n") == 3
+    assert (tmp_path / "report.html").is_file() and (tmp_path / "page.html").is_file()
 
 
 def test_refusals_and_errors_never_import_torch(tmp_path):

@@ -10,7 +10,10 @@ from typing import Any, Literal, get_args
 
 from .errors import GradfilterError
 
-Method = Literal["gsnr", "ifd", "perplexity", "loss", "length", "random"]
+# perplexity-low / perplexity-high: one perplexity pass, the table ranks by it in that direction
+# (plain `perplexity` is perplexity-high, the name earlier tables and commands use)
+Method = Literal["gsnr", "ifd", "perplexity-low", "perplexity-high", "perplexity", "loss",
+                 "length", "random"]
 METHODS: tuple[Method, ...] = get_args(Method)
 BASELINES: tuple[Method, ...] = METHODS[1:]  # one pass of the proxy at most
 DeviceChoice = Literal["auto", "cpu", "cuda"]

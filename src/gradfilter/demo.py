@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bench.intervals import Interval, Ranking, percentile_interval, resample_weights
+from .bench.intervals import Interval
 from .config import ScoreConfig
 from .data.conversations import Turn
 from .data.exchanges import ExchangeReport, exchanges
@@ -109,13 +109,16 @@ def mix_in_corruptions(conversations: list[list[Turn]], tokenizer
 
 @dataclass(frozen=True)
 class Evidence:
-    """What the subset kept of the records corrupted on purpose, against random's share."""
+    """What the subset kept of the records corrupted on purpose, against random's expectation:
+    the measures of `bench noise` (`noise_metrics.method_metrics`) on the demo's records."""
 
     records: int
     corrupted: int
     kept: int
     kept_corrupted: int
     auroc: Interval  # clean scored above corrupted (0.5: chance), a bootstrap over records
+    kept_share: Interval  # the corrupted share of what was kept, Clopper-Pearson
+    verdicts: dict[str, str]  # against random's expectation: "auroc", "contamination"
 
     @property
     def share(self) -> float:
@@ -125,26 +128,45 @@ class Evidence:
     def line(self) -> str:
         return (f"check: {self.corrupted} of the {self.records} records were corrupted on "
                 f"purpose ({', '.join(DEMO_KINDS)}); the subset of {self.kept} kept "
-                f"{self.kept_corrupted} of them ({self.share:.0%}), random would keep "
-                f"{self.corrupted / self.records:.0%} on average; AUROC clean vs corrupted "
+                f"{self.kept_corrupted} of them ({self.share:.0%}, 95% interval "
+                f"[{self.kept_share.low:.0%}, {self.kept_share.high:.0%}]), random would keep "
+                f"{self.corrupted / self.records:.0%} on average: "
+                f"{against_random(self.verdicts['contamination'])}; AUROC clean vs corrupted "
                 f"{self.auroc.estimate:.2f}, 95% interval [{self.auroc.low:.2f}, "
-                f"{self.auroc.high:.2f}] (0.5 is chance). {self.records} records is a "
+                f"{self.auroc.high:.2f}] (0.5 is chance): "
+                f"{against_random(self.verdicts['auroc'])}. {self.records} records is a "
                 "miniature: docs/results.md has the benchmarks.")
 
     def baseline_line(self, name: str) -> str:
         """The same check for another ranking of the same records, in one shorter line."""
         return (f"check, {name}: its {self.kept} best kept {self.kept_corrupted} of the "
-                f"{self.corrupted} corrupted ({self.share:.0%}); AUROC {self.auroc.estimate:.2f}, "
-                f"95% interval [{self.auroc.low:.2f}, {self.auroc.high:.2f}]")
+                f"{self.corrupted} corrupted ({self.share:.0%}, 95% interval "
+                f"[{self.kept_share.low:.0%}, {self.kept_share.high:.0%}]): "
+                f"{against_random(self.verdicts['contamination'])}; AUROC "
+                f"{self.auroc.estimate:.2f}, 95% interval [{self.auroc.low:.2f}, "
+                f"{self.auroc.high:.2f}]: {against_random(self.verdicts['auroc'])}")
+
+
+def against_random(verdict: str) -> str:
+    """A verdict in words: better than / tied with / worse than random."""
+    return {"better": "better than random", "tied": "tied with random",
+            "worse": "worse than random"}.get(verdict, "no verdict (too few records)")
 
 
 def evidence(scores: np.ndarray, chosen: np.ndarray, labels: list[str | None]) -> Evidence:
+    """The check of one ranking: `chosen` its kept records (its top ones)."""
+    from .bench.noise_metrics import method_metrics
+
     corrupted = np.array([label is not None for label in labels])
-    ranking = Ranking(scores)
-    draws = [ranking.auroc(~corrupted, w) for w in resample_weights(len(labels), seed=DEMO_SEED)]
+    budget = len(chosen) / len(labels)
+    measured = method_metrics({"subset": np.asarray(scores, dtype=np.float64)}, labels,
+                              [budget], seed=DEMO_SEED)["subset"]
+    share = f"contamination@{budget:g}"
     return Evidence(records=len(labels), corrupted=int(corrupted.sum()), kept=len(chosen),
                     kept_corrupted=int(corrupted[chosen].sum()),
-                    auroc=percentile_interval(ranking.auroc(~corrupted), np.array(draws)))
+                    auroc=Interval(**measured["auroc"]), kept_share=Interval(**measured[share]),
+                    verdicts={"auroc": measured["verdicts"]["random"]["auroc"],
+                              "contamination": measured["verdicts"]["random"][share]})
 
 
 def superfiltering_evidence(stats: Path, kept: int, labels: list[str | None]) -> Evidence | None:

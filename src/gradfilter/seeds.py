@@ -17,6 +17,10 @@ CORRUPTION_STREAM = 11  # (seed, CORRUPTION_STREAM): the noise benchmark's corru
 SKETCH_STREAM = 13  # (seed, layer, part, SKETCH_STREAM): a gradient sketch's projection factors
 LSH_STREAM = 17  # (seed, LSH_STREAM): the random hyperplanes of diversity-aware selection
 HELD_OUT_STREAM = 19  # (seed, HELD_OUT_STREAM): the fine-tune benchmark's held-out records
+# (seed, value, FINETUNE_STREAM): a fine-tune run's seed for the --seeds entry `value` (its
+# LoRA initialisation and data order), whatever else --seeds lists
+FINETUNE_STREAM = 23
+RESELECT_STREAM = 29  # (seed, draw, RESELECT_STREAM): the fine-tune benchmark's random subsets
 
 
 def derived_seed(*parts: int) -> int:

@@ -34,11 +34,13 @@ from .utilities import (
     BASELINE_SCORES,
     DEFAULT_UNGATED,
     DEFAULT_UTILITY,
+    DIRECTIONS,
     FORMULAS,
     UTILITIES,
     RawStats,
     computable,
     compute_utilities,
+    stored_score,
 )
 
 META_KEY = "gradfilter"
@@ -87,7 +89,9 @@ def gsnr_table(head: dict[str, pa.Array], scorable: np.ndarray, losses: dict[int
     if ifd_ratio is not None:
         columns[IFD_RATIO] = pa.array(ifd_ratio, type=pa.float64())
     meta = {"method": "gsnr", "early": config.early, "late": config.late,
-            "members": config.members, "config": asdict(config)}
+            "members": config.members, "config": asdict(config),
+            "directions": {"loss": "lowest late-epoch loss first",
+                           "every other utility": "highest first"}}
     if sketches:
         meta["sketch"] = {**(sketch_meta or {}), "stored": SKETCH_STORAGE}
     table = with_utilities(with_meta(pa.table(columns), meta))
@@ -122,7 +126,9 @@ def baseline_table(head: dict[str, pa.Array], columns: dict[str, np.ndarray], me
                    config: ScoreConfig) -> pa.Table:
     """`head` and a baseline's score columns; `select` ranks by the method's own column."""
     table = pa.table({**head, **{name: pa.array(v) for name, v in columns.items()}})
-    return with_meta(table, {"method": method, "utility": method, "config": asdict(config)})
+    offered = [u for u in (*BASELINE_SCORES, "loss") if stored_score(u)[0] in columns]
+    return with_meta(table, {"method": method, "utility": method, "config": asdict(config),
+                             "directions": {u: DIRECTIONS[u] for u in offered}})
 
 
 def with_meta(table: pa.Table, meta: dict) -> pa.Table:
@@ -241,7 +247,7 @@ def default_utility(table: pa.Table) -> str:
 
 def available_utilities(table: pa.Table) -> list[str]:
     names = set(table.column_names)
-    baseline = [u for u in BASELINE_SCORES if u in names]
+    baseline = [u for u in BASELINE_SCORES if stored_score(u)[0] in names]
     if any(_SQNORM.match(c) for c in names):
         return [*_computable_from(names), *baseline]
     return baseline + [u for u in UTILITIES if column_name(u) in names]
@@ -271,9 +277,9 @@ def with_utilities(table: pa.Table) -> pa.Table:
 def utility_scores(table: pa.Table, utility: str) -> np.ndarray:
     """Scores for one utility: the stored column, else computed from the raw statistics."""
     require_utility(table, utility)
-    name = column_name(utility)
+    name, sign = stored_score(utility)
     if name in table.column_names:
-        return _as_float64(table.column(name).combine_chunks())
+        return sign * _as_float64(table.column(name).combine_chunks())
     return _utilities_of(table, (utility,))[utility]
 
 
@@ -303,10 +309,10 @@ def load_scores(stats: str | Path | pa.Table | np.ndarray, utility: str) -> np.n
     try:
         schema = table_file.schema_arrow
         scores = np.empty(table_file.metadata.num_rows, dtype=np.float64)
-        stored = column_name(utility)
+        stored, sign = stored_score(utility)
         if stored in schema.names:
             for start, batch in _stat_batches(table_file, [stored]):
-                scores[start:start + batch.num_rows] = _as_float64(batch.column(0))
+                scores[start:start + batch.num_rows] = sign * _as_float64(batch.column(0))
             return scores
         empty = pa.Table.from_batches([], schema=schema)  # (schema.empty_table imports pandas)
         require_utility(empty, utility)

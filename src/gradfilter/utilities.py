@@ -10,7 +10,8 @@ Where every member's late norm is zero, ratios of the form V / G^2 are taken as 
 otherwise). Unscored records (NaN statistics) get NaN utilities and are never selected.
 The gated hybrids (`<utility>-gated`) keep a utility's score where the proxy's own IFD ratio,
 measured before training, is below 1 (the records Superfiltering would keep), NaN (never
-selected) elsewhere. Every formula is written out in docs/method.md; higher is kept first.
+selected) elsewhere. Every formula is written out in docs/method.md; higher is kept first
+(`loss` is minus the loss: the lowest loss first). The baselines' directions: DIRECTIONS.
 """
 
 from __future__ import annotations
@@ -121,7 +122,28 @@ UTILITIES = tuple(FORMULAS)
 # form where a table has no IFD ratios (scored with --no-ifd-pass).
 DEFAULT_UTILITY = "snr-member-gated"
 DEFAULT_UNGATED = "snr-member"
-BASELINE_SCORES = ("ifd", "perplexity", "length", "random")  # columns of baseline tables
+# The baselines `select` and the benchmarks rank by, each read from a baseline table's column
+# (ifd, length, random: their own; both perplexity directions: `perplexity`). The direction of
+# each is part of its name or stated in DIRECTIONS (--help, the table's metadata, method.md).
+PERPLEXITY = ("perplexity-low", "perplexity-high", "perplexity")
+BASELINE_SCORES = ("ifd", *PERPLEXITY, "length", "random")
+DIRECTIONS = {
+    "ifd": "highest IFD ratio first, among the records whose ratio is below 1, as Superfiltering",
+    "perplexity-low": "lowest perplexity first, a quality filter",
+    "perplexity-high": "highest perplexity first, hard examples",
+    "perplexity": "another name for perplexity-high",
+    "loss": "lowest loss first",
+    "length": "longest response first",
+    "random": "a seeded uniform draw",
+}
+# (stored column, sign): a baseline ranked by a stored column the other way round
+_READ_AS = {"perplexity-low": ("perplexity", -1.0), "perplexity-high": ("perplexity", 1.0)}
+
+
+def stored_score(name: str) -> tuple[str, float]:
+    """The table column a score is read from (utilities: `gsnr-cv` from `gsnr_cv`) and the sign
+    that makes higher kept first."""
+    return _READ_AS.get(name, (name.replace("-", "_"), 1.0))
 
 
 def superfiltering_score(ifd_ratio: np.ndarray) -> np.ndarray:

@@ -3,6 +3,9 @@ set with every method, and measure how much corruption each method keeps.
 
 Corruptions (`corruptions.py`) act on every assistant turn that answers a prompt (the turns that
 carry loss); they are registered by name, so users can add their own with `register_corruption`.
+A set corrupted already (e.g. the first part of an earlier run's mixed set) is measured as it
+is with its labels file (`read_labels`). The measures and verdicts are `noise_metrics.py`'s,
+results.md is `noise_report.py`'s.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from ..errors import GradfilterError
 from ..outputs import atomic_path, atomic_write_text, write_run_record
 from ..selection import select_top
 from ..table import load_sketch_features, utility_scores
-from ..utilities import UTILITIES
+from ..utilities import PERPLEXITY, UTILITIES
 from .corruptions import (  # noqa: F401  (register_corruption, CorruptionContext: plugin API)
     CORRUPTIONS,
     CorruptionContext,
@@ -32,15 +35,18 @@ from .corruptions import (  # noqa: F401  (register_corruption, CorruptionContex
     corrupted_count,
     register_corruption,
 )
-from .intervals import (
-    RESAMPLES,
-    Ranking,
-    auroc,
-    bootstrap,
-    percentile_interval,
-    resample_weights,
-    t_interval,
+from .intervals import RESAMPLES, bootstrap
+from .noise_metrics import (
+    RANDOM_DRAWS,
+    measure_names,
+    method_metrics,
+    random_expectation,
+    random_over_draws,
+    random_reselections,
+    random_summary,
+    summary,
 )
+from .noise_report import results_markdown
 
 CURVE_BUDGETS = tuple(round(0.01 * k, 2) for k in range(1, 51))
 
@@ -64,61 +70,6 @@ def contamination(scores: np.ndarray, labels: np.ndarray, budget: float) -> dict
     if len(picked) == 0:
         return {"all": float("nan"), **dict.fromkeys(kinds, float("nan"))}
     return {"all": float((picked != "").mean()), **{k: float((picked == k).mean()) for k in kinds}}
-
-
-def method_metrics(all_scores: dict[str, np.ndarray], labels: Sequence[str | None],
-                   budgets: Sequence[float], resamples: int = RESAMPLES,
-                   seed: int = 0) -> dict[str, dict]:
-    """Every method's AUROC (clean above corrupted), AUPRC (corrupted found at the bottom) and
-    contamination per budget, each with its 95% interval from one paired bootstrap over the
-    records (the same resamples for every method); the differences to `random` and `ifd`
-    (when they are among the methods) with their intervals; per kind, the point estimates."""
-    labels_arr = np.array([label or "" for label in labels])
-    clean, corrupted = labels_arr == "", labels_arr != ""
-    keys = [f"{b:g}" for b in budgets]
-    rankings = {m: Ranking(s) for m, s in all_scores.items()}
-    bottom = {m: Ranking(-np.where(np.isfinite(s), s, -np.inf)) for m, s in all_scores.items()}
-
-    def measures(weights: np.ndarray | None) -> dict[str, np.ndarray]:
-        return {m: np.array([rankings[m].auroc(clean, weights),
-                             bottom[m].auprc(corrupted, weights),
-                             *[rankings[m].top_share(corrupted, b, weights) for b in budgets]])
-                for m in all_scores}
-
-    estimate = measures(None)
-    draws = [measures(w) for w in resample_weights(len(labels_arr), resamples, seed)]
-    names = ["auroc", "auprc", *[f"contamination@{k}" for k in keys]]
-    result = {}
-    for m, scores in all_scores.items():
-        values = np.array([d[m] for d in draws])
-        entry = _intervals(names, estimate[m], values)
-        for reference in ("random", "ifd"):
-            if reference in all_scores and reference != m:
-                diff = values - np.array([d[reference] for d in draws])
-                entry[f"vs_{reference}"] = _intervals(names, estimate[m] - estimate[reference],
-                                                      diff)
-        entry.update(_by_kind(rankings[m], scores, labels_arr, budgets, keys))
-        result[m] = entry
-    return result
-
-
-def _intervals(names: list[str], estimate: np.ndarray, draws: np.ndarray) -> dict[str, dict]:
-    return {name: percentile_interval(estimate[k], draws[:, k]).as_dict()
-            for k, name in enumerate(names)}
-
-
-def _by_kind(ranking: Ranking, scores: np.ndarray, labels: np.ndarray,
-             budgets: Sequence[float], keys: list[str]) -> dict:
-    clean = labels == ""
-    kinds = sorted(set(labels) - {""})
-    return {
-        "auroc_by_type": {k: auroc(scores[clean | (labels == k)],
-                                   clean[clean | (labels == k)]) for k in kinds},
-        "contamination_by_type": {key: {k: ranking.top_share(labels == k, b) for k in kinds}
-                                  for key, b in zip(keys, budgets, strict=True)},
-        "selected": {key: len(select_top(scores, ratio=b).indices)
-                     for key, b in zip(keys, budgets, strict=True)},
-    }
 
 
 def diversity_metrics(scores: np.ndarray, labels: Sequence[str | None],
@@ -163,13 +114,14 @@ def _share(flag: np.ndarray, chosen: np.ndarray) -> float:
 
 def method_groups(methods: Sequence[str]) -> dict[str, list[str]]:
     """Which scoring run serves each method: one ensemble run serves every G-SNR utility (and
-    `loss`, the ensemble's late loss, when it runs); one IFD run serves perplexity too."""
+    `loss`, the ensemble's late loss, when it runs); one IFD run serves perplexity too (in
+    either direction)."""
     groups: dict[str, list[str]] = {}
     ensemble = any(m in UTILITIES and m != "loss" for m in methods)
     for method in methods:
         if method in UTILITIES and (method != "loss" or ensemble):
             run = "gsnr"
-        elif method in ("ifd", "perplexity"):
+        elif method in ("ifd", *PERPLEXITY):
             run = "ifd" if "ifd" in methods else "perplexity"
         elif method in ("length", "random", "loss"):
             run = method
@@ -204,95 +156,6 @@ def labels_table(source_index: np.ndarray, labels: Sequence[str | None]) -> pa.T
 def write_labels(path: Path, source_index: np.ndarray, labels: Sequence[str | None]) -> None:
     with atomic_path(path) as tmp:
         pq.write_table(labels_table(source_index, labels), tmp)
-
-
-def results_markdown(results: dict) -> str:
-    """The human-readable report: the headline table with intervals and which differences
-    exclude zero, then per corruption kind."""
-    budgets = results["budgets"]
-    summary = results["summary"]
-    head = ["method", "AUROC", "AUPRC", *[f"contam. @{float(b):.0%}" for b in budgets],
-            "beats random", "beats IFD"]
-    seeds = results["corrupt_seeds"]
-    first = results["seeds"][str(seeds[0])]
-    lines = [f"# Noise benchmark: {results['data']}", "", _scale_line(results), "",
-             "AUROC: clean records scored above corrupted ones (0.5 is chance). AUPRC: "
-             "corrupted records found at the bottom of the ranking (random: the corruption "
-             "rate). Contamination: share of corrupted records among those kept at each budget "
-             "(lower is better; random: the corruption rate). Brackets: 95% interval, " +
-             ("a paired bootstrap over records." if len(seeds) == 1 else
-              f"Student's t over {len(seeds)} corruption seeds.") +
-             " A method beats random or IFD on a measure only where the interval of the "
-             "difference excludes zero; the columns name those measures.", "",
-             _row(head), _row(["---"] * len(head))]
-    for method, m in summary.items():
-        lines.append(_row([method, _cell(m["auroc"]), _cell(m["auprc"]),
-                           *[_cell(m[f"contamination@{b}"]) for b in budgets],
-                           _beats(m.get("vs_random")), _beats(m.get("vs_ifd"))]))
-    kinds = results["corruptions"]
-    middle = budgets[len(budgets) // 2]
-    lines += ["", f"## By corruption kind (seed {seeds[0]}: AUROC clean vs that kind; "
-                  f"share of that kind among the kept at {float(middle):.0%})", "",
-              _row(["method", *kinds]), _row(["---"] * (len(kinds) + 1))]
-    for method, m in first["methods"].items():
-        lines.append(_row([method, *[f"{m['auroc_by_type'][k]:.3f} / "
-                                     f"{m['contamination_by_type'][middle][k]:.3f}"
-                                     for k in kinds]]))
-    if "diversity" in first:
-        lines += diversity_markdown(first["diversity"], budgets, seeds[0])
-    return "\n".join(lines) + "\n"
-
-
-def diversity_markdown(diversity: dict, budgets: Sequence[str], seed: int) -> list[str]:
-    """Plain top-k against dedup, per method and budget, the difference with its interval."""
-    lines = ["", f"## Diversity: dedup at cosine >= {diversity['threshold']:g} (seed {seed})",
-             "", "Contamination of plain top-k and of the same utility with near-duplicates "
-             "removed; the difference (dedup - plain) with its 95% bootstrap interval over "
-             "records (selections held fixed); records removed.", "",
-             _row(["method", "budget", "plain", "dedup", "difference [95% CI]", "removed"]),
-             _row(["---"] * 6)]
-    for method, m in diversity["methods"].items():
-        for b in budgets:
-            d = m["difference"][b]
-            lines.append(_row([method, b, f"{m['plain'][b]:.3f}", f"{m['dedup'][b]:.3f}",
-                               f"{d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]",
-                               str(m["removed"][b])]))
-    return lines
-
-
-def _scale_line(results: dict) -> str:
-    parts = []
-    for seed in results["corrupt_seeds"]:
-        r = results["seeds"][str(seed)]
-        kinds = ", ".join(f"{k} {n}" for k, n in r["corrupted_by_type"].items())
-        parts.append(f"seed {seed}: {r['records']} scored records ({r['unscorable']} more "
-                     f"could not be scored and are left out), {r['corrupted']} corrupted "
-                     f"({kinds})")
-    return "; ".join(parts) + "."
-
-
-def _cell(interval: dict) -> str:
-    return f"{interval['estimate']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]"
-
-
-def _beats(differences: dict | None) -> str:
-    """The measures on which the method is better than the reference, the interval of the
-    difference excluding zero (higher AUROC and AUPRC, lower contamination); `worse: ...` where
-    it excludes zero the other way."""
-    if differences is None:
-        return "-"
-    better, worse = [], []
-    for name, d in differences.items():
-        sign = -1 if name.startswith("contamination") else 1
-        label = name.replace("contamination@", "")
-        if d["low"] > 0 or d["high"] < 0:  # the interval excludes zero
-            (better if (d["low"] > 0) == (sign > 0) else worse).append(label)
-    text = ", ".join(better) or "no"
-    return text + (f"; worse: {', '.join(worse)}" if worse else "")
-
-
-def _row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
 
 
 def plot_contamination(path: Path, curves: dict[str, dict[str, float]], rate: float) -> None:
@@ -376,50 +239,119 @@ def run_noise_benchmark(data, out_dir: Path, config: ScoreConfig, *, methods: Se
                         tables: dict[str, Path] | None = None, resamples: int = RESAMPLES,
                         progress: bool = True, log=print, diversity: str = "none",
                         diversity_threshold: float = DEFAULT_THRESHOLD,
-                        allow_data_mismatch: bool = False) -> dict:
+                        labels: Path | None = None, allow_data_mismatch: bool = False) -> dict:
     """Corrupt (once per corruption seed), score with every method (reusing finished tables,
-    or the `tables` given by run name), measure with intervals, report. With
-    `diversity="dedup"`, also each method's selection with near-duplicates removed (by the
-    G-SNR run's sketches) against its plain top-k. A table reused or given must have been
-    scored on the mixed set (`binding`), unless `allow_data_mismatch`."""
+    or the `tables` given by run name), measure with intervals, report. With `labels` (a labels
+    file as this benchmark writes), `data` is corrupted already: nothing is drawn, and the one
+    seed names the run's files. With `diversity="dedup"`, also each method's selection with
+    near-duplicates removed (by the G-SNR run's sketches) against its plain top-k. A table
+    reused or given must have been scored on the mixed set (`binding`), unless
+    `allow_data_mismatch`."""
     from ..data.dataset import as_dataset
     from ..scoring.proxy import load_tokenizer
 
     if tables and len(corrupt_seeds) != 1:
         raise GradfilterError("--table applies to one corruption seed (its mixed set)")
+    if labels is not None and len(corrupt_seeds) != 1:
+        raise GradfilterError("--labels gives one corrupted set: give one --corrupt-seeds "
+                              "value (it names the run's files), or none")
     dataset = as_dataset(data)
+    given = None if labels is None else read_labels(Path(labels), dataset)
     conversations, source = _answered(dataset, log)
-    tokenizer = load_tokenizer(config.proxy)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = []
-    for seed in corrupt_seeds:
-        mixed, labels = corrupt(conversations, fraction, corruptions, seed, tokenizer)
-        unchanged = corrupted_count(fraction, len(conversations)) - sum(map(bool, labels))
-        if unchanged:
-            log(f"corruption seed {seed}: {unchanged} drawn record(s) came back unchanged from "
-                "their corruption and count as clean")
-        runs.append(_run_seed(out_dir, seed, mixed, labels, np.array(source), config, methods,
-                              corruptions, budgets, tables or {}, resamples, progress, log,
-                              diversity, diversity_threshold, allow_data_mismatch))
+    if given is not None:
+        mixed_labels = [given.kinds[i] for i in source]
+        corruptions = sorted({k for k in mixed_labels if k})
+        fraction = sum(map(bool, mixed_labels)) / max(len(mixed_labels), 1)
+        runs.append(_run_seed(out_dir, corrupt_seeds[0], conversations, mixed_labels,
+                              given.source[source], config, methods, corruptions, budgets,
+                              tables or {}, resamples, progress, log, diversity,
+                              diversity_threshold, allow_data_mismatch))
+    else:
+        tokenizer = load_tokenizer(config.proxy)
+        for seed in corrupt_seeds:
+            mixed, drawn = corrupt(conversations, fraction, corruptions, seed, tokenizer)
+            unchanged = corrupted_count(fraction, len(conversations)) - sum(map(bool, drawn))
+            if unchanged:
+                log(f"corruption seed {seed}: {unchanged} drawn record(s) came back unchanged "
+                    "from their corruption and count as clean")
+            runs.append(_run_seed(out_dir, seed, mixed, drawn, np.array(source), config,
+                                  methods, corruptions, budgets, tables or {}, resamples,
+                                  progress, log, diversity, diversity_threshold,
+                                  allow_data_mismatch))
     per_seed = {str(seed): run.results for seed, run in zip(corrupt_seeds, runs, strict=True)}
+    keys = [f"{b:g}" for b in budgets]
     results = {
         "data": str(dataset.path), "corrupt_fraction": fraction,
-        "corruptions": list(corruptions), "budgets": [f"{b:g}" for b in budgets],
+        "corruptions": list(corruptions), "budgets": keys,
         "corrupt_seeds": list(corrupt_seeds), "resamples": resamples,
+        **({"labels_file": str(labels)} if labels is not None else {}),
         "config": asdict(config), "seeds": per_seed,
-        "summary": _summary(per_seed),
+        "random": random_over_draws([run.random[0] for run in runs],
+                                    [run.random[1] for run in runs], measure_names(budgets)),
+        "summary": summary(per_seed, keys),
     }
     _write_reports(out_dir, results, runs[0])
     return results
 
 
 @dataclass(frozen=True)
+class GivenLabels:
+    """A labels file read against the records of the set it labels."""
+
+    kinds: list[str | None]  # per record of the data: the corruption, None where clean
+    source: np.ndarray  # per record: its number in the set it was drawn from
+
+
+def read_labels(path: Path, dataset) -> GivenLabels:
+    """A labels file as `bench noise` writes it (`index`, `source_index`, `corruption`), one row
+    per record of `dataset` in order; a one-line error naming the file, row and field where it
+    does not match."""
+    from ..data.sources import parquet_error
+
+    if not path.is_file():
+        raise GradfilterError(f"{path}: no such labels file (--labels)")
+    try:
+        table = pq.ParquetFile(path).read()
+    except (pa.ArrowException, OSError) as exc:
+        raise parquet_error(path, exc, "not a labels file (the Parquet file `bench noise` "
+                                       "writes: index, source_index, corruption)") from exc
+    for name, check in (("index", pa.types.is_integer), ("corruption", _is_text)):
+        if name not in table.column_names:
+            raise GradfilterError(f"{path}: no column {name!r} (a labels file has index, "
+                                  "source_index, corruption)")
+        if not check(table.schema.field(name).type):
+            raise GradfilterError(f"{path}: column {name!r} holds "
+                                  f"{table.schema.field(name).type}")
+    records = len(dataset.records)
+    if table.num_rows != records:
+        raise GradfilterError(f"{path}: {table.num_rows} label rows, but DATA {dataset.path} "
+                              f"has {records} records (one row per record, in order)")
+    index = table["index"].to_numpy(zero_copy_only=False)
+    wrong = np.flatnonzero(index != np.arange(records))
+    if len(wrong):
+        raise GradfilterError(f"{path}: row {wrong[0]} has index {index[wrong[0]]}, expected "
+                              f"{wrong[0]} (one row per record of DATA, in order)")
+    kinds = [kind or None for kind in table["corruption"].to_pylist()]
+    source = (table["source_index"].to_numpy(zero_copy_only=False).astype(np.int64)
+              if "source_index" in table.column_names else np.arange(records))
+    return GivenLabels(kinds, source)
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)
+
+
+@dataclass(frozen=True)
 class SeedRun:
-    """One corruption draw: its results, and the scores and labels of its scored records."""
+    """One corruption draw: its results, the scores and labels of its scored records, and
+    random on them (its expectation and its reselections, [draws, measures])."""
 
     results: dict
     scores: dict[str, np.ndarray]
     labels: list[str | None]
+    random: tuple[np.ndarray, np.ndarray]
 
 
 def _answered(dataset, log) -> tuple[list[list[Turn]], list[int]]:
@@ -487,10 +419,14 @@ def _run_seed(out_dir: Path, seed: int, mixed: list[list[Turn]], labels: list[st
         "corrupted_by_type": {k: corrupted.count(k) for k in corruptions},
         "methods": method_metrics(all_scores, kept, budgets, resamples, seed),
     }
+    bad = np.array([bool(label) for label in kept])
+    random = (random_expectation(bad, budgets),
+              random_reselections(bad, budgets, RANDOM_DRAWS, seed))
+    results["random"] = random_summary(*random, measure_names(budgets))
     if diversity == "dedup":
         results["diversity"] = _diversity(all_scores, kept, budgets, tables, methods,
                                           np.flatnonzero(scored), diversity_threshold)
-    return SeedRun(results, all_scores, kept)
+    return SeedRun(results, all_scores, kept, random)
 
 
 def _diversity(all_scores: dict[str, np.ndarray], labels: list[str | None],
@@ -510,28 +446,6 @@ def _diversity(all_scores: dict[str, np.ndarray], labels: list[str | None],
                         for m, s in all_scores.items()}}
 
 
-def _summary(per_seed: dict[str, dict]) -> dict[str, dict]:
-    """Per method and measure: the bootstrap interval of a single seed, or Student's t over
-    the seeds' estimates (and over the seeds' differences to random and IFD)."""
-    runs = list(per_seed.values())
-    if len(runs) == 1:
-        return {m: {k: v for k, v in entry.items() if not k.endswith("_type") and k != "selected"}
-                for m, entry in runs[0]["methods"].items()}
-    summary: dict[str, dict] = {}
-    for method, first in runs[0]["methods"].items():
-        entry: dict = {}
-        for name, value in first.items():
-            if name.startswith("vs_"):
-                entry[name] = {measure: t_interval([r["methods"][method][name][measure]
-                                                    ["estimate"] for r in runs]).as_dict()
-                               for measure in value}
-            elif isinstance(value, dict) and "estimate" in value:
-                entry[name] = t_interval([r["methods"][method][name]["estimate"]
-                                          for r in runs]).as_dict()
-        summary[method] = entry
-    return summary
-
-
 def _write_reports(out_dir: Path, results: dict, shown: SeedRun) -> None:
     """results.json and .md, and the plots of one corruption draw (`shown`)."""
     labels = np.array([label or "" for label in shown.labels])
@@ -543,5 +457,9 @@ def _write_reports(out_dir: Path, results: dict, shown: SeedRun) -> None:
     atomic_write_text(out_dir / "results.md", results_markdown(results))
     write_run_record(out_dir / "results.json", {"stage": "bench noise", **{
         k: results[k] for k in ("data", "config", "corrupt_seeds", "corrupt_fraction",
-                                "corruptions", "budgets", "resamples")},
+                                "corruptions", "budgets", "resamples", "labels_file")
+        if k in results},
         "tables": {seed: run["tables"] for seed, run in results["seeds"].items()}})
+    from ..report.benchmarks import write_benchmark_report  # the page: report.html
+
+    write_benchmark_report(out_dir)

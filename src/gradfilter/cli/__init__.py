@@ -1,4 +1,5 @@
-"""The `gradfilter` command line: score, select, run (both), inspect, demo and bench.
+"""The `gradfilter` command line: score, select, run (both), report, inspect, demo and
+bench.
 
 No module of this package imports torch when it loads: `--help`, `select` and `inspect` run
 without it; the commands that need a model import it when they run.
@@ -16,6 +17,7 @@ from ..errors import GradfilterError
 from ..progress import library_bars
 from .bench import bench
 from .data import inspect, select
+from .data import report as report_command  # (.report is the module of printed summaries)
 from .model import demo, run, score
 from .report import console
 
@@ -36,7 +38,7 @@ def app(debug: bool) -> None:
     _state["debug"] = debug
 
 
-for command in (score, select, run, inspect, demo, bench):
+for command in (score, select, run, report_command, inspect, demo, bench):
     app.add_command(command)
 
 

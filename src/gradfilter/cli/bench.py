@@ -15,11 +15,15 @@ import click
 from rich.console import Console
 
 from ..bench.corruptions import OPT_IN, SHIPPED
+from ..bench.finetune_measures import DEFAULT_EPOCHS, MIN_RANDOM_DRAWS
 from ..config import ScoreConfig
 from ..diversity import DEFAULT_THRESHOLD, DIVERSITY
+from ..report import REPORT_NAME
 from ..utilities import BASELINE_SCORES, UTILITIES
+from .human import human
 from .options import (
     allow_mismatch_option,
+    baseline_help,
     config_from,
     csv_list,
     csv_numbers,
@@ -28,16 +32,23 @@ from .options import (
     quiet_option,
     read_data,
     score_options,
+    threads_option,
 )
 from .report import console
 
 BENCH_SCORE_OPTIONS = score_options("method", "save_adapters", "checkpoint_dir",
                                     "checkpoint_every")
+# Every baseline in both directions where it has two; plain `perplexity` (perplexity-high's
+# other name) is left out so that no ranking is measured twice.
+BENCH_METHODS = (*UTILITIES, *(b for b in BASELINE_SCORES if b != "perplexity"))
 
 
 @click.group()
 def bench() -> None:
     """Benchmarks: how well each method selects (noise) and how fast it scores."""
+
+
+bench.add_command(human)
 
 
 @bench.command()
@@ -51,12 +62,18 @@ def bench() -> None:
 @click.option("--corrupt-seeds", default="0", show_default=True,
               help="Corruption draws (comma-separated seeds): each is scored and measured; "
                    "with several, the intervals are Student's t over the draws.")
-@click.option("--methods", default=",".join((*UTILITIES, *BASELINE_SCORES)), show_default=True,
-              help="Utilities and baselines to compare (the G-SNR utilities share one run).")
+@click.option("--methods", default=",".join(BENCH_METHODS), show_default=True,
+              help="Utilities (highest first; loss: lowest loss first) and baselines to compare "
+                   "(the G-SNR utilities share one run, both perplexity directions IFD's "
+                   "pass). Baselines: " + baseline_help() + ".")
 @click.option("--budgets", default="0.05,0.1,0.15", show_default=True,
               help="Fractions of records kept at which contamination is reported.")
 @click.option("--plugin", "plugins", multiple=True,
               help="Import this module first (it may register corruptions).")
+@click.option("--labels", "labels_file", type=click.Path(path_type=Path), default=None,
+              help="DATA is corrupted already and this is its labels file (as bench noise "
+                   "writes it: index, source_index, corruption; one row per record of DATA): "
+                   "no corruption is drawn, so --corrupt and --corruptions do not apply.")
 @click.option("--table", "tables", multiple=True, metavar="RUN=PATH",
               help="A finished statistics table of the mixed set for a scoring run (gsnr, ifd, "
                    "perplexity, loss, length, random), e.g. one scored with --checkpoint-dir; "
@@ -72,20 +89,35 @@ def bench() -> None:
 @data_options
 @BENCH_SCORE_OPTIONS
 def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_seeds: str,
-          methods: str, budgets: str, plugins: tuple[str, ...], tables: tuple[str, ...],
-          resamples: int, diversity: str, diversity_threshold: float, allow_data_mismatch: bool,
-          fmt, fields, limit, split, quiet, **options) -> None:
-    """Corrupt part of DATA, score it with every method, report contamination and AUROC."""
+          methods: str, budgets: str, plugins: tuple[str, ...], labels_file: Path | None,
+          tables: tuple[str, ...], resamples: int, diversity: str, diversity_threshold: float,
+          allow_data_mismatch: bool, fmt, fields, limit, split, quiet, **options) -> None:
+    """Corrupt part of DATA (or take DATA as corrupted, with --labels), score it with every
+    method, report AUROC, AUPRC and contamination, and whether each method is better than,
+    tied with or worse than random's expectation, IFD and length."""
     from ..bench.noise import results_markdown, run_noise_benchmark
+    from ..errors import GradfilterError
     from ..paths import reads, refuse_collisions, writes
+    from ..threads import use_threads
 
+    if labels_file is not None:
+        ctx = click.get_current_context()
+        drawn = [f"--{name}" for name in ("corrupt", "corruptions")
+                 if ctx.get_parameter_source("fraction" if name == "corrupt" else name)
+                 is not click.core.ParameterSource.DEFAULT]
+        if drawn:
+            raise GradfilterError(f"{' and '.join(drawn)}: nothing is corrupted with --labels "
+                                  "(DATA is corrupted already)")
     plugin_files = [reads("the plugin", "--plugin", plugin_file(module)) for module in plugins]
     refuse_collisions(
         [*reads("the data", "DATA", data), *reads("the proxy", "--proxy", options["proxy"]),
+         *reads("the labels", "--labels", labels_file),
          *(named for found in plugin_files for named in found)],
         writes("the output directory", "--out-dir", out_dir, "dir", run_record=False))
+    check_page(out_dir)
     for module in plugins:
         import_plugin(module)
+    use_threads(options.pop("threads"))
     results = run_noise_benchmark(
         read_data(data, fmt, fields, limit, split), out_dir, config_from(options),
         methods=csv_list(methods), corruptions=csv_list(corruptions), fraction=fraction,
@@ -93,10 +125,11 @@ def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_s
         corrupt_seeds=csv_numbers(corrupt_seeds, "--corrupt-seeds", int),
         tables=named_paths(tables, "--table"), resamples=resamples, progress=not quiet,
         log=console.print, diversity=diversity, diversity_threshold=diversity_threshold,
-        allow_data_mismatch=allow_data_mismatch)
+        labels=labels_file, allow_data_mismatch=allow_data_mismatch)
     Console(soft_wrap=True).print(results_markdown(results), markup=False)
     console.print(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}, "
                   f"plots {out_dir / 'contamination.png'}, {out_dir / 'distributions.png'}")
+    print_page(out_dir)
 
 
 @bench.command()
@@ -121,11 +154,13 @@ def speed(data: str, paths: str, tokenizer, out, fmt, fields, limit, split, quie
     from ..paths import reads, refuse_collisions, writes
     from ..scoring.proxy import load_tokenizer
     from ..scoring.score import tokenize
+    from ..threads import use_threads
 
     refuse_collisions(
         [*reads("the data", "DATA", data), *reads("the proxy", "--proxy", options["proxy"]),
          *reads("the tokenizer", "--tokenizer", tokenizer)],
         writes("the figures", "--out", out))
+    use_threads(options.pop("threads"))
     config = config_from(options)
     with tempfile.TemporaryDirectory(prefix="gradfilter-speed-") as scratch:
         if config.proxy.startswith("random-gpt2"):
@@ -176,14 +211,21 @@ def speed(data: str, paths: str, tokenizer, out, fmt, fields, limit, split, quie
 def judge(models: tuple[str, ...], prompt_paths: tuple[Path, ...], out_dir: Path,
           **options) -> None:
     """Answer the test prompts with each model and let an LLM judge every pair, both orders."""
-    from ..bench.judge import default_prompt_files, results_markdown, run_judge_benchmark
+    from ..bench.judge_benchmark import run_judge_benchmark
+    from ..bench.pairwise_report import results_markdown
+    from ..bench.prompts import default_prompt_files
 
     named = named_paths(models, "--model")
+    from ..report.benchmarks import write_benchmark_report
+
     _refuse_judge_collisions(named, prompt_paths, out_dir, options["cache_dir"])
+    check_page(out_dir)
     files = [f for p in prompt_paths for f in (default_prompt_files(p) if p.is_dir() else [p])]
     results = run_judge_benchmark(named, files, out_dir, log=console.print, **options)
+    write_benchmark_report(out_dir)
     Console(soft_wrap=True).print(results_markdown(results), markup=False)
     console.print(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}")
+    print_page(out_dir)
 
 
 @bench.command()
@@ -195,24 +237,40 @@ def judge(models: tuple[str, ...], prompt_paths: tuple[Path, ...], out_dir: Path
 @click.option("--table", "tables", multiple=True, metavar="METHOD=PATH",
               help="A statistics table of POOL for a method to compare; repeatable.")
 @click.option("--methods", default=None,
-              help="Methods to compare (default: every table given or in the noise benchmark).")
+              help="Methods to compare (default: every table given or in the noise benchmark); "
+                   "a table of IFD's or perplexity's pass gives both perplexity-low and "
+                   "perplexity-high. Baselines: " + baseline_help() + ".")
 @click.option("--budgets", default="0.05,0.1,0.15", show_default=True)
 @click.option("--seeds", default="0,1,2", show_default=True,
-              help="Fine-tuning runs per subset (LoRA init and data order).")
+              help="Fine-tuning runs per subset: each value seeds its run's LoRA initialisation "
+                   "and data order, so --seeds 0,1,2 equals --seeds 0, 1 and 2 run apart (and "
+                   "reuses them).")
+@click.option("--epochs", type=float, default=DEFAULT_EPOCHS, show_default=True,
+              help="The budget: passes over each budget's subset; every run at that budget "
+                   "(methods, random, the full pool) trains for the same steps.")
 @click.option("--steps", type=int, default=None,
-              help="Optimiser steps for every subset (default: two passes over the largest "
-                   "subset).")
+              help="Override the epoch budget: these optimiser steps at every budget (with a "
+                   "warning: many passes over a small subset overfit it).")
+@click.option("--random-draws", type=click.IntRange(min=MIN_RANDOM_DRAWS),
+              default=MIN_RANDOM_DRAWS, show_default=True,
+              help="Random subsets per budget: random's row is their mean, with their spread.")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--lr", type=float, default=2e-4, show_default=True)
 @click.option("--lora-rank", type=int, default=8, show_default=True)
 @click.option("--lora-alpha", type=float, default=16.0, show_default=True)
 @click.option("--full-finetune", is_flag=True, help="Train every weight instead of a LoRA.")
 @click.option("--eval-every", type=int, default=None,
-              help="Held-out loss every N steps (default: a tenth of the steps).")
+              help="Held-out loss every N steps (default: a tenth of each budget's steps); "
+                   "always at step 0 (the untrained model) and at the end.")
 @click.option("--held-out", type=click.Path(path_type=Path), default=None,
               help="Prompts with reference answers (any input format) to measure on "
                    "(default: a seeded share of the pool's clean records, taken out of it).")
 @click.option("--held-out-share", type=float, default=0.1, show_default=True)
+@click.option("--group-field", default=None, metavar="FIELD",
+              help="Records sharing this field's value (a conversation id) are held out "
+                   "together or not at all (default: `source` where it is an exchange's "
+                   "origin `<id>#<turn>`, else `id` where ids tie records together, as "
+                   "ShareGPT's split conversations `<id>_<n>`).")
 @click.option("--dedup", "dedup_methods", multiple=True, metavar="METHOD",
               help="Also METHOD's subset with near-duplicates removed (as select --diversity "
                    "dedup, by the G-SNR table's sketches), against its plain top-k; repeatable.")
@@ -227,18 +285,19 @@ def judge(models: tuple[str, ...], prompt_paths: tuple[Path, ...], out_dir: Path
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto",
               show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True,
-              help="Seeds the held-out split and every fine-tuning run.")
+              help="Seeds the held-out split, random's subsets and every fine-tuning run.")
+@threads_option
 @allow_mismatch_option
 @quiet_option
 def finetune(pool: str | None, out_dir: Path, noise_dir: Path | None, tables: tuple[str, ...],
-             methods: str | None, budgets: str, seeds: str, steps: int | None,
-             dedup_methods: tuple[str, ...], diversity_threshold: float,
+             methods: str | None, budgets: str, seeds: str, group_field: str | None,
+             dedup_methods: tuple[str, ...], diversity_threshold: float, threads: int | None,
              allow_data_mismatch: bool, quiet: bool, **options) -> None:
-    """Fine-tune a target on each method's subset (same steps, same batch) and compare held-out
-    losses, with intervals."""
+    """Fine-tune a target on each method's subset, random subsets and the full pool (the same
+    steps at one budget: --epochs over the subset) and compare held-out curves with random's:
+    the area under the curve (the declared reading) and the final loss, with intervals."""
     from ..bench.finetune import (
         FinetuneConfig,
-        default_steps,
         inputs_from_noise,
         inputs_from_pool,
         results_markdown,
@@ -246,6 +305,7 @@ def finetune(pool: str | None, out_dir: Path, noise_dir: Path | None, tables: tu
     )
     from ..errors import GradfilterError
     from ..paths import reads, refuse_collisions, writes
+    from ..threads import use_threads
 
     if (noise_dir is None) == (pool is None):
         raise GradfilterError("give POOL (with --table) or --from-noise DIR, not both")
@@ -255,27 +315,30 @@ def finetune(pool: str | None, out_dir: Path, noise_dir: Path | None, tables: tu
          *reads("the target", "--target", options["proxy"]),
          *(n for spec in tables for n in reads("a table", "--table", spec.partition("=")[2]))],
         writes("the output directory", "--out-dir", out_dir, "dir", run_record=False))
+    check_page(out_dir)
     budget_values = csv_numbers(budgets, "--budgets")
+    config = FinetuneConfig(
+        epochs=options["epochs"], steps=options["steps"], batch_size=options["batch_size"],
+        lr=options["lr"], lora_rank=options["lora_rank"], lora_alpha=options["lora_alpha"],
+        eval_every=options["eval_every"], full_finetune=options["full_finetune"],
+        seeds=tuple(csv_numbers(seeds, "--seeds", int)), base_seed=options["seed"],
+        random_draws=options["random_draws"])
+    config.validate()
+    use_threads(threads)
     target = _finetune_target(noise_dir, options)
     held = (options.pop("held_out"), options.pop("held_out_share"), options["seed"])
     chosen = csv_list(methods) if methods else None
     binding = dict(allow_data_mismatch=allow_data_mismatch, log=console.print)
     if noise_dir is not None:
-        inputs = inputs_from_noise(noise_dir, chosen, target, *held, **binding)
+        inputs = inputs_from_noise(noise_dir, chosen, target, *held, group_field=group_field,
+                                   **binding)
     else:
         named = named_paths(tables, "--table")
         if not named:
             raise GradfilterError("give the methods' statistics tables with --table METHOD=PATH")
         inputs = inputs_from_pool(pool, {m: p for m, p in named.items()
                                          if chosen is None or m in chosen}, target, *held,
-                                  **binding)
-    steps = steps or default_steps(inputs, budget_values, options["batch_size"])
-    config = FinetuneConfig(
-        steps=steps, batch_size=options["batch_size"], lr=options["lr"],
-        lora_rank=options["lora_rank"], lora_alpha=options["lora_alpha"],
-        eval_every=options["eval_every"] or max(1, steps // 10),
-        full_finetune=options["full_finetune"],
-        seeds=tuple(csv_numbers(seeds, "--seeds", int)), base_seed=options["seed"])
+                                  group_field=group_field, **binding)
     results = run_finetune_benchmark(inputs, out_dir, target, config, budget_values,
                                      progress=not quiet, log=console.print,
                                      dedup_methods=dedup_methods,
@@ -283,6 +346,7 @@ def finetune(pool: str | None, out_dir: Path, noise_dir: Path | None, tables: tu
     Console(soft_wrap=True).print(results_markdown(results), markup=False)
     console.print(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}, "
                   f"plot {out_dir / 'heldout.png'}, adapters {out_dir / 'adapters'}")
+    print_page(out_dir)
 
 
 def _finetune_target(noise_dir: Path | None, options: dict) -> ScoreConfig:
@@ -314,6 +378,18 @@ def _refuse_judge_collisions(models: dict[str, str], prompt_paths: tuple[Path, .
                    run_record=False)),
                cache]
     refuse_collisions([*inputs, *([cache] if cache.path.exists() else [])], outputs)
+
+
+def check_page(out_dir: Path) -> None:
+    """Before the run: the benchmark's page (OUT/report.html) may replace only an earlier
+    page of ours."""
+    from ..report.page import check_report_path
+
+    check_report_path(out_dir / REPORT_NAME, f"the benchmark's page in --out-dir {out_dir}")
+
+
+def print_page(out_dir: Path) -> None:
+    console.print(f"report page: {out_dir / REPORT_NAME}", soft_wrap=True, markup=False)
 
 
 def plugin_file(module: str) -> str | None:

@@ -1,4 +1,4 @@
-"""The commands that need no model: select (from a statistics table) and inspect."""
+"""The commands that need no model: select (from a statistics table), report and inspect."""
 
 from __future__ import annotations
 
@@ -9,10 +9,15 @@ import click
 from rich.console import Console
 
 from ..data.conversations import FORMATS
+from ..diversity import DIVERSITY
+from ..utilities import BASELINE_SCORES, UTILITIES
 from .options import (
     allow_mismatch_option,
     data_options,
     out_format_option,
+    report_options,
+    report_outputs,
+    report_target,
     select_options,
     split_option,
 )
@@ -28,8 +33,11 @@ from .report import print_selection
 @out_format_option
 @select_options
 @allow_mismatch_option
-def select(data: str, stats: Path, out: Path, fmt, fields, limit, split, **options) -> None:
-    """Write the top records of DATA by a utility from a statistics table (no model needed).
+@report_options
+def select(data: str, stats: Path, out: Path, fmt, fields, limit, split, report: Path | None,
+           no_report: bool, **options) -> None:
+    """Write the top records of DATA by a utility from a statistics table (no model needed),
+    and the selection's report page (report.html beside the subset).
 
     DATA is streamed, never held: memory holds the table's scores and the chosen indices. The
     table must have been scored on DATA as it is (same records, same order): its data
@@ -37,12 +45,85 @@ def select(data: str, stats: Path, out: Path, fmt, fields, limit, split, **optio
     """
     from ..data.conversations import parse_fields
     from ..paths import refuse_collisions, select_paths
+    from ..report.selection import SelectionSources
+    from ..report.selection_page import write_selection_report
     from ..subset import select as select_subset
 
-    refuse_collisions(*select_paths(data, stats, out, options["out_format"]))
+    page = report_target(out, report, no_report)
+    inputs, outputs = select_paths(data, stats, out, options["out_format"])
+    refuse_collisions(inputs, [*outputs, *report_outputs(
+        page, "--report" if report else "default --report")])
     subset = select_subset(data, stats, out, fmt=fmt, fields=parse_fields(fields), limit=limit,
                            split=split, **options)
-    print_selection(subset, out, stats)
+    if page is not None:
+        write_selection_report(SelectionSources(
+            stats, data, subset=out, fmt=fmt, fields=parse_fields(fields), split=split,
+            limit=limit), page)
+    print_selection(subset, out, stats, report=page)
+
+
+@click.command()
+@click.argument("table", type=click.Path(path_type=Path))
+@click.option("--data", default=None,
+              help="The data the table was scored from (default: the file its run record, or "
+                   "the subset's, names, if it is still there).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="The page (replaces only an earlier report; default: report.html, in the "
+                   "benchmark's directory for a benchmark).")
+@click.option("--subset", type=click.Path(path_type=Path), default=None,
+              help="A subset written by select or run: its run record says how it was chosen "
+                   "(utility, budget, diversity) and from which data.")
+@click.option("--labels", type=click.Path(path_type=Path), default=None,
+              help="Labels of records corrupted on purpose (a Parquet file with a 'corruption' "
+                   "column, one row a record: the demo's labels.parquet, bench noise's).")
+@click.option("--examples", type=click.IntRange(0, 50), default=10, show_default=True,
+              help="Records shown at the top, around the cut and at the bottom.")
+@click.option("--utility", type=click.Choice((*UTILITIES, *BASELINE_SCORES)), default=None,
+              help="What to rank by (default: the subset's, else the table's default).")
+@click.option("--ratio", type=float, default=None,
+              help="Fraction kept (default: the subset's, else 0.1).")
+@click.option("--count", type=int, default=None, help="Number kept.")
+@click.option("--diversity", type=click.Choice(DIVERSITY), default=None,
+              help="dedup: near-duplicates removed as select does (default: the subset's).")
+@click.option("--diversity-threshold", type=float, default=None,
+              help="Cosine at or above which dedup removes a record (default: the subset's).")
+@data_options
+def report(table: Path, data: str | None, out: Path | None, subset: Path | None,
+           labels: Path | None, examples: int, fmt, fields, limit, split, **choice) -> None:
+    """Write the report page (one self-contained HTML file) of a selection from TABLE, or of a
+    benchmark from its results.json (or its output directory).
+
+    The page shows the run record, the scores with the cut, kept against dropped (lengths,
+    turns, fields, unscorable records), the other scores the table carries, agreement with the
+    cheap baselines, what dedup changed, and the best, worst and borderline records.
+    """
+    from ..data.conversations import parse_fields
+    from ..outputs import run_record_path
+    from ..paths import reads, refuse_collisions
+    from ..report import REPORT_NAME
+    from ..report.benchmarks import results_file, write_benchmark_report
+    from ..report.selection import SelectionSources
+    from ..report.selection_page import write_selection_report
+
+    results = results_file(table)
+    if results is not None:  # a benchmark: its results and run record are what it reads
+        out = out or results.parent / REPORT_NAME
+        refuse_collisions([*reads("the results", "TABLE", results),
+                           *reads("their run record", "TABLE", run_record_path(results))],
+                          report_outputs(out, "--out"))
+        Console(soft_wrap=True).print(
+            f"report: {write_benchmark_report(results, out)}", markup=False)
+        return
+    out = out or Path(REPORT_NAME)
+    inputs = [*reads("the table", "TABLE", table), *reads("the data", "--data", data),
+              *reads("the labels", "--labels", labels),
+              *reads("the subset's run record", "--subset",
+                     run_record_path(subset) if subset else None)]
+    refuse_collisions(inputs, report_outputs(out, "--out"))
+    written = write_selection_report(SelectionSources(
+        table, data, subset, labels, fmt, parse_fields(fields), split, limit,
+        examples=examples, **choice), out)
+    Console(soft_wrap=True).print(f"report: {written}", markup=False)
 
 
 @click.command()

@@ -19,6 +19,9 @@ from .options import (
     data_options,
     out_format_option,
     read_data,
+    report_options,
+    report_outputs,
+    report_target,
     score_options,
     select_options,
     skip_option,
@@ -45,9 +48,11 @@ def score(data: str, out: Path, fmt, fields, limit, split, skip_bad_records, met
     from ..scoring.distributed import is_main_process
     from ..scoring.score import score as run_score
     from ..table import table_meta
+    from ..threads import use_threads
 
     refuse_collisions(*score_paths(data, out, options["proxy"], checkpoint_dir=checkpoint_dir,
                                    save_adapters=save_adapters))
+    use_threads(options.pop("threads"))
     dataset = read_data(data, fmt, fields, limit, split, skip_bad_records)
     table = run_score(dataset, out, config_from(options), method=method,
                       save_adapters=save_adapters, skip_bad_records=skip_bad_records,
@@ -71,17 +76,25 @@ def score(data: str, out: Path, fmt, fields, limit, split, skip_bad_records, met
 @data_options
 @out_format_option
 @select_options
+@report_options
 @skip_option
 @score_options()
 def run(data: str, out: Path, stats: Path | None, fmt, fields, limit, split, out_format,
         skip_bad_records, method, save_adapters, checkpoint_dir, checkpoint_every, quiet, ratio,
-        count, utility, order, score_field, diversity, diversity_threshold, **options) -> None:
-    """Score DATA and write the selected subset in one go (default --ratio 0.1)."""
+        count, utility, order, score_field, diversity, diversity_threshold, report, no_report,
+        **options) -> None:
+    """Score DATA and write the selected subset in one go (default --ratio 0.1), and the
+    selection's report page (report.html beside the subset)."""
     from ..paths import refuse_collisions, run_paths
+    from ..threads import use_threads
 
-    refuse_collisions(*run_paths(data, out, stats, options["proxy"],
-                                 checkpoint_dir=checkpoint_dir, save_adapters=save_adapters,
-                                 out_format=out_format))
+    page = report_target(out, report, no_report)
+    inputs, outputs = run_paths(data, out, stats, options["proxy"],
+                                checkpoint_dir=checkpoint_dir, save_adapters=save_adapters,
+                                out_format=out_format)
+    refuse_collisions(inputs, [*outputs, *report_outputs(
+        page, "--report" if report else "default --report")])
+    use_threads(options.pop("threads"))
     if ratio is None and count is None:
         ratio = 0.1
     score_and_select(read_data(data, fmt, fields, limit, split, skip_bad_records), out, stats,
@@ -91,13 +104,15 @@ def run(data: str, out: Path, stats: Path | None, fmt, fields, limit, split, out
                           checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every),
                      dict(ratio=ratio, count=count, utility=utility, order=order,
                           score_field=score_field, out_format=out_format, diversity=diversity,
-                          diversity_threshold=diversity_threshold))
+                          diversity_threshold=diversity_threshold), report=page)
 
 
 def score_and_select(dataset, out: Path, stats: Path | None, config: ScoreConfig, how: dict,
-                     choice: dict, tags: Sequence[str | None] | None = None) -> Subset | None:
-    """Score `dataset` into `stats`, select from the table, print the summary; the subset
-    (None on ranks other than 0)."""
+                     choice: dict, tags: Sequence[str | None] | None = None,
+                     report: Path | None = None, labels: Path | None = None) -> Subset | None:
+    """Score `dataset` into `stats`, select from the table, write the report page (where
+    `report` names one, with the `labels` file's tags), print the summary; the subset (None on
+    ranks other than 0)."""
     from ..data.dataset import record_notes
     from ..paths import default_stats
     from ..scoring.distributed import is_main_process
@@ -110,9 +125,25 @@ def score_and_select(dataset, out: Path, stats: Path | None, config: ScoreConfig
     if not is_main_process():
         return None
     subset = select_subset(dataset, table, out, **choice)
+    if report is not None:
+        write_run_report(dataset, stats, out, report, labels)
     print_selection(subset, out, stats, {**record_notes(dataset),
-                                         "truncation": table_meta(table).get("truncation")}, tags)
+                                         "truncation": table_meta(table).get("truncation")}, tags,
+                    report=report)
     return subset
+
+
+def write_run_report(dataset, stats: Path, out: Path, report: Path,
+                     labels: Path | None = None) -> Path:
+    """The report page of a run's selection, from the files it wrote and the data as it was
+    read (its path, format, key mapping, split and record count, not its records)."""
+    from ..report.selection import SelectionSources
+    from ..report.selection_page import write_selection_report
+
+    split = dataset.source.split if dataset.source is not None else None
+    return write_selection_report(SelectionSources(
+        stats, str(dataset.path), subset=out, labels=labels, fmt=dataset.format,
+        fields=dataset.fields, split=split, limit=len(dataset.records)), report)
 
 
 @click.command()
@@ -121,10 +152,11 @@ def score_and_select(dataset, out: Path, stats: Path | None, config: ScoreConfig
 @click.option("--records", type=click.IntRange(min=10), default=DEMO_RECORDS,
               show_default=True)
 @click.option("--quiet", is_flag=True)
-def demo(out_dir: Path, records: int, quiet: bool) -> None:
+@click.option("--no-report", is_flag=True, help="Write no report page (OUT_DIR/report.html).")
+def demo(out_dir: Path, records: int, quiet: bool, no_report: bool) -> None:
     """Run the whole pipeline offline on the embedded default: ShareGPT conversations' opening
-    exchanges, 20% of them corrupted on purpose, scored with SmolLM2-135M; the subset and what
-    it kept of them."""
+    exchanges, 20% of them corrupted on purpose, scored with SmolLM2-135M; the subset, what
+    it kept of them, and the report page to open (OUT_DIR/report.html)."""
     from ..bench.noise import write_labels, write_messages
     from ..data.exchanges import ExchangeReport
     from ..demo import (
@@ -141,16 +173,17 @@ def demo(out_dir: Path, records: int, quiet: bool) -> None:
 
     source, config = demo_data(), demo_config()
     data = out_dir / "data.jsonl"
-    refuse_collisions(*run_paths(source, out_dir / "subset.jsonl", out_dir / "stats.parquet",
-                                 config.proxy, out_option="--out-dir",
-                                 stats_option="--out-dir"))
+    page = report_target(out_dir / "subset.jsonl", None, no_report)
+    inputs, outputs = run_paths(source, out_dir / "subset.jsonl", out_dir / "stats.parquet",
+                                config.proxy, out_option="--out-dir", stats_option="--out-dir")
+    refuse_collisions(inputs, [*outputs, *report_outputs(page, "--out-dir")])
     tokenizer = load_tokenizer(config.proxy)
     read = ExchangeReport()
     mixed, labels = mix_in_corruptions(demo_exchanges(tokenizer, records, report=read),
                                        tokenizer)
+    refuse_foreign_files(out_dir, mixed, labels)
     for line in read.lines():
         console.print(f"note: {line}")
-    refuse_foreign_files(out_dir, mixed, labels)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_messages(data, mixed)
     write_labels(out_dir / "labels.parquet", np.arange(len(mixed)), labels)
@@ -160,9 +193,12 @@ def demo(out_dir: Path, records: int, quiet: bool) -> None:
                   f"corrupted on purpose ({data}, labels.parquet)\n      proxy {config.proxy}")
     subset = score_and_select(read_data(str(data), None, None, None), out_dir / "subset.jsonl",
                               out_dir / "stats.parquet", config, dict(progress=not quiet),
-                              dict(ratio=0.25), tags=labels)
+                              dict(ratio=0.25), tags=labels, report=page,
+                              labels=out_dir / "labels.parquet")
     if subset is not None:
         print(evidence(subset.scores, subset.indices, labels).line())  # the result: stdout
         baseline = superfiltering_evidence(out_dir / "stats.parquet", len(subset.indices), labels)
         if baseline is not None:
             print(baseline.baseline_line("IFD (Superfiltering's score, from this run's table)"))
+        if page is not None:
+            print(f"the page to open: {page} (what was kept and dropped, and why)")

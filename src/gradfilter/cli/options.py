@@ -23,7 +23,14 @@ from ..data.conversations import FORMATS
 from ..data.sources import CONTAINERS
 from ..diversity import DEFAULT_THRESHOLD, DIVERSITY
 from ..errors import GradfilterError
-from ..utilities import BASELINE_SCORES, DEFAULT_UNGATED, DEFAULT_UTILITY, UTILITIES
+from ..threads import available_cores
+from ..utilities import (
+    BASELINE_SCORES,
+    DEFAULT_UNGATED,
+    DEFAULT_UTILITY,
+    DIRECTIONS,
+    UTILITIES,
+)
 
 DEFAULTS = ScoreConfig()
 
@@ -51,6 +58,18 @@ allow_mismatch_option = click.option(
     help="Use a statistics table even where the data differs from the data it was scored on "
          "(records edited, added, removed or reordered on purpose); the mismatch is shown "
          "and recorded in the run record. Without it such a table is refused.")
+threads_option = click.option(
+    "--threads", type=click.IntRange(min=1), default=None,
+    help="CPU threads for torch (default: OMP_NUM_THREADS where set, as torchrun sets it, "
+         f"else the cores this process may use, {available_cores()} here); recorded in the "
+         "run record, never part of the "
+         "settings that name a stored table. Fewer than the cores when other work holds "
+         "some (docs/performance.md).")
+
+
+def baseline_help(names: tuple[str, ...] = (*BASELINE_SCORES, "loss")) -> str:
+    """Each baseline with the direction it ranks in, for --help."""
+    return "; ".join(f"{name}: {DIRECTIONS[name]}" for name in names)
 
 
 def data_options(command: Callable) -> Callable:
@@ -74,7 +93,8 @@ def select_options(command: Callable) -> Callable:
                      default=None,
                      help=f"What to rank by (default: the baseline that made the table, else "
                           f"{DEFAULT_UTILITY}, or {DEFAULT_UNGATED} where the table has no IFD "
-                          "ratios)."),
+                          "ratios). Utilities: highest first (loss: lowest loss first); "
+                          "baselines: " + baseline_help(BASELINE_SCORES) + "."),
         click.option("--order", type=click.Choice(["input", "score"]), default="input",
                      show_default=True),
         click.option("--score-field", default=None, help="Add the score to each kept record."),
@@ -88,6 +108,41 @@ def select_options(command: Callable) -> Callable:
                           "above which dedup drops a record; 1 keeps plain top-k, lower drops "
                           "more."),
     ])
+
+
+def report_options(command: Callable) -> Callable:
+    """Where the selection's report page goes (`report_target`)."""
+    return _apply(command, [
+        click.option("--report", "report", type=click.Path(path_type=Path), default=None,
+                     help="The report page (HTML) of the selection (default: report.html "
+                          "beside the subset; replaces only an earlier report)."),
+        click.option("--no-report", is_flag=True, help="Write no report page."),
+    ])
+
+
+def report_target(out: Path, report: Path | None, no_report: bool) -> Path | None:
+    """The report page's path: as named, else report.html beside the subset (a Hugging Face
+    dataset directory gets it beside, not inside), None with --no-report."""
+    if no_report:
+        if report is not None:
+            raise GradfilterError("give --report PATH or --no-report, not both")
+        return None
+    from ..report import REPORT_NAME
+
+    return Path(report) if report is not None else Path(out).parent / REPORT_NAME
+
+
+def report_outputs(path: Path | None, option: str = "--report") -> list:
+    """The report page as an output for `refuse_collisions`, checked first: a file there must
+    be an earlier report of ours. `option`: how the user named it ("default --report" where
+    they did not)."""
+    from ..paths import writes
+    from ..report.page import check_report_path
+
+    if path is None:
+        return []
+    check_report_path(path, f"the report ({option} {path})")
+    return writes("the report", option, path, run_record=False)
 
 
 class BatchTokens(click.ParamType):
@@ -118,8 +173,7 @@ def _score_option_table() -> dict[str, Callable]:
     return {
         "method": click.option(
             "--method", type=click.Choice(METHODS), default="gsnr", show_default=True,
-            help="gsnr (the LoRA ensemble) or a baseline: ifd, perplexity, loss, length, "
-                 "random."),
+            help="gsnr (the LoRA ensemble) or a baseline: " + baseline_help() + "."),
         "proxy": _default("--proxy", help="Hub id, local directory or .gguf file of a causal LM."),
         "members": _default("--members", type=int),
         "epochs": _default("--epochs", type=int),
@@ -184,6 +238,7 @@ def _score_option_table() -> dict[str, Callable]:
         "checkpoint_every": click.option(
             "--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True,
             help="Commit every N optimiser steps (and N collection batches)."),
+        "threads": threads_option,
         "quiet": quiet_option,
     }
 

@@ -65,9 +65,11 @@ def print_recoveries(report: ReadReport, notes: dict) -> None:
 
 
 def print_selection(subset: Subset, out: Path, stats: Path | None,
-                    notes: dict | None = None, tags: Sequence[str | None] | None = None) -> None:
-    """What was kept, where everything went, what was recovered, the 3 best and worst (each
-    with its tag, where `tags` gives one: the demo's corruption kinds)."""
+                    notes: dict | None = None, tags: Sequence[str | None] | None = None,
+                    report: Path | None = None) -> None:
+    """What was kept, where everything went (the report page too, where one was written),
+    what was recovered, the 3 best and worst (each with its tag, where `tags` gives one: the
+    demo's corruption kinds)."""
     selection = subset.selection
     out_console = Console(soft_wrap=True)
     out_console.print(
@@ -75,6 +77,8 @@ def print_selection(subset: Subset, out: Path, stats: Path | None,
         f"(asked for {selection.requested}; {selection.n_nonfinite} without a finite score)")
     out_console.print(f"subset:           {out}\nstatistics table: {stats}\n"
                       f"run record:       {run_record_path(out)}")
+    if report is not None:
+        out_console.print(f"report page:      {report}", markup=False)
     for line in recoveries(subset.report, notes or {}):
         out_console.print(line, markup=False)
     if subset.data_check and subset.data_check.get("data_warning"):

@@ -5,7 +5,7 @@ benchmarks' ShareGPT pools)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +17,8 @@ from .sources import resolve_source
 # ShareGPT V3 splits a long conversation into records with ids `<id>_0`, `<id>_1`, ...; a
 # chunk after the first starts in the middle of the conversation.
 _CHUNK_ID = re.compile(r"^(?P<base>.+)_(?P<n>\d+)$")
+# An exchange's origin (`Exchange.origin`): `<conversation id or record number>#<turn>`.
+_ORIGIN = re.compile(r"^(?P<conversation>.+)#\d+$")
 
 
 @dataclass(frozen=True)
@@ -109,3 +111,20 @@ def _answer_positions(turns: list[Turn], openings_only: bool) -> range:
         return range(1, len(turns))
     first = next((i for i, turn in enumerate(turns) if turn.role == "user"), len(turns))
     return range(first + 1, min(first + 2, len(turns)))
+
+
+def is_exchange_origin(value: object) -> bool:
+    """Whether `value` reads as an `Exchange.origin` (`<conversation>#<turn>`)."""
+    return isinstance(value, str) and _ORIGIN.match(value) is not None
+
+
+def conversation_ids(values: Sequence[object]) -> list[str | None]:
+    """The conversation each record's id or origin names (None where it has none): an
+    exchange origin's `#<turn>` removed and, where the values show split conversations (a
+    `<base>_0` beside a `<base>_<n>`, n > 0, as `ContinuationRule` tells them), the chunk
+    number too, so that every chunk and exchange of one conversation has one id."""
+    bare = [None if v is None else _ORIGIN.sub(r"\g<conversation>", str(v)) for v in values]
+    chunks = [None if v is None else _CHUNK_ID.match(v) for v in bare]
+    openers = {m["base"] for m in chunks if m is not None and int(m["n"]) == 0}
+    split = any(m is not None and int(m["n"]) > 0 and m["base"] in openers for m in chunks)
+    return [m["base"] if split and m is not None else v for v, m in zip(bare, chunks, strict=True)]

@@ -1,9 +1,11 @@
 """Baselines of method.md §6, each written as a statistics table that `select` reads like G-SNR's.
 
     perplexity  PPL(y|x): exp of the mean cross-entropy of the response tokens given the prompt
+                (one column; `perplexity-low` ranks it lowest first, `perplexity-high` and
+                plain `perplexity` highest first)
     ifd         PPL(y|x) / PPL(y) (Superfiltering); kept only where < 1, highest first
     loss        minus the mean cross-entropy of the response given the prompt (low loss kept)
-    length      response tokens
+    length      response tokens (longest first)
     random      a seeded uniform draw
 
 PPL(y) scores the same response tokens as PPL(y|x), preceded by one start token (the
@@ -25,13 +27,13 @@ from ..config import BASELINES
 from ..errors import GradfilterError
 from ..progress import advance_bar
 from ..seeds import RANDOM_STREAM, derived_seed
-from ..utilities import superfiltering_score
+from ..utilities import PERPLEXITY, superfiltering_score
 from .batching import Batcher, collection_batches, micro_batches
 from .ensemble import per_example_losses
 from .prefix import PrefixCache, shared_prefix_length, without_prefix
 from .tokenization import Encoded
 
-NEEDS_MODEL = ("ifd", "perplexity", "loss")
+NEEDS_MODEL = ("ifd", *PERPLEXITY, "loss")
 
 
 def random_scores(n_records: int, seed: int) -> np.ndarray:
