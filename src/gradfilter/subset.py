@@ -21,7 +21,9 @@ from .data import conversations, readers, sources
 from .data.conversations import Format
 from .data.dataset import Dataset, resolve_format
 from .data.readers import ReadReport, Record
-from .data.writers import reads_records, write_subset
+from .data.schemas import SCHEMAS, Schema, as_schema
+from .data.writers import in_output_order, reads_records, write_rows, write_subset
+from .decisions import ANNOTATION_KEY, Decisions, decide, table_columns
 from .diversity import DEFAULT_THRESHOLD, DIVERSITY, DedupReport, dedup
 from .errors import GradfilterError
 from .outputs import write_run_record
@@ -61,7 +63,9 @@ class Subset:
     # The data against the table's record of it (binding.DataCheck.finish: fingerprints, the
     # check's outcome, a warning where it could not check or a mismatch was allowed).
     data_check: dict | None = None
-
+    nothing_kept: str | None = None  # why no record was kept, where none was
+    traces: dict | None = None  # the rejected and annotated records written: path, records
+    decisions: Decisions | None = None  # every record's decision (`decisions`)
     @property
     def indices(self) -> np.ndarray:
         return self.selection.indices
@@ -100,10 +104,17 @@ def select(
     diversity: str = "none",
     diversity_threshold: float = DEFAULT_THRESHOLD,
     allow_data_mismatch: bool = False,
+    out_schema: Schema = "native",
+    rejected: str | Path | None = None,
+    annotate: str | Path | None = None,
 ) -> Subset:
-    """Write the top records of `data` by `utility` to `out`, unchanged, in the input's
-    container unless `out_format` names another. `stats` is the statistics table (a Parquet
-    path or a table), or the scores of `utility` themselves (one per record).
+    """Write the top records of `data` by `utility` to `out`, unchanged (`out_schema`
+    "native"; "messages" and "prompt-completion" write them as TRL takes them: see
+    `data.schemas`), in the container `out_format` names, else `out`'s extension (.json,
+    .jsonl, .parquet), else the input's. `stats` is the statistics table (a Parquet path or a
+    table), or the scores of `utility` themselves (one per record). `rejected` gets the records
+    not kept (unchanged), `annotate` every record with its decision (`decisions`), each in the
+    container its extension names.
 
     Only the table's scores are held in memory, read and ranked once: the input is read again
     as a stream and the chosen records written as they pass (`order="score"` holds the chosen
@@ -116,12 +127,17 @@ def select(
     The records are checked against the table's record of its data on the way (`binding`): a
     table of other, edited or reordered data is refused, nothing written, unless
     `allow_data_mismatch`; a table that records no data is used with a warning.
+
     """
-    refuse_collisions(*select_paths(data, stats, out, out_format))
+    refuse_collisions(*select_paths(data, stats, out, out_format, rejected=rejected,
+                                    annotate=annotate))
+    if out_schema not in SCHEMAS:
+        raise GradfilterError(f"--out-schema must be one of {list(SCHEMAS)}, got {out_schema!r}")
     start = time.perf_counter()
     utility = utility or table_utility(stats)
     scores = load_scores(stats, utility)
     selection = select_top(scores, ratio=ratio, count=count)
+    ranked_before_dedup = selection.ranked
     removed = None
     if diversity != "none":
         selection, removed = _diversify(selection, stats, diversity, diversity_threshold)
@@ -139,6 +155,7 @@ def select(
         describe = partial(_prompt_preview, fmt=fmt, source=source, fields=fields)
         watch = _Watch(shown, None, source, describe)
         records = partial(watch.stream, data.records)
+        again: Callable[[], Iterable[Record]] = partial(iter, data.records)
         prompts: dict[int, tuple[str, str]] | None = {
             i: describe(data.records[i]) for i in shown if i < len(data.records)}
     else:
@@ -151,17 +168,27 @@ def select(
         describe = partial(_prompt_preview, fmt=fmt, source=source, fields=fields)
         watch = _Watch(shown, len(scores), source, describe, check)
         records = partial(watch.stream, _read(source, report, limit))
+        again = partial(_read, source, ReadReport(), limit)
         prompts = None
-    container = out_format or source.container
-    if container not in sources.CONTAINERS:
-        raise GradfilterError(f"--out-format must be one of {list(sources.CONTAINERS)}")
-    if check is not None and not isinstance(data, Dataset) and not reads_records(source,
-                                                                                 container):
+    container = sources.output_container(out, out_format, source.container)
+    native = out_schema == "native"
+    if check is not None and not isinstance(data, Dataset) and native and not reads_records(
+            source, container):
         # The writer copies Arrow rows without reading records: check them before it runs.
         check.see_all(_read(source, ReadReport(), limit)).finish()
     chosen = selection.in_order(order)
-    write_subset(Path(out), source, chosen, container, records, n_records=len(scores),
-                 score_field=score_field, scores=scores if score_field else None)
+    nothing = None if len(chosen) else why_nothing_kept(selection, ratio, count)
+    if native:
+        write_subset(Path(out), source, chosen, container, records, n_records=len(scores),
+                     score_field=score_field, scores=scores if score_field else None)
+    else:
+        convert = partial(as_schema, schema=out_schema, fmt=fmt, source=source, fields=fields)
+        write_rows(Path(out), ({**convert(r), **({score_field: float(scores[r.index])}
+                                                 if score_field else {})}
+                               for r in in_output_order(records(), chosen, len(scores))),
+                   container)
+    decided = decide(selection, ranked_before_dedup, scores, utility, *table_columns(stats))
+    traces = _write_traces(decided, source, again, rejected, annotate, watch.unreadable)
     if prompts is None:  # the records went by on their way to the writer, or were not read
         prompts = watch.prompts if watch.count else {
             i: describe(record) for i, record in _take(source, shown, limit).items()}
@@ -176,10 +203,15 @@ def select(
         "count": count,
         "order": order,
         "out_format": container,
+        "out_schema": out_schema,
         "score_field": score_field,
         "selected": len(chosen),
         "requested": selection.requested,
+        "cut_score": cut_score(selection, scores),
+        **({"nothing_kept": nothing} if nothing else {}),
         "nonfinite_scores": selection.n_nonfinite,
+        "decisions": decided.counts(),
+        **traces,
         "diversity": {"method": diversity, **(removed.as_dict() if removed else {})},
         "read_warnings": report.warnings,
         "unreadable_records": report.skipped,
@@ -194,7 +226,47 @@ def select(
     return Subset(selection, scores, utility, source, fmt, container, report,
                   previews(selection.best(PREVIEWS)), previews(selection.worst(PREVIEWS)),
                   removed.as_dict() if removed else None,
-                  check.finish() if check is not None else None)
+                  check.finish() if check is not None else None, nothing, traces, decided)
+
+
+def _write_traces(decided: Decisions, source: sources.Source,
+                  records: Callable[[], Iterable[Record]], rejected: str | Path | None,
+                  annotate: str | Path | None, unreadable: set[int]) -> dict:
+    """The records not kept (unchanged, in input order; a place the reader could not read has
+    no record to write, its decision is in the annotations) and every record with its decision
+    (under `ANNOTATION_KEY`); what was written where, for the run record."""
+    written: dict = {}
+    if rejected is not None:
+        dropped = np.setdiff1d(np.flatnonzero(~decided.selected),
+                               np.fromiter(unreadable, dtype=np.int64))
+        container = sources.output_container(rejected, None, source.container, "--rejected")
+        write_subset(Path(rejected), source, dropped, container,
+                     lambda: (r for r in records() if r.error is None),
+                     n_records=len(decided.selected))
+        written["rejected"] = {"path": str(rejected), "records": len(dropped)}
+    if annotate is not None:
+        container = sources.output_container(annotate, None, source.container, "--annotate")
+        rows = ({**(r.data if r.error is None else {}), ANNOTATION_KEY: decided.entry(r.index)}
+                for r in records() if r.index < len(decided.selected))
+        written["annotated"] = {"path": str(annotate),
+                                "records": write_rows(Path(annotate), rows, container)}
+    return written
+
+
+def cut_score(selection: Selection, scores: np.ndarray) -> float | None:
+    """The lowest score kept (None where nothing is kept): a record scoring below it was not."""
+    kept = selection.indices
+    return float(scores[kept[-1]]) if len(kept) else None
+
+
+def why_nothing_kept(selection: Selection, ratio: float | None, count: int | None) -> str:
+    """Why a selection kept no record, in words."""
+    if count is not None and selection.requested == 0:
+        return "--count 0"
+    if selection.requested == 0:
+        return (f"--ratio {ratio:g} of {selection.n_records} records rounds to 0; ask for a "
+                "larger --ratio or a --count")
+    return f"none of the {selection.n_records} records has a finite score"
 
 
 def _diversify(selection: Selection, stats, diversity: str,
@@ -267,11 +339,14 @@ class _Watch:
         self.describe = describe
         self.check = check  # sees each record where the records were not checked before
         self.count = 0
+        self.unreadable: set[int] = set()  # places the reader could not make a record of
         self.prompts: dict[int, tuple[str, str]] = {}
 
     def stream(self, records: Iterable[Record]) -> Iterator[Record]:
         for record in records:
             self.count += 1
+            if record.error is not None:
+                self.unreadable.add(record.index)
             if record.index in self.remember:
                 self.prompts[record.index] = self.describe(record)
             if self.expected is not None and self.check is not None:

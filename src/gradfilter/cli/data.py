@@ -50,7 +50,8 @@ def select(data: str, stats: Path, out: Path, fmt, fields, limit, split, report:
     from ..subset import select as select_subset
 
     page = report_target(out, report, no_report)
-    inputs, outputs = select_paths(data, stats, out, options["out_format"])
+    inputs, outputs = select_paths(data, stats, out, options["out_format"],
+                                   rejected=options["rejected"], annotate=options["annotate"])
     refuse_collisions(inputs, [*outputs, *report_outputs(
         page, "--report" if report else "default --report")])
     subset = select_subset(data, stats, out, fmt=fmt, fields=parse_fields(fields), limit=limit,

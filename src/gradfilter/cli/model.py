@@ -81,8 +81,8 @@ def score(data: str, out: Path, fmt, fields, limit, split, skip_bad_records, met
 @score_options()
 def run(data: str, out: Path, stats: Path | None, fmt, fields, limit, split, out_format,
         skip_bad_records, method, save_adapters, checkpoint_dir, checkpoint_every, quiet, ratio,
-        count, utility, order, score_field, diversity, diversity_threshold, report, no_report,
-        **options) -> None:
+        count, utility, order, score_field, out_schema, rejected, annotate, diversity,
+        diversity_threshold, report, no_report, **options) -> None:
     """Score DATA and write the selected subset in one go (default --ratio 0.1), and the
     selection's report page (report.html beside the subset)."""
     from ..paths import refuse_collisions, run_paths
@@ -91,7 +91,7 @@ def run(data: str, out: Path, stats: Path | None, fmt, fields, limit, split, out
     page = report_target(out, report, no_report)
     inputs, outputs = run_paths(data, out, stats, options["proxy"],
                                 checkpoint_dir=checkpoint_dir, save_adapters=save_adapters,
-                                out_format=out_format)
+                                out_format=out_format, rejected=rejected, annotate=annotate)
     refuse_collisions(inputs, [*outputs, *report_outputs(
         page, "--report" if report else "default --report")])
     use_threads(options.pop("threads"))
@@ -103,7 +103,8 @@ def run(data: str, out: Path, stats: Path | None, fmt, fields, limit, split, out
                           skip_bad_records=skip_bad_records, progress=not quiet,
                           checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every),
                      dict(ratio=ratio, count=count, utility=utility, order=order,
-                          score_field=score_field, out_format=out_format, diversity=diversity,
+                          score_field=score_field, out_format=out_format, out_schema=out_schema,
+                          rejected=rejected, annotate=annotate, diversity=diversity,
                           diversity_threshold=diversity_threshold), report=page)
 
 
@@ -124,7 +125,7 @@ def score_and_select(dataset, out: Path, stats: Path | None, config: ScoreConfig
     table = run_score(dataset, stats, config, **how)
     if not is_main_process():
         return None
-    subset = select_subset(dataset, table, out, **choice)
+    subset = select_subset(dataset, stats, out, **choice)  # by path: the run record names it
     if report is not None:
         write_run_report(dataset, stats, out, report, labels)
     print_selection(subset, out, stats, {**record_notes(dataset),

@@ -20,6 +20,7 @@ from ..config import (
     TurnsChoice,
 )
 from ..data.conversations import FORMATS
+from ..data.schemas import SCHEMAS
 from ..data.sources import CONTAINERS
 from ..diversity import DEFAULT_THRESHOLD, DIVERSITY
 from ..errors import GradfilterError
@@ -46,7 +47,9 @@ split_option = click.option(
     help="Split of a Hugging Face DatasetDict or hub dataset (default: train).")
 out_format_option = click.option(
     "--out-format", type=click.Choice(CONTAINERS), default=None,
-    help="Container of the subset (default: the input's; hf is a save_to_disk directory).")
+    help="Container of the subset: json (an array), jsonl, parquet or hf (a save_to_disk "
+         "directory). Default: what --out's extension names (.json, .jsonl, .parquet, .gz "
+         "after a JSON one), else the input's; an extension that says otherwise is refused.")
 skip_option = click.option(
     "--skip-bad-records", is_flag=True,
     help="Keep records that cannot be read or fail validation (a malformed JSONL line, a "
@@ -98,6 +101,20 @@ def select_options(command: Callable) -> Callable:
         click.option("--order", type=click.Choice(["input", "score"]), default="input",
                      show_default=True),
         click.option("--score-field", default=None, help="Add the score to each kept record."),
+        click.option("--out-schema", type=click.Choice(SCHEMAS), default="native",
+                     show_default=True,
+                     help="native: the records as they are; messages: {messages: [{role, "
+                          "content}]} with roles system/user/assistant, as scored (OpenAI, "
+                          "TRL's conversational form); prompt-completion: TRL's standard "
+                          "{prompt, completion} strings (one answer per record)."),
+        click.option("--rejected", type=click.Path(path_type=Path), default=None,
+                     help="Also write the records not kept, unchanged (container by "
+                          "extension, else the input's)."),
+        click.option("--annotate", type=click.Path(path_type=Path), default=None,
+                     help="Also write every record with its decision under a 'gradfilter' "
+                          "key: index, selected, rank, score, utility and the reason (selected, "
+                          "below the cut, near-duplicate, gated out: IFD >= 1, unscorable: "
+                          "why...)."),
         click.option("--diversity", type=click.Choice(DIVERSITY), default="none",
                      show_default=True,
                      help="dedup: going down the ranking, drop a record whose gradient sketch "

@@ -75,10 +75,16 @@ def print_selection(subset: Subset, out: Path, stats: Path | None,
     out_console.print(
         f"kept {len(selection.indices)} of {selection.n_records} records by {subset.utility} "
         f"(asked for {selection.requested}; {selection.n_nonfinite} without a finite score)")
+    if not len(selection.indices):
+        out_console.print(f"nothing kept: {subset.nothing_kept}; {out} holds no record",
+                          markup=False)
     out_console.print(f"subset:           {out}\nstatistics table: {stats}\n"
                       f"run record:       {run_record_path(out)}")
     if report is not None:
         out_console.print(f"report page:      {report}", markup=False)
+    for name, written in (subset.traces or {}).items():
+        out_console.print(f"{name + ':':<18}{written['path']} ({written['records']} records)",
+                          markup=False)
     for line in recoveries(subset.report, notes or {}):
         out_console.print(line, markup=False)
     if subset.data_check and subset.data_check.get("data_warning"):

@@ -49,6 +49,40 @@ class Source:
         return self._loaded
 
 
+# What a subset's name says it is (`output_container`); `.gz` compresses the JSON ones.
+_OUT_SUFFIXES: dict[str, Container] = {
+    ".json": "json", ".json.gz": "json", ".jsonl": "jsonl", ".jsonl.gz": "jsonl",
+    ".ndjson": "jsonl", ".ndjson.gz": "jsonl", ".parquet": "parquet"}
+
+
+def container_named(out: str | Path) -> Container | None:
+    """The container an output's extension names (None: no known extension)."""
+    name = Path(out).name.lower()
+    return next((c for suffix, c in _OUT_SUFFIXES.items() if name.endswith(suffix)), None)
+
+
+def output_container(out: str | Path, out_format: str | None,
+                     input_container: Container | None, option: str = "--out") -> Container:
+    """The container a subset is written in: `out_format` where given, else the one `out`'s
+    extension names (`.json` a JSON array, `.jsonl` lines, `.parquet`), else the input's (a
+    name without one of those extensions: a Hugging Face directory for an hf input). An
+    extension that says otherwise than `out_format` is refused rather than written wrong."""
+    if out_format is not None and out_format not in CONTAINERS:
+        raise GradfilterError(f"--out-format must be one of {list(CONTAINERS)}, got "
+                              f"{out_format!r}")
+    named = container_named(out)
+    if out_format is not None and named is not None and named != out_format:
+        raise GradfilterError(
+            f"{option} {out}: its extension names a {named} file, but --out-format is "
+            f"{out_format}; name the file for its container (or drop --out-format: the "
+            "extension decides)")
+    chosen = out_format or named or input_container
+    if chosen is None:
+        raise GradfilterError(f"{option} {out}: give --out-format (json, jsonl, parquet or "
+                              "hf), or an extension that names the container")
+    return chosen
+
+
 def looks_like_hub_id(name: str) -> bool:
     """`owner/name` that is not a path to a data file (those get 'no such file')."""
     return bool(_HUB_ID.match(name)) and not name.lower().endswith(_FILE_SUFFIXES)
