@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -19,7 +20,7 @@ import pyarrow as pa
 from .binding import DataCheck, table_data
 from .data import conversations, readers, sources
 from .data.conversations import Format
-from .data.dataset import Dataset, resolve_format
+from .data.dataset import Dataset, as_dataset, resolve_format
 from .data.readers import ReadReport, Record
 from .data.schemas import SCHEMAS, Schema, as_schema
 from .data.writers import in_output_order, reads_records, write_rows, write_subset
@@ -66,6 +67,28 @@ class Subset:
     nothing_kept: str | None = None  # why no record was kept, where none was
     traces: dict | None = None  # the rejected and annotated records written: path, records
     decisions: Decisions | None = None  # every record's decision (`decisions`)
+    # In memory (out=None): the input's records, and the kept ones in output order and schema.
+    records: list[Record] | None = None
+    kept: list[dict] | None = None
+
+    def annotated(self) -> list[dict]:
+        """Every record (in memory) with its decision under `ANNOTATION_KEY`."""
+        if self.records is None or self.decisions is None:
+            raise GradfilterError("the records are not in memory: select with out=None (or "
+                                  "write them with annotate=PATH)")
+        return [{**(r.data if r.error is None else {}), ANNOTATION_KEY: self.decisions.entry(
+            r.index)} for r in self.records]
+
+    def to_pandas(self):
+        """Every record (in memory) as a DataFrame row: its fields, then `selected`, `rank`,
+        `score`, `utility` and `reason` (a field of the record by one of those names is
+        shadowed there; `annotated()` keeps both)."""
+        import pandas as pd
+
+        rows = self.annotated()
+        return pd.DataFrame([{**{k: v for k, v in row.items() if k != ANNOTATION_KEY},
+                              **row[ANNOTATION_KEY]} for row in rows])
+
     @property
     def indices(self) -> np.ndarray:
         return self.selection.indices
@@ -87,9 +110,9 @@ class Subset:
 
 
 def select(
-    data: str | Path | Dataset,
+    data: str | Path | Dataset | Any,
     stats: str | Path | pa.Table | np.ndarray,
-    out: str | Path,
+    out: str | Path | None = None,
     *,
     utility: str | None = None,
     ratio: float | None = None,
@@ -128,7 +151,20 @@ def select(
     table of other, edited or reordered data is refused, nothing written, unless
     `allow_data_mismatch`; a table that records no data is used with a warning.
 
+    `data` may be records in memory (a list of dicts, a `datasets.Dataset`, a pandas
+    DataFrame). With `out=None` nothing is written: the result holds the records
+    (`Subset.kept`, `Subset.annotated`, `Subset.to_pandas`; see `select_in_memory`).
     """
+    if not isinstance(data, str | Path | Dataset) or out is None:  # records in memory
+        data = as_dataset(data, fmt, limit, fields=fields) if out is not None else read_all(
+            data, fmt, limit, fields, split)
+    if out is None:
+        _nothing_to_write(rejected=rejected, annotate=annotate, out_format=out_format,
+                          score_field=score_field)
+        return select_in_memory(data, stats, utility=utility, ratio=ratio, count=count,
+                                order=order, out_schema=out_schema, diversity=diversity,
+                                diversity_threshold=diversity_threshold,
+                                allow_data_mismatch=allow_data_mismatch)
     refuse_collisions(*select_paths(data, stats, out, out_format, rejected=rejected,
                                     annotate=annotate))
     if out_schema not in SCHEMAS:
@@ -227,6 +263,65 @@ def select(
                   previews(selection.best(PREVIEWS)), previews(selection.worst(PREVIEWS)),
                   removed.as_dict() if removed else None,
                   check.finish() if check is not None else None, nothing, traces, decided)
+
+
+def _nothing_to_write(**options: object) -> None:
+    """out=None with options that name something to write: refused (nothing would be)."""
+    named = [name for name, value in options.items() if value is not None]
+    if named:
+        raise GradfilterError(f"{', '.join(named)}: out=None writes nothing; the result holds "
+                              "the records (Subset.kept, annotated(), to_pandas())")
+
+
+def read_all(data: Any, fmt: Format | None, limit: int | None,
+             fields: dict[str, str] | None, split: str | None) -> Dataset:
+    """`data` in memory, whatever it is (a path is read whole)."""
+    from .data.dataset import read_dataset
+
+    if isinstance(data, str | Path):
+        return read_dataset(data, fmt, limit, fields, split=split)
+    return as_dataset(data, fmt, limit, fields=fields)
+
+
+def select_in_memory(dataset: Dataset, stats: str | Path | pa.Table | np.ndarray, *,
+                     utility: str | None = None, ratio: float | None = None,
+                     count: int | None = None, order: str = "input",
+                     out_schema: Schema = "native", diversity: str = "none",
+                     diversity_threshold: float = DEFAULT_THRESHOLD,
+                     allow_data_mismatch: bool = False) -> Subset:
+    """`select` with nothing written: the kept records (`Subset.kept`, in `order` and
+    `out_schema`) and every record's decision, checked against the table as `select` checks."""
+    if out_schema not in SCHEMAS:
+        raise GradfilterError(f"--out-schema must be one of {list(SCHEMAS)}, got {out_schema!r}")
+    utility = utility or table_utility(stats)
+    scores = load_scores(stats, utility)
+    source = dataset.source or sources.resolve_source(dataset.path)
+    _check_rows(len(scores), source, len(dataset.records))
+    check = None if isinstance(stats, np.ndarray) else DataCheck(
+        table_data(stats), dataset.path, allow_data_mismatch).see_all(dataset.records)
+    outcome = check.finish() if check is not None else None
+    selection = select_top(scores, ratio=ratio, count=count)
+    ranked_before_dedup, removed = selection.ranked, None
+    if diversity != "none":
+        selection, removed = _diversify(selection, stats, diversity, diversity_threshold)
+    chosen = selection.in_order(order)
+    convert = (None if out_schema == "native" else partial(
+        as_schema, schema=out_schema, fmt=dataset.format, source=source, fields=dataset.fields))
+    kept = [dict(dataset.records[i].data) if convert is None else convert(dataset.records[i])
+            for i in chosen]
+    describe = partial(_prompt_preview, fmt=dataset.format, source=source,
+                       fields=dataset.fields)
+
+    def previews(indices: np.ndarray) -> list[Preview]:
+        return [Preview(int(i), float(scores[i]), *describe(dataset.records[int(i)]))
+                for i in indices]
+
+    return Subset(selection, scores, utility, source, dataset.format, source.container,
+                  dataset.report, previews(selection.best(PREVIEWS)),
+                  previews(selection.worst(PREVIEWS)), removed.as_dict() if removed else None,
+                  outcome, None if len(chosen) else why_nothing_kept(selection, ratio, count),
+                  None, decide(selection, ranked_before_dedup, scores, utility,
+                               *table_columns(stats)), dataset.records, kept)
 
 
 def _write_traces(decided: Decisions, source: sources.Source,

@@ -61,12 +61,18 @@ def resolve_format(records: Iterable[Record], source: sources.Source, fmt: Forma
     raise GradfilterError(f"{source}: the dataset holds no records")
 
 
-def as_dataset(data: str | Path | Dataset, fmt: Format | None = None,
-               limit: int | None = None, skip_bad_records: bool = False) -> Dataset:
-    """`data` itself if it was read already, else the file read now."""
+def as_dataset(data: str | Path | Dataset | Any, fmt: Format | None = None,
+               limit: int | None = None, skip_bad_records: bool = False,
+               fields: dict[str, str] | None = None) -> Dataset:
+    """`data` itself if it was read already, records in memory (a list of dicts, a
+    `datasets.Dataset`, a pandas DataFrame: `memory`) as they are, else the file read now."""
+    from .memory import in_memory_dataset, is_in_memory
+
     if isinstance(data, Dataset):
         return data
-    return read_dataset(data, fmt, limit, skip_bad_records=skip_bad_records)
+    if is_in_memory(data) or not isinstance(data, str | Path):  # (other objects: refused)
+        return in_memory_dataset(data, fmt, limit, fields)
+    return read_dataset(data, fmt, limit, fields, skip_bad_records=skip_bad_records)
 
 
 def record_notes(dataset: Dataset) -> dict[str, Any]:

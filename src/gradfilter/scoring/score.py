@@ -11,7 +11,7 @@ import hashlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -147,8 +147,8 @@ def run_fingerprint(config: ScoreConfig, device: torch.device, dtype: torch.dtyp
 
 
 def score(
-    data: str | Path | Dataset,
-    out: str | Path,
+    data: str | Path | Dataset | Any,
+    out: str | Path | None = None,
     config: ScoreConfig | None = None,
     *,
     method: Method = "gsnr",
@@ -160,7 +160,9 @@ def score(
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 50,
 ) -> pa.Table:
-    """Score `data` with `method` and write the statistics table (Parquet) to `out`.
+    """Score `data` with `method` and write the statistics table (Parquet) to `out` (with
+    `out=None`, write nothing: the table is returned). `data` is a path, a hub id, a read
+    Dataset, or records in memory: a list of dicts, a `datasets.Dataset`, a pandas DataFrame.
 
     `gsnr` trains the LoRA ensemble (all G-SNR utilities); the baselines of method.md §6 need
     at most a forward pass of the proxy. With `checkpoint_dir` a gsnr run commits its state
@@ -210,7 +212,7 @@ def score(
                                truncation=tokens.truncation(config))
         if device.type == "cuda":
             details["device_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-        if comm.rank == 0:
+        if comm.rank == 0 and out is not None:
             _write_score_outputs(Path(out), table, dataset, tokens, method, config, device,
                                  dtype, timings, details)
         comm.barrier()
