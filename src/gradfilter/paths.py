@@ -119,13 +119,28 @@ def data_path(data: object) -> Path | None:
     return None
 
 
+def data_reads(data: object) -> list[Named]:
+    """DATA as inputs: its file or directory, or each shard a glob names."""
+    from .data.sources import shard_paths
+
+    source = getattr(data, "source", None)
+    shards = (source.shards if source is not None else ()) or ()
+    if not shards and isinstance(data, str | Path) and not Path(data).exists():
+        shards = shard_paths(str(data)) or ()
+    if shards:
+        return [named("a shard of the data", "DATA", getattr(s, "path", s)) for s in shards]
+    return reads("the data", "DATA", data_path(data))
+
+
 def subset_kind(data: object, out_format: str | None, out: str | Path | None = None) -> Kind:
     """A subset is a directory when it is a Hugging Face dataset: asked for (--out-format hf),
     or (where neither --out-format nor the output's extension names a container) because the
     input is one (a directory or a hub id). A contradiction between the two is refused here."""
-    from .data.sources import output_container
+    from .data.sources import output_container, shard_paths
 
     container = getattr(data, "container", None)  # a read Dataset's, or a Source's
+    if container is None and isinstance(data, str | Path) and shard_paths(str(data)):
+        container = "jsonl"  # shards are read record by record
     if container is None:
         path = data_path(data)
         container = "hf" if path is None or path.is_dir() or not path.exists() else "json"
@@ -144,7 +159,7 @@ def select_paths(data: object, stats: object, out: str | Path, out_format: str |
                       subset_kind(data, None, rejected) if rejected else "file", False),
               *writes("the annotated records", "--annotate", annotate,
                       subset_kind(data, None, annotate) if annotate else "file", False)]
-    return ([*reads("the data", "DATA", data_path(data)),
+    return ([*data_reads(data),
              *reads("the statistics table", "--stats", stats_path)],
             [*writes("the subset", out_option, out, subset_kind(data, out_format, out)),
              *traces])
@@ -155,7 +170,7 @@ def score_paths(data: object, out: str | Path, proxy: str | None, *,
                 out_option: str = "--out") -> tuple[list[Named], list[Named]]:
     """`score`: reads DATA, the proxy and a checkpoint; writes the table, its run record, the
     checkpoint and the adapters."""
-    inputs = [*reads("the data", "DATA", data_path(data)), *reads("the proxy", "--proxy", proxy)]
+    inputs = [*data_reads(data), *reads("the proxy", "--proxy", proxy)]
     outputs = [*writes("the statistics table", out_option, out),
                *writes("the adapters directory", "--save-adapters", save_adapters, "dir",
                        run_record=False)]

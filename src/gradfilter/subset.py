@@ -224,7 +224,8 @@ def select(
                                for r in in_output_order(records(), chosen, len(scores))),
                    container)
     decided = decide(selection, ranked_before_dedup, scores, utility, *table_columns(stats))
-    traces = _write_traces(decided, source, again, rejected, annotate, watch.unreadable)
+    traces = _write_traces(decided, source, again, rejected, annotate, watch.unreadable,
+                           report.shards)
     if prompts is None:  # the records went by on their way to the writer, or were not read
         prompts = watch.prompts if watch.count else {
             i: describe(record) for i, record in _take(source, shown, limit).items()}
@@ -250,6 +251,7 @@ def select(
         **traces,
         "diversity": {"method": diversity, **(removed.as_dict() if removed else {})},
         "read_warnings": report.warnings,
+        **({"shards": report.shards} if report.shards else {}),
         "unreadable_records": report.skipped,
         **(check.finish() if check is not None else {"data_check": "unchecked: bare scores"}),
         "wall_seconds": {"select": time.perf_counter() - start},
@@ -326,7 +328,8 @@ def select_in_memory(dataset: Dataset, stats: str | Path | pa.Table | np.ndarray
 
 def _write_traces(decided: Decisions, source: sources.Source,
                   records: Callable[[], Iterable[Record]], rejected: str | Path | None,
-                  annotate: str | Path | None, unreadable: set[int]) -> dict:
+                  annotate: str | Path | None, unreadable: set[int],
+                  shards: list[dict]) -> dict:
     """The records not kept (unchanged, in input order; a place the reader could not read has
     no record to write, its decision is in the annotations) and every record with its decision
     (under `ANNOTATION_KEY`); what was written where, for the run record."""
@@ -341,11 +344,27 @@ def _write_traces(decided: Decisions, source: sources.Source,
         written["rejected"] = {"path": str(rejected), "records": len(dropped)}
     if annotate is not None:
         container = sources.output_container(annotate, None, source.container, "--annotate")
-        rows = ({**(r.data if r.error is None else {}), ANNOTATION_KEY: decided.entry(r.index)}
+        shard = _shard_of(shards)
+        rows = ({**(r.data if r.error is None else {}),
+                 ANNOTATION_KEY: {**decided.entry(r.index), **shard(r.index)}}
                 for r in records() if r.index < len(decided.selected))
         written["annotated"] = {"path": str(annotate),
                                 "records": write_rows(Path(annotate), rows, container)}
     return written
+
+
+def _shard_of(shards: list[dict]) -> Callable[[int], dict]:
+    """index -> {"shard": its file, "shard_index": its place there} for sharded data (an
+    empty dict otherwise)."""
+    if not shards:
+        return lambda index: {}
+    firsts = np.array([s["first"] for s in shards])
+
+    def shard(index: int) -> dict:
+        k = int(np.searchsorted(firsts, index, side="right")) - 1
+        return {"shard": shards[k]["file"], "shard_index": index - shards[k]["first"]}
+
+    return shard
 
 
 def cut_score(selection: Selection, scores: np.ndarray) -> float | None:

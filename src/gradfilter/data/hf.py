@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import GradfilterError
+from .sources import HF_MARKERS
 
 if TYPE_CHECKING:
     from .sources import Source
 
 DEFAULT_SPLIT = "train"
-_MARKERS = ("state.json", "dataset_dict.json")  # what save_to_disk writes at the top
+_MARKERS = HF_MARKERS  # what save_to_disk writes at the top
 _QUIET_LOGGERS = ("datasets", "huggingface_hub", "fsspec")
 
 

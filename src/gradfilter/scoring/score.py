@@ -324,6 +324,7 @@ def _write_score_outputs(out: Path, table: pa.Table, dataset: Dataset, tokens: T
         DATA_FINGERPRINT: table_meta(table).get(DATA_FINGERPRINT),
         **record_notes(dataset),
         "read_warnings": dataset.report.warnings,
+        **({"shards": dataset.report.shards} if dataset.report.shards else {}),
         "config": asdict(config),
         "seeds": {"seed": config.seed, "member_seed_rule": "derived_seed(seed, m, ...)"},
         "device": device_description(str(device)),
