@@ -253,3 +253,37 @@ def test_run_names_its_table_and_writes_the_traces(scored, cli, gpt2_proxy):
     assert run["stats"] == f"{out}.stats.parquet" and Path(run["stats"]).is_file()
     annotated = pq.read_table(scored["dir"] / "run-ann.parquet").to_pylist()
     assert sum(r["gradfilter"]["selected"] for r in annotated) == run["selected"] == 2
+
+
+# --- --threshold: a cut that means the same across shards and runs ----------------------------
+
+def test_a_threshold_cuts_shards_scored_apart_as_it_cuts_the_whole(scored, cli, gpt2_proxy):
+    records, folder = sharegpt_records(8), scored["dir"]
+    config = gf.ScoreConfig(proxy=gpt2_proxy, device="cpu")
+    halves = [write_jsonl(folder / f"half-{k}.jsonl", records[4 * k:4 * k + 4]) for k in (0, 1)]
+    for half in halves:
+        gf.score(half, folder / f"{half.stem}.parquet", config, method="length", progress=False)
+    scores = gf.load_stats(scored["sharegpt_table"]).column("length").to_numpy()
+    cut = float(np.median(scores))
+    kept = []
+    for half in halves:
+        out = folder / f"{half.stem}-kept.jsonl"
+        code, _, err = cli("select", half, "--stats", folder / f"{half.stem}.parquet",
+                           "--threshold", cut, "--out", out, "--no-report")
+        assert code == 0, err
+        kept += [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert kept == [f"conv-{i}" for i in np.flatnonzero(scores >= cut)] and kept
+    run = json.loads(Path(f"{folder / 'half-1-kept.jsonl'}.run.json").read_text())
+    assert run["threshold"] == cut and run["cut_score"] >= cut
+
+
+def test_a_threshold_with_a_ratio_or_above_every_score(scored, cli):
+    out = scored["dir"] / "t.jsonl"
+    code, _, err = cli("select", scored["sharegpt"], "--stats", scored["sharegpt_table"],
+                       "--threshold", "5", "--ratio", "0.5", "--out", out, "--no-report")
+    assert code == 2 and "exactly one of --ratio, --count and --threshold" in err
+    assert not out.exists()
+    code, stdout, err = cli("select", scored["sharegpt"], "--stats", scored["sharegpt_table"],
+                            "--threshold", "1e9", "--out", out, "--no-report")
+    assert code == 0 and "nothing kept: no record scores at least --threshold 1e+09" in stdout
+    assert out.read_text() == ""

@@ -117,6 +117,7 @@ def select(
     utility: str | None = None,
     ratio: float | None = None,
     count: int | None = None,
+    threshold: float | None = None,
     order: str = "input",
     score_field: str | None = None,
     fmt: Format | None = None,
@@ -162,8 +163,8 @@ def select(
         _nothing_to_write(rejected=rejected, annotate=annotate, out_format=out_format,
                           score_field=score_field)
         return select_in_memory(data, stats, utility=utility, ratio=ratio, count=count,
-                                order=order, out_schema=out_schema, diversity=diversity,
-                                diversity_threshold=diversity_threshold,
+                                threshold=threshold, order=order, out_schema=out_schema,
+                                diversity=diversity, diversity_threshold=diversity_threshold,
                                 allow_data_mismatch=allow_data_mismatch)
     refuse_collisions(*select_paths(data, stats, out, out_format, rejected=rejected,
                                     annotate=annotate))
@@ -172,7 +173,7 @@ def select(
     start = time.perf_counter()
     utility = utility or table_utility(stats)
     scores = load_scores(stats, utility)
-    selection = select_top(scores, ratio=ratio, count=count)
+    selection = select_top(scores, ratio=ratio, count=count, threshold=threshold)
     ranked_before_dedup = selection.ranked
     removed = None
     if diversity != "none":
@@ -213,7 +214,7 @@ def select(
         # The writer copies Arrow rows without reading records: check them before it runs.
         check.see_all(_read(source, ReadReport(), limit)).finish()
     chosen = selection.in_order(order)
-    nothing = None if len(chosen) else why_nothing_kept(selection, ratio, count)
+    nothing = None if len(chosen) else why_nothing_kept(selection, ratio, count, threshold)
     if native:
         write_subset(Path(out), source, chosen, container, records, n_records=len(scores),
                      score_field=score_field, scores=scores if score_field else None)
@@ -238,6 +239,7 @@ def select(
         "utility": utility,
         "ratio": ratio,
         "count": count,
+        "threshold": threshold,
         "order": order,
         "out_format": container,
         "out_schema": out_schema,
@@ -287,7 +289,8 @@ def read_all(data: Any, fmt: Format | None, limit: int | None,
 
 def select_in_memory(dataset: Dataset, stats: str | Path | pa.Table | np.ndarray, *,
                      utility: str | None = None, ratio: float | None = None,
-                     count: int | None = None, order: str = "input",
+                     count: int | None = None, threshold: float | None = None,
+                     order: str = "input",
                      out_schema: Schema = "native", diversity: str = "none",
                      diversity_threshold: float = DEFAULT_THRESHOLD,
                      allow_data_mismatch: bool = False) -> Subset:
@@ -302,7 +305,7 @@ def select_in_memory(dataset: Dataset, stats: str | Path | pa.Table | np.ndarray
     check = None if isinstance(stats, np.ndarray) else DataCheck(
         table_data(stats), dataset.path, allow_data_mismatch).see_all(dataset.records)
     outcome = check.finish() if check is not None else None
-    selection = select_top(scores, ratio=ratio, count=count)
+    selection = select_top(scores, ratio=ratio, count=count, threshold=threshold)
     ranked_before_dedup, removed = selection.ranked, None
     if diversity != "none":
         selection, removed = _diversify(selection, stats, diversity, diversity_threshold)
@@ -321,7 +324,8 @@ def select_in_memory(dataset: Dataset, stats: str | Path | pa.Table | np.ndarray
     return Subset(selection, scores, utility, source, dataset.format, source.container,
                   dataset.report, previews(selection.best(PREVIEWS)),
                   previews(selection.worst(PREVIEWS)), removed.as_dict() if removed else None,
-                  outcome, None if len(chosen) else why_nothing_kept(selection, ratio, count),
+                  outcome,
+                  None if len(chosen) else why_nothing_kept(selection, ratio, count, threshold),
                   None, decide(selection, ranked_before_dedup, scores, utility,
                                *table_columns(stats)), dataset.records, kept)
 
@@ -373,11 +377,14 @@ def cut_score(selection: Selection, scores: np.ndarray) -> float | None:
     return float(scores[kept[-1]]) if len(kept) else None
 
 
-def why_nothing_kept(selection: Selection, ratio: float | None, count: int | None) -> str:
+def why_nothing_kept(selection: Selection, ratio: float | None, count: int | None,
+                     threshold: float | None = None) -> str:
     """Why a selection kept no record, in words."""
+    if threshold is not None and selection.n_nonfinite < selection.n_records:
+        return f"no record scores at least --threshold {threshold:g}"
     if count is not None and selection.requested == 0:
         return "--count 0"
-    if selection.requested == 0:
+    if ratio is not None and selection.requested == 0:
         return (f"--ratio {ratio:g} of {selection.n_records} records rounds to 0; ask for a "
                 "larger --ratio or a --count")
     return f"none of the {selection.n_records} records has a finite score"

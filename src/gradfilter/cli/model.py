@@ -81,7 +81,7 @@ def score(data: str, out: Path, fmt, fields, limit, split, skip_bad_records, met
 @score_options()
 def run(data: str, out: Path, stats: Path | None, fmt, fields, limit, split, out_format,
         skip_bad_records, method, save_adapters, checkpoint_dir, checkpoint_every, quiet, ratio,
-        count, utility, order, score_field, out_schema, rejected, annotate, diversity,
+        count, threshold, utility, order, score_field, out_schema, rejected, annotate, diversity,
         diversity_threshold, report, no_report, **options) -> None:
     """Score DATA and write the selected subset in one go (default --ratio 0.1), and the
     selection's report page (report.html beside the subset)."""
@@ -95,16 +95,17 @@ def run(data: str, out: Path, stats: Path | None, fmt, fields, limit, split, out
     refuse_collisions(inputs, [*outputs, *report_outputs(
         page, "--report" if report else "default --report")])
     use_threads(options.pop("threads"))
-    if ratio is None and count is None:
+    if ratio is None and count is None and threshold is None:
         ratio = 0.1
     score_and_select(read_data(data, fmt, fields, limit, split, skip_bad_records), out, stats,
                      config_from(options),
                      dict(method=method, save_adapters=save_adapters,
                           skip_bad_records=skip_bad_records, progress=not quiet,
                           checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every),
-                     dict(ratio=ratio, count=count, utility=utility, order=order,
-                          score_field=score_field, out_format=out_format, out_schema=out_schema,
-                          rejected=rejected, annotate=annotate, diversity=diversity,
+                     dict(ratio=ratio, count=count, threshold=threshold, utility=utility,
+                          order=order, score_field=score_field, out_format=out_format,
+                          out_schema=out_schema, rejected=rejected, annotate=annotate,
+                          diversity=diversity,
                           diversity_threshold=diversity_threshold), report=page)
 
 

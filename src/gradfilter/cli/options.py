@@ -92,6 +92,10 @@ def select_options(command: Callable) -> Callable:
     return _apply(command, [
         click.option("--ratio", type=float, default=None, help="Fraction of records to keep."),
         click.option("--count", type=int, default=None, help="Number of records to keep."),
+        click.option("--threshold", type=float, default=None,
+                     help="Keep every record whose score (as printed and annotated) is at "
+                          "least this: a cut that means the same across shards and runs "
+                          "(instead of --ratio or --count)."),
         click.option("--utility", type=click.Choice((*UTILITIES, *BASELINE_SCORES)),
                      default=None,
                      help=f"What to rank by (default: the baseline that made the table, else "

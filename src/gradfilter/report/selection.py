@@ -123,6 +123,8 @@ def build_view(sources: SelectionSources) -> SelectionView:
     ratio, count = sources.ratio, sources.count
     if ratio is None and count is None:
         ratio, count = asked.get("ratio"), asked.get("count")
+        if ratio is None and count is None and asked.get("threshold") is not None:
+            count = asked.get("requested")  # the records at or above the subset's threshold
         if ratio is None and count is None:
             ratio = 0.1
     scores = load_scores(table_path, utility)
