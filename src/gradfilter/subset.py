@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -31,6 +31,9 @@ from .outputs import write_run_record
 from .paths import refuse_collisions, select_paths
 from .selection import Selection, select_top
 from .table import load_scores, load_sketch_features, table_utility
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PREVIEWS = 3  # best and worst records shown after a selection
 
@@ -79,7 +82,7 @@ class Subset:
         return [{**(r.data if r.error is None else {}), ANNOTATION_KEY: self.decisions.entry(
             r.index)} for r in self.records]
 
-    def to_pandas(self):
+    def to_pandas(self) -> pd.DataFrame:
         """Every record (in memory) as a DataFrame row: its fields, then `selected`, `rank`,
         `score`, `utility` and `reason` (a field of the record by one of those names is
         shadowed there; `annotated()` keeps both)."""
