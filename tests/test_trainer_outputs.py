@@ -287,3 +287,12 @@ def test_a_threshold_with_a_ratio_or_above_every_score(scored, cli):
                             "--threshold", "1e9", "--out", out, "--no-report")
     assert code == 0 and "nothing kept: no record scores at least --threshold 1e+09" in stdout
     assert out.read_text() == ""
+
+
+def test_a_table_named_by_a_string_gives_the_same_decisions(scored, tmp_path):
+    by_path = gf.select(scored["sharegpt"], scored["sharegpt_table"], tmp_path / "a.jsonl",
+                        count=3)
+    by_name = gf.select(str(scored["sharegpt"]), str(scored["sharegpt_table"]),
+                        str(tmp_path / "b.jsonl"), count=3)
+    assert by_name.decisions.reasons == by_path.decisions.reasons
+    assert by_name.decisions.counts() == {"selected": 3, "below the cut": 5}

@@ -18,6 +18,7 @@ score, 1 the best; None without one), `score` (None where not finite) and a `rea
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -99,7 +100,7 @@ def table_columns(stats: object) -> tuple[list[str | None] | None, np.ndarray | 
     else:
         from .table import open_table
 
-        names = open_table(stats).schema_arrow.names
+        names = open_table(Path(stats)).schema_arrow.names
         table = load_stats(stats, [c for c in ("skip_reason", IFD_RATIO) if c in names])
     reasons = (table.column("skip_reason").to_pylist() if "skip_reason" in table.column_names
                else None)
