@@ -1,4 +1,4 @@
-"""benchmarks/utility_study.py --consensus: each record's late-epoch gradient sketch against
+"""benchmarks/studies/utility_study.py --consensus: each record's late-epoch gradient sketch against
 the sum of every other scored record's, member by member, on tables made by hand."""
 
 import json
@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks" / "studies"))
 
 from utility_study import consensus
 

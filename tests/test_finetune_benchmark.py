@@ -137,7 +137,7 @@ def test_every_run_at_a_budget_gets_the_same_steps_and_a_clean_held_out_set(nois
     positions = np.flatnonzero(inputs.usable)
     kept = gf.select_top(inputs.scores["loss"][positions], ratio=0.2).indices
     assert sorted(positions[kept]) == results["subsets"]["loss@0.2"]
-    assert (out / "heldout.png").stat().st_size > 0
+    assert not list(out.glob("*.png"))  # the curves are the page's, no loose images
     report = (out / "results.md").read_text()
     assert "## Budget 20%" in report and "| untrained (step 0) |" in report
     assert "each subset record seen" in report and "Random's 3 draws" in report
@@ -166,6 +166,13 @@ def test_auc_and_final_are_read_from_the_curves_and_the_verdict_is_the_declared_
             assert e["vs_random"][reading] == expected
         assert e["vs_random"]["declared"] == results["reading"]["declared"] == "auc"
     assert "Verdict against random (AUC; final beside it)" in results_md(finished)
+    page = (finished[0] / "report.html").read_text()
+    shown = page[page.index('<table id="finetune-verdicts">'):]
+    for name in ("loss", "full"):  # the page's verdicts are results.json's
+        e = table[name]
+        assert (f"<tr><td>20%</td><td>{name}</td><td>{e['vs_random']['auc']}</td>"
+                in shown), name
+        assert f"<td>{e['vs_random']['final']}</td>" in shown
 
 
 def results_md(finished) -> str:

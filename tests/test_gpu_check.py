@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.py runs from a clean checkout (PYTHONPATH=src) and writes its JSON, so
+"""benchmarks/perf/gpu_check.py runs from a clean checkout (PYTHONPATH=src) and writes its JSON, so
 it cannot rot between GPU slots. Here: a 2-layer model on the CPU, a 60-second budget."""
 
 from __future__ import annotations
@@ -13,16 +13,17 @@ from pathlib import Path
 from conftest import alpaca_records, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "benchmarks" / "perf"))
 
-import gpu_check  # noqa: E402  (benchmarks/ is not a package)
+import gpu_check  # noqa: E402  (benchmarks/perf/ is not a package)
 
 
 def test_gpu_check_tiny_on_cpu(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--out",
-                             str(tmp_path), "--tiny", "--budget-seconds", "60", "--device",
-                             "cpu"], capture_output=True, text=True, env=env, timeout=600)
+    script = ROOT / "benchmarks" / "perf" / "gpu_check.py"
+    result = subprocess.run([sys.executable, str(script), "--out", str(tmp_path), "--tiny",
+                             "--budget-seconds", "60", "--device", "cpu"],
+                            capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["device"] == "cpu" and report["alpaca_percentiles"]["percent"][3] == 50

@@ -1,4 +1,4 @@
-"""benchmarks/heldout_probe.py measures records under saved adapters one backward at a time:
+"""benchmarks/studies/heldout_probe.py measures records under saved adapters one backward at a time:
 under the adapters a snapshot run collected with, it must give that run's own numbers, and its
 table must carry them with every utility recomputed."""
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks" / "studies"))
 
 import heldout_probe
 from conftest import alpaca_records, write_jsonl

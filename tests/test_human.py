@@ -205,7 +205,8 @@ def test_score_unblinds_to_the_exact_winning_scores(tmp_path, exported):
     assert "| rater-1 | pooled | 8 | 0 | 0 | 0 | 2.000 [2.000, 2.000] | gsnr better |" in report
     assert "| rater-2 | pooled | 4 | 0 | 4 | 0 | 1.000 [" in report
     page = (tmp_path / "res" / "results.html").read_text()
-    assert "<table>" in page and "<script" not in page and "http" not in page
+    assert "<table>" in page and "<script" not in page and not re.search(r"https?:", page)
+    assert 'content="default-src \'none\'' in page  # the policy every page carries
     assert (tmp_path / "res" / "results.json.run.json").is_file()
 
 

@@ -1,4 +1,4 @@
-"""benchmarks/join_members.py: two seeds' tables of the same records as one table of 2M
+"""benchmarks/studies/join_members.py: two seeds' tables of the same records as one table of 2M
 members, on tables made by hand."""
 
 import sys
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks" / "studies"))
 
 from join_members import join_members
 

@@ -17,6 +17,7 @@ import gradfilter as gf
 from gradfilter.bench.corruptions import CORRUPTIONS, NON_ANSWER, corrupt
 from gradfilter.bench.intervals import auprc, auroc
 from gradfilter.bench.noise import run_noise_benchmark
+from gradfilter.bench.noise_report import verdict_cell
 from gradfilter.data.conversations import Turn, answering_turns
 from gradfilter.scoring.proxy import load_tokenizer
 
@@ -188,8 +189,14 @@ def test_cli_report_follows_from_the_saved_tables_and_reruns_reuse_them(tmp_path
     assert first.returncode == 0, first.stderr
     assert "skipping record 30" in first.stderr
     results = json.loads((out / "results.json").read_text())
-    for name in ("results.md", "contamination.png", "distributions.png", "results.json.run.json"):
+    for name in ("results.md", "report.html", "results.json.run.json"):
         assert (out / name).stat().st_size > 0
+    assert not list(out.glob("*.png"))  # the plots are the page's, no loose images
+    page = (out / "report.html").read_text()
+    verdicts = page[page.index('<table id="verdicts">'):]
+    for method, metrics in results["summary"].items():  # the page's verdicts are results.json's
+        cells = [verdict_cell(metrics["verdicts"].get(r)) for r in ("random", "ifd", "length")]
+        assert f"<tr><td>{method}</td>" + "".join(f"<td>{c}</td>" for c in cells) in verdicts
     run = results["seeds"]["0"]
     assert run["records"] == 30 and run["corrupted"] == 9 and run["unscorable"] == 0
     assert run["corrupted_by_type"] == {"swap": 3, "echo": 3, "shout": 3}

@@ -331,6 +331,62 @@ def test_benchmark_pages_show_keys_their_adapters_do_not_know(tmp_path):
         assert "<script" not in page and not re.findall(r'src="(?!data:)', page)
 
 
+def test_benchmark_pages_render_the_verdicts(tmp_path):
+    """The noise page shows each method's verdicts against random, IFD and length and per
+    corruption kind; the fine-tune page the declared and final verdicts, overfitting in
+    words, a budget that is no result, the warnings, and the untrained model's line."""
+    verdicts = {"random": {"auroc": "better", "contamination@0.1": "tied"},
+                "ifd": {"auroc": "worse", "contamination@0.1": "worse"}}
+    noise = {"data": "d.jsonl", "corrupt_fraction": 0.2, "corruptions": ["swap", "echo"],
+             "budgets": ["0.1"], "corrupt_seeds": [0], "config": {"proxy": "p"},
+             "seeds": {"0": {"records": 10, "corrupted": 2, "tables": {}, "methods": {}}},
+             "random": {"expectation": {"auroc": 0.5},
+                        "reselections": {"draws": 200, "auroc": {"low": 0.31, "high": 0.69}}},
+             "summary": {"gsnr": {"auroc": _interval(0.7), "verdicts": verdicts,
+                                  "auroc_by_type": {"swap": _interval(0.8),
+                                                    "echo": _interval(0.45)},
+                                  "verdicts_by_type": {"swap": "better", "echo": "tied"},
+                                  "contamination_by_type": {"0.1": {"swap": _interval(0.05),
+                                                                    "echo": _interval(0.1)}}}}}
+    diff = {"estimate": -0.3, "low": -0.4, "high": -0.2}
+    row = {"auc": _interval(2.6), "final": _interval(2.5), "auc_vs_random": diff,
+           "final_vs_random": {"estimate": 0.1, "low": -0.1, "high": 0.3},
+           "vs_random": {"declared": "auc", "auc": "better", "final": "tied",
+                         "readable": False},
+           "overfitting": {"words": "rising over the last half: +0.1 [+0.05, +0.2] from step 2"},
+           "steps_to_random_final": {"defined": False, "steps": None, "low": None,
+                                     "high": None, "why": ""}}
+    finetune = {"pool": {"data": "pool.jsonl"}, "records": {"pool": 10}, "budgets": ["0.1"],
+                "methods": ["gsnr"], "finetune": {"epochs": 2}, "target": {"proxy": "p"},
+                "reading": {"declared": "auc"}, "warnings": ["every subset overfits here"],
+                "schedule": {"0.1": {"steps": 4, "batch_size": 2, "subset_passes": 8.0}},
+                "results": {"0.1": {"gsnr": row, "random": {
+                    "auc": _interval(2.9), "draws": 3,
+                    "draw_spread": {"auc": {"per_draw": [2.8, 2.9, 3.0]}}}}},
+                "mean_curves": {"0.1": {"untrained": [3.1, 3.1, 3.1]}},
+                "curves": {"gsnr@0.1": {"eval_steps": [0, 2, 4],
+                                        "eval_loss_mean": [3.1, 2.6, 2.5]}}}
+    pages = {kind: write_benchmark_report(_write(tmp_path / kind, results, f"bench {kind}"))
+             .read_text(encoding="utf-8")
+             for kind, results in (("noise", noise), ("finetune", finetune))}
+    shown = pages["noise"][pages["noise"].index('<table id="verdicts">'):]
+    assert ("<tr><td>gsnr</td><td>better: AUROC; tied: 10%</td>"
+            "<td>worse: AUROC, 10%</td>") in shown
+    assert "Random, expected" in pages["noise"] and "auroc 0.500 (0.310-0.690)" in pages["noise"]
+    kinds = pages["noise"][pages["noise"].index('<table id="kind-verdicts">'):]
+    assert "<td>0.8 [0.7, 0.9] · better · 0.05 [-0.05, 0.15]</td>" in kinds
+    assert "<td>0.45 [0.35, 0.55] · tied · 0.1 [0, 0.2]</td>" in kinds
+    shown = pages["finetune"][pages["finetune"].index('<table id="finetune-verdicts">'):]
+    assert ("<tr><td>10%</td><td>gsnr</td><td>better</td><td>-0.3 [-0.4, -0.2] *</td>"
+            "<td>tied</td><td>+0.1 [-0.1, +0.3]</td>"
+            "<td>rising over the last half: +0.1 [+0.05, +0.2] from step 2</td>"
+            "<td>not defined (random does not end below the untrained model)</td>"
+            "<td>no: every subset overfits at this budget</td></tr>") in shown
+    assert '<p class="warning">every subset overfits here</p>' in pages["finetune"]
+    assert "10%: 4 steps of batch 2, each subset record seen 8 times; random&#x27;s 3 draws: AUC " \
+           "2.8000, 2.9000, 3.0000" in pages["finetune"]
+
+
 # --- the demo --------------------------------------------------------------------------------
 
 def test_the_demo_writes_its_page_with_the_corrupted_labels(tmp_path, gpt2_proxy, monkeypatch):

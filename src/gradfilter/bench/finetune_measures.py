@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .intervals import Interval, bootstrap
+from .intervals import verdict as difference_verdict
 
 FULL_POOL = "full"  # the reference run: the whole pool, the budget's steps
 RANDOM = "random"  # the mean of several reselected random subsets
@@ -86,12 +87,9 @@ def difference(a: np.ndarray, b: np.ndarray, seed: int = 0) -> Interval:
 
 
 def verdict(diff: Interval) -> str:
-    """better / worse where the interval of (loss minus random's) excludes zero, else tied."""
-    if diff.high < 0:
-        return "better"
-    if diff.low > 0:
-        return "worse"
-    return "tied"
+    """better / worse where the interval of (loss minus random's) excludes zero, else tied
+    (`intervals.verdict` for a loss: lower is better)."""
+    return difference_verdict(diff, higher_is_better=False)
 
 
 def overfitting(losses: np.ndarray, eval_steps: Sequence[int], steps: int) -> dict:
@@ -341,7 +339,8 @@ def _budget_lines(budget: str, table: dict, schedule: dict) -> list[str]:
                  f"{e['passes']:.2g}", _cell(e["auc"]), _diff(e.get("auc_vs_random")),
                  _cell(e["final"]), _diff(e.get("final_vs_random")),
                  f"{verdicts['auc']} ({verdicts['final']})" if verdicts else "-",
-                 _diff(e.get("final_vs_ifd")), _steps(e.get("steps_to_random_final")),
+                 _diff(e.get("final_vs_ifd")),
+                 steps_to_random_text(e.get("steps_to_random_final")),
                  _overfit(e)]
         lines.append(_cells([*cells, *([_diff(e.get("auc_vs_plain"))] if dedup else [])]))
     random = table.get(RANDOM)
@@ -387,7 +386,8 @@ def _diff(i: dict | None) -> str:
     return _signed(i) + star
 
 
-def _steps(s: dict | None) -> str:
+def steps_to_random_text(s: dict | None) -> str:
+    """Steps to reach random's final loss, with its interval, or why it is not defined."""
     if s is None:
         return "-"
     if not s["defined"]:
@@ -416,37 +416,3 @@ def _values(values: Sequence[float]) -> str:
 
 def _sd(spread: dict) -> str:
     return "-" if spread["sd"] is None else f"{spread['sd']:.4f}"
-
-
-def plot_curves(path, rows: dict[str, dict[str, list[Curves]]]) -> None:
-    """Held-out loss against steps, one panel per budget, one line per row (the mean over
-    draws, seeds and examples; the band: the lowest and highest of the draws' and seeds'
-    means), the untrained model as a dotted line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..outputs import atomic_path
-
-    fig, axes = plt.subplots(1, len(rows), figsize=(5 * len(rows), 4), squeeze=False)
-    for ax, (budget, table) in zip(axes.flat, rows.items(), strict=True):
-        untrained = None
-        for name, draws in table.items():
-            losses = stacked(draws)
-            runs = losses.mean(axis=3).reshape(losses.shape[0], -1)  # [points, draws x seeds]
-            steps = draws[0].eval_steps
-            line, = ax.plot(steps, runs.mean(axis=1), label=name,
-                            linestyle="--" if name == FULL_POOL else "-")
-            ax.fill_between(steps, runs.min(axis=1), runs.max(axis=1), color=line.get_color(),
-                            alpha=0.15)
-            untrained = float(runs[0].mean())
-        if untrained is not None:
-            ax.axhline(untrained, color="gray", linestyle=":", label="untrained (step 0)")
-        ax.set(title=f"budget {float(budget):.0%}", xlabel="optimiser step",
-               ylabel="held-out loss")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..errors import GradfilterError
 from ..outputs import atomic_dir, write_run_record
+from ..report.page import stylesheet
 from .answers import generate_answers, read_answers, write_answers
 from .prompts import Prompt, load_prompts
 
@@ -223,8 +224,8 @@ def render_sheet(page: dict[str, Any]) -> str:
     template = resources.files("gradfilter.bench").joinpath("human_sheet.html").read_text(
         encoding="utf-8")
     data = json.dumps(page, ensure_ascii=False).replace("<", "\\u003c")
-    return template.replace("{{TITLE}}", html.escape(page["title"])).replace(
-        "{{SHEET_JSON}}", data)
+    return template.replace("{{STYLE}}", stylesheet()).replace(
+        "{{TITLE}}", html.escape(page["title"])).replace("{{SHEET_JSON}}", data)
 
 
 def check_export(out_dir: Path, raters: int) -> None:

@@ -48,8 +48,6 @@ from .noise_metrics import (
 )
 from .noise_report import results_markdown
 
-CURVE_BUDGETS = tuple(round(0.01 * k, 2) for k in range(1, 51))
-
 
 def messages_jsonl(conversations: list[list[Turn]]) -> str:
     """Conversations as OpenAI `messages` JSONL, one per line, in order."""
@@ -60,16 +58,6 @@ def messages_jsonl(conversations: list[list[Turn]]) -> str:
 def write_messages(path: Path, conversations: list[list[Turn]]) -> None:
     """The mixed set as OpenAI `messages` JSONL."""
     atomic_write_text(path, messages_jsonl(conversations))
-
-
-def contamination(scores: np.ndarray, labels: np.ndarray, budget: float) -> dict[str, float]:
-    """Share of the records selected at `budget` that are corrupted: overall ("all") and per
-    kind. `labels` holds the kind, or "" where clean."""
-    picked = labels[select_top(scores, ratio=budget).indices]
-    kinds = sorted(set(labels) - {""})
-    if len(picked) == 0:
-        return {"all": float("nan"), **dict.fromkeys(kinds, float("nan"))}
-    return {"all": float((picked != "").mean()), **{k: float((picked == k).mean()) for k in kinds}}
 
 
 def diversity_metrics(scores: np.ndarray, labels: Sequence[str | None],
@@ -158,64 +146,6 @@ def write_labels(path: Path, source_index: np.ndarray, labels: Sequence[str | No
         pq.write_table(labels_table(source_index, labels), tmp)
 
 
-def plot_contamination(path: Path, curves: dict[str, dict[str, float]], rate: float) -> None:
-    """Contamination against budget, one line per method, random's expectation dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method, curve in curves.items():
-        ax.plot([100 * float(b) for b in curve], list(curve.values()), label=method)
-    ax.axhline(rate, color="grey", linestyle="--", label="corruption rate")
-    ax.set(xlabel="budget (% of records kept)", ylabel="contamination (corrupted / kept)",
-           title="Contamination of the selected subset")
-    ax.legend(fontsize=8, ncol=2)
-    _save(fig, path)
-
-
-def plot_distributions(path: Path, scores: dict[str, np.ndarray],
-                       labels: Sequence[str | None]) -> None:
-    """Each method's score histogram, clean against each corruption (1st-99th percentile)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    kinds = sorted({label for label in labels if label})
-    labels_arr = np.array([label or "" for label in labels])
-    cols = 3
-    rows = -(-len(scores) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
-    for ax, (method, values) in zip(axes.flat, scores.items(), strict=False):
-        finite = np.isfinite(values)
-        if not finite.any():
-            ax.set_title(f"{method} (no finite score)")
-            continue
-        lo, hi = np.percentile(values[finite], [1, 99])
-        bins = np.linspace(lo, hi if hi > lo else lo + 1, 30)
-        for group in ["", *kinds]:
-            chosen = finite & (labels_arr == group)
-            ax.hist(np.clip(values[chosen], lo, hi), bins=bins, histtype="step", density=True,
-                    label=group or "clean")
-        ax.set_title(method)
-    for ax in list(axes.flat)[len(scores):]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.suptitle("Score distributions: clean vs corrupted")
-    _save(fig, path)
-
-
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-
-
 def recorded_path(path: Path, out_dir: Path) -> str:
     """How results.json records a table: relative to the run directory where it lies inside it
     (as the mixed set and labels are), so the directory can be moved or copied whole; else as
@@ -292,7 +222,7 @@ def run_noise_benchmark(data, out_dir: Path, config: ScoreConfig, *, methods: Se
                                     [run.random[1] for run in runs], measure_names(budgets)),
         "summary": summary(per_seed, keys),
     }
-    _write_reports(out_dir, results, runs[0])
+    _write_reports(out_dir, results)
     return results
 
 
@@ -446,13 +376,8 @@ def _diversity(all_scores: dict[str, np.ndarray], labels: list[str | None],
                         for m, s in all_scores.items()}}
 
 
-def _write_reports(out_dir: Path, results: dict, shown: SeedRun) -> None:
-    """results.json and .md, and the plots of one corruption draw (`shown`)."""
-    labels = np.array([label or "" for label in shown.labels])
-    curves = {m: {f"{b:g}": contamination(s, labels, b)["all"] for b in CURVE_BUDGETS}
-              for m, s in shown.scores.items()}
-    plot_contamination(out_dir / "contamination.png", curves, float((labels != "").mean()))
-    plot_distributions(out_dir / "distributions.png", shown.scores, shown.labels)
+def _write_reports(out_dir: Path, results: dict) -> None:
+    """results.json and .md, the run record and the page (report.html: its plots too)."""
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
     atomic_write_text(out_dir / "results.md", results_markdown(results))
     write_run_record(out_dir / "results.json", {"stage": "bench noise", **{

@@ -166,6 +166,16 @@ def method_metrics(all_scores: dict[str, np.ndarray], labels: Sequence[str | Non
     return result
 
 
+def contamination(scores: np.ndarray, labels: np.ndarray, budget: float) -> dict[str, float]:
+    """Share of the records selected at `budget` that are corrupted: overall ("all") and per
+    kind. `labels` holds the kind, or "" where clean."""
+    picked = labels[select_top(scores, ratio=budget).indices]
+    kinds = sorted(set(labels) - {""})
+    if len(picked) == 0:
+        return {"all": float("nan"), **dict.fromkeys(kinds, float("nan"))}
+    return {"all": float((picked != "").mean()), **{k: float((picked == k).mean()) for k in kinds}}
+
+
 def verdicts_of(entry: dict) -> dict[str, dict[str, str]]:
     """better / tied / worse per reference (random and each `vs_` entry) and measure."""
     return {name.removeprefix("vs_"): {measure: verdict(d, higher_is_better(measure))

@@ -24,7 +24,7 @@ def results_markdown(results: dict) -> str:
     for method, m in results["summary"].items():
         lines.append(_row([method, _cell(m["auroc"]), _cell(m["auprc"]),
                            *[_cell(m[f"contamination@{b}"]) for b in budgets],
-                           *[_verdict_cell(m["verdicts"].get(r)) for r in references]]))
+                           *[verdict_cell(m["verdicts"].get(r)) for r in references]]))
     lines += _differences(results["summary"], budgets, references)
     lines += _kinds(results, budgets)
     first = results["seeds"][str(seeds[0])]
@@ -64,7 +64,7 @@ def _random_row(random: dict, budgets: Sequence[str], references: int) -> str:
                  *[cell(f"contamination@{b}") for b in budgets], *["-"] * references])
 
 
-def _verdict_cell(verdicts: dict[str, str] | None) -> str:
+def verdict_cell(verdicts: dict[str, str] | None) -> str:
     """The measures grouped by verdict: `worse: AUROC, AUPRC; tied: 5%, 10%`."""
     if verdicts is None:
         return "-"

@@ -31,6 +31,18 @@ def winning_score(wins: int, ties: int, losses: int) -> float:
     return (wins - losses) / total + 1 if total else math.nan
 
 
+def reading(score: dict[str, Any], a: object, b: object) -> str:
+    """The verdict of a winning score's interval (evaluation.md §0): `a` better only where the
+    interval lies above 1 (even), `b` better only where below, else tied (also where there is
+    no interval: nothing was scored)."""
+    low, high = score.get("low"), score.get("high")
+    if isinstance(low, int | float) and math.isfinite(low) and low > 1:
+        return f"{a} better"
+    if isinstance(high, int | float) and math.isfinite(high) and high < 1:
+        return f"{b} better"
+    return "tied"
+
+
 def summarize(outcomes: Sequence[str], seed: int = 0, *,
               missing: str = "unparsed") -> dict[str, Any]:
     """Counts and the winning score with its 95% bootstrap interval over the scored prompts.

@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from .intervals import Interval
-from .pairwise import OUTCOMES
+from .pairwise import OUTCOMES, reading
 
 # --------------------------------------------------------------------------------------------
 # A document: headings, paragraphs, tables and lists, rendered as Markdown or HTML
@@ -49,21 +49,11 @@ class Report:
         return "\n\n".join(_markdown_block(kind, body) for kind, body in self.blocks) + "\n"
 
     def html(self, title: str) -> str:
+        """The blocks as a page in the one style of every page gradfilter writes."""
+        from ..report.page import document
+
         body = "\n".join(_html_block(kind, body) for kind, body in self.blocks)
-        return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-                f"<title>{html.escape(title)}</title>\n<style>{PAGE_STYLE}</style>\n</head>\n"
-                f"<body>\n<main>\n{body}\n</main>\n</body>\n</html>\n")
-
-
-PAGE_STYLE = """
-body { font: 15px/1.5 system-ui, sans-serif; color: #1d2329; background: #fafafa; margin: 0; }
-main { max-width: 70rem; margin: 0 auto; padding: 1.5rem 2rem 4rem; }
-h1 { font-size: 1.6rem; } h2 { font-size: 1.25rem; margin-top: 2rem; }
-table { border-collapse: collapse; margin: 0.5rem 0 1rem; background: #fff; }
-th, td { border: 1px solid #d5d9de; padding: 0.25rem 0.6rem; text-align: left; }
-th { background: #eef1f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-code { background: #eef1f4; padding: 0 0.2rem; border-radius: 3px; }
-"""
+        return document(title, f"<main>\n{body}\n</main>")
 
 
 def _markdown_block(kind: str, body: Any) -> str:
@@ -118,21 +108,11 @@ def interval_cell(interval: dict[str, float]) -> str:
     return str(Interval(interval["estimate"], low, high))
 
 
-def reading(summary: dict[str, Any], a: str, b: str) -> str:
-    """evaluation.md §0: better only where the interval excludes 1 (even)."""
-    low, high = summary["winning_score"]["low"], summary["winning_score"]["high"]
-    if low is not None and math.isfinite(low) and low > 1:
-        return f"{a} better"
-    if high is not None and math.isfinite(high) and high < 1:
-        return f"{b} better"
-    return "tied"
-
-
 def summary_rows(label: str, a: str, b: str, per_set: dict[str, Any], pooled: dict[str, Any],
                  missing: str) -> list[list[Any]]:
     """One row per test set and the pooled row: pair, test set, counts, score, reading."""
     return [[label, name, s["wins"], s["ties"], s["losses"], s[missing],
-             interval_cell(s["winning_score"]), reading(s, a, b)]
+             interval_cell(s["winning_score"]), reading(s["winning_score"], a, b)]
             for name, s in [*per_set.items(), ("pooled", pooled)]]
 
 

@@ -127,8 +127,7 @@ def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_s
         log=console.print, diversity=diversity, diversity_threshold=diversity_threshold,
         labels=labels_file, allow_data_mismatch=allow_data_mismatch)
     Console(soft_wrap=True).print(results_markdown(results), markup=False)
-    console.print(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}, "
-                  f"plots {out_dir / 'contamination.png'}, {out_dir / 'distributions.png'}")
+    console.print(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}")
     print_page(out_dir)
 
 
@@ -345,7 +344,7 @@ def finetune(pool: str | None, out_dir: Path, noise_dir: Path | None, tables: tu
                                      dedup_threshold=diversity_threshold)
     Console(soft_wrap=True).print(results_markdown(results), markup=False)
     console.print(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}, "
-                  f"plot {out_dir / 'heldout.png'}, adapters {out_dir / 'adapters'}")
+                  f"adapters {out_dir / 'adapters'}")
     print_page(out_dir)
 
 

@@ -11,17 +11,22 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import GradfilterError
-from .sources import HF_MARKERS
-
-if TYPE_CHECKING:
-    from .sources import Source
+from .sources import HF_MARKERS, Source
 
 DEFAULT_SPLIT = "train"
 _MARKERS = HF_MARKERS  # what save_to_disk writes at the top
 _QUIET_LOGGERS = ("datasets", "huggingface_hub", "fsspec")
+
+
+def hf_dataset(source: Source):
+    """The `datasets.Dataset` of an "hf" source (memory-mapped; loaded on first use and kept on
+    the source, so a reader's passes and the writer share one)."""
+    if source._loaded is None:
+        source._loaded = load_hf(source)
+    return source._loaded
 
 
 def load_hf(source: Source):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GradfilterError, record_error
+from .hf import hf_dataset
 from .sources import (
     Source,
     bom_length,
@@ -116,7 +117,7 @@ def arrow_batches(source: Source) -> Iterator[tuple[int, Any]]:
     """(index of the first row, batch) over a Parquet file or a Hugging Face dataset; each batch
     is a pyarrow RecordBatch or Table of at most a few thousand rows."""
     if source.container == "hf":
-        dataset = source.hf_dataset()
+        dataset = hf_dataset(source)
         offset = 0
         for table in dataset.with_format("arrow").iter(batch_size=_ARROW_BATCH_ROWS):
             yield offset, table
@@ -138,7 +139,7 @@ def arrow_batches(source: Source) -> Iterator[tuple[int, Any]]:
 def arrow_num_rows(source: Source) -> int:
     """Rows of a Parquet file (from its footer) or a Hugging Face dataset, without reading them."""
     if source.container == "hf":
-        return len(source.hf_dataset())
+        return len(hf_dataset(source))
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -34,7 +34,7 @@ class Source:
     # sorted by name); records are numbered across them. Read record by record (container
     # "jsonl": a subset of shards is written from records, in JSON Lines unless named).
     shards: tuple[Source, ...] = ()
-    _loaded: Any = field(default=None, repr=False)  # the datasets.Dataset, loaded once
+    _loaded: Any = field(default=None, repr=False)  # the datasets.Dataset (hf.hf_dataset)
 
     def __str__(self) -> str:
         return self.name
@@ -43,14 +43,6 @@ class Source:
     def label(self) -> Path:
         """The name as a Path, for APIs that carry one (a hub id reads as a relative path)."""
         return Path(self.name)
-
-    def hf_dataset(self):
-        """The `datasets.Dataset` of an "hf" source (memory-mapped; loaded on first use)."""
-        if self._loaded is None:
-            from .hf import load_hf
-
-            self._loaded = load_hf(self)
-        return self._loaded
 
 
 # What a subset's name says it is (`output_container`); `.gz` compresses the JSON ones.

@@ -227,11 +227,11 @@ def _write_arrow_table(out: Path, table, container: Container, chosen: np.ndarra
 def _write_from_hf(out: Path, source: Source, chosen: np.ndarray, container: Container,
                    score_field: str | None, scores: np.ndarray | None) -> None:
     """`Dataset.select(chosen)`: the input's rows, features and column order."""
-    from .hf import quiet_hf, save_dataset
+    from .hf import hf_dataset, quiet_hf, save_dataset
 
     assert container in ARROW_CONTAINERS
     with quiet_hf():
-        subset = source.hf_dataset().select(chosen.tolist())
+        subset = hf_dataset(source).select(chosen.tolist())
         if score_field is not None:
             assert scores is not None
             if score_field in subset.column_names:

@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
+from importlib import metadata, resources
 from pathlib import Path
 
 from ..errors import GradfilterError
@@ -26,58 +26,15 @@ _SNIFF_BYTES = 4096
 _SURROGATE = re.compile("[\ud800-\udfff]")
 POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
-CSS = """
-:root { color-scheme: light; --ink: #1d2330; --muted: #5b6474; --line: #d9dde5;
-        --kept: #1f6fb2; --dropped: #c0562b; --bg-soft: #f4f6f9; }
-* { box-sizing: border-box; }
-body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
-       color: var(--ink); margin: 0; background: #fff; }
-header, main, footer { max-width: 1180px; margin: 0 auto; padding: 0 20px; }
-header { padding-top: 18px; border-bottom: 1px solid var(--line); }
-h1 { font-size: 1.55em; margin: 0.2em 0; }
-h2 { font-size: 1.25em; margin: 1.6em 0 0.5em; border-bottom: 1px solid var(--line);
-     padding-bottom: 4px; }
-h3 { font-size: 1.05em; margin: 1.2em 0 0.4em; }
-p.lead { font-size: 1.08em; margin: 0.3em 0 0.8em; }
-p.note, figcaption, .muted { color: var(--muted); font-size: 0.92em; }
-nav { margin: 8px 0 12px; font-size: 0.92em; }
-nav a { margin-right: 14px; color: var(--kept); text-decoration: none; }
-table { border-collapse: collapse; margin: 8px 0 14px; font-size: 0.9em; }
-th, td { border: 1px solid var(--line); padding: 4px 8px; text-align: left;
-         vertical-align: top; }
-th { background: var(--bg-soft); font-weight: 600; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-caption { caption-side: top; text-align: left; color: var(--muted); padding: 2px 0; }
-dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 3px 16px;
-           margin: 8px 0 12px; }
-dl.facts dt { color: var(--muted); }
-dl.facts dd { margin: 0; overflow-wrap: anywhere; }
-figure { margin: 8px 0 16px; }
-figure img { max-width: 100%; height: auto; border: 1px solid var(--line); }
-.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(340px, 1fr));
-        gap: 10px 16px; }
-.grid figure { margin: 0; }
-details { margin: 4px 0; }
-details > summary { cursor: pointer; color: var(--kept); }
-pre, .text { white-space: pre-wrap; overflow-wrap: anywhere; font-family: ui-monospace,
-             "SFMono-Regular", Menlo, Consolas, monospace; font-size: 0.86em;
-             background: var(--bg-soft); padding: 6px 8px; margin: 2px 0; border-radius: 3px; }
-article.record { border: 1px solid var(--line); border-radius: 4px; padding: 6px 10px;
-                 margin: 8px 0; }
-article.record .head { font-size: 0.9em; color: var(--muted); }
-article.record .turn { display: grid; grid-template-columns: 86px 1fr; gap: 8px;
-                       margin-top: 4px; }
-article.record .role { font-weight: 600; font-size: 0.85em; padding-top: 6px; }
-.badge { display: inline-block; padding: 0 6px; border-radius: 3px; font-size: 0.82em;
-         color: #fff; margin-left: 4px; }
-.badge.kept { background: var(--kept); }
-.badge.dropped { background: var(--dropped); }
-.badge.tag { background: #7a3fa0; }
-.badge.warn { background: #a07a00; }
-.warning { border-left: 4px solid #a07a00; background: #fff8e1; padding: 6px 10px; }
-footer { border-top: 1px solid var(--line); margin-top: 28px; padding: 10px 20px 30px;
-         color: var(--muted); font-size: 0.88em; }
-"""
+
+
+def stylesheet() -> str:
+    """style.css: the one stylesheet of every page gradfilter writes (reports, the human
+    results page, the rating sheets), inlined in each."""
+    return resources.files("gradfilter.report").joinpath("style.css").read_text(encoding="utf-8")
+
+
+CSS = stylesheet()
 
 
 class Html(str):
@@ -213,16 +170,23 @@ class Page:
         body = "".join(f'<section id="{esc(s.ident)}"><h2>{esc(s.title)}</h2>'
                        f'{"".join(s.parts)}</section>' for s in self.sections)
         foot = "".join(f"<p>{esc(line)}</p>" for line in self.footer)
-        return (
-            "<!DOCTYPE html>\n"
-            f'<html lang="en"><head>{_MARKER} {esc(_version())}">'
-            '<meta charset="utf-8">'
-            f'<meta http-equiv="Content-Security-Policy" content="{POLICY}">'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{esc(self.title)}</title><style>{CSS}</style></head><body>"
-            f"<header><h1>{esc(self.title)}</h1>"
-            f'<p class="lead" id="lead">{esc(self.lead)}</p><nav>{nav}</nav></header>'
-            f"<main>{body}</main><footer>{foot}</footer></body></html>\n")
+        return document(self.title,
+                        f"<header><h1>{esc(self.title)}</h1>"
+                        f'<p class="lead" id="lead">{esc(self.lead)}</p><nav>{nav}</nav></header>'
+                        f"<main>{body}</main><footer>{foot}</footer>")
+
+
+def document(title: str, body: str) -> str:
+    """An HTML document around `body` (markup): the generator tag, the policy, the one
+    stylesheet."""
+    return (
+        "<!DOCTYPE html>\n"
+        f'<html lang="en"><head>{_MARKER} {esc(_version())}">'
+        '<meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{POLICY}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
+        f"{body}</body></html>\n")
 
 
 def _version() -> str:

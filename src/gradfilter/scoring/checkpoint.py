@@ -119,31 +119,20 @@ class Checkpoint:
             raise GradfilterError(f"--checkpoint-dir {self.root} is a file, not a directory")
         self.root.mkdir(parents=True, exist_ok=True)
         if self.comm.rank == 0:
-            self._take_lock()
+            self._lock = _take_lock(self.root)
         path = self.root / "fingerprint.json"
         if path.exists():
-            self._check_fingerprint(_read_json(path))
+            _check_fingerprint(self.root, _read_json(path), self.fingerprint)
         self.comm.barrier()
         if self.comm.rank == 0:
             if not path.exists():
                 _write_json(path, self.fingerprint)
-            self.manifest = self._read_manifest()
-            self._tidy()
+            self.manifest = _read_manifest(self.root)
+            _tidy(self.root, self.manifest)
         self.comm.barrier()
-        self.manifest = self._read_manifest()
+        self.manifest = _read_manifest(self.root)
         self.opened = True
         return self.manifest
-
-    def _take_lock(self) -> None:
-        """One run per directory: two would overwrite each other's commits. The kernel drops
-        the lock when the process dies, even by SIGKILL."""
-        handle = open(self.root / "lock", "ab")  # noqa: SIM115 (held until close())
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            raise GradfilterError(f"checkpoint in {self.root} is in use by another run") from None
-        self._lock = handle
 
     def __enter__(self) -> Checkpoint:
         self.open()
@@ -157,36 +146,6 @@ class Checkpoint:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
-
-    def _read_manifest(self) -> Manifest:
-        path = self.root / "state.json"
-        if not path.exists():
-            return Manifest()
-        state = _read_json(path)
-        if state.pop("format", None) != FORMAT:
-            raise GradfilterError(f"{path}: checkpoint format is not {FORMAT}; use a new "
-                                  "--checkpoint-dir")
-        return Manifest(**state)
-
-    def _check_fingerprint(self, stored: dict[str, Any]) -> None:
-        keys = [k for k in {**stored, **self.fingerprint}
-                if stored.get(k) != self.fingerprint.get(k)]
-        if not keys:
-            return
-        made = ", ".join(_shown(k, stored.get(k)) for k in keys)
-        this = ", ".join(_shown(k, self.fingerprint.get(k)) for k in keys)
-        raise GradfilterError(
-            f"checkpoint in {self.root} was made with {made}, this run has {this}; "
-            "use a new --checkpoint-dir or the same settings"
-        )
-
-    def _tidy(self) -> None:
-        """Remove what a kill left half-done: temporary files, uncommitted or stale train dirs."""
-        for tmp in self.root.rglob(".*.tmp"):
-            tmp.unlink()
-        for directory, step in _train_dirs(self.root):
-            if step != self.manifest.step and step not in self.manifest.kept:
-                shutil.rmtree(directory)
 
     # --- training state ------------------------------------------------------------------
 
@@ -281,6 +240,50 @@ class Checkpoint:
 
     def _commit(self, manifest: Manifest) -> None:
         _write_json(self.root / "state.json", {"format": FORMAT, **manifest.__dict__})
+
+
+def _take_lock(root: Path) -> IO[bytes]:
+    """One run per directory: two would overwrite each other's commits. The kernel drops the
+    lock when the process dies, even by SIGKILL."""
+    handle = open(root / "lock", "ab")  # noqa: SIM115 (held until Checkpoint.close())
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise GradfilterError(f"checkpoint in {root} is in use by another run") from None
+    return handle
+
+
+def _read_manifest(root: Path) -> Manifest:
+    path = root / "state.json"
+    if not path.exists():
+        return Manifest()
+    state = _read_json(path)
+    if state.pop("format", None) != FORMAT:
+        raise GradfilterError(f"{path}: checkpoint format is not {FORMAT}; use a new "
+                              "--checkpoint-dir")
+    return Manifest(**state)
+
+
+def _check_fingerprint(root: Path, stored: dict[str, Any], fingerprint: dict[str, Any]) -> None:
+    keys = [k for k in {**stored, **fingerprint} if stored.get(k) != fingerprint.get(k)]
+    if not keys:
+        return
+    made = ", ".join(_shown(k, stored.get(k)) for k in keys)
+    this = ", ".join(_shown(k, fingerprint.get(k)) for k in keys)
+    raise GradfilterError(
+        f"checkpoint in {root} was made with {made}, this run has {this}; "
+        "use a new --checkpoint-dir or the same settings"
+    )
+
+
+def _tidy(root: Path, manifest: Manifest) -> None:
+    """Remove what a kill left half-done: temporary files, uncommitted or stale train dirs."""
+    for tmp in root.rglob(".*.tmp"):
+        tmp.unlink()
+    for directory, step in _train_dirs(root):
+        if step != manifest.step and step not in manifest.kept:
+            shutil.rmtree(directory)
 
 
 def _train_dirs(root: Path) -> list[tuple[Path, int]]:

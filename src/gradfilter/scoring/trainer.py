@@ -55,12 +55,8 @@ class Trainer:
         self.step = 0
         self.losses_done = torch.zeros(0, ensemble.members)  # [steps, members held], on host
         self.losses_pending: list[torch.Tensor] = []  # per step [members held], on device
-        self.recorded: dict[int, Collected] = {}  # collect=during: epoch -> held members' stats
-        # per micro-batch: (each held member's rows, losses, sqnorms [members held, rows],
-        # sketches [members held, rows, dim] or None), on the device until the next
-        # checkpoint or the epoch's end
-        self.records_pending: list[tuple[list[np.ndarray], torch.Tensor, torch.Tensor,
-                                         torch.Tensor | None]] = []
+        self.during = DuringRecords(self.n, ensemble.members,
+                                    self.sketch.dim if self.sketch else 0)
 
     def restore(self) -> None:
         """Continue from the checkpoint's last committed step, if it has one."""
@@ -76,11 +72,7 @@ class Trainer:
                                        1)
         for k, m in enumerate(self.ensemble.member_ids):
             for epoch, column in members[m].get("recorded", {}).items():
-                self.recorded.setdefault(int(epoch), self._empty_record())
-                self.recorded[int(epoch)].set_column(k, column)
-
-    def _empty_record(self) -> Collected:
-        return Collected.empty(self.n, self.ensemble.members, self.sketch.dim if self.sketch else 0)
+                self.during.start(int(epoch)).set_column(k, column)
 
     def records(self, epoch: int) -> bool:
         """Whether `epoch`'s training passes record the statistics (collect=during)."""
@@ -89,12 +81,7 @@ class Trainer:
 
     def recorded_epoch(self, epoch: int) -> Collected:
         """The statistics the training passes of `epoch` recorded, complete."""
-        self._flush_records(epoch)
-        result = self.recorded[epoch]
-        if not result.filled.all():
-            raise RuntimeError(f"training epoch {epoch} left {int((~result.filled).sum())} "
-                               "(example, member) values unrecorded")
-        return result
+        return self.during.complete(epoch)
 
     def finished_epoch(self, epoch: int) -> bool:
         return self.step >= epoch * self.steps_per_epoch
@@ -111,7 +98,7 @@ class Trainer:
                              total=self.n, completed=done_rows, rate="")
         record = self.records(epoch)
         if record:
-            self.recorded.setdefault(epoch, self._empty_record())
+            self.during.start(epoch)
         start = time.perf_counter()
         for k in range(self.step - first, self.steps_per_epoch):
             parts = micro_batches([member[k] for member in batches], self.lengths,
@@ -124,7 +111,7 @@ class Trainer:
                 self.checkpoint.save_train(self.step, self._member_payloads(epoch),
                                            self._common_payload(), keep)
         if record:
-            self._flush_records(epoch)
+            self.during.flush(epoch)
 
     def _step(self, rows: list[np.ndarray], parts: list[tuple[slice, int]],
               record: bool) -> None:
@@ -143,9 +130,8 @@ class Trainer:
             if recorder is not None:
                 sketches = (None if recorder.sketches is None else
                             recorder.sketches.view(ensemble.members, len(rows[0][part]), -1))
-                self.records_pending.append(([member[part] for member in rows], losses[-1],
-                                             recorder.sqnorms.view(ensemble.members, -1),
-                                             sketches))
+                self.during.add([member[part] for member in rows], losses[-1],
+                                recorder.sqnorms.view(ensemble.members, -1), sketches)
         ensemble.clip_per_member(self.config.grad_clip)
         self.optimizer.step()
         self.schedule.step()
@@ -162,28 +148,14 @@ class Trainer:
             self.losses_pending = []
         return {m: self.losses_done[:, k] for k, m in enumerate(self.ensemble.member_ids)}
 
-    def _flush_records(self, epoch: int) -> None:
-        """The pending recorded statistics of `epoch`, to the host (one sync)."""
-        if not self.records_pending:
-            return
-        pending, self.records_pending = self.records_pending, []
-        losses, sqnorms = (torch.cat([p[i] for p in pending], 1).double().cpu().numpy()
-                           for i in (1, 2))
-        sketches = (None if self.sketch is None else
-                    torch.cat([p[3] for p in pending], 1).cpu().numpy())
-        for k in range(self.ensemble.members):
-            rows = np.concatenate([p[0][k] for p in pending])
-            self.recorded[epoch].put(rows, k, losses[k], sqnorms[k],
-                                     None if sketches is None else sketches[k])
-
     def _member_payloads(self, epoch: int) -> dict[int, dict]:
         losses = self.member_losses()
-        self._flush_records(epoch)
+        self.during.flush(epoch)
         payloads = {m: {**state, "losses": losses[m].clone()}
                     for m, state in self.ensemble.member_states(self.optimizer).items()}
         for k, m in enumerate(self.ensemble.member_ids):
-            if self.recorded:
-                payloads[m]["recorded"] = {str(e): c.column(k) for e, c in self.recorded.items()}
+            if self.during.epochs:
+                payloads[m]["recorded"] = self.during.columns(k)
         return payloads
 
     def _common_payload(self) -> dict:
@@ -206,6 +178,56 @@ class Trainer:
             yield
         finally:
             self.ensemble.load_member_states(self.checkpoint.load_members(self.step, members))
+
+
+class DuringRecords:
+    """collect=during: the statistics the training passes record, per epoch, example and held
+    member. Each micro-batch's values stay on the device until `flush` (one host sync at each
+    checkpoint and at the epoch's end)."""
+
+    def __init__(self, n: int, members: int, sketch_dim: int) -> None:
+        self.n, self.members, self.sketch_dim = n, members, sketch_dim
+        self.epochs: dict[int, Collected] = {}  # epoch -> held members' stats
+        # per micro-batch: (each held member's rows, losses, sqnorms [members held, rows],
+        # sketches [members held, rows, dim] or None)
+        self.pending: list[tuple[list[np.ndarray], torch.Tensor, torch.Tensor,
+                                 torch.Tensor | None]] = []
+
+    def start(self, epoch: int) -> Collected:
+        """`epoch`'s statistics, empty where nothing was recorded yet."""
+        return self.epochs.setdefault(epoch, Collected.empty(self.n, self.members,
+                                                             self.sketch_dim))
+
+    def add(self, rows: list[np.ndarray], losses: torch.Tensor, sqnorms: torch.Tensor,
+            sketches: torch.Tensor | None) -> None:
+        self.pending.append((rows, losses, sqnorms, sketches))
+
+    def flush(self, epoch: int) -> None:
+        """The pending recorded statistics of `epoch`, to the host (one sync)."""
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        losses, sqnorms = (torch.cat([p[i] for p in pending], 1).double().cpu().numpy()
+                           for i in (1, 2))
+        sketches = (None if not self.sketch_dim else
+                    torch.cat([p[3] for p in pending], 1).cpu().numpy())
+        for k in range(self.members):
+            rows = np.concatenate([p[0][k] for p in pending])
+            self.epochs[epoch].put(rows, k, losses[k], sqnorms[k],
+                                   None if sketches is None else sketches[k])
+
+    def complete(self, epoch: int) -> Collected:
+        """`epoch`'s statistics, flushed, every (example, member) value present."""
+        self.flush(epoch)
+        result = self.epochs[epoch]
+        if not result.filled.all():
+            raise RuntimeError(f"training epoch {epoch} left {int((~result.filled).sum())} "
+                               "(example, member) values unrecorded")
+        return result
+
+    def columns(self, k: int) -> dict[str, Any]:
+        """Held member k's recorded statistics of every epoch, for its checkpoint payload."""
+        return {str(e): c.column(k) for e, c in self.epochs.items()}
 
 
 def _rng_state() -> dict[str, Any]:

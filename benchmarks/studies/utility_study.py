@@ -17,7 +17,7 @@ every record's pull of equal weight). `--group NAME=KIND,KIND` reports those kin
 group of their own (the rest stay "held-out"); `--versus random,ifd` adds each group's paired
 AUROC differences to those methods.
 
-    python benchmarks/utility_study.py runs/sg600 runs/sinstruct252 --gate ifd
+    python benchmarks/studies/utility_study.py runs/sg600 runs/sinstruct252 --gate ifd
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ are independent: each has its own initialisation and data order), for the price 
 run that may already be on disk. Every utility is recomputed over all the members; gradient
 sketches are left out.
 
-    python benchmarks/join_members.py runs/sg300/tables/gsnr.parquet \
+    python benchmarks/studies/join_members.py runs/sg300/tables/gsnr.parquet \
         runs/sg300/tables/gsnr-seed1.parquet --out runs/sg300/tables/gsnr-m8.parquet
-    python benchmarks/table_agreement.py runs/sg300/tables/gsnr.parquet \
+    python benchmarks/studies/table_agreement.py runs/sg300/tables/gsnr.parquet \
         runs/sg300/tables/gsnr-m8.parquet --labels runs/sg300/labels-s0.parquet
 """
 

@@ -5,7 +5,7 @@ contamination at 10% with their 95% intervals and the paired differences to rand
 from the fine-tune benchmark's (if given), the final held-out loss at budget 10% and its paired
 differences. A difference marked * has an interval that excludes zero.
 
-    python benchmarks/headline.py sharegpt=runs/sg600,runs/sg600-finetune \\
+    python benchmarks/studies/headline.py sharegpt=runs/sg600,runs/sg600-finetune \\
         selfinstruct=runs/si252,runs/si252-finetune --methods drop,gsnr,ifd,loss,length,random
 """
 

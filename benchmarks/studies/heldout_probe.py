@@ -16,8 +16,9 @@ these held-out columns, to be set against the ordinary table with `table_agreeme
 A probe for the study, not an engine mode: it costs the two half-runs plus M x 2 backward
 passes per record, one record at a time.
 
-    python benchmarks/heldout_probe.py runs/si126 --base runs/si126/tables/gsnr-b1-seed0.parquet \
-        --work runs/si126/heldout-b1 --out runs/si126/tables/heldout-b1.parquet
+    python benchmarks/studies/heldout_probe.py runs/si126 \
+        --base runs/si126/tables/gsnr-b1-seed0.parquet --work runs/si126/heldout-b1 \
+        --out runs/si126/tables/heldout-b1.parquet
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ nothing to score) and whose answer has at least `--min-answer-chars`; an exact r
 earlier exchange is dropped. The output is a derived copy of a shared file: it is written where
 you say, not committed.
 
-    python benchmarks/sharegpt_pairs.py /work/shared/data/sharegpt_sample_2k.jsonl.gz \\
+    python benchmarks/data/sharegpt_pairs.py /work/shared/data/sharegpt_sample_2k.jsonl.gz \\
         /tmp/sharegpt_pairs.jsonl --limit 2000
 
 `--skip N` passes over the first N exchanges kept, for a pool disjoint from an earlier one.

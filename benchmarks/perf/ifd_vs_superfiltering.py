@@ -1,13 +1,13 @@
 """gradfilter's IFD against Superfiltering's own loop, same records, same model, in turn.
 
-    python benchmarks/ifd_vs_superfiltering.py /tmp/sinstruct_alpaca.jsonl --limit 100
+    python benchmarks/perf/ifd_vs_superfiltering.py /tmp/sinstruct_alpaca.jsonl --limit 100
 
 runs, one after the other, as a user would (each a fresh process: imports, model load,
 tokenising and scoring all counted):
 
 - gradfilter: `gradfilter score DATA --method ifd --proxy MODEL --max-length L` with every
   other flag at its default;
-- superfiltering: `benchmarks/superfiltering_loop.py`, Superfiltering's published method
+- superfiltering: `benchmarks/perf/superfiltering_loop.py`, Superfiltering's published method
   reimplemented from its description (two forward passes per example, one example at a time,
   the model's own loss over full logits), in float32 as their script loads the model, or
   with `--superfiltering-dtype bfloat16` to compare at equal precision where gradfilter's

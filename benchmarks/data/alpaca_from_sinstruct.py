@@ -4,7 +4,7 @@ Each task's first instance becomes one record: instruction, input, output. Used 
 benchmark in docs/results.md as real Alpaca-style data; the output goes wherever you say (it
 is a derived copy of a shared file and is not committed).
 
-    python benchmarks/alpaca_from_sinstruct.py \
+    python benchmarks/data/alpaca_from_sinstruct.py \
         ../shared/data/eval_prompts/sinstruct_test_set.jsonl /tmp/sinstruct_alpaca.jsonl
 """
 

@@ -3,9 +3,9 @@
 # SmolLM2-135M-Instruct as the proxy. The GGUF (94 MiB) is more than one device call carries
 # (64 MiB) and the GPU machine has no `gguf` package, so:
 #
-#   here, once:     mkdir -p .git/info && echo /.gpu/ >> .git/info/exclude && bash benchmarks/gpu_quality.sh pack
-#   device call 1:  bash benchmarks/gpu_quality.sh receive          carry [".gpu/part0"]
-#   device call 2:  bash benchmarks/gpu_quality.sh check            carry [".gpu/part1"]
+#   here, once:     mkdir -p .git/info && echo /.gpu/ >> .git/info/exclude && bash benchmarks/perf/gpu_quality.sh pack
+#   device call 1:  bash benchmarks/perf/gpu_quality.sh receive          carry [".gpu/part0"]
+#   device call 2:  bash benchmarks/perf/gpu_quality.sh check            carry [".gpu/part1"]
 #
 # with call 2 made at once after call 1 (the machine stays warm 30 s; /tmp survives between
 # calls on a warm machine). `check` rebuilds the GGUF, verifies its checksum, installs the
@@ -32,7 +32,7 @@ pack)
     head -c $((size / 2)) "$gguf" > .gpu/part0/proxy.gguf.0
     tail -c +$((size / 2 + 1)) "$gguf" > .gpu/part1/proxy.gguf.1
     sha256sum < "$gguf" | cut -d' ' -f1 > .gpu/part1/proxy.sha256
-    PYTHONPATH=src python3 benchmarks/sharegpt_pairs.py "$sharegpt" .gpu/part0/data.jsonl \
+    PYTHONPATH=src python3 benchmarks/data/sharegpt_pairs.py "$sharegpt" .gpu/part0/data.jsonl \
         --skip "${SKIP:-1000}" --limit "${RECORDS:-12000}"
     gzip .gpu/part0/data.jsonl
     version=$(python3 -c "import importlib.metadata as m; print(m.version('gguf'))")
@@ -52,11 +52,11 @@ check)
         || { echo "error: the rebuilt GGUF's checksum differs (was call 1 made on this machine?)"; exit 1; }
     python3 -m pip install -q --no-index --no-deps --no-compile --target "$STAGE/site" .gpu/part1/whl/*.whl
     export PYTHONPATH="src:$STAGE/site" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-    python3 benchmarks/gpu_check.py --out "${OUT:-$STAGE/out}/gpu-check" --proxy "$STAGE/proxy.gguf" \
+    python3 benchmarks/perf/gpu_check.py --out "${OUT:-$STAGE/out}/gpu-check" --proxy "$STAGE/proxy.gguf" \
         --data "$STAGE/data.jsonl.gz" --quality-only --budget-seconds "${BUDGET:-480}"
     ;;
 *)
-    echo "usage: bash benchmarks/gpu_quality.sh pack|receive|check" >&2
+    echo "usage: bash benchmarks/perf/gpu_quality.sh pack|receive|check" >&2
     exit 2
     ;;
 esac

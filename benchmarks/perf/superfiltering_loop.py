@@ -11,7 +11,7 @@ loads the weights in bfloat16, to compare at equal precision):
 - PPL(y): the output tokenised alone, labels = the input ids (its first token is not scored);
 - IFD = PPL(y|x) / PPL(y).
 
-    python benchmarks/superfiltering_loop.py data.jsonl --model DIR --out scores.jsonl
+    python benchmarks/perf/superfiltering_loop.py data.jsonl --model DIR --out scores.jsonl
 
 writes one JSON line per record (`index`, `ifd`, `ppl_condition`, `ppl_alone`, `tokens`) and,
 last, a line with the device's peak memory where there is a GPU.

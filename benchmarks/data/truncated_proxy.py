@@ -5,7 +5,7 @@ The embeddings, the final norm and the LM head are kept; the layers after LAYERS
 A truncated proxy is a different (weaker) model: conclusions drawn with it are to be
 confirmed on the full proxy (docs/results.md says which run used which).
 
-    python benchmarks/truncated_proxy.py /tmp/smollm2-8l --layers 8
+    python benchmarks/data/truncated_proxy.py /tmp/smollm2-8l --layers 8
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ scored, as `bench noise` counts it, and their paired difference (second minus fi
 95% bootstrap intervals over records. Prints a
 Markdown table.
 
-    python benchmarks/table_agreement.py runs/sg300/tables/gsnr.parquet \
+    python benchmarks/studies/table_agreement.py runs/sg300/tables/gsnr.parquet \
         runs/sg300/tables/gsnr-snapshot.parquet --labels runs/sg300/labels-s0.parquet
 """
 

@@ -1,7 +1,7 @@
 """One prepared command that measures gradfilter on a GPU (and runs, tiny, on a CPU in CI).
 
-    PYTHONPATH=src python benchmarks/gpu_check.py --out gpu-out            # on the GPU machine
-    PYTHONPATH=src python benchmarks/gpu_check.py --out /tmp/g --tiny --budget-seconds 60
+    PYTHONPATH=src python benchmarks/perf/gpu_check.py --out gpu-out            # on the GPU machine
+    PYTHONPATH=src python benchmarks/perf/gpu_check.py --out /tmp/g --tiny --budget-seconds 60
 
 Needs torch, transformers, peft, pyarrow, numpy, click and rich; never `gguf` or `datasets`
 unless `--proxy` is a GGUF file or `--data` a Hugging Face dataset. No network, no install.

@@ -5,7 +5,7 @@ the same fused path (`bench.speed.fused_path`: train M members for T epochs, two
 passes) on one thread, alternating sketches off and on, and reports each run's process CPU
 time per phase. The sketches touch only the collection passes (snapshot mode).
 
-    python benchmarks/sketch_cost.py /tmp/sinstruct_alpaca.jsonl --limit 32 --repeats 2
+    python benchmarks/perf/sketch_cost.py /tmp/sinstruct_alpaca.jsonl --limit 32 --repeats 2
 """
 
 from __future__ import annotations

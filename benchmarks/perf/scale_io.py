@@ -11,9 +11,9 @@ The synthetic sketches share a common direction (cosine about 0.3 between unrela
 as gradients do) and 5% of the records are planted near-duplicates (groups of 2-50 at cosine
 about 0.94), so `select --diversity dedup` has work to do.
 
-    python benchmarks/scale_io.py                     # 1M records under /tmp/gradfilter-scale
-    python benchmarks/scale_io.py --records 100000 --dir /tmp/x --keep
-    python benchmarks/scale_io.py --reuse --keep --only report    # the report steps only
+    python benchmarks/perf/scale_io.py                     # 1M records under /tmp/gradfilter-scale
+    python benchmarks/perf/scale_io.py --records 100000 --dir /tmp/x --keep
+    python benchmarks/perf/scale_io.py --reuse --keep --only report    # the report steps only
 
 Not a test: it takes minutes and a few GB of scratch disk.
 """

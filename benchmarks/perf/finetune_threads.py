@@ -7,7 +7,7 @@ and at every core this process may use, with and without a busy-loop process hol
 after another (`--repeats` rounds), so a shared machine's load drifts across all of them; the
 load average is printed beside each figure.
 
-    python benchmarks/finetune_threads.py --steps 20 --repeats 2
+    python benchmarks/perf/finetune_threads.py --steps 20 --repeats 2
 """
 
 from __future__ import annotations
