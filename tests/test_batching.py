@@ -15,7 +15,7 @@ from gradfilter.scoring.batching import (
     step_widths,
 )
 from gradfilter.scoring.checkpoint import Checkpoint
-from gradfilter.scoring.distributed import Comm, Topology
+from gradfilter.scoring.distributed import Comm, Layout
 from gradfilter.scoring.tokenization import Encoded
 
 N, BATCH = 1000, 8
@@ -82,23 +82,63 @@ def test_batcher_pads_to_the_given_width():
         Batcher(items, torch.device("cpu")).batch([[0], [1]], width=4)
 
 
-def test_topology_member_parallel_then_data_parallel():
-    assert [Topology(r, 2, 4).local_members for r in range(2)] == [[0, 2], [1, 3]]
-    assert [Topology(r, 2, 3).local_members for r in range(2)] == [[0, 2], [1]]
-    assert Topology(0, 2, 4).collection_batches(5) == [0, 1, 2, 3, 4]
-    # 5 ranks, 2 members: member 0 on ranks 0, 2, 4; member 1 on ranks 1, 3.
-    five = [Topology(r, 5, 2) for r in range(5)]
-    assert [t.local_members for t in five] == [[0], [1], [0], [1], [0]]
-    assert five[0].sharers(0) == [0, 2, 4] and five[0].owns(0) and not five[2].owns(0)
-    assert [five[r].collection_batches(7) for r in (0, 2, 4)] == [[0, 3, 6], [1, 4], [2, 5]]
-    assert [five[r].collection_batches(7) for r in (1, 3)] == [[0, 2, 4, 6], [1, 3, 5]]
+def test_layout_spreads_members_first_then_shards_their_batches():
+    # W <= M: a group per rank, each holding members r, r + W, ...; nothing shared.
+    assert [Layout(r, 2, 4).local_members for r in range(2)] == [[0, 2], [1, 3]]
+    assert [Layout(r, 2, 3).local_members for r in range(2)] == [[0, 2], [1]]
+    assert Layout(0, 2, 4).collection_batches(5) == [0, 1, 2, 3, 4]
+    assert Layout(1, 2, 4).rows(np.arange(4)).tolist() == [0, 1, 2, 3]
+    # 5 ranks, 2 members: blocks of consecutive ranks, the first one rank longer.
+    five = [Layout(r, 5, 2) for r in range(5)]
+    assert [t.local_members for t in five] == [[0], [0], [0], [1], [1]]
+    assert [(t.group, t.shard, t.shards) for t in five] == [
+        (0, 0, 3), (0, 1, 3), (0, 2, 3), (1, 0, 2), (1, 1, 2)]
+    assert [r for r in range(5) if five[r].owns(0)] == [0]
+    assert [r for r in range(5) if five[r].owns(1)] == [3]
+    assert [five[r].collection_batches(7) for r in (0, 1, 2)] == [[0, 3, 6], [1, 4], [2, 5]]
+    assert [five[r].collection_batches(7) for r in (3, 4)] == [[0, 2, 4, 6], [1, 3, 5]]
+    assert [five[r].rows(np.arange(10, 17)).tolist() for r in (0, 1, 2)] == [
+        [10, 11], [12, 13], [14, 15, 16]]
+    # One group on 4 ranks: every rank holds both members, a quarter of each batch.
+    one = [Layout(r, 4, 2, groups=1) for r in range(4)]
+    assert all(t.local_members == [0, 1] and t.shards == 4 for t in one)
+    assert one[3].describe(2) == {"rank": 2, "group": 0, "members": [0, 1], "shard": 2,
+                                  "shards": 4}
+
+
+@pytest.mark.parametrize("world,members,groups", [(1, 3, 0), (2, 2, 1), (3, 2, 0), (4, 2, 0),
+                                                  (4, 4, 2), (7, 3, 0), (8, 4, 1)])
+def test_layout_trains_each_example_of_each_member_once(world, members, groups):
+    """Over all ranks, every member's batch (of any size, 0 included) is run exactly once,
+    in order, and every member is owned by exactly one rank."""
+    layouts = [Layout(r, world, members, groups) for r in range(world)]
+    for size in range(10):
+        batch = np.arange(100, 100 + size)
+        for m in range(members):
+            ran = np.concatenate([t.rows(batch) for t in layouts if m in t.local_members])
+            assert ran.tolist() == batch.tolist()
+    for m in range(members):
+        assert sum(t.owns(m) for t in layouts) == 1
+    spread = np.concatenate([t.spread(np.arange(23)) for t in layouts])
+    assert sorted(spread.tolist()) == list(range(23))
+
+
+def test_layouts_that_cannot_work_are_refused_in_one_line():
+    with pytest.raises(gf.GradfilterError, match=r"^--member-groups 3 is more than --members 2"):
+        Comm(0, 4).layout(2, 3)
+    with pytest.raises(gf.GradfilterError,
+                       match=r"^--member-groups 2 needs at least 2 processes, this run has 1 "):
+        Comm().layout(4, 2)
+    with pytest.raises(gf.GradfilterError, match="at least 1"):
+        Comm().layout(4, 0)
+    assert Comm(1, 4).layout(2) == Layout(1, 4, 2, 2)
 
 
 def test_a_checkpoint_dir_in_use_is_refused(tmp_path, gpt2_proxy):
     from conftest import alpaca_records, write_json
 
     data = write_json(tmp_path / "a.json", alpaca_records(4))
-    holder = Checkpoint(tmp_path / "ckpt", {"lr": 1.0}, Comm(), Topology())
+    holder = Checkpoint(tmp_path / "ckpt", {"lr": 1.0}, Comm(), Layout())
     holder.open()
     try:
         with pytest.raises(gf.GradfilterError, match="is in use by another run"):

@@ -46,10 +46,10 @@ def _train_watching_recorded_steps(monkeypatch, ensemble, encoded, config):
     met: list[tuple[int, list[np.ndarray], dict]] = []
     original = trainer_module.Trainer._step
 
-    def watched(self, rows, parts, record):
+    def watched(self, rows, parts, size, record):
         if record:
             met.append((self.step, [r.copy() for r in rows], self.ensemble.member_states()))
-        return original(self, rows, parts, record)
+        return original(self, rows, parts, size, record)
 
     monkeypatch.setattr(trainer_module.Trainer, "_step", watched)
     stats = train_and_collect(ensemble, encoded, np.arange(len(encoded)), config,

@@ -10,6 +10,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
 from conftest import alpaca_records, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,11 +39,37 @@ def test_gpu_check_tiny_on_cpu(tmp_path):
     assert during["records"] == 16 and during["passes_per_example"] == 2 * 4
     assert not [phase for phase in during["phase_seconds"] if phase.startswith("collect")]
     assert set(parts) >= {"naive", "ifd"}  # measured, or skipped when the budget ran out
+    multi = parts["multi_gpu"]["skipped"]  # on a CPU: for want of GPUs (or of time)
+    assert multi == "0 GPU(s): the multi-GPU case needs 2 or more" or "needs about" in multi
     if "fused_over_naive" in parts["naive"]:
         assert parts["naive"]["max_relative_difference"] < 1e-4
     summary = (tmp_path / "summary.txt").read_text()
     assert summary.startswith("gradfilter GPU check on cpu") and summary in result.stdout
     assert len(list(tmp_path.iterdir())) <= 8
+
+
+def test_multi_gpu_worker_runs_data_parallel_on_cpu(tmp_path):
+    """The multi-GPU part's worker, as torchrun starts it, here on 2 gloo CPU processes (the
+    tiny model, 6 records): both modes timed, every rank's share of the work recorded."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc-per-node", "2",
+                             str(ROOT / "benchmarks" / "perf" / "gpu_check.py"), "--worker",
+                             "--tiny", "--device", "cpu", "--records", "6", "--out",
+                             str(tmp_path)], capture_output=True, text=True, env=env,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads((tmp_path / "multi_gpu.json").read_text())
+    assert figures["processes"] == 2 and figures["records"] == 6
+    assert set(figures["modes"]) == {"during", "snapshot"}
+    for mode in figures["modes"].values():
+        assert mode["examples_per_s"] == pytest.approx(6 / mode["seconds"])
+        assert mode["examples_per_s_per_process"] == pytest.approx(mode["examples_per_s"] / 2)
+    # M = 4 on 2 processes: the member split, each rank its two members' whole batches
+    layout = figures["layout"]
+    assert [p["members"] for p in layout] == [[0, 2], [1, 3]]
+    assert [p["examples_trained"] for p in layout] == [[6, 6], [6, 6]]
+    assert [p["examples_collected"] for p in layout] == [{"1": 6, "2": 6}] * 2
 
 
 def test_packed_run_drops_the_mixed_sets_before_it_gives_up(tmp_path, monkeypatch):

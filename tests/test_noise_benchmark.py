@@ -201,7 +201,8 @@ def test_cli_report_follows_from_the_saved_tables_and_reruns_reuse_them(tmp_path
     assert run["records"] == 30 and run["corrupted"] == 9 and run["unscorable"] == 0
     assert run["corrupted_by_type"] == {"swap": 3, "echo": 3, "shout": 3}
     assert set(run["methods"]) == {*gf.UTILITIES, "ifd", "perplexity-low", "perplexity-high",
-                                   "length", "random"}
+                                   "length", "random", "coverage", "s2l"}
+    assert set(run["tables"]) == set(run["methods"]) - {"coverage", "s2l"}  # selectors: none
 
     labels = pq.read_table(out / "labels-s0.parquet")["corruption"].to_pylist()
     mixed = [json.loads(line) for line in (out / "mixed-s0.jsonl").read_text().splitlines()]
@@ -209,6 +210,9 @@ def test_cli_report_follows_from_the_saved_tables_and_reruns_reuse_them(tmp_path
     assert all(m["messages"][-1]["content"].endswith("!!!") for m in shouted)
     corrupted = np.array([label is not None for label in labels])
     for method, metrics in run["methods"].items():
+        if method in ("coverage", "s2l"):  # subsets, measured in tests/test_bench_selectors.py
+            assert set(metrics["verdicts"]) == {"random", "ifd", "length"}
+            continue
         table = gf.load_stats(out / run["tables"][method])
         assert table["skip_reason"].null_count == table.num_rows  # all scored: none left out
         scores = gf.utility_scores(table, method)

@@ -4,8 +4,11 @@ with the fused path number for number, or its speed ratio would compare differen
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 from conftest import alpaca_records, cli_process, write_json
 
 
@@ -44,6 +47,31 @@ def test_bench_speed_compares_during_with_snapshot(tmp_path, gpt2_proxy):
     for figures in agreement.values():
         assert -1 <= figures["spearman"] <= 1 and 0 <= figures["top_overlap"] <= 1
     assert "during vs snapshot, gsnr-cv: Spearman" in result.stdout
+
+
+def test_bench_speed_under_torchrun_reports_per_process_figures(tmp_path, gpt2_proxy):
+    """2 gloo processes sharing both members' batches: the during path timed on both, then on
+    rank 0 alone; figures per process and the 1 -> 2 speed-up, printed and written once."""
+    data = write_json(tmp_path / "a.json", alpaca_records(6))
+    out = tmp_path / "speed.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "gradfilter", "bench", "speed", str(data), "--proxy", gpt2_proxy, "--members",
+         "2", "--member-groups", "1", "--lora-rank", "2", "--batch-size", "2", "--lr", "0.01",
+         "--max-length", "200", "--device", "cpu", "--paths", "during", "--out", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["processes"] == 2
+    assert [(p["members"], p["shard"]) for p in report["layout"]] == [([0, 1], 0), ([0, 1], 1)]
+    during = report["paths"]["during"]
+    assert during["processes"] == 2 and during["examples"] == 6
+    assert during["examples_per_s"] == pytest.approx(6 / during["seconds"])
+    assert during["examples_per_s_per_process"] == pytest.approx(during["examples_per_s"] / 2)
+    scaling = report["scaling"]["during"]
+    assert scaling["processes"] == 2 and scaling["seconds"] == during["seconds"]
+    assert scaling["speedup"] == pytest.approx(scaling["one_process_seconds"] / during["seconds"])
+    assert result.stdout.count("during: 1 -> 2 processes:") == 1
 
 
 def test_rank_agreement():

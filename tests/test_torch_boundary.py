@@ -45,6 +45,9 @@ def test_import_help_select_and_inspect_never_import_torch(tmp_path):
     sketch = sketch_columns(sketches, np.arange(6), 6)
     pq.write_table(pa.table({"gsnr": np.arange(6, dtype=np.float64),
                              "sketch_e2_m0": sketch["sketch"]}), tmp_path / "s.parquet")
+    trajectories = {f"{stat}_e{e}_m0": np.random.default_rng(e).uniform(1, 2, 6)
+                    for stat in ("loss", "sqnorm") for e in (1, 2)}
+    pq.write_table(pa.table(trajectories), tmp_path / "t.parquet")
     for args in (["import"], ["--help"], ["select", "--help"], ["score", "--help"],
                  ["bench", "noise", "--help"], ["inspect", str(data)],
                  ["--debug", "inspect", str(data), "--strict"],
@@ -52,12 +55,17 @@ def test_import_help_select_and_inspect_never_import_torch(tmp_path):
                   "--out", str(tmp_path / "out.jsonl")],
                  ["select", str(data), "--stats", str(tmp_path / "s.parquet"), "--count", "3",
                   "--diversity", "dedup", "--out", str(tmp_path / "diverse.jsonl")],
+                 ["select", str(data), "--stats", str(tmp_path / "t.parquet"), "--count", "2",
+                  "--stratify", "clusters:2", "--out", str(tmp_path / "strata.jsonl"),
+                  "--report", str(tmp_path / "strata.html")],
                  ["report", str(tmp_path / "s.parquet"), "--data", str(data), "--count", "2",
                   "--out", str(tmp_path / "page.html")]):
         assert _torch_modules_after(*args) == [], args
     assert (tmp_path / "out.jsonl").read_text().count("\n") == 2
     assert (tmp_path / "diverse.jsonl").read_text().count("\n") == 3
+    assert (tmp_path / "strata.jsonl").read_text().count("\n") == 2
     assert (tmp_path / "report.html").is_file() and (tmp_path / "page.html").is_file()
+    assert (tmp_path / "strata.html").is_file()
 
 
 def test_refusals_and_errors_never_import_torch(tmp_path):

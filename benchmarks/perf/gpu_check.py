@@ -15,6 +15,11 @@ peak, peak device memory, seconds per phase, and the projected wall time for 52,
 the naive PEFT loop on a small slice for the fused/naive ratio; the IFD forward rate; the bf16
 per-example norms against float32 ones at the same adapters (largest relative difference).
 
+Multi-GPU (when the machine has 2 GPUs or more; skipped otherwise): the same pipeline under
+torchrun on every GPU (nccl, the layout `score` uses: member groups x data shards), in each
+collection mode, on as many records as the one-GPU runs had: examples/s in all and per GPU,
+the speed-up over one GPU, and each rank's share of the work (`layout`).
+
 Part 2, quality (when `--proxy` names a real pretrained model that is present, with `--data`;
 `--quality-only` skips part 1): `bench noise` as docs/results.md's study runs it (its utilities
 and baselines; the four shipped kinds of corruption and the opt-in refusal, shuffle and
@@ -37,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 import traceback
@@ -195,7 +201,7 @@ def precision_part(model, records, config: ScoreConfig, device) -> dict:
     from gradfilter.scoring.budget import batch_tokens
     from gradfilter.scoring.checkpoint import NullCheckpoint
     from gradfilter.scoring.collection import Collector
-    from gradfilter.scoring.distributed import Topology
+    from gradfilter.scoring.distributed import Layout
     from gradfilter.scoring.ensemble import LoRAEnsemble
 
     if device.type != "cuda" or not torch.cuda.is_bf16_supported():
@@ -213,7 +219,7 @@ def precision_part(model, records, config: ScoreConfig, device) -> dict:
         autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
         budget = batch_tokens(config.batch_tokens, ensemble.model, device, dtype, "gradients")
         collector = Collector(ensemble, batcher, lengths, config, autocast, NullCheckpoint(),
-                              Topology(members=config.members), budget)
+                              Layout(members=config.members), budget)
         _, sqnorms, _ = collector._measure(rows)
         norms[name] = {0: sqnorms.double().cpu().numpy()}
     return {"examples": len(records),
@@ -333,18 +339,88 @@ def summary_lines(report: dict) -> list[str]:
         elif name == "precision":
             lines.append(f"- bf16 vs fp32 norms: largest relative difference "
                          f"{part['max_relative_difference_bf16_vs_fp32']:.2e}")
+        elif name == "multi_gpu":
+            lines.extend(f"- {part['processes']} GPUs, {mode}: {figure['examples_per_s']:.1f} "
+                         f"ex/s ({figure['examples_per_s_per_process']:.1f} per GPU), speed-up "
+                         f"over one GPU {figure.get('speedup_over_one_gpu', float('nan')):.2f}x"
+                         for mode, figure in part["modes"].items())
         elif name == "quality":
             lines.append(f"- quality: bench noise on {part['records']} records (see "
                          f"noise.md; the run packed {part.get('packed', '-')})")
     return lines
 
 
+def pipeline_config(device: torch.device) -> ScoreConfig:
+    """The default pipeline's settings, on the random GPT-2's LoRA targets."""
+    return ScoreConfig(proxy="random-gpt2", device=device.type,
+                       max_length=512).with_targets(("c_attn", "c_proj", "c_fc"))
+
+
+def multi_gpu_part(args, report: Report, seconds: float) -> dict:
+    """The pipeline on every GPU (torchrun, one process per GPU), on as many records as the
+    one-GPU runs: examples/s, per GPU, and the speed-up over one GPU."""
+    gpus = torch.cuda.device_count() if args.device != "cpu" and torch.cuda.is_available() else 0
+    processes = args.processes or gpus
+    if processes < 2:
+        return {"skipped": f"{gpus} GPU(s): the multi-GPU case needs 2 or more"}
+    records = report.data["parts"].get("pipeline_snapshot", {}).get("records") or args.records
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", str(processes), str(Path(__file__).resolve()), "--worker",
+               "--out", str(args.out), "--records", str(records or 64), "--device", args.device,
+               *(["--tiny"] if args.tiny else [])]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=max(10, seconds))
+    if result.returncode != 0:
+        raise RuntimeError(f"torchrun exited with {result.returncode}: {result.stderr[-1500:]}")
+    written = args.out / "multi_gpu.json"
+    figures = json.loads(written.read_text())
+    written.unlink()  # it goes into gpu_check.json
+    for mode, figure in figures["modes"].items():
+        one = report.data["parts"].get(f"pipeline_{mode}", {})
+        if one.get("records") == figures["records"]:
+            figure["speedup_over_one_gpu"] = one["seconds"] / figure["seconds"]
+    return figures
+
+
+def multi_gpu_worker(args) -> None:
+    """One torchrun process of the multi-GPU part; rank 0 writes OUT/multi_gpu.json."""
+    from gradfilter.scoring.distributed import session
+    from gradfilter.scoring.proxy import resolve_device, resolve_dtype
+
+    with session(resolve_device(args.device)) as (comm, device):
+        dtype = resolve_dtype("auto", device)
+        shape = TINY if args.tiny else GPT2_124M
+        model = random_gpt2(shape, device)
+        config = pipeline_config(device)
+        pool = synthetic_records(args.records, shape["vocab_size"], config.max_length)
+        layout = comm.layout(config.members)
+        modes, stats = {}, None
+        for mode in ("during", "snapshot"):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            synchronize(device)
+            comm.barrier()
+            start = time.perf_counter()
+            stats = fused_path(copy_model(model), pool, replace(config, collect=mode), device,
+                               dtype, comm, layout)
+            synchronize(device)
+            comm.barrier()
+            seconds = time.perf_counter() - start
+            modes[mode] = {"seconds": seconds, "examples_per_s": len(pool) / seconds,
+                           "examples_per_s_per_process": len(pool) / seconds / comm.world,
+                           "device_peak_mib_rank0": device_peak_mib(device),
+                           "phase_seconds": stats.phase_seconds}
+        if comm.rank == 0:
+            assert stats is not None
+            atomic_write_text(args.out / "multi_gpu.json", json.dumps(
+                {"processes": comm.world, "records": len(pool), "layout": stats.layout,
+                 "modes": modes}, indent=2) + "\n")
+
+
 def speed_parts(args, report: Report, clock: Clock, device, dtype, shape: dict) -> list:
     """Part 1: (name, seconds it needs, run) for each measurement."""
     model = random_gpt2(shape, device)
     params = sum(p.numel() for p in model.parameters())
-    config = ScoreConfig(proxy="random-gpt2", device=device.type,
-                         max_length=512).with_targets(("c_attn", "c_proj", "c_fc"))
+    config = pipeline_config(device)
     modes = ["during", "snapshot"]
     pool = synthetic_records(args.records or 8192, shape["vocab_size"], config.max_length)
     size = args.records or (16 if args.tiny else None)
@@ -362,6 +438,7 @@ def speed_parts(args, report: Report, clock: Clock, device, dtype, shape: dict) 
     parts.append(("ifd", 5, lambda: ifd_part(model, pool[:size or 2048], device, dtype,
                                              config.collect_batch_size,
                                              shape["vocab_size"] - 1)))
+    parts.append(("multi_gpu", 60, lambda: multi_gpu_part(args, report, clock.left - 10)))
     return parts
 
 
@@ -379,7 +456,13 @@ def main() -> None:
                         help="part 2's max length (the study's: docs/results.md)")
     parser.add_argument("--quality-only", action="store_true",
                         help="part 2 alone: the whole budget to the noise benchmark")
+    parser.add_argument("--processes", type=int, default=None,
+                        help="processes of the multi-GPU part (default: one per GPU)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:  # one process of the multi-GPU part, under torchrun
+        multi_gpu_worker(args)
+        return
     if args.quality_only and not (args.proxy and args.data):
         parser.error("--quality-only needs --proxy and --data")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, get_args
 
+from .arguments import real_number, whole_number
 from .errors import GradfilterError
 
 # perplexity-low / perplexity-high: one perplexity pass, the table ranks by it in that direction
@@ -63,6 +64,13 @@ class ScoreConfig:
     truncation: TruncationChoice = "keep"
 
     def validate(self) -> None:
+        for name in ("members", "epochs", "early", "late", "lora_rank", "batch_size",
+                     "collect_batch_size", "max_length", "seed", "sketch_dim"):
+            whole_number(getattr(self, name), f"--{name.replace('_', '-')}")
+        for name in ("lora_alpha", "lr", "grad_clip"):
+            real_number(getattr(self, name), f"--{name.replace('_', '-')}")
+        if self.batch_tokens is not None:
+            whole_number(self.batch_tokens, "--batch-tokens")
         positive = ("members", "epochs", "lora_rank", "batch_size", "collect_batch_size",
                     "max_length")
         for name in positive:

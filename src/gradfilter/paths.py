@@ -6,11 +6,17 @@ relative parts: `./d.json`, `d.json` and a symlink to it are one file. A directo
 everything inside it: an output inside an input directory (a proxy, a checkpoint, a Hugging Face
 dataset) would change that input, an input inside an output directory would be replaced or
 written into.
+
+Every output is also probed there and then, before any data is read or model loaded: where it
+goes must be a directory or can be made one, a file can be created and removed there, and there
+is room left for at least a small file. An output that is a device, a FIFO or a socket, `-`
+(standard output), or a file name ending in '/' is refused.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +25,8 @@ from typing import Literal
 from .errors import GradfilterError
 
 Kind = Literal["file", "dir", "any"]
+MIN_FREE_BYTES = 1 << 20  # an output's file system must have at least this much room
+_PROBE_BYTES = 4096
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,26 +64,57 @@ def reads(role: str, option: str, path: str | Path | None) -> list[Named]:
 
 def writes(role: str, option: str, path: str | Path | None, kind: Kind = "file",
            run_record: bool = True) -> list[Named]:
-    """An output, and the run record written beside it (`<path>.run.json`)."""
+    """An output, and the run record written beside it (`<path>.run.json`). `path` as the user
+    spelled it (a string keeps a trailing '/')."""
     if path is None:
         return []
+    spelled = _spelling(role, option, path, kind, run_record)
     path = Path(path)
     if run_record and path.name in ("", ".", ".."):  # it would be replaced whole
         raise GradfilterError(f"{role} ({option} {path}) names the current directory or one "
                               "above it; name a new file or directory")
-    outputs = [named(role, option, path, kind)]
+    outputs = [Named(f"{role} ({option} {spelled})", path, kind)]
     if run_record:
-        record = path.with_name(path.name + ".run.json")
+        record = record_of(path)
         outputs.append(Named(f"the run record of {option} ({record})", record, "file"))
     return outputs
 
 
+def record_of(path: str | Path) -> Path:
+    """The run record written beside an output: `<path>.run.json`."""
+    path = Path(path)
+    return path.with_name(path.name + ".run.json")
+
+
+def _spelling(role: str, option: str, path: object, kind: Kind, run_record: bool) -> str:
+    """The output as the user wrote it; refused if it is not a path, is `-` (standard output)
+    or, for a file, ends in '/'."""
+    if not isinstance(path, str | os.PathLike):
+        raise GradfilterError(f"{role} ({option}) must be a path (a string or a Path), got "
+                              f"{type(path).__name__} {path!r}")
+    spelled = os.fspath(path)
+    if not isinstance(spelled, str):
+        raise GradfilterError(f"{role} ({option}) must be a path as text, got bytes")
+    if spelled == "-":
+        why = "needs its run record beside it" if run_record else "is written atomically"
+        raise GradfilterError(f"{role} ({option} -): writing to standard output is not "
+                              f"supported (the output {why}); name a file (./- for a file "
+                              "named '-')")
+    if kind == "file" and spelled.endswith(("/", os.sep)):
+        raise GradfilterError(f"{role} ({option} {spelled}) ends in '/', which names a "
+                              "directory; it is written as a file (name a file)")
+    return spelled
+
+
 def refuse_collisions(inputs: Iterable[Named], outputs: Iterable[Named]) -> None:
     """A one-line GradfilterError if an output lands on, inside or around an input, if two
-    outputs land on one place, or if an output's path holds the wrong kind of thing (a file
-    where a directory is written, or the reverse). An entry in both lists (a checkpoint
-    directory is read and written) is not compared with itself."""
+    outputs land on one place, if an output's path holds the wrong kind of thing (a file
+    where a directory is written, or the reverse; a device, a FIFO or a socket anywhere), or
+    if an output cannot be written where it goes (see `probe`). An entry in both lists (a
+    checkpoint directory is read and written) is not compared with itself."""
     inputs, outputs = list(inputs), list(outputs)
+    for out in outputs:
+        _check_name(out)
     for out in outputs:
         _check_kind(out)
     for out in outputs:
@@ -84,15 +123,91 @@ def refuse_collisions(inputs: Iterable[Named], outputs: Iterable[Named]) -> None
     for k, out in enumerate(outputs):
         for other in outputs[k + 1:]:
             _check_pair(other, out, "refusing to write two outputs to one place")
+    for out in outputs:
+        probe(out)
 
 
 def _check_kind(out: Named) -> None:
-    if out.kind == "file" and out.path.is_dir():
-        raise GradfilterError(f"{out.label} is an existing directory; it is written as a file "
-                              "(name a file)")
-    if out.kind == "dir" and out.path.exists() and not out.path.is_dir():
-        raise GradfilterError(f"{out.label} is an existing file; it is written as a directory "
-                              "(name a directory)")
+    """Links are followed: a link to a regular file is written through (its target is
+    replaced, the link kept), a link to anything else is judged by what it points at."""
+    from .outputs import file_kind
+
+    kind = file_kind(out.path)  # None: a regular file, or nothing yet
+    if kind is None:
+        if out.kind == "dir" and out.path.exists():
+            raise GradfilterError(f"{out.label} is an existing file; it is written as a "
+                                  "directory (name a directory)")
+        return
+    if kind == "a directory":
+        if out.kind == "file":
+            raise GradfilterError(f"{out.label} is an existing directory; it is written as a "
+                                  "file (name a file)")
+        return
+    raise GradfilterError(f"{out.label} is {kind}, not a regular file or directory; refusing "
+                          "to replace it (name a new path)")
+
+
+def probe(out: Named) -> None:
+    """A one-line error now, not after hours of scoring, if `out` cannot be written: the
+    nearest existing directory on its way (and a directory output itself, if it exists) must
+    take a new file, created and removed here; its name must fit the file system; there must
+    be MIN_FREE_BYTES of room."""
+    places = [out.real.parent]
+    if out.kind != "file" and out.real.is_dir():
+        places.append(out.real)
+    for place in places:
+        place = _nearest_directory(place)
+        if not place.is_dir():
+            raise GradfilterError(f"cannot write {out.label}: {place} is a file, not a "
+                                  "directory")
+        _probe_directory(out, place)
+
+
+def _nearest_directory(path: Path) -> Path:
+    """`path`, or the nearest of its parents that exists."""
+    while not _exists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long to look up, say: not there
+        return False
+
+
+def _check_name(out: Named) -> None:
+    """Every name on the output's path fits the file system's limit (255 bytes on most)."""
+    place = _nearest_directory(Path(os.path.abspath(out.path)).parent)
+    try:
+        limit = os.pathconf(place, "PC_NAME_MAX") if place.is_dir() else 255
+    except (OSError, ValueError):
+        limit = 255
+    for part in Path(os.path.abspath(out.path)).parts:
+        size = len(part.encode("utf-8", "surrogateescape"))
+        if size > limit:
+            shown = part if len(part) <= 40 else f"{part[:20]}...{part[-16:]}"
+            raise GradfilterError(f"cannot write {out.label}: the name {shown} is {size} bytes, "
+                                  f"over the {limit} its file system allows")
+
+
+def _probe_directory(out: Named, place: Path) -> None:
+    try:
+        fd, name = tempfile.mkstemp(prefix=".gradfilter-probe.", suffix=".tmp", dir=place)
+        try:
+            os.write(fd, bytes(_PROBE_BYTES))
+        finally:
+            os.close(fd)
+            os.unlink(name)
+        room = os.statvfs(place)
+    except OSError as exc:
+        raise GradfilterError(f"cannot write {out.label}: {place}: "
+                              f"{exc.strerror or exc}") from None
+    free = room.f_bavail * room.f_frsize
+    if free < MIN_FREE_BYTES:
+        raise GradfilterError(f"cannot write {out.label}: no room left on the file system of "
+                              f"{place} ({free} bytes free)")
 
 
 def _check_pair(out: Named, other: Named, refusal: str) -> None:
@@ -160,7 +275,9 @@ def select_paths(data: object, stats: object, out: str | Path, out_format: str |
               *writes("the annotated records", "--annotate", annotate,
                       subset_kind(data, None, annotate) if annotate else "file", False)]
     return ([*data_reads(data),
-             *reads("the statistics table", "--stats", stats_path)],
+             *reads("the statistics table", "--stats", stats_path),
+             *reads("the statistics table's run record", "--stats",
+                    None if stats_path is None else record_of(stats_path))],
             [*writes("the subset", out_option, out, subset_kind(data, out_format, out)),
              *traces])
 

@@ -21,6 +21,9 @@ HELD_OUT_STREAM = 19  # (seed, HELD_OUT_STREAM): the fine-tune benchmark's held-
 # LoRA initialisation and data order), whatever else --seeds lists
 FINETUNE_STREAM = 23
 RESELECT_STREAM = 29  # (seed, draw, RESELECT_STREAM): the fine-tune benchmark's random subsets
+CLUSTER_STREAM = 31  # (seed, CLUSTER_STREAM): k-means of --stratify clusters
+WITHIN_STREAM = 37  # (seed, WITHIN_STREAM): --within random's draw inside each stratum
+SKETCH_PROJECTION_STREAM = 41  # (seed, ...): the sketches' projection for clustering
 
 
 def derived_seed(*parts: int) -> int:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from .arguments import path_or_name
 from .binding import DataCheck, table_data
 from .data import conversations, readers, sources
 from .data.conversations import Format
@@ -27,9 +28,10 @@ from .data.writers import in_output_order, reads_records, write_rows, write_subs
 from .decisions import ANNOTATION_KEY, Decisions, decide, table_columns
 from .diversity import DEFAULT_THRESHOLD, DIVERSITY, DedupReport, dedup
 from .errors import GradfilterError
-from .outputs import write_run_record
+from .outputs import write_run_record, written_together
 from .paths import refuse_collisions, select_paths
-from .selection import Selection, select_top
+from .selection import Selection, cut_score
+from .strata import Allocation, ClusterFeatures, RecordSource, Within, check_options, choose
 from .table import load_scores, load_sketch_features, table_utility
 
 if TYPE_CHECKING:
@@ -73,6 +75,7 @@ class Subset:
     # In memory (out=None): the input's records, and the kept ones in output order and schema.
     records: list[Record] | None = None
     kept: list[dict] | None = None
+    strata: dict | None = None  # what --stratify did (the run record's `stratify`)
 
     def annotated(self) -> list[dict]:
         """Every record (in memory) with its decision under `ANNOTATION_KEY`."""
@@ -112,6 +115,7 @@ class Subset:
         return self.selection.in_order(order)
 
 
+@written_together  # the subset and its run record move into place together
 def select(
     data: str | Path | Dataset | Any,
     stats: str | Path | pa.Table | np.ndarray,
@@ -134,6 +138,11 @@ def select(
     out_schema: Schema = "native",
     rejected: str | Path | None = None,
     annotate: str | Path | None = None,
+    stratify: str | None = None,
+    allocate: Allocation | None = None,
+    within: Within | None = None,
+    cluster_features: ClusterFeatures | None = None,
+    seed: int = 0,
 ) -> Subset:
     """Write the top records of `data` by `utility` to `out`, unchanged (`out_schema`
     "native"; "messages" and "prompt-completion" write them as TRL takes them: see
@@ -158,58 +167,51 @@ def select(
     `data` may be records in memory (a list of dicts, a `datasets.Dataset`, a pandas
     DataFrame). With `out=None` nothing is written: the result holds the records
     (`Subset.kept`, `Subset.annotated`, `Subset.to_pandas`; see `select_in_memory`).
+
+    `threshold` keeps only records scoring at or above it (all of them, or the top of them up
+    to `ratio`/`count`). `stratify` (`FIELD`, `field:FIELD`, `length[:B]`, `clusters[:K]`)
+    spreads the budget over strata by `allocate` (`even`, or `proportional` to the pool's
+    shares; default: even for clusters, proportional otherwise) and takes the best by the
+    utility (or, `within="random"`, a draw seeded by `seed`) within each; see `strata` and
+    `clusters` (`cluster_features`: trajectory, loss or trajectory+sketch).
     """
     if not isinstance(data, str | Path | Dataset) or out is None:  # records in memory
         data = as_dataset(data, fmt, limit, fields=fields) if out is not None else read_all(
             data, fmt, limit, fields, split)
+    if not isinstance(stats, pa.Table | np.ndarray):
+        path_or_name(stats, "--stats")
     if out is None:
         _nothing_to_write(rejected=rejected, annotate=annotate, out_format=out_format,
                           score_field=score_field)
         return select_in_memory(data, stats, utility=utility, ratio=ratio, count=count,
                                 threshold=threshold, order=order, out_schema=out_schema,
                                 diversity=diversity, diversity_threshold=diversity_threshold,
-                                allow_data_mismatch=allow_data_mismatch)
+                                allow_data_mismatch=allow_data_mismatch,
+                                stratify=stratify, allocate=allocate, within=within,
+                                cluster_features=cluster_features, seed=seed)
     refuse_collisions(*select_paths(data, stats, out, out_format, rejected=rejected,
                                     annotate=annotate))
+    check_options(stratify, allocate, within, cluster_features, threshold, diversity)
     if out_schema not in SCHEMAS:
         raise GradfilterError(f"--out-schema must be one of {list(SCHEMAS)}, got {out_schema!r}")
     start = time.perf_counter()
     utility = utility or table_utility(stats)
     scores = load_scores(stats, utility)
-    selection = select_top(scores, ratio=ratio, count=count, threshold=threshold)
+    selection, strata = choose(
+        scores, stats, ratio=ratio, count=count, threshold=threshold, stratify=stratify,
+        allocate=allocate, within=within, cluster_features=cluster_features, seed=seed,
+        records=records_again(data, split, limit),
+        where=str(data.path if isinstance(data, Dataset) else data))
     ranked_before_dedup = selection.ranked
     removed = None
     if diversity != "none":
         selection, removed = _diversify(selection, stats, diversity, diversity_threshold)
     shown = {int(i) for i in (*selection.best(PREVIEWS), *selection.worst(PREVIEWS))}
-    report = ReadReport()
     check = None if isinstance(stats, np.ndarray) else DataCheck(
         table_data(stats), data.path if isinstance(data, Dataset) else data,
         allow_data_mismatch)
-    if isinstance(data, Dataset):
-        source = data.source or sources.resolve_source(data.path)
-        fmt, fields, report = data.format, data.fields, data.report
-        _check_rows(len(scores), source, len(data.records))
-        if check is not None:
-            check.see_all(data.records).finish()  # before writing: the records are in memory
-        describe = partial(_prompt_preview, fmt=fmt, source=source, fields=fields)
-        watch = _Watch(shown, None, source, describe)
-        records = partial(watch.stream, data.records)
-        again: Callable[[], Iterable[Record]] = partial(iter, data.records)
-        prompts: dict[int, tuple[str, str]] | None = {
-            i: describe(data.records[i]) for i in shown if i < len(data.records)}
-    else:
-        fields = fields or {}
-        source = sources.resolve_source(data, split)
-        fmt = resolve_format(_read(source, ReadReport(), limit), source, fmt, fields)
-        if source.container in sources.ARROW_CONTAINERS:
-            n_rows = readers.arrow_num_rows(source)
-            _check_rows(len(scores), source, n_rows if limit is None else min(n_rows, limit))
-        describe = partial(_prompt_preview, fmt=fmt, source=source, fields=fields)
-        watch = _Watch(shown, len(scores), source, describe, check)
-        records = partial(watch.stream, _read(source, report, limit))
-        again = partial(_read, source, ReadReport(), limit)
-        prompts = None
+    source, fmt, fields, report, describe, watch, records, again, prompts = _reading(
+        data, len(scores), shown, check, fmt, fields, split, limit)
     container = sources.output_container(out, out_format, source.container)
     native = out_schema == "native"
     if check is not None and not isinstance(data, Dataset) and native and not reads_records(
@@ -242,19 +244,21 @@ def select(
         "utility": utility,
         "ratio": ratio,
         "count": count,
-        "threshold": threshold,
         "order": order,
         "out_format": container,
         "out_schema": out_schema,
         "score_field": score_field,
         "selected": len(chosen),
         "requested": selection.requested,
-        "cut_score": cut_score(selection, scores),
         **({"nothing_kept": nothing} if nothing else {}),
         "nonfinite_scores": selection.n_nonfinite,
         "decisions": decided.counts(),
         **traces,
         "diversity": {"method": diversity, **(removed.as_dict() if removed else {})},
+        "threshold": threshold,
+        "cut_score": cut_score(scores, chosen),
+        "stratify": strata,
+        "seed": seed,
         "read_warnings": report.warnings,
         **({"shards": report.shards} if report.shards else {}),
         "unreadable_records": report.skipped,
@@ -269,7 +273,8 @@ def select(
     return Subset(selection, scores, utility, source, fmt, container, report,
                   previews(selection.best(PREVIEWS)), previews(selection.worst(PREVIEWS)),
                   removed.as_dict() if removed else None,
-                  check.finish() if check is not None else None, nothing, traces, decided)
+                  check.finish() if check is not None else None, nothing, traces, decided,
+                  strata=strata)
 
 
 def _nothing_to_write(**options: object) -> None:
@@ -296,7 +301,10 @@ def select_in_memory(dataset: Dataset, stats: str | Path | pa.Table | np.ndarray
                      order: str = "input",
                      out_schema: Schema = "native", diversity: str = "none",
                      diversity_threshold: float = DEFAULT_THRESHOLD,
-                     allow_data_mismatch: bool = False) -> Subset:
+                     allow_data_mismatch: bool = False, stratify: str | None = None,
+                     allocate: Allocation | None = None, within: Within | None = None,
+                     cluster_features: ClusterFeatures | None = None,
+                     seed: int = 0) -> Subset:
     """`select` with nothing written: the kept records (`Subset.kept`, in `order` and
     `out_schema`) and every record's decision, checked against the table as `select` checks."""
     if out_schema not in SCHEMAS:
@@ -308,7 +316,11 @@ def select_in_memory(dataset: Dataset, stats: str | Path | pa.Table | np.ndarray
     check = None if isinstance(stats, np.ndarray) else DataCheck(
         table_data(stats), dataset.path, allow_data_mismatch).see_all(dataset.records)
     outcome = check.finish() if check is not None else None
-    selection = select_top(scores, ratio=ratio, count=count, threshold=threshold)
+    check_options(stratify, allocate, within, cluster_features, threshold, diversity)
+    selection, strata = choose(
+        scores, stats, ratio=ratio, count=count, threshold=threshold, stratify=stratify,
+        allocate=allocate, within=within, cluster_features=cluster_features, seed=seed,
+        records=lambda: iter(dataset.records), where=str(dataset.path))
     ranked_before_dedup, removed = selection.ranked, None
     if diversity != "none":
         selection, removed = _diversify(selection, stats, diversity, diversity_threshold)
@@ -330,7 +342,7 @@ def select_in_memory(dataset: Dataset, stats: str | Path | pa.Table | np.ndarray
                   outcome,
                   None if len(chosen) else why_nothing_kept(selection, ratio, count, threshold),
                   None, decide(selection, ranked_before_dedup, scores, utility,
-                               *table_columns(stats)), dataset.records, kept)
+                               *table_columns(stats)), dataset.records, kept, strata)
 
 
 def _write_traces(decided: Decisions, source: sources.Source,
@@ -374,12 +386,6 @@ def _shard_of(shards: list[dict]) -> Callable[[int], dict]:
     return shard
 
 
-def cut_score(selection: Selection, scores: np.ndarray) -> float | None:
-    """The lowest score kept (None where nothing is kept): a record scoring below it was not."""
-    kept = selection.indices
-    return float(scores[kept[-1]]) if len(kept) else None
-
-
 def why_nothing_kept(selection: Selection, ratio: float | None, count: int | None,
                      threshold: float | None = None) -> str:
     """Why a selection kept no record, in words."""
@@ -391,6 +397,48 @@ def why_nothing_kept(selection: Selection, ratio: float | None, count: int | Non
         return (f"--ratio {ratio:g} of {selection.n_records} records rounds to 0; ask for a "
                 "larger --ratio or a --count")
     return f"none of the {selection.n_records} records has a finite score"
+
+
+def _reading(data: str | Path | Dataset, n_scores: int, shown: set[int],
+             check: DataCheck | None, fmt: Format | None, fields: dict[str, str] | None,
+             split: str | None, limit: int | None) -> tuple:
+    """How `select` reads its input: the source, format, fields and read report, the preview
+    maker, the watch over the records, the records (once, watched), the records again (for the
+    traces), and the previews' prompts where the records are in memory already."""
+    report = ReadReport()
+    if isinstance(data, Dataset):
+        source = data.source or sources.resolve_source(data.path)
+        fmt, fields, report = data.format, data.fields, data.report
+        _check_rows(n_scores, source, len(data.records))
+        if check is not None:
+            check.see_all(data.records).finish()  # before writing: the records are in memory
+        describe = partial(_prompt_preview, fmt=fmt, source=source, fields=fields)
+        watch = _Watch(shown, None, source, describe)
+        records = partial(watch.stream, data.records)
+        again: Callable[[], Iterable[Record]] = partial(iter, data.records)
+        prompts: dict[int, tuple[str, str]] | None = {
+            i: describe(data.records[i]) for i in shown if i < len(data.records)}
+    else:
+        fields = fields or {}
+        source = sources.resolve_source(data, split)
+        fmt = resolve_format(_read(source, ReadReport(), limit), source, fmt, fields)
+        if source.container in sources.ARROW_CONTAINERS:
+            n_rows = readers.arrow_num_rows(source)
+            _check_rows(n_scores, source, n_rows if limit is None else min(n_rows, limit))
+        describe = partial(_prompt_preview, fmt=fmt, source=source, fields=fields)
+        watch = _Watch(shown, n_scores, source, describe, check)
+        records = partial(watch.stream, _read(source, report, limit))
+        again = partial(_read, source, ReadReport(), limit)
+        prompts = None
+    return source, fmt, fields, report, describe, watch, records, again, prompts
+
+
+def records_again(data: str | Path | Dataset, split: str | None,
+                   limit: int | None) -> RecordSource:
+    """The data's records once more, for `--stratify FIELD` (read only if called)."""
+    if isinstance(data, Dataset):
+        return lambda: iter(data.records)
+    return lambda: _read(sources.resolve_source(data, split), ReadReport(), limit)
 
 
 def _diversify(selection: Selection, stats, diversity: str,

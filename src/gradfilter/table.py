@@ -151,9 +151,10 @@ def with_identities(table: pa.Table, identities: Identities) -> pa.Table:
 
 
 def write_table(table: pa.Table, path: Path) -> None:
-    """The table to `path` (Parquet), atomically."""
+    """The table to `path` (Parquet), atomically, with a checksum on every page (checked on
+    every read: a flipped bit in a stored score is an error, not another selection)."""
     with atomic_path(path) as tmp:  # row groups of one read batch: reads stream by row group
-        pq.write_table(table, tmp, row_group_size=_STATS_BATCH_ROWS)
+        pq.write_table(table, tmp, row_group_size=_STATS_BATCH_ROWS, write_page_checksum=True)
 
 
 # --- what a table holds ----------------------------------------------------------------------
@@ -293,7 +294,7 @@ def load_stats(path: str | Path, columns: list[str] | None = None) -> pa.Table:
         # ParquetFile.read, not pq.read_table: the latter brings in pyarrow.dataset and pandas.
         return table_file.read(columns=columns)
     except (pa.ArrowException, OSError) as exc:
-        raise parquet_error(path, exc, NOT_A_TABLE) from exc
+        raise _read_error(path, exc) from exc
 
 
 def load_scores(stats: str | Path | pa.Table | np.ndarray, utility: str) -> np.ndarray:
@@ -325,7 +326,17 @@ def load_scores(stats: str | Path | pa.Table | np.ndarray, utility: str) -> np.n
             scores[start:start + batch.num_rows] = _computed(stats, (utility,))[utility]
         return scores
     except (pa.ArrowException, OSError) as exc:
-        raise parquet_error(path, exc, NOT_A_TABLE) from exc
+        raise _read_error(path, exc) from exc
+
+
+def _read_error(path: Path, exc: Exception) -> GradfilterError:
+    """A page whose checksum does not match is damage, said plainly; else what parquet_error
+    finds in the file."""
+    if "checksum" in str(exc).lower():
+        return GradfilterError(f"{path}: the statistics table is damaged: a page's checksum "
+                               "does not match its bytes (a flipped bit on disk or in a copy); "
+                               "restore the file or score again")
+    return parquet_error(path, exc, NOT_A_TABLE)
 
 
 def table_utility(stats: str | Path | pa.Table | np.ndarray) -> str:
@@ -344,8 +355,8 @@ def open_table(path: Path, **options) -> pq.ParquetFile:
     if not path.is_file():
         kind = "a directory" if path.is_dir() else "nothing"
         raise GradfilterError(f"{path}: no such statistics table (found {kind} there)")
-    try:
-        table_file = pq.ParquetFile(path, **options)
+    try:  # pages written with a checksum are checked against it (older tables have none)
+        table_file = pq.ParquetFile(path, page_checksum_verification=True, **options)
     except (pa.ArrowException, OSError) as exc:
         raise parquet_error(path, exc, NOT_A_TABLE) from exc
     schema = table_file.schema_arrow
@@ -381,10 +392,11 @@ def load_sketch_features(stats: str | Path | pa.Table, records: np.ndarray) -> n
     else:
         path = Path(stats)
         try:
-            table_file = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
+            table_file = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False,
+                                        page_checksum_verification=True)
         except (pa.ArrowInvalid, OSError) as exc:
             raise GradfilterError(f"{path}: not a Parquet statistics table: {exc}") from None
-        schema, batches = table_file.schema_arrow, partial(_stat_batches, table_file)
+        schema, batches = table_file.schema_arrow, partial(_checked_batches, table_file, path)
     late = table_meta(pa.Table.from_batches([], schema=schema)).get("late")
     if late is None:  # no metadata: the latest epoch with sketches
         late = max((int(m.group(1)) for c in schema.names if (m := _SKETCH.match(c))),
@@ -427,6 +439,13 @@ def _table_batches(table: pa.Table, columns: list[str]):
         start += batch.num_rows
 
 
+def _checked_batches(table_file: pq.ParquetFile, path: Path, columns: list[str]):
+    try:
+        yield from _stat_batches(table_file, columns)
+    except (pa.ArrowException, OSError) as exc:
+        raise _read_error(path, exc) from exc
+
+
 def _stat_batches(table_file: pq.ParquetFile, columns: list[str]):
     start = 0
     for batch in table_file.iter_batches(batch_size=_STATS_BATCH_ROWS, columns=columns):
@@ -448,3 +467,86 @@ def _as_float64(array: pa.Array) -> np.ndarray:
         bits = np.unpackbits(np.frombuffer(validity, dtype=np.uint8), bitorder="little")
         values[~bits[array.offset:array.offset + len(array)].astype(bool)] = np.nan
     return values
+
+
+# --- columns for stratified selection (strata, clusters) --------------------------------------
+
+def table_column_names(stats: str | Path | pa.Table) -> list[str]:
+    """The columns of a statistics table (a path is opened for its schema only)."""
+    if isinstance(stats, pa.Table):
+        return list(stats.column_names)
+    return list(open_table(Path(stats)).schema_arrow.names)
+
+
+def table_rows(stats: str | Path | pa.Table) -> int:
+    """How many records a statistics table holds (a path: from its footer)."""
+    if isinstance(stats, pa.Table):
+        return stats.num_rows
+    return open_table(Path(stats)).metadata.num_rows
+
+
+def stats_meta(stats: str | Path | pa.Table) -> dict:
+    """The table's `gradfilter` metadata (a path is opened for its schema only)."""
+    if isinstance(stats, pa.Table):
+        return table_meta(stats)
+    schema = open_table(Path(stats)).schema_arrow
+    return table_meta(pa.Table.from_batches([], schema=schema))
+
+
+def sketch_epochs(names: list[str]) -> list[int]:
+    """The epochs whose gradient sketches the table holds, in order."""
+    return sorted({int(m.group(1)) for c in names if (m := _SKETCH.match(c))})
+
+
+def recorded_epochs(names: list[str]) -> list[int]:
+    """The epochs whose squared norms the table holds, in order (none for a baseline's)."""
+    return sorted({int(m.group(1)) for c in names if (m := _SQNORM.match(c))})
+
+
+def load_columns(stats: str | Path | pa.Table, columns: list[str]) -> np.ndarray:
+    """Numeric `columns` of every record as [records, len(columns)] float32 (NaN where null),
+    read batch by batch: memory holds the result and one batch."""
+    if isinstance(stats, pa.Table):
+        rows, batches = stats.num_rows, lambda: _table_batches(stats, columns)
+        path = None
+    else:
+        path = Path(stats)
+        table_file = open_table(path, buffer_size=1 << 20, pre_buffer=False)
+        rows, batches = table_file.metadata.num_rows, partial(_stat_batches, table_file, columns)
+    out = np.empty((rows, len(columns)), dtype=np.float32)
+    try:
+        for start, batch in batches():
+            for k in range(len(columns)):
+                out[start:start + batch.num_rows, k] = _as_float64(batch.column(k))
+    except (pa.ArrowException, OSError) as exc:
+        if path is None:
+            raise
+        raise parquet_error(path, exc, NOT_A_TABLE) from exc
+    return out
+
+
+def project_sketches(stats: str | Path | pa.Table, epoch: int,
+                     planes: np.ndarray) -> np.ndarray:
+    """Every record's sketch features at `epoch` (as `load_sketch_features` makes them: the
+    members' unit sketches side by side, scaled by 1/sqrt(M)) times `planes` ([M * dim, D]):
+    [records, D] float32, zeros where unscored. Read batch by batch, so memory holds the
+    result and one batch, never the sketches of every record."""
+    if isinstance(stats, pa.Table):
+        schema, rows = stats.schema, stats.num_rows
+        batches = partial(_table_batches, stats)
+    else:
+        table_file = open_table(Path(stats), buffer_size=1 << 20, pre_buffer=False)
+        schema, rows = table_file.schema_arrow, table_file.metadata.num_rows
+        batches = partial(_stat_batches, table_file)
+    columns = sketch_member_columns(schema.names, epoch)
+    dim = schema.field(columns[0]).type.list_size
+    if planes.shape[0] != len(columns) * dim:
+        raise ValueError(f"planes have {planes.shape[0]} rows for {len(columns)} x {dim}")
+    out = np.zeros((rows, planes.shape[1]), dtype=np.float32)
+    scale = np.float32(1 / math.sqrt(len(columns)))
+    for start, batch in batches(columns):
+        everyone = np.arange(batch.num_rows)
+        for k in range(len(columns)):
+            units = _unit_sketches(batch.column(k), dim, everyone)
+            out[start:start + batch.num_rows] += units @ (planes[k * dim:(k + 1) * dim] * scale)
+    return out

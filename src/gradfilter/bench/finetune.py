@@ -11,7 +11,9 @@ initialisation and data order follow the value of its seed only, so seed s of ev
 starts from the same adapter and runs are paired by seed as well as by held-out example. The
 readings, verdicts and report are in `finetune_measures` (no torch), one run's training in
 `finetune_runs`, the pool, scores and held-out set in `finetune_inputs`; this module is the
-recipe over them.
+recipe over them. The named selectors (`selectors`: coverage, s2l, balanced_random) give a
+subset of the selectable records at each budget of the same size as a ranking's top,
+fine-tuned and compared like any method's; `costs` says what each selection cost.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from ..progress import library_bars, progress_bars, shows_library_bars
 from ..seeds import RESELECT_STREAM, derived_seed
 from ..selection import select_top
 from ..table import load_sketch_features
+from .costs import Trained, cost_block, scoring_work
 from .finetune_inputs import (
     FinetuneInputs,
     inputs_from_noise,
@@ -55,6 +58,7 @@ from .finetune_measures import (
     stacked,
 )
 from .finetune_runs import RunSettings, run_key, run_seed, train_seed
+from .selectors import selector_subsets
 
 __all__ = ["DEDUP", "FULL_POOL", "RANDOM", "Curves", "FinetuneConfig", "FinetuneInputs",
            "RunSettings", "inputs_from_noise", "inputs_from_pool", "record_groups",
@@ -176,6 +180,10 @@ def _plan(inputs: FinetuneInputs, config: FinetuneConfig, budgets: Sequence[floa
             "table's one draw is not used)")
     diverse = _dedup_by_sketches(inputs, positions, dedup_methods, dedup_threshold)
     chosen = subsets(scores, budgets, dedup_methods, diverse)
+    for selector in inputs.selectors:
+        assert inputs.chooser is not None
+        for key, kept in selector_subsets(selector, inputs.chooser, positions, budgets).items():
+            chosen[f"{selector}@{key}"] = kept
     plan: Plan = {}
     for b in budgets:
         key = f"{b:g}"
@@ -311,7 +319,37 @@ def summarize(rows: dict[str, dict[str, list[Curves]]], plan: Plan, config: Fine
                           "seconds": c.seconds}
                    for budget, table in rows.items() for row, draws in table.items()
                    for (name, _), c in zip(plan[budget][1][row], draws, strict=True)},
+        "cost": _cost(rows, plan, config, inputs, target),
     }
+
+
+def _cost(rows: dict[str, dict[str, list[Curves]]], plan: Plan, config: FinetuneConfig,
+          inputs: FinetuneInputs, target: ScoreConfig) -> dict:
+    """results.json's `cost` (`costs`): the G-SNR run's row-tokens over the records its table
+    scored, each row's fine-tunes, the full pool at the same epochs."""
+    from ..table import load_stats
+
+    tokens = np.array([len(e.input_ids) for e in inputs.pool], dtype=np.int64)
+    response = np.array([e.n_response_tokens for e in inputs.pool], dtype=np.int64)
+    work = scoring_work(inputs.chooser.table if inputs.chooser else None)
+    scored = np.ones(len(tokens), dtype=bool)
+    if work is not None:
+        reasons = load_stats(work.table, ["skip_reason"]).column(0)
+        scored = np.asarray(reasons.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    trained = {}
+    for budget, table in rows.items():
+        settings = plan[budget][0]
+        trained[budget] = {}
+        for row, draws in table.items():
+            runs = plan[budget][1][row]
+            chosen = np.concatenate([positions for _, positions in runs])
+            size = len(runs[0][1])
+            trained[budget][row] = Trained(
+                size, float(tokens[chosen].mean()) if len(chosen) else 0.0,
+                settings.steps * settings.batch_size / max(size, 1),
+                float(np.mean([c.seconds for c in draws])) / len(config.seeds))
+    full = config.epochs * float(tokens[inputs.usable].sum())
+    return cost_block(work, tokens[scored], response[scored], trained, full, target.proxy)
 
 
 def _write_reports(out_dir: Path, results: dict, rows: dict[str, dict[str, list[Curves]]]) -> None:

@@ -18,6 +18,7 @@ from ..config import ScoreConfig
 from ..errors import GradfilterError
 from ..scoring.tokenization import Encoded
 from ..seeds import HELD_OUT_STREAM, derived_seed
+from .selectors import DEFAULT_BALANCE_FIELD, SelectorInputs, is_selector
 
 
 @dataclass(frozen=True)
@@ -34,17 +35,22 @@ class FinetuneInputs:
     digest: str  # of the tokenised pool and held-out set, for the run keys
     sketches: str | None = None  # a table with gradient sketches of the pool (for --dedup)
     held_out_records: tuple[int, ...] = ()  # the pool records held out (none: a --held-out file)
+    selectors: tuple[str, ...] = ()  # coverage, s2l, balanced_random: subsets, not scores
+    chooser: SelectorInputs | None = None  # what the selectors read (a table, a field's values)
 
 
 def inputs_from_noise(noise_dir: Path, methods: Sequence[str] | None, target: ScoreConfig,
                       held_out: Path | None, held_out_share: float, seed: int,
                       corrupt_seed: int | None = None, group_field: str | None = None,
-                      allow_data_mismatch: bool = False, log=print) -> FinetuneInputs:
+                      allow_data_mismatch: bool = False, log=print,
+                      balance_field: str | None = None) -> FinetuneInputs:
     """The noise benchmark's mixed set as the pool and its tables as the methods' scores
     (selection on noisy data); held out: `held_out` (a file of prompts with reference answers)
     or a seeded share of the clean records, taken out of the pool (evaluation on clean
     references), by conversation where the benchmark's data carries conversation ids. Each
-    table must have been scored on the mixed set (`binding`), unless `allow_data_mismatch`."""
+    table must have been scored on the mixed set (`binding`), unless `allow_data_mismatch`.
+    Selectors among `methods` (by default those the noise run measured) read its G-SNR table
+    and, for balanced_random, `balance_field` of its data's records."""
     from ..binding import require_table_of
     from ..data.dataset import read_dataset
     from ..table import load_stats, utility_scores
@@ -58,32 +64,60 @@ def inputs_from_noise(noise_dir: Path, methods: Sequence[str] | None, target: Sc
 
     labels = pq.ParquetFile(noise_dir / draw["labels"]).read(["source_index", "corruption"])
     clean = np.array([label is None for label in labels.column("corruption").to_pylist()])
-    chosen = list(methods) if methods else list(draw["tables"])
-    missing = [m for m in chosen if m not in draw["tables"]]
+    measured = draw.get("selectors") or {}
+    chosen = list(methods) if methods else [*draw["tables"], *measured]
+    rankers = [m for m in chosen if not is_selector(m)]
+    missing = [m for m in rankers if m not in draw["tables"]]
     if missing:
         raise GradfilterError(f"{noise_dir}: the noise benchmark has no table for {missing}; "
                               f"it has {list(draw['tables'])}")
     tables = {m: run_table(noise_dir, path) for m, path in draw["tables"].items()}
-    loaded = {path: load_stats(path) for path in {tables[m] for m in chosen}}
+    loaded = {path: load_stats(path) for path in {tables[m] for m in rankers}}
     for path, table in loaded.items():
         require_table_of(table, path, pool.records, pool.path, allow_data_mismatch, log)
-    scores = {m: utility_scores(loaded[tables[m]], m) for m in chosen}
+    scores = {m: utility_scores(loaded[tables[m]], m) for m in rankers}
+    selectors = tuple(m for m in chosen if is_selector(m))
+    field = balance_field or next((v["field"] for v in measured.values() if "field" in v),
+                                  DEFAULT_BALANCE_FIELD)
+    chooser = SelectorInputs(
+        table=trajectory_table(tables.values()), field=field, seed=seed,
+        values=_noise_values(noise["data"], labels.column("source_index").to_numpy(), field)
+        if "balanced_random" in selectors else None)
     source = {"data": str(noise_dir / draw["mixed"]), "noise_benchmark": str(noise_dir),
               "corrupted": int((~clean).sum())}
     groups = _noise_groups(noise["data"], labels.column("source_index").to_numpy(),
                            group_field, log)
     inputs = _inputs(pool, scores, target, held_out, held_out_share, seed, clean, source, groups)
-    return replace(inputs, sketches=_sketched_table(tables.values()))
+    return replace(inputs, sketches=_sketched_table(tables.values()), selectors=selectors,
+                   chooser=chooser)
+
+
+def _noise_values(data: str, source_index: np.ndarray, field: str) -> list[object]:
+    """balanced_random's field of each mixed record, from the record of the noise benchmark's
+    data it came from (the mixed set keeps the conversation only)."""
+    from ..data.dataset import read_dataset
+    from ..strata import field_values
+
+    if not Path(data).exists():
+        raise GradfilterError(f"balanced_random: the noise benchmark's data {data} is not found "
+                              f"here (its records carry the field {field!r})")
+    values = field_values(read_dataset(data).records, field)
+    return [values[int(i)] for i in source_index]
 
 
 def inputs_from_pool(pool_path: str, tables: dict[str, str], target: ScoreConfig,
                      held_out: Path | None, held_out_share: float, seed: int,
                      group_field: str | None = None, allow_data_mismatch: bool = False,
-                     log=print) -> FinetuneInputs:
+                     log=print, selectors: Sequence[str] = (),
+                     selector_table: str | None = None,
+                     balance_field: str = DEFAULT_BALANCE_FIELD) -> FinetuneInputs:
     """A pool file and the statistics tables of the methods to compare (scored on that pool,
-    checked by `binding` unless `allow_data_mismatch`)."""
+    checked by `binding` unless `allow_data_mismatch`); `selectors` read `selector_table` (by
+    default the first of `tables` with training trajectories) and, for balanced_random,
+    `balance_field` of the pool's records."""
     from ..binding import require_table_of
     from ..data.dataset import read_dataset
+    from ..strata import field_values
     from ..table import load_stats, table_utility, utility_scores
 
     pool = read_dataset(pool_path)
@@ -99,7 +133,12 @@ def inputs_from_pool(pool_path: str, tables: dict[str, str], target: ScoreConfig
     groups = record_groups(pool.records, group_field, str(pool_path))
     inputs = _inputs(pool, scores, target, held_out, held_out_share, seed,
                      np.ones(len(pool.records), dtype=bool), {"data": str(pool_path)}, groups)
-    return replace(inputs, sketches=_sketched_table(tables.values()))
+    chooser = SelectorInputs(
+        table=selector_table or trajectory_table(tables.values()), field=balance_field,
+        seed=seed, values=field_values(pool.records, balance_field)
+        if "balanced_random" in selectors else None)
+    return replace(inputs, sketches=_sketched_table(tables.values()),
+                   selectors=tuple(selectors), chooser=chooser)
 
 
 @dataclass(frozen=True)
@@ -208,6 +247,18 @@ def _sketched_table(paths) -> str | None:
 
     for path in paths:
         if any(name.startswith("sketch_e") for name in pq.read_schema(path).names):
+            return str(path)
+    return None
+
+
+def trajectory_table(paths) -> str | None:
+    """The first of `paths` whose table holds training trajectories (a G-SNR table's)."""
+    import pyarrow.parquet as pq
+
+    from ..table import recorded_epochs
+
+    for path in paths:
+        if recorded_epochs(pq.read_schema(path).names):
             return str(path)
     return None
 

@@ -214,7 +214,7 @@ def _row(name: str, run: np.ndarray, losses: dict[str, np.ndarray], records: int
         entry[reading] = level(read(run, reading)).as_dict()
     best = int(run.mean(axis=(1, 2, 3)).argmin())
     entry["best"] = level(run[best]).as_dict()
-    references = [(RANDOM, RANDOM), ("ifd", "ifd")]
+    references = [(RANDOM, RANDOM), ("ifd", "ifd"), ("length", "length")]  # length: longest
     if name.endswith(DEDUP):  # against plain top-k of the same utility
         references.append(("plain", name.removesuffix(DEDUP)))
     for label, other in references:
@@ -291,6 +291,9 @@ def results_markdown(results: dict) -> str:
         lines += _budget_lines(budget, table, results["schedule"][budget])
         lines += ["Mean held-out loss at each evaluation (step 0: the untrained model):", "",
                   *curve_table(results, budget), ""]
+    from .costs import cost_markdown
+
+    lines += cost_markdown(results.get("cost"))
     return "\n".join(lines)
 
 
@@ -328,7 +331,8 @@ def _budget_lines(budget: str, table: dict, schedule: dict) -> list[str]:
              f"({passes}); held-out loss at steps {_steps_list(schedule['eval_steps'])}.", ""]
     lines += [line for w in schedule["warnings"] for line in (f"**Warning**: {w}.", "")]
     head = ["subset", "records", "passes", "AUC", "AUC - random", "final", "final - random",
-            "vs random: AUC (final)", "final - IFD", "steps to random's final", "overfitting"]
+            "vs random: AUC (final)", "final - IFD", "final - length", "steps to random's final",
+            "overfitting"]
     dedup = any(name.endswith(DEDUP) for name in table)
     if dedup:
         head.append("AUC - plain top-k")
@@ -339,7 +343,7 @@ def _budget_lines(budget: str, table: dict, schedule: dict) -> list[str]:
                  f"{e['passes']:.2g}", _cell(e["auc"]), _diff(e.get("auc_vs_random")),
                  _cell(e["final"]), _diff(e.get("final_vs_random")),
                  f"{verdicts['auc']} ({verdicts['final']})" if verdicts else "-",
-                 _diff(e.get("final_vs_ifd")),
+                 _diff(e.get("final_vs_ifd")), _diff(e.get("final_vs_length")),
                  steps_to_random_text(e.get("steps_to_random_final")),
                  _overfit(e)]
         lines.append(_cells([*cells, *([_diff(e.get("auc_vs_plain"))] if dedup else [])]))

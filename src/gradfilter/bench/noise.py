@@ -5,7 +5,9 @@ Corruptions (`corruptions.py`) act on every assistant turn that answers a prompt
 carry loss); they are registered by name, so users can add their own with `register_corruption`.
 A set corrupted already (e.g. the first part of an earlier run's mixed set) is measured as it
 is with its labels file (`read_labels`). The measures and verdicts are `noise_metrics.py`'s,
-results.md is `noise_report.py`'s.
+results.md is `noise_report.py`'s. The named selectors (`selectors.py`: coverage, s2l,
+balanced_random) are measured beside the rankings on the same scored records: coverage and s2l
+from the G-SNR run's table, balanced_random from a field of the data's records.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +46,18 @@ from .noise_metrics import (
     random_over_draws,
     random_reselections,
     random_summary,
+    selector_metrics,
     summary,
 )
 from .noise_report import results_markdown
+from .selectors import (
+    CLUSTERED,
+    DEFAULT_BALANCE_FIELD,
+    SelectorInputs,
+    balance_labels,
+    is_selector,
+    selector_subsets,
+)
 
 
 def messages_jsonl(conversations: list[list[Turn]]) -> str:
@@ -102,12 +113,15 @@ def _share(flag: np.ndarray, chosen: np.ndarray) -> float:
 
 def method_groups(methods: Sequence[str]) -> dict[str, list[str]]:
     """Which scoring run serves each method: one ensemble run serves every G-SNR utility (and
-    `loss`, the ensemble's late loss, when it runs); one IFD run serves perplexity too (in
-    either direction)."""
+    `loss`, the ensemble's late loss, when it runs, and the selectors that cluster its
+    trajectories); one IFD run serves perplexity too (in either direction); balanced_random
+    needs no run."""
     groups: dict[str, list[str]] = {}
-    ensemble = any(m in UTILITIES and m != "loss" for m in methods)
+    ensemble = any((m in UTILITIES and m != "loss") or m in CLUSTERED for m in methods)
     for method in methods:
-        if method in UTILITIES and (method != "loss" or ensemble):
+        if method == "balanced_random":
+            continue
+        if (method in UTILITIES and (method != "loss" or ensemble)) or method in CLUSTERED:
             run = "gsnr"
         elif method in ("ifd", *PERPLEXITY):
             run = "ifd" if "ifd" in methods else "perplexity"
@@ -169,14 +183,17 @@ def run_noise_benchmark(data, out_dir: Path, config: ScoreConfig, *, methods: Se
                         tables: dict[str, Path] | None = None, resamples: int = RESAMPLES,
                         progress: bool = True, log=print, diversity: str = "none",
                         diversity_threshold: float = DEFAULT_THRESHOLD,
-                        labels: Path | None = None, allow_data_mismatch: bool = False) -> dict:
+                        labels: Path | None = None, allow_data_mismatch: bool = False,
+                        balance_field: str = DEFAULT_BALANCE_FIELD) -> dict:
     """Corrupt (once per corruption seed), score with every method (reusing finished tables,
     or the `tables` given by run name), measure with intervals, report. With `labels` (a labels
     file as this benchmark writes), `data` is corrupted already: nothing is drawn, and the one
     seed names the run's files. With `diversity="dedup"`, also each method's selection with
     near-duplicates removed (by the G-SNR run's sketches) against its plain top-k. A table
     reused or given must have been scored on the mixed set (`binding`), unless
-    `allow_data_mismatch`."""
+    `allow_data_mismatch`. Selectors among `methods` are measured on the same records
+    (`balance_field`: balanced_random's field of the data's records; a corrupted record keeps
+    its original's value)."""
     from ..data.dataset import as_dataset
     from ..scoring.proxy import load_tokenizer
 
@@ -185,9 +202,13 @@ def run_noise_benchmark(data, out_dir: Path, config: ScoreConfig, *, methods: Se
     if labels is not None and len(corrupt_seeds) != 1:
         raise GradfilterError("--labels gives one corrupted set: give one --corrupt-seeds "
                               "value (it names the run's files), or none")
+    if all(is_selector(m) for m in methods):
+        raise GradfilterError("--methods: give a ranking (a utility, ifd, length, random) "
+                              "beside the selectors; they are compared with it")
     dataset = as_dataset(data)
     given = None if labels is None else read_labels(Path(labels), dataset)
     conversations, source = _answered(dataset, log)
+    chooser = _selector_inputs(methods, dataset, source, balance_field, config.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = []
     if given is not None:
@@ -197,7 +218,7 @@ def run_noise_benchmark(data, out_dir: Path, config: ScoreConfig, *, methods: Se
         runs.append(_run_seed(out_dir, corrupt_seeds[0], conversations, mixed_labels,
                               given.source[source], config, methods, corruptions, budgets,
                               tables or {}, resamples, progress, log, diversity,
-                              diversity_threshold, allow_data_mismatch))
+                              diversity_threshold, allow_data_mismatch, chooser))
     else:
         tokenizer = load_tokenizer(config.proxy)
         for seed in corrupt_seeds:
@@ -209,7 +230,7 @@ def run_noise_benchmark(data, out_dir: Path, config: ScoreConfig, *, methods: Se
             runs.append(_run_seed(out_dir, seed, mixed, drawn, np.array(source), config,
                                   methods, corruptions, budgets, tables or {}, resamples,
                                   progress, log, diversity, diversity_threshold,
-                                  allow_data_mismatch))
+                                  allow_data_mismatch, chooser))
     per_seed = {str(seed): run.results for seed, run in zip(corrupt_seeds, runs, strict=True)}
     keys = [f"{b:g}" for b in budgets]
     results = {
@@ -224,6 +245,18 @@ def run_noise_benchmark(data, out_dir: Path, config: ScoreConfig, *, methods: Se
     }
     _write_reports(out_dir, results)
     return results
+
+
+def _selector_inputs(methods: Sequence[str], dataset, source: Sequence[int], field: str,
+                     seed: int) -> SelectorInputs:
+    """What the selectors among `methods` read besides a table: balanced_random's field of
+    each answered record (checked here, before anything is scored or written)."""
+    if "balanced_random" not in methods:
+        return SelectorInputs(field=field, seed=seed)
+    values = [None if dataset.records[i].error is not None
+              else dataset.records[i].data.get(field) for i in source]
+    balance_labels(SelectorInputs(values=values, field=field), np.arange(len(values)))
+    return SelectorInputs(values=values, field=field, seed=seed)
 
 
 @dataclass(frozen=True)
@@ -305,8 +338,10 @@ def _run_seed(out_dir: Path, seed: int, mixed: list[list[Turn]], labels: list[st
               corruptions: Sequence[str], budgets: Sequence[float], given: dict[str, Path],
               resamples: int, progress: bool, log, diversity: str = "none",
               diversity_threshold: float = DEFAULT_THRESHOLD,
-              allow_data_mismatch: bool = False) -> SeedRun:
-    """One corruption draw: its mixed set and labels, every method's scores, the metrics."""
+              allow_data_mismatch: bool = False,
+              chooser: SelectorInputs | None = None) -> SeedRun:
+    """One corruption draw: its mixed set and labels, every method's scores and every
+    selector's subsets, the metrics."""
     from ..binding import require_table_of
     from ..data.dataset import read_dataset
     from ..scoring.score import score
@@ -318,6 +353,7 @@ def _run_seed(out_dir: Path, seed: int, mixed: list[list[Turn]], labels: list[st
     digest = file_sha256(mixed_path)
     all_scores: dict[str, np.ndarray] = {}
     tables: dict[str, str] = {}
+    ensemble: str | None = None  # the G-SNR run's table, for the selectors that cluster
     scored = np.ones(len(mixed), dtype=bool)
     for run, members in method_groups(methods).items():
         path = Path(given[run]) if run in given else scores_path(out_dir, run, config, digest)
@@ -333,9 +369,11 @@ def _run_seed(out_dir: Path, seed: int, mixed: list[list[Turn]], labels: list[st
             log(f"{run}: scoring {len(mixed)} records (corruption seed {seed})")
             table = score(mixed_path, path, config, method=run, progress=progress)
         scored &= table["skip_reason"].is_null().to_numpy(zero_copy_only=False)
+        ensemble = str(path) if run == "gsnr" else ensemble
         for method in members:
-            all_scores[method] = utility_scores(table, method)
-            tables[method] = str(path)
+            if not is_selector(method):
+                all_scores[method] = utility_scores(table, method)
+                tables[method] = str(path)
     # Records no method could score (e.g. a prompt longer than max_length) are left out of
     # every metric alike.
     all_scores = {m: s[scored] for m, s in all_scores.items()}
@@ -349,6 +387,16 @@ def _run_seed(out_dir: Path, seed: int, mixed: list[list[Turn]], labels: list[st
         "corrupted_by_type": {k: corrupted.count(k) for k in corruptions},
         "methods": method_metrics(all_scores, kept, budgets, resamples, seed),
     }
+    selectors = [m for m in methods if is_selector(m)]
+    if selectors:
+        chooser = replace(chooser or SelectorInputs(), table=ensemble)
+        rows = np.flatnonzero(scored)
+        chosen = {m: selector_subsets(m, chooser, rows, budgets) for m in selectors}
+        results["methods"].update(selector_metrics(chosen, kept, budgets, all_scores,
+                                                   resamples, seed))
+        results["selectors"] = {m: {"table": recorded_path(Path(ensemble), out_dir)}
+                                if m in CLUSTERED else {"field": chooser.field}
+                                for m in selectors}
     bad = np.array([bool(label) for label in kept])
     random = (random_expectation(bad, budgets),
               random_reselections(bad, budgets, RANDOM_DRAWS, seed))

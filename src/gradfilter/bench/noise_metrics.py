@@ -1,4 +1,6 @@
 """The noise benchmark's measures and verdicts (method.md, "Noise benchmark"; evaluation.md §1).
+A selector (`selectors`: a subset kept at each budget, not a ranking) is measured by
+`selector_metrics`: its contamination, compared the same ways.
 
 Every method is measured on one corruption draw with one paired bootstrap over the records
 (the same resamples for every method; each resample re-selects every method's top records) and
@@ -302,7 +304,7 @@ def _over_draws(method: str, runs: list[dict], budgets: list[str]) -> dict:
 
     rate = sum(r["corrupted"] for r in runs) / sum(r["records"] for r in runs)
     entry: dict = {name: over(lambda e, n=name: e[n]["estimate"]).as_dict()
-                   for name in ("auroc", "auprc")}
+                   for name in ("auroc", "auprc") if name in entries[0]}  # none: a selector
     for key in budgets:
         name = f"contamination@{key}"
         entry[name] = widened(over(lambda e, n=name: e[n]["estimate"]),
@@ -328,7 +330,8 @@ def _over_draws(method: str, runs: list[dict], budgets: list[str]) -> dict:
 def _kinds_over_draws(entries: list[dict], budgets: list[str]) -> dict:
     """Per kind: Student's t over the draws with every draw's value; a kind's share never
     narrower than the exact interval of its pooled count."""
-    kinds = list(entries[0]["auroc_by_type"])
+    kinds = list(entries[0]["contamination_by_type"][budgets[0]]) if budgets else []
+    ranked = [kind for kind in kinds if kind in entries[0]["auroc_by_type"]]  # not a selector
 
     def spread(values: list[float], exact: Interval | None = None) -> dict:
         interval = bounded(t_interval(values), 0.0, 1.0)
@@ -342,7 +345,7 @@ def _kinds_over_draws(entries: list[dict], budgets: list[str]) -> dict:
         return spread(values, share_interval(found, sum(kept)))
 
     auroc = {kind: spread([e["auroc_by_type"][kind]["estimate"] for e in entries])
-             for kind in kinds}
+             for kind in ranked}
     return {
         "auroc_by_type": auroc,
         "verdicts_by_type": {kind: verdict(shifted(Interval(a["estimate"], a["low"], a["high"]),
@@ -357,3 +360,89 @@ def random_over_draws(expectations: list[np.ndarray], draws: list[np.ndarray],
     """Random over one or several corruption draws: the mean of their expectations, and the
     band of the mean of their i-th reselections (the spread of a mean over the draws)."""
     return random_summary(np.mean(expectations, axis=0), np.mean(draws, axis=0), names)
+
+
+# --- selectors: subsets kept, not rankings ----------------------------------------------------
+
+def selector_metrics(chosen: dict[str, dict[str, np.ndarray]], labels: Sequence[str | None],
+                     budgets: Sequence[float], references: dict[str, np.ndarray],
+                     resamples: int = RESAMPLES, seed: int = 0) -> dict[str, dict]:
+    """Every selector's contamination per budget (`chosen[selector][budget key]`: the records it
+    keeps) with its exact interval, its differences to random's expectation and to the
+    `REFERENCES` among `references` (their scores), each with a verdict; per kind, that kind's
+    share of the kept. Paired on the same bootstrap resamples as `method_metrics` (same `seed`):
+    a selector's subset is held fixed (its share on a resample counts a record drawn w times w
+    times) while a reference re-selects its top records; the exact intervals (Clopper-Pearson,
+    Newcombe) bound every difference from inside. No AUROC or AUPRC: a selector keeps a set at
+    each budget, it does not rank the pool."""
+    pool = _Pool(np.array([label or "" for label in labels]), list(budgets))
+    names = pool.names[2:]  # contamination at each budget
+    n = len(pool.labels)
+    masks = {m: np.stack([np.isin(np.arange(n), kept[key]) for key in pool.keys]).astype(float)
+             for m, kept in chosen.items()}
+    rankings = {r: Ranking(references[r]) for r in REFERENCES if r in references}
+    own = {m: _fixed_shares(mask, np.ones((1, n)), pool.corrupted)[0]
+           for m, mask in masks.items()}
+    ref_own = {r: ranking.top_shares(pool.corrupted, pool.budgets, np.ones((1, n)))[0]
+               for r, ranking in rankings.items()}
+    draws: dict[str, list] = {m: [] for m in [*masks, *rankings, "random"]}
+    for weights in resample_weight_blocks(n, resamples, seed):
+        for m, mask in masks.items():
+            draws[m].append(_fixed_shares(mask, weights, pool.corrupted))
+        for r, ranking in rankings.items():
+            draws[r].append(ranking.top_shares(pool.corrupted, pool.budgets, weights))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rate = (weights * pool.corrupted).sum(axis=1) / weights.sum(axis=1)
+        draws["random"].append(np.repeat(rate[:, None], len(names), axis=1))
+    stacked = {m: np.concatenate(blocks) for m, blocks in draws.items()}
+    rate = float(pool.corrupted.mean())
+    ref_counts = {r: pool.kept_counts(references[r]) for r in rankings}
+    result = {}
+    for m, kept in chosen.items():
+        counts = _counts(pool, kept)
+        exact = {key: share_interval(counts[key]["corrupted"], counts[key]["kept"])
+                 for key in pool.keys}
+        entry: dict = {name: exact[key].as_dict() for name, key in zip(names, pool.keys,
+                                                                          strict=True)}
+        entry["selected"] = {key: counts[key]["kept"] for key in pool.keys}
+        entry["kept_corrupted"] = {key: counts[key]["corrupted"] for key in pool.keys}
+        entry["vs_random"] = {
+            name: widened(percentile_interval(own[m][j] - rate,
+                                              stacked[m][:, j] - stacked["random"][:, j]),
+                          shifted(exact[key], -rate)).as_dict()
+            for j, (name, key) in enumerate(zip(names, pool.keys, strict=True))}
+        for r in rankings:
+            entry[f"vs_{r}"] = {
+                name: widened(percentile_interval(own[m][j] - ref_own[r][j],
+                                                  stacked[m][:, j] - stacked[r][:, j]),
+                              share_difference(exact[key], share_interval(
+                                  ref_counts[r][key]["corrupted"], ref_counts[r][key]["kept"]))
+                              ).as_dict()
+                for j, (name, key) in enumerate(zip(names, pool.keys, strict=True))}
+        entry["verdicts"] = verdicts_of(entry)
+        entry["auroc_by_type"], entry["verdicts_by_type"] = {}, {}
+        entry["contamination_by_type"] = {
+            key: {kind: share_interval(counts[key]["by_kind"][kind],
+                                       counts[key]["kept"]).as_dict() for kind in pool.kinds}
+            for key in pool.keys}
+        result[m] = entry
+    return result
+
+
+def _fixed_shares(mask: np.ndarray, weights: np.ndarray, marked: np.ndarray) -> np.ndarray:
+    """[rows, budgets]: the weighted share of `marked` among a fixed subset per budget (`mask`,
+    [budgets, n] zeros and ones); NaN where a resample drew none of it."""
+    kept = weights @ mask.T
+    hits = (weights * marked) @ mask.T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(kept > 0, hits / kept, math.nan)
+
+
+def _counts(pool: _Pool, kept: dict[str, np.ndarray]) -> dict[str, dict]:
+    """Per budget: how many a selector keeps, how many of them are corrupted, per kind."""
+    out = {}
+    for key in pool.keys:
+        labels = pool.labels[kept[key]]
+        out[key] = {"kept": len(labels), "corrupted": int((labels != "").sum()),
+                    "by_kind": {k: int((labels == k).sum()) for k in pool.kinds}}
+    return out

@@ -1,5 +1,7 @@
 """results.md of the noise benchmark: the headline table with each method's verdicts against
-random, IFD and `length`; the differences with their intervals; per corruption kind."""
+random, IFD and `length`; the differences with their intervals; per corruption kind. A
+selector (coverage, s2l, balanced_random) keeps a subset and ranks nothing: `-` for its AUROC
+and AUPRC."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ def results_markdown(results: dict) -> str:
              _reading(results), "", _row(head), _row(["---"] * len(head)),
              _random_row(results["random"], budgets, len(references))]
     for method, m in results["summary"].items():
-        lines.append(_row([method, _cell(m["auroc"]), _cell(m["auprc"]),
+        lines.append(_row([method, _cell(m.get("auroc")), _cell(m.get("auprc")),
                            *[_cell(m[f"contamination@{b}"]) for b in budgets],
                            *[verdict_cell(m["verdicts"].get(r)) for r in references]]))
     lines += _differences(results["summary"], budgets, references)
@@ -50,7 +52,10 @@ def _reading(results: dict) -> str:
         "vs random / IFD / length: on each measure, **better**, **tied** or **worse** by whether "
         "the 95% interval of the difference (method minus random's expectation, or minus the "
         "other method, paired) excludes zero; the cells name the measures (5%, 10%: "
-        "contamination at that budget).")
+        "contamination at that budget)." + (
+            " Selectors (coverage, s2l, balanced_random) keep a subset at each budget and rank "
+            "nothing (no AUROC or AUPRC); the bootstrap holds their subsets fixed."
+            if any("auroc" not in m for m in results["summary"].values()) else ""))
 
 
 def _random_row(random: dict, budgets: Sequence[str], references: int) -> str:
@@ -96,15 +101,17 @@ def _differences(summary: dict, budgets: Sequence[str], references: list[str]) -
             if differences is None:
                 continue
             lines.append(_row([method, SHOWN[reference], *[
-                f"{_signed(differences[n])} {m['verdicts'][reference][n]}" for n in names]]))
+                f"{_signed(differences[n])} {m['verdicts'][reference][n]}"
+                if n in differences else "-" for n in names]]))
     return lines
 
 
 def _kinds(results: dict, budgets: Sequence[str]) -> list[str]:
     """Per kind: AUROC clean vs that kind with its verdict against chance, and that kind's share
     of the kept records at the middle budget; with several draws, each draw's value."""
+    first = next(iter(results["summary"].values()))
     kinds = [k for k in results["corruptions"]
-             if k in next(iter(results["summary"].values()))["auroc_by_type"]]
+             if k in first["auroc_by_type"] or k in first["contamination_by_type"][budgets[0]]]
     middle = budgets[len(budgets) // 2]
     seeds = results["corrupt_seeds"]
     several = len(seeds) > 1
@@ -119,11 +126,11 @@ def _kinds(results: dict, budgets: Sequence[str]) -> list[str]:
     for method, m in results["summary"].items():
         cells = []
         for kind in kinds:
-            auroc = m["auroc_by_type"][kind]
+            auroc = m["auroc_by_type"].get(kind)  # none for a selector
             share = m["contamination_by_type"][middle][kind]
-            text = (f"{_cell(auroc)} {m['verdicts_by_type'][kind]}"
-                    f"{_draws(auroc) if several else ''} · {_cell(share)}"
-                    f"{_draws(share) if several else ''}")
+            text = ("-" if auroc is None else f"{_cell(auroc)} {m['verdicts_by_type'][kind]}"
+                    f"{_draws(auroc) if several else ''}") + \
+                f" · {_cell(share)}{_draws(share) if several else ''}"
             cells.append(text)
         lines.append(_row([method, *cells]))
     return lines
@@ -161,7 +168,9 @@ def _scale_line(results: dict) -> str:
     return "; ".join(parts) + "."
 
 
-def _cell(interval: dict) -> str:
+def _cell(interval: dict | None) -> str:
+    if interval is None:
+        return "-"
     return f"{interval['estimate']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]"
 
 

@@ -15,6 +15,11 @@
 All three run in one process on the same tokenised data and proxy. Each path's wall time
 counts only its own work (the proxy is loaded before), and its peak memory is the process's
 high-water mark during that path (Linux: reset through /proc/self/clear_refs).
+
+Under torchrun the gradient paths (fused, during, snapshot) run on all W processes in the
+layout `score` uses (member groups x data shards), then on rank 0 alone while the others wait:
+examples/s in all and per process, and the speed-up from 1 to W processes. The naive and IFD
+paths run on rank 0 alone.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from ..scoring.baselines import ProxyForward
 from ..scoring.batching import Batcher, member_batches
 from ..scoring.budget import batch_tokens
 from ..scoring.collection import GradientStatistics, train_and_collect
+from ..scoring.distributed import Comm, Layout, session
 from ..scoring.ensemble import LoRAEnsemble, linear_warmup_decay
 from ..scoring.proxy import (
     default_targets,
@@ -49,6 +55,7 @@ from ..scoring.trainer import WARMUP_RATIO
 from ..utilities import compute_utilities
 
 BF16_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
+GRADIENT_PATHS = ("fused", "during", "snapshot")  # the paths that run on every process
 
 
 @dataclass
@@ -60,10 +67,15 @@ class PathTiming:
     host_peak_mib: float
     device_peak_mib: float | None
     row_tokens: int  # tokens through the backbone, counting every member's copy
+    processes: int = 1
 
     @property
     def examples_per_s(self) -> float:
         return self.examples / self.seconds
+
+    @property
+    def examples_per_s_per_process(self) -> float:
+        return self.examples_per_s / self.processes
 
     @property
     def tokens_per_s(self) -> float:
@@ -91,20 +103,25 @@ def host_peak_mib() -> float:
 
 
 def measured(name: str, work: Callable[[], object], encoded: list[Encoded], row_tokens: int,
-             device: torch.device) -> tuple[PathTiming, object]:
+             device: torch.device, comm: Comm | None = None) -> tuple[PathTiming, object]:
+    """`work` timed; with `comm`, on all its processes together, from a common start to the
+    last one's end."""
+    comm = comm or Comm()
     reset_peaks(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    comm.barrier()
     start = time.perf_counter()
     result = work()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    comm.barrier()
     seconds = time.perf_counter() - start
     device_peak = (torch.cuda.max_memory_allocated(device) / 2**20
                    if device.type == "cuda" else None)
     tokens = sum(len(item.input_ids) for item in encoded)
     return PathTiming(name, seconds, len(encoded), tokens, host_peak_mib(), device_peak,
-                      row_tokens), result
+                      row_tokens, comm.world), result
 
 
 def rank_agreement(a: np.ndarray, b: np.ndarray, top: float = 0.1) -> dict[str, float]:
@@ -126,12 +143,16 @@ def mode_agreement(during: GradientStatistics, snapshot: GradientStatistics,
             for name in utilities[0]}
 
 
-def fused_path(model, encoded, config: ScoreConfig, device, dtype) -> GradientStatistics:
-    """gradfilter's scoring on an already loaded backbone."""
+def fused_path(model, encoded, config: ScoreConfig, device, dtype, comm: Comm | None = None,
+               layout: Layout | None = None) -> GradientStatistics:
+    """gradfilter's scoring on an already loaded backbone (this rank's part of it, with
+    `comm` and `layout`)."""
+    layout = layout or Layout(members=config.members)
     ensemble = LoRAEnsemble(model, config.members, config.lora_rank, config.lora_alpha,
-                            config.lora_targets, config.seed)
+                            config.lora_targets, config.seed, member_ids=layout.local_members)
     scorable = np.arange(len(encoded))
-    return train_and_collect(ensemble, encoded, scorable, config, device, dtype, progress=False)
+    return train_and_collect(ensemble, encoded, scorable, config, device, dtype, progress=False,
+                             comm=comm, layout=layout)
 
 
 def naive_path(model, encoded, config: ScoreConfig, device, dtype) -> dict[int, np.ndarray]:
@@ -225,9 +246,29 @@ def utilisation(timing: PathTiming, flops_per_token: float, device: torch.device
 
 
 def run_speed_benchmark(encoded: list[Encoded], config: ScoreConfig, paths: tuple[str, ...],
-                        log=print) -> dict:
-    """Time each requested path ('fused', 'naive', 'ifd') on `encoded`; figures as a dict."""
-    device = resolve_device(config.device)
+                        log=print, member_groups: int | None = None) -> dict:
+    """Time each requested path ('fused', 'naive', 'ifd', 'during', 'snapshot') on `encoded`;
+    figures as a dict (on rank 0; an empty one on the other ranks under torchrun)."""
+    with session(resolve_device(config.device)) as (comm, device):
+        return _speed_benchmark(encoded, config, paths, log if comm.rank == 0 else _silent,
+                                comm, comm.layout(config.members, member_groups), device)
+
+
+def _silent(_: str) -> None:
+    pass
+
+
+def _on_rank0(comm: Comm, work: Callable[[], tuple[PathTiming, object]]
+              ) -> tuple[PathTiming | None, object]:
+    """`work` on rank 0 alone, the other ranks waiting for it."""
+    result: tuple[PathTiming | None, object] = work() if comm.rank == 0 else (None, None)
+    comm.barrier()
+    return result
+
+
+def _speed_benchmark(encoded: list[Encoded], config: ScoreConfig, paths: tuple[str, ...],
+                     log: Callable[[str], None], comm: Comm, layout: Layout,
+                     device: torch.device) -> dict:
     dtype = resolve_dtype(config.dtype, device)
     forward_dtype = resolve_dtype(config.dtype, device, "forward")
     tokenizer = load_tokenizer(config.proxy)
@@ -244,21 +285,36 @@ def run_speed_benchmark(encoded: list[Encoded], config: ScoreConfig, paths: tupl
                   "ifd": tokens + sum(int(item.response_mask.sum()) + 1 for item in encoded),
                   "snapshot": gradient_row_tokens,
                   "during": tokens * config.members * config.epochs}
-    timings, outputs = {}, {}
+    timings, outputs, scaling = {}, {}, {}
     for name in paths:
         log(f"{name}: running on {len(encoded)} examples ({tokens} tokens)")
-        if name == "fused":  # the snapshot reading: the one the naive loop reproduces
-            work = partial(fused_path, copy.deepcopy(model), encoded,
-                           replace(config, collect="snapshot"), device, dtype)
-        elif name in ("during", "snapshot"):
-            work = partial(fused_path, copy.deepcopy(model), encoded,
-                           replace(config, collect=name), device, dtype)
+        # fused: the snapshot reading, the one the naive loop reproduces
+        gradient = replace(config, collect="snapshot" if name == "fused" else name)
+        if name in GRADIENT_PATHS and comm.distributed:
+            timings[name], outputs[name] = measured(
+                name, partial(fused_path, copy.deepcopy(model), encoded, gradient, device,
+                              dtype, comm, layout), encoded, row_tokens[name], device, comm)
+            log(f"{name}: {timings[name].seconds:.1f} s on {comm.world} processes")
+            alone, _ = _on_rank0(comm, lambda gradient=gradient, name=name: measured(
+                name, partial(fused_path, copy.deepcopy(model), encoded, gradient, device,
+                              dtype), encoded, row_tokens[name], device))
+            if alone is not None:
+                scaling[name] = {"processes": comm.world, "one_process_seconds": alone.seconds,
+                                 "seconds": timings[name].seconds,
+                                 "speedup": alone.seconds / timings[name].seconds}
+                log(f"{name}: {alone.seconds:.1f} s on 1 process")
+            continue
+        if name in GRADIENT_PATHS:
+            work = partial(fused_path, copy.deepcopy(model), encoded, gradient, device, dtype)
         elif name == "naive":
             work = partial(naive_path, model, encoded, config, device, dtype)
         else:
             work = partial(ifd_path, model, tokenizer, encoded, config, device, forward_dtype)
-        timings[name], outputs[name] = measured(name, work, encoded, row_tokens[name], device)
-        log(f"{name}: {timings[name].seconds:.1f} s")
+        timings[name], outputs[name] = _on_rank0(comm, lambda work=work, name=name: measured(
+            name, work, encoded, row_tokens[name], device))
+        log(f"{name}: {timings[name].seconds:.1f} s" if timings[name] else "")
+    if comm.rank != 0:
+        return {}
     report = {
         "config": asdict(config),
         "device": str(device),
@@ -267,8 +323,12 @@ def run_speed_benchmark(encoded: list[Encoded], config: ScoreConfig, paths: tupl
         "proxy_parameters": params,
         "examples": len(encoded),
         "tokens": tokens,
+        "processes": comm.world,
+        "layout": [layout.describe(rank) for rank in range(comm.world)],
+        "scaling": scaling,
         "paths": {
             name: {**asdict(t), "examples_per_s": t.examples_per_s,
+                   "examples_per_s_per_process": t.examples_per_s_per_process,
                    "tokens_per_s": t.tokens_per_s,
                    "utilisation": utilisation(t, flops[name], device)}
             for name, t in timings.items()
@@ -293,14 +353,20 @@ def run_speed_benchmark(encoded: list[Encoded], config: ScoreConfig, paths: tupl
 
 
 def speed_table(report: dict) -> str:
-    rows = ["| path | seconds | examples/s | tokens/s | host peak MiB | device peak MiB | "
-            "utilisation |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = ["| path | processes | seconds | examples/s | examples/s per process | tokens/s | "
+            "host peak MiB | device peak MiB | utilisation |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, p in report["paths"].items():
         device_peak = "-" if p["device_peak_mib"] is None else f"{p['device_peak_mib']:.0f}"
         use = "-" if p["utilisation"] is None else f"{p['utilisation']:.1%}"
-        rows.append(f"| {name} | {p['seconds']:.2f} | {p['examples_per_s']:.2f} | "
+        rows.append(f"| {name} | {p['processes']} | {p['seconds']:.2f} | "
+                    f"{p['examples_per_s']:.2f} | {p['examples_per_s_per_process']:.2f} | "
                     f"{p['tokens_per_s']:.0f} | {p['host_peak_mib']:.0f} | {device_peak} | {use} |")
     lines = ["\n".join(rows), ""]
+    for name, figures in report.get("scaling", {}).items():
+        lines.append(f"{name}: 1 -> {figures['processes']} processes: "
+                     f"{figures['one_process_seconds']:.2f} s -> {figures['seconds']:.2f} s, "
+                     f"speed-up {figures['speedup']:.2f}x")
     if "fused_over_naive" in report:
         lines.append(f"a/b (fused throughput / naive throughput): "
                      f"{report['fused_over_naive']:.2f}x; largest relative difference of the "

@@ -7,6 +7,7 @@ without it; the commands that need a model import it when they run.
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import traceback
@@ -14,6 +15,7 @@ import traceback
 import click
 
 from ..errors import GradfilterError
+from ..interrupts import Interrupted, handled
 from ..progress import library_bars
 from .bench import bench
 from .data import inspect, select
@@ -44,11 +46,14 @@ for command in (score, select, run, report_command, inspect, demo, bench):
 
 def main() -> None:
     """Run the command; an error is one line on stderr and exit 2 (with --debug, the traceback
-    and the cause behind the one line come first). Where stderr is not a terminal, other
-    libraries' progress bars are off (gradfilter's own phases print plain lines there)."""
+    and the cause behind the one line come first). Ctrl-C, SIGTERM and SIGHUP print `aborted`
+    and exit 128 + the signal's number, leaving no partial output. Where stderr is not a
+    terminal, other libraries' progress bars are off (gradfilter's own phases print plain
+    lines there)."""
     _state["debug"] = False
+    _printing_never_fails()
     try:
-        with library_bars(sys.stderr.isatty()):  # in a log, other libraries' bars are noise
+        with handled(), library_bars(sys.stderr.isatty()):  # in a log, others' bars are noise
             app(standalone_mode=False)
     except GradfilterError as exc:
         _show_traceback(exc)
@@ -56,6 +61,9 @@ def main() -> None:
     except click.exceptions.Abort:
         console.print("aborted")
         sys.exit(130)
+    except Interrupted as exc:
+        console.print(f"aborted ({exc})", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
@@ -63,6 +71,14 @@ def main() -> None:
         _show_traceback(exc)
         hint = "" if _debugging() else " (run with --debug for the traceback)"
         _error(f"{type(exc).__name__}: {_one_line(exc)}{hint}")
+
+
+def _printing_never_fails() -> None:
+    """A console that cannot show a character (PYTHONIOENCODING=ascii, a Windows code page)
+    shows a replacement instead of failing a run whose outputs are written."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and stream.errors == "strict":
+            stream.reconfigure(errors="replace")
 
 
 def _debugging() -> bool:

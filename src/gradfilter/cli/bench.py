@@ -16,6 +16,7 @@ from rich.console import Console
 
 from ..bench.corruptions import OPT_IN, SHIPPED
 from ..bench.finetune_measures import DEFAULT_EPOCHS, MIN_RANDOM_DRAWS
+from ..bench.selectors import CLUSTERED, DEFAULT_BALANCE_FIELD, SELECTORS
 from ..config import ScoreConfig
 from ..diversity import DEFAULT_THRESHOLD, DIVERSITY
 from ..report import REPORT_NAME
@@ -37,10 +38,19 @@ from .options import (
 from .report import console
 
 BENCH_SCORE_OPTIONS = score_options("method", "save_adapters", "checkpoint_dir",
-                                    "checkpoint_every")
+                                    "checkpoint_every", "member_groups")
 # Every baseline in both directions where it has two; plain `perplexity` (perplexity-high's
 # other name) is left out so that no ranking is measured twice.
-BENCH_METHODS = (*UTILITIES, *(b for b in BASELINE_SCORES if b != "perplexity"))
+BENCH_METHODS = (*UTILITIES, *(b for b in BASELINE_SCORES if b != "perplexity"), *CLUSTERED)
+SELECTOR_HELP = ("Selectors (a subset at each budget, measured beside the rankings): coverage "
+                 "(k-means over the G-SNR run's trajectories, the budget spread evenly over "
+                 "the clusters, highest G-SNR in each), s2l (the same clusters, a seeded "
+                 "random draw in each: S2L), balanced_random (a seeded random draw in each "
+                 "value of --balance-field; named only).")
+BALANCE_OPTION = click.option(
+    "--balance-field", default=DEFAULT_BALANCE_FIELD, show_default=True, metavar="FIELD",
+    help="balanced_random's source field: a top-level field of the records with a few values "
+         "(a source, a task, a language).")
 
 
 @click.group()
@@ -63,9 +73,10 @@ bench.add_command(human)
               help="Corruption draws (comma-separated seeds): each is scored and measured; "
                    "with several, the intervals are Student's t over the draws.")
 @click.option("--methods", default=",".join(BENCH_METHODS), show_default=True,
-              help="Utilities (highest first; loss: lowest loss first) and baselines to compare "
-                   "(the G-SNR utilities share one run, both perplexity directions IFD's "
-                   "pass). Baselines: " + baseline_help() + ".")
+              help="Utilities (highest first; loss: lowest loss first), baselines and selectors "
+                   "to compare (the G-SNR utilities and coverage, s2l share one run, both "
+                   "perplexity directions IFD's pass). Baselines: " + baseline_help() + ". "
+                   + SELECTOR_HELP)
 @click.option("--budgets", default="0.05,0.1,0.15", show_default=True,
               help="Fractions of records kept at which contamination is reported.")
 @click.option("--plugin", "plugins", multiple=True,
@@ -86,12 +97,14 @@ bench.add_command(human)
 @click.option("--diversity-threshold", type=float, default=DEFAULT_THRESHOLD,
               show_default=True, help="The cosine at or above which dedup removes a record.")
 @allow_mismatch_option
+@BALANCE_OPTION
 @data_options
 @BENCH_SCORE_OPTIONS
 def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_seeds: str,
           methods: str, budgets: str, plugins: tuple[str, ...], labels_file: Path | None,
           tables: tuple[str, ...], resamples: int, diversity: str, diversity_threshold: float,
-          allow_data_mismatch: bool, fmt, fields, limit, split, quiet, **options) -> None:
+          allow_data_mismatch: bool, balance_field: str, fmt, fields, limit, split, quiet,
+          **options) -> None:
     """Corrupt part of DATA (or take DATA as corrupted, with --labels), score it with every
     method, report AUROC, AUPRC and contamination, and whether each method is better than,
     tied with or worse than random's expectation, IFD and length."""
@@ -125,7 +138,8 @@ def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_s
         corrupt_seeds=csv_numbers(corrupt_seeds, "--corrupt-seeds", int),
         tables=named_paths(tables, "--table"), resamples=resamples, progress=not quiet,
         log=console.print, diversity=diversity, diversity_threshold=diversity_threshold,
-        labels=labels_file, allow_data_mismatch=allow_data_mismatch)
+        labels=labels_file, allow_data_mismatch=allow_data_mismatch,
+        balance_field=balance_field)
     Console(soft_wrap=True).print(results_markdown(results), markup=False)
     console.print(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}")
     print_page(out_dir)
@@ -140,13 +154,17 @@ def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_s
 @click.option("--tokenizer", default=None,
               help="With --proxy random-gpt2[:LAYERS:WIDTH]: whose tokenizer to use "
                    "(default: the demo's SmolLM2).")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
+@click.option("--out", type=click.Path(), default=None,
               help="Also write the figures as JSON here.")
 @data_options
-@BENCH_SCORE_OPTIONS
+@score_options("method", "save_adapters", "checkpoint_dir", "checkpoint_every")
 def speed(data: str, paths: str, tokenizer, out, fmt, fields, limit, split, quiet,
-          **options) -> None:
-    """Time gradfilter's fused scoring against a naive PEFT loop and a forward-only IFD pass."""
+          member_groups, **options) -> None:
+    """Time gradfilter's fused scoring against a naive PEFT loop and a forward-only IFD pass.
+
+    Under torchrun the gradient paths run on every process (as `score` lays them out: see
+    --member-groups) and on one: examples/s per process and the 1 -> W speed-up.
+    """
     from ..bench.speed import random_gpt2, run_speed_benchmark, speed_table
     from ..demo import demo_config
     from ..outputs import atomic_write_text, write_run_record
@@ -159,6 +177,7 @@ def speed(data: str, paths: str, tokenizer, out, fmt, fields, limit, split, quie
         [*reads("the data", "DATA", data), *reads("the proxy", "--proxy", options["proxy"]),
          *reads("the tokenizer", "--tokenizer", tokenizer)],
         writes("the figures", "--out", out))
+    out = Path(out) if out is not None else None  # (checked as spelled: a trailing '/')
     use_threads(options.pop("threads"))
     config = config_from(options)
     with tempfile.TemporaryDirectory(prefix="gradfilter-speed-") as scratch:
@@ -168,7 +187,10 @@ def speed(data: str, paths: str, tokenizer, out, fmt, fields, limit, split, quie
         dataset = read_data(data, fmt, fields, limit, split)
         tokens = tokenize(dataset, load_tokenizer(config.proxy), config, True)
         report = run_speed_benchmark([tokens.encoded[i] for i in tokens.scorable], config,
-                                     tuple(csv_list(paths)), log=console.print)
+                                     tuple(csv_list(paths)), log=console.print,
+                                     member_groups=member_groups)
+    if not report:  # a torchrun rank other than 0
+        return
     report["data"], report["proxy_requested"] = str(data), options["proxy"]
     Console(soft_wrap=True).print(speed_table(report), markup=False)
     if out is not None:
@@ -234,11 +256,14 @@ def judge(models: tuple[str, ...], prompt_paths: tuple[Path, ...], out_dir: Path
               help="A `bench noise` output directory: its mixed set is the pool, its tables the "
                    "methods' scores (selection on noisy data, evaluation on clean references).")
 @click.option("--table", "tables", multiple=True, metavar="METHOD=PATH",
-              help="A statistics table of POOL for a method to compare; repeatable.")
+              help="A statistics table of POOL for a method to compare; repeatable. coverage "
+                   "and s2l read a G-SNR table: their own (--table coverage=PATH), else the "
+                   "first table given with training trajectories.")
 @click.option("--methods", default=None,
-              help="Methods to compare (default: every table given or in the noise benchmark); "
-                   "a table of IFD's or perplexity's pass gives both perplexity-low and "
-                   "perplexity-high. Baselines: " + baseline_help() + ".")
+              help="Methods to compare (default: every table given, or the noise benchmark's "
+                   "tables and selectors); a table of IFD's or perplexity's pass gives both "
+                   "perplexity-low and perplexity-high. Baselines: " + baseline_help() + ". "
+                   + SELECTOR_HELP)
 @click.option("--budgets", default="0.05,0.1,0.15", show_default=True)
 @click.option("--seeds", default="0,1,2", show_default=True,
               help="Fine-tuning runs per subset: each value seeds its run's LoRA initialisation "
@@ -284,14 +309,16 @@ def judge(models: tuple[str, ...], prompt_paths: tuple[Path, ...], out_dir: Path
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto",
               show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True,
-              help="Seeds the held-out split, random's subsets and every fine-tuning run.")
+              help="Seeds the held-out split, random's subsets, the selectors and every "
+                   "fine-tuning run.")
+@BALANCE_OPTION
 @threads_option
 @allow_mismatch_option
 @quiet_option
 def finetune(pool: str | None, out_dir: Path, noise_dir: Path | None, tables: tuple[str, ...],
              methods: str | None, budgets: str, seeds: str, group_field: str | None,
-             dedup_methods: tuple[str, ...], diversity_threshold: float, threads: int | None,
-             allow_data_mismatch: bool, quiet: bool, **options) -> None:
+             dedup_methods: tuple[str, ...], diversity_threshold: float, balance_field: str,
+             threads: int | None, allow_data_mismatch: bool, quiet: bool, **options) -> None:
     """Fine-tune a target on each method's subset, random subsets and the full pool (the same
     steps at one budget: --epochs over the subset) and compare held-out curves with random's:
     the area under the curve (the declared reading) and the final loss, with intervals."""
@@ -330,14 +357,19 @@ def finetune(pool: str | None, out_dir: Path, noise_dir: Path | None, tables: tu
     binding = dict(allow_data_mismatch=allow_data_mismatch, log=console.print)
     if noise_dir is not None:
         inputs = inputs_from_noise(noise_dir, chosen, target, *held, group_field=group_field,
-                                   **binding)
+                                   balance_field=balance_field, **binding)
     else:
         named = named_paths(tables, "--table")
         if not named:
             raise GradfilterError("give the methods' statistics tables with --table METHOD=PATH")
+        wanted = list(named) if chosen is None else chosen
+        selectors = [m for m in wanted if m in SELECTORS]
         inputs = inputs_from_pool(pool, {m: p for m, p in named.items()
-                                         if chosen is None or m in chosen}, target, *held,
-                                  group_field=group_field, **binding)
+                                         if m in wanted and m not in SELECTORS}, target, *held,
+                                  group_field=group_field, selectors=selectors,
+                                  selector_table=next((str(named[m]) for m in CLUSTERED
+                                                       if m in named), None),
+                                  balance_field=balance_field, **binding)
     results = run_finetune_benchmark(inputs, out_dir, target, config, budget_values,
                                      progress=not quiet, log=console.print,
                                      dedup_methods=dedup_methods,

@@ -9,9 +9,11 @@ import click
 from rich.console import Console
 
 from ..data.conversations import FORMATS
+from ..data.quality import records
 from ..diversity import DIVERSITY
 from ..utilities import BASELINE_SCORES, UTILITIES
 from .options import (
+    OUT_HELP,
     allow_mismatch_option,
     data_options,
     out_format_option,
@@ -27,14 +29,16 @@ from .report import print_selection
 @click.command()
 @click.argument("data")
 @click.option("--stats", type=click.Path(path_type=Path), required=True)
-@click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="Subset file (a directory for --out-format hf).")
+@click.option("--out", type=click.Path(), required=True,
+              help=f"Subset file (a directory for --out-format hf). {OUT_HELP}")
 @data_options
 @out_format_option
 @select_options
 @allow_mismatch_option
 @report_options
-def select(data: str, stats: Path, out: Path, fmt, fields, limit, split, report: Path | None,
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of --stratify clusters and --within random.")
+def select(data: str, stats: Path, out: str, fmt, fields, limit, split, report: Path | None,
            no_report: bool, **options) -> None:
     """Write the top records of DATA by a utility from a statistics table (no model needed),
     and the selection's report page (report.html beside the subset).
@@ -49,18 +53,18 @@ def select(data: str, stats: Path, out: Path, fmt, fields, limit, split, report:
     from ..report.selection_page import write_selection_report
     from ..subset import select as select_subset
 
-    page = report_target(out, report, no_report)
+    page = report_target(Path(out), report, no_report)
     inputs, outputs = select_paths(data, stats, out, options["out_format"],
                                    rejected=options["rejected"], annotate=options["annotate"])
     refuse_collisions(inputs, [*outputs, *report_outputs(
         page, "--report" if report else "default --report")])
-    subset = select_subset(data, stats, out, fmt=fmt, fields=parse_fields(fields), limit=limit,
-                           split=split, **options)
+    subset = select_subset(data, stats, Path(out), fmt=fmt, fields=parse_fields(fields),
+                           limit=limit, split=split, **options)
     if page is not None:
         write_selection_report(SelectionSources(
-            stats, data, subset=out, fmt=fmt, fields=parse_fields(fields), split=split,
+            stats, data, subset=Path(out), fmt=fmt, fields=parse_fields(fields), split=split,
             limit=limit), page)
-    print_selection(subset, out, stats, report=page)
+    print_selection(subset, Path(out), stats, report=page)
 
 
 @click.command()
@@ -68,7 +72,7 @@ def select(data: str, stats: Path, out: Path, fmt, fields, limit, split, report:
 @click.option("--data", default=None,
               help="The data the table was scored from (default: the file its run record, or "
                    "the subset's, names, if it is still there).")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
+@click.option("--out", type=click.Path(), default=None,
               help="The page (replaces only an earlier report; default: report.html, in the "
                    "benchmark's directory for a benchmark).")
 @click.option("--subset", type=click.Path(path_type=Path), default=None,
@@ -89,7 +93,7 @@ def select(data: str, stats: Path, out: Path, fmt, fields, limit, split, report:
 @click.option("--diversity-threshold", type=float, default=None,
               help="Cosine at or above which dedup removes a record (default: the subset's).")
 @data_options
-def report(table: Path, data: str | None, out: Path | None, subset: Path | None,
+def report(table: Path, data: str | None, out: str | Path | None, subset: Path | None,
            labels: Path | None, examples: int, fmt, fields, limit, split, **choice) -> None:
     """Write the report page (one self-contained HTML file) of a selection from TABLE, or of a
     benchmark from its results.json (or its output directory).
@@ -112,6 +116,7 @@ def report(table: Path, data: str | None, out: Path | None, subset: Path | None,
         refuse_collisions([*reads("the results", "TABLE", results),
                            *reads("their run record", "TABLE", run_record_path(results))],
                           report_outputs(out, "--out"))
+        out = Path(out)
         Console(soft_wrap=True).print(
             f"report: {write_benchmark_report(results, out)}", markup=False)
         return
@@ -121,6 +126,7 @@ def report(table: Path, data: str | None, out: Path | None, subset: Path | None,
               *reads("the subset's run record", "--subset",
                      run_record_path(subset) if subset else None)]
     refuse_collisions(inputs, report_outputs(out, "--out"))
+    out = Path(out)
     written = write_selection_report(SelectionSources(
         table, data, subset, labels, fmt, parse_fields(fields), split, limit,
         examples=examples, **choice), out)
@@ -156,6 +162,11 @@ def inspect(data: str, fmt, fields, split, max_problems: int, strict: bool) -> N
               f"{found.percentiles(found.response_chars)}")
     for warning in found.warnings:
         out.print(f"warning: {warning}", markup=False)
+    if found.copies is not None and found.copies.records:
+        out.print(f"exact copies: {found.copies.line()}", markup=False)
+    if found.duplicate_keys or found.empty_replies:
+        out.print(f"{records(found.duplicate_keys)} with a duplicate key, "
+                  f"{found.empty_replies} with an empty reply (listed below)", markup=False)
     if found.role_variants:
         out.print(f"note: {role_variants_note(found.role_variants, found.first_role_variant)}",
                   markup=False)

@@ -15,6 +15,7 @@ from ..config import ScoreConfig
 from ..demo import DEMO_RECORDS
 from ..subset import Subset
 from .options import (
+    OUT_HELP,
     config_from,
     data_options,
     out_format_option,
@@ -31,17 +32,19 @@ from .report import console, print_recoveries, print_selection
 
 @click.command()
 @click.argument("data")
-@click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="Statistics table (Parquet).")
+@click.option("--out", type=click.Path(), required=True,
+              help=f"Statistics table (Parquet). {OUT_HELP}")
 @data_options
 @skip_option
 @score_options()
-def score(data: str, out: Path, fmt, fields, limit, split, skip_bad_records, method,
-          save_adapters, checkpoint_dir, checkpoint_every, quiet, **options) -> None:
+def score(data: str, out: str, fmt, fields, limit, split, skip_bad_records, method,
+          save_adapters, checkpoint_dir, member_groups, checkpoint_every, quiet,
+          **options) -> None:
     """Score DATA (the LoRA ensemble, or a baseline) and write the statistics table.
 
-    Under torchrun (e.g. `torchrun --nproc_per_node 4 -m gradfilter score ...`) the ranks
-    split the ensemble's members; rank 0 writes the table.
+    Under torchrun (e.g. `torchrun --nproc-per-node 4 -m gradfilter score ...`) the processes
+    form member groups x data shards: they split the ensemble's members, then each member's
+    batches; rank 0 writes the table.
     """
     from ..data.dataset import record_notes
     from ..paths import refuse_collisions, score_paths
@@ -54,10 +57,10 @@ def score(data: str, out: Path, fmt, fields, limit, split, skip_bad_records, met
                                    save_adapters=save_adapters))
     use_threads(options.pop("threads"))
     dataset = read_data(data, fmt, fields, limit, split, skip_bad_records)
-    table = run_score(dataset, out, config_from(options), method=method,
+    table = run_score(dataset, Path(out), config_from(options), method=method,
                       save_adapters=save_adapters, skip_bad_records=skip_bad_records,
                       progress=not quiet, checkpoint_dir=checkpoint_dir,
-                      checkpoint_every=checkpoint_every)
+                      checkpoint_every=checkpoint_every, member_groups=member_groups)
     if not is_main_process():
         return
     unscored = sum(reason is not None for reason in table.column("skip_reason").to_pylist())
@@ -69,8 +72,8 @@ def score(data: str, out: Path, fmt, fields, limit, split, skip_bad_records, met
 
 @click.command()
 @click.argument("data")
-@click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="Subset file (a directory for --out-format hf).")
+@click.option("--out", type=click.Path(), required=True,
+              help=f"Subset file (a directory for --out-format hf). {OUT_HELP}")
 @click.option("--stats", type=click.Path(path_type=Path), default=None,
               help="Statistics table (default: <out>.stats.parquet).")
 @data_options
@@ -79,13 +82,15 @@ def score(data: str, out: Path, fmt, fields, limit, split, skip_bad_records, met
 @report_options
 @skip_option
 @score_options()
-def run(data: str, out: Path, stats: Path | None, fmt, fields, limit, split, out_format,
-        skip_bad_records, method, save_adapters, checkpoint_dir, checkpoint_every, quiet, ratio,
-        count, threshold, utility, order, score_field, out_schema, rejected, annotate, diversity,
-        diversity_threshold, report, no_report, **options) -> None:
-    """Score DATA and write the selected subset in one go (default --ratio 0.1), and the
-    selection's report page (report.html beside the subset)."""
+def run(data: str, out: str, stats: Path | None, fmt, fields, limit, split, out_format,
+        skip_bad_records, method, save_adapters, checkpoint_dir, member_groups, checkpoint_every,
+        quiet, ratio, count, utility, order, score_field, out_schema, rejected, annotate,
+        diversity, diversity_threshold, threshold, stratify, allocate, within, cluster_features,
+        report, no_report, **options) -> None:
+    """Score DATA and write the selected subset in one go (default --ratio 0.1, unless
+    --threshold alone), and the selection's report page (report.html beside the subset)."""
     from ..paths import refuse_collisions, run_paths
+    from ..strata import check_options, refuse_before_scoring
     from ..threads import use_threads
 
     page = report_target(out, report, no_report)
@@ -94,19 +99,24 @@ def run(data: str, out: Path, stats: Path | None, fmt, fields, limit, split, out
                                 out_format=out_format, rejected=rejected, annotate=annotate)
     refuse_collisions(inputs, [*outputs, *report_outputs(
         page, "--report" if report else "default --report")])
+    spec = check_options(stratify, allocate, within, cluster_features, threshold, diversity)
     use_threads(options.pop("threads"))
     if ratio is None and count is None and threshold is None:
         ratio = 0.1
-    score_and_select(read_data(data, fmt, fields, limit, split, skip_bad_records), out, stats,
-                     config_from(options),
+    dataset = read_data(data, fmt, fields, limit, split, skip_bad_records)
+    refuse_before_scoring(spec, method, dataset.records, data)
+    score_and_select(dataset, Path(out), stats, config_from(options),
                      dict(method=method, save_adapters=save_adapters,
                           skip_bad_records=skip_bad_records, progress=not quiet,
-                          checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every),
-                     dict(ratio=ratio, count=count, threshold=threshold, utility=utility,
-                          order=order, score_field=score_field, out_format=out_format,
-                          out_schema=out_schema, rejected=rejected, annotate=annotate,
-                          diversity=diversity,
-                          diversity_threshold=diversity_threshold), report=page)
+                          checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+                          member_groups=member_groups),
+                     dict(ratio=ratio, count=count, utility=utility, order=order,
+                          score_field=score_field, out_format=out_format, out_schema=out_schema,
+                          rejected=rejected, annotate=annotate, diversity=diversity,
+                          diversity_threshold=diversity_threshold, threshold=threshold,
+                          stratify=stratify, allocate=allocate, within=within,
+                          cluster_features=cluster_features, seed=options["seed"]),
+                     report=page)
 
 
 def score_and_select(dataset, out: Path, stats: Path | None, config: ScoreConfig, how: dict,

@@ -9,6 +9,7 @@ from typing import Any, get_args
 
 import click
 
+from ..clusters import CLUSTER_FEATURES, DEFAULT_FEATURES
 from ..config import (
     METHODS,
     CollectChoice,
@@ -24,6 +25,7 @@ from ..data.schemas import SCHEMAS
 from ..data.sources import CONTAINERS
 from ..diversity import DEFAULT_THRESHOLD, DIVERSITY
 from ..errors import GradfilterError
+from ..strata import ALLOCATIONS, WITHIN
 from ..threads import available_cores
 from ..utilities import (
     BASELINE_SCORES,
@@ -61,6 +63,10 @@ allow_mismatch_option = click.option(
     help="Use a statistics table even where the data differs from the data it was scored on "
          "(records edited, added, removed or reordered on purpose); the mismatch is shown "
          "and recorded in the run record. Without it such a table is refused.")
+
+# Outputs keep the user's spelling (a trailing '/' says "a directory"); paths.writes checks it.
+OUT_HELP = ("A symbolic link is followed (its target is replaced, the link kept); a device, FIFO "
+            "or socket there is refused, as is - (standard output).")
 threads_option = click.option(
     "--threads", type=click.IntRange(min=1), default=None,
     help="CPU threads for torch (default: OMP_NUM_THREADS where set, as torchrun sets it, "
@@ -92,10 +98,6 @@ def select_options(command: Callable) -> Callable:
     return _apply(command, [
         click.option("--ratio", type=float, default=None, help="Fraction of records to keep."),
         click.option("--count", type=int, default=None, help="Number of records to keep."),
-        click.option("--threshold", type=float, default=None,
-                     help="Keep every record whose score (as printed and annotated) is at "
-                          "least this: a cut that means the same across shards and runs "
-                          "(instead of --ratio or --count)."),
         click.option("--utility", type=click.Choice((*UTILITIES, *BASELINE_SCORES)),
                      default=None,
                      help=f"What to rank by (default: the baseline that made the table, else "
@@ -128,32 +130,64 @@ def select_options(command: Callable) -> Callable:
                      help="Cosine similarity (mean over members, late-epoch sketches) at or "
                           "above which dedup drops a record; 1 keeps plain top-k, lower drops "
                           "more."),
+        *stratify_options,
     ])
+
+
+stratify_options = [
+    click.option("--threshold", type=float, default=None,
+                 help="Keep only records whose score is at or above this (in the utility's "
+                      "units; the run record's cut_score is a run's lowest kept score): all "
+                      "of them, or with --ratio/--count the top of them up to that budget."),
+    click.option("--stratify", default=None, metavar="FIELD|length[:B]|clusters[:K]",
+                 help="Spread the budget over strata and take the best within each: FIELD "
+                      "(or field:FIELD), a top-level field of the records (source, language); "
+                      "length[:B], B bins (default 4) of response tokens cut at the pool's "
+                      "quantiles; clusters[:K], k-means over the ensemble's training "
+                      "trajectories (K by a rule when not given; docs/method.md)."),
+    click.option("--allocate", type=click.Choice(ALLOCATIONS), default=None,
+                 help="How --stratify spreads the budget: even (S2L: strata smaller than "
+                      "their share taken whole, the rest shared evenly; the default for "
+                      "clusters) or proportional (the pool's shares; the default otherwise)."),
+    click.option("--within", type=click.Choice(WITHIN), default=None,
+                 help="Within a stratum: utility (highest score first, the default) or "
+                      "random (a draw seeded by --seed; with clusters, this is S2L)."),
+    click.option("--cluster-features", type=click.Choice(CLUSTER_FEATURES), default=None,
+                 help=f"What --stratify clusters clusters on (default {DEFAULT_FEATURES}: "
+                      "each member's loss and log gradient norm at each recorded epoch, "
+                      "standardised; loss: the losses alone, as S2L; trajectory+sketch: "
+                      "also the late gradient sketches, projected)."),
+]
 
 
 def report_options(command: Callable) -> Callable:
     """Where the selection's report page goes (`report_target`)."""
     return _apply(command, [
-        click.option("--report", "report", type=click.Path(path_type=Path), default=None,
+        click.option("--report", "report", type=click.Path(), default=None,
                      help="The report page (HTML) of the selection (default: report.html "
                           "beside the subset; replaces only an earlier report)."),
         click.option("--no-report", is_flag=True, help="Write no report page."),
     ])
 
 
-def report_target(out: Path, report: Path | None, no_report: bool) -> Path | None:
-    """The report page's path: as named, else report.html beside the subset (a Hugging Face
-    dataset directory gets it beside, not inside), None with --no-report."""
+def report_target(out: str | Path, report: str | Path | None, no_report: bool) -> Path | None:
+    """The report page's path: as named (refused as `paths.writes` refuses a file output
+    spelled '-' or ending in '/'), else report.html beside the subset (a Hugging Face dataset
+    directory gets it beside, not inside), None with --no-report."""
     if no_report:
         if report is not None:
             raise GradfilterError("give --report PATH or --no-report, not both")
         return None
+    from ..paths import writes
     from ..report import REPORT_NAME
 
-    return Path(report) if report is not None else Path(out).parent / REPORT_NAME
+    if report is not None:
+        writes("the report", "--report", report, run_record=False)
+        return Path(report)
+    return Path(out).parent / REPORT_NAME
 
 
-def report_outputs(path: Path | None, option: str = "--report") -> list:
+def report_outputs(path: str | Path | None, option: str = "--report") -> list:
     """The report page as an output for `refuse_collisions`, checked first: a file there must
     be an earlier report of ours. `option`: how the user named it ("default --report" where
     they did not)."""
@@ -256,6 +290,12 @@ def _score_option_table() -> dict[str, Callable]:
             "--checkpoint-dir", type=click.Path(path_type=Path), default=None,
             help="Commit the run's state here as it goes; rerunning with the same settings "
                  "continues from the last commit (kept after the end)."),
+        "member_groups": click.option(
+            "--member-groups", type=click.IntRange(min=1), default=None,
+            help="Under torchrun: the member groups the processes form (default: the smaller "
+                 "of --members and the number of processes); each group's processes split its "
+                 "members' batches (docs/method.md, 'Several processes'). Changes no number "
+                 "beyond float rounding."),
         "checkpoint_every": click.option(
             "--checkpoint-every", type=click.IntRange(min=1), default=50, show_default=True,
             help="Commit every N optimiser steps (and N collection batches)."),

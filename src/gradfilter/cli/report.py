@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from ..data.quality import copies_of_earlier, records
 from ..data.readers import ReadReport
 from ..outputs import run_record_path
 from ..subset import Subset
@@ -32,6 +33,25 @@ def recoveries(report: ReadReport, notes: dict) -> list[str]:
         lines.append(role_variants_note(len(notes["role_variants"]), notes["role_variants"][0]))
     if notes.get("truncation") and notes["truncation"]["truncated_records"]:
         lines.append(truncation_note(notes["truncation"]))
+    lines.extend(quality_notes(notes))
+    return lines
+
+
+def quality_notes(notes: dict) -> list[str]:
+    """Records that were scored though they say less than they seem to."""
+    lines = []
+    if notes.get("duplicate_keys"):
+        first, keys = next(iter(notes["duplicate_keys"].items()))
+        lines.append(f"{records(len(notes['duplicate_keys']), 'has', 'have')} a key twice in "
+                     f"one JSON object (the last value read; the first: record {first}, key "
+                     f"{keys[0]!r})")
+    if notes.get("empty_replies"):
+        lines.append(f"{records(len(notes['empty_replies']), 'has', 'have')} an empty reply "
+                     f"(scored; the first: record {notes['empty_replies'][0]})")
+    copies = notes.get("exact_copies") or {}
+    if copies.get("records"):
+        lines.append(f"{copies_of_earlier(copies['records'])} (all kept); the most repeated, "
+                     f"record {copies['most_copied']}, appears {copies['count']} times")
     return lines
 
 
@@ -89,6 +109,8 @@ def print_selection(subset: Subset, out: Path, stats: Path | None,
         out_console.print(line, markup=False)
     if subset.data_check and subset.data_check.get("data_warning"):
         out_console.print(f"warning: {subset.data_check['data_warning']}", markup=False)
+    if subset.strata is not None:
+        out_console.print(strata_line(subset.strata), markup=False)
     if subset.diversity is not None:
         groups = subset.diversity["groups"]
         largest = (f"; largest group: #{groups[0]['kept']} kept, "
@@ -105,3 +127,17 @@ def print_selection(subset: Subset, out: Path, stats: Path | None,
                               (f"  [corrupted: {tag}]" if tag else ""), markup=False)
             if preview.answer:
                 out_console.print(f"{'':<{len(head)}}reply: {preview.answer}", markup=False)
+
+
+def strata_line(strata: dict) -> str:
+    """One line on what --stratify did; every stratum's numbers are in the run record."""
+    by = {"field": f"field {strata.get('field')!r}", "length": "response length",
+          "clusters": "clusters"}[strata["by"]]
+    how = f"{len(strata['strata'])} strata"
+    if strata["by"] == "clusters":
+        how = f"K = {strata['k']} ({strata['features']} features)"
+    taken = [s["taken"] for s in strata["strata"]]
+    spread = f"{min(taken)} to {max(taken)} a stratum" if taken else "none"
+    return (f"stratified by {by}: {how}, {strata['allocation']} allocation, within by "
+            f"{strata['within']}; kept {spread}, {strata['taken_whole']} taken whole; every "
+            "stratum in the run record")

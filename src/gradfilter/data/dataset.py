@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GradfilterError
-from . import conversations, readers, sources
+from . import conversations, quality, readers, sources
 from .conversations import Format
 from .readers import ReadReport, Record
 
@@ -66,37 +66,53 @@ def as_dataset(data: str | Path | Dataset | Any, fmt: Format | None = None,
                fields: dict[str, str] | None = None) -> Dataset:
     """`data` itself if it was read already, records in memory (a list of dicts, a
     `datasets.Dataset`, a pandas DataFrame: `memory`) as they are, else the file read now."""
-    from .memory import in_memory_dataset, is_in_memory
+    from .memory import in_memory_records, is_in_memory
 
     if isinstance(data, Dataset):
         return data
     if is_in_memory(data) or not isinstance(data, str | Path):  # (other objects: refused)
-        return in_memory_dataset(data, fmt, limit, fields)
+        source, records = in_memory_records(data, limit)
+        fields = fields or {}
+        found = resolve_format(records, source, fmt, fields)
+        return Dataset(source.label, records, found, source.container, ReadReport(), fields,
+                       source)
     return read_dataset(data, fmt, limit, fields, skip_bad_records=skip_bad_records)
 
 
 def record_notes(dataset: Dataset) -> dict[str, Any]:
     """Recoveries that keep a record in the run, each listed by record number: a duplicate
     `id` (both records are kept and scored), a conversation that ends on a prompt turn after
-    an answer (scored; the unanswered tail carries no loss) and role names in another case or
-    with spaces (read as the canonical role)."""
+    an answer (scored; the unanswered tail carries no loss), role names in another case or
+    with spaces (read as the canonical role), a key twice in one JSON object (the last value
+    is read), an empty reply (scored) and exact copies of earlier records (all kept)."""
     ids = readers.IdTracker()
     duplicates: dict[str, int] = {}
     ends_on_prompt: list[int] = []
     role_variants: list[int] = []
+    repeated_keys: dict[str, list[str]] = {}
+    empty_replies: list[int] = []
+    copies = quality.CopyCounter()
     for record in dataset.records:
         if record.error is not None:
             continue
         earlier = ids.see(record)
         if earlier is not None:
             duplicates[str(record.index)] = earlier
+        keys = quality.repeated_keys(record.raw, record.data)
+        if keys:
+            repeated_keys[str(record.index)] = keys
         try:
             turns = dataset.turns(record)
         except GradfilterError:
             continue  # unscored, with its reason, elsewhere
+        copies.add(record.index, turns)
+        if quality.empty_replies(turns):
+            empty_replies.append(record.index)
         if conversations.ends_on_prompt(turns):
             ends_on_prompt.append(record.index)
         if conversations.has_role_variants(record, dataset.format, dataset.fields):
             role_variants.append(record.index)
     return {"duplicate_ids": duplicates, "ends_on_prompt": ends_on_prompt,
-            "role_variants": role_variants}
+            "role_variants": role_variants, "duplicate_keys": repeated_keys,
+            "empty_replies": empty_replies,
+            "exact_copies": copies.copies(len(dataset.records)).as_dict()}

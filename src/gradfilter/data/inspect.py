@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GradfilterError
-from . import conversations, readers, sources
+from . import conversations, quality, readers, sources
 from .conversations import Format
 from .readers import ReadReport
 
@@ -48,6 +48,9 @@ class Inspection:
     # first (record, the text).
     special_token_text: int = 0
     first_special_token: tuple[int, str] | None = None
+    duplicate_keys: int = 0  # records with a key twice in one object (also in problems)
+    empty_replies: int = 0  # records with an empty answering turn (also in problems)
+    copies: quality.Copies | None = None  # records that repeat an earlier one exactly
 
     def percentiles(self, values: array | list[int]) -> dict[int, int]:
         if not len(values):
@@ -62,6 +65,7 @@ def inspect_dataset(path: str | Path, fmt: Format | None = None,
     source = sources.resolve_source(path, split)
     report = ReadReport()
     ids = readers.IdTracker()
+    copies = quality.CopyCounter()
     result = Inspection(source.label, source.container, fmt or "")
     for record in readers.iter_records(source, report, skip_bad_records=True):
         result.records += 1
@@ -71,6 +75,11 @@ def inspect_dataset(path: str | Path, fmt: Format | None = None,
         if not result.format:
             result.format = conversations.detect_format(record, source, fields)
         _check_id(record, ids, result, source)
+        keys = quality.repeated_keys(record.raw, record.data)
+        if keys:
+            result.duplicate_keys += 1
+            result.problems.append(quality.repeated_keys_problem(
+                f"{source}: record {record.index}", keys))
         try:
             turns = conversations.to_turns(record, result.format, source, fields)  # type: ignore[arg-type]
         except GradfilterError as exc:
@@ -78,6 +87,7 @@ def inspect_dataset(path: str | Path, fmt: Format | None = None,
             continue
         _count_turns(record.index, turns, result, source)
         _count_special_text(record.index, turns, result)
+        copies.add(record.index, turns)
         if conversations.has_role_variants(record, result.format, fields):  # type: ignore[arg-type]
             result.role_variants += 1
             if result.first_role_variant is None:
@@ -88,6 +98,10 @@ def inspect_dataset(path: str | Path, fmt: Format | None = None,
         raise GradfilterError(f"no record of {source} could be read; the first: "
                               f"{result.problems[0]}")
     result.warnings = report.warnings
+    result.copies = copies.copies(result.records)
+    if result.copies.mostly:  # a warning, not a problem: each copy is a good record
+        result.warnings.append(f"{source}: the dataset is mostly copies of one record: "
+                               f"{result.copies.line()}")
     return result
 
 
@@ -115,6 +129,10 @@ def _count_turns(index: int, turns: list[conversations.Turn], result: Inspection
     result.response_chars.extend(len(turns[k].text) for k in conversations.answering_turns(turns))
     where = f"{path}: record {index}"
     reason = conversations.unscorable_reason(turns)
+    empty = quality.empty_replies(turns)
+    if empty:
+        result.empty_replies += 1
+        result.problems.append(quality.empty_reply_problem(where, empty, len(turns)))
     if reason is not None:
         result.problems.append(f"{where}: {reason} (not scored)")
     elif conversations.ends_on_prompt(turns):

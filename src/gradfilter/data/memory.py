@@ -11,8 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import GradfilterError
-from .conversations import Format
-from .readers import ReadReport, Record
+from .readers import Record
 from .sources import Source
 
 
@@ -46,12 +45,10 @@ def rows_of(data: Any) -> list[dict]:
     return list(data)
 
 
-def in_memory_dataset(data: Any, fmt: Format | None = None, limit: int | None = None,
-                      fields: dict[str, str] | None = None):
-    """`data`'s rows as a Dataset (the first `limit` if given); a row that is not a dict is
-    a one-line error naming it."""
-    from .dataset import Dataset, resolve_format
-
+def in_memory_records(data: Any, limit: int | None = None) -> tuple[Source, list[Record]]:
+    """`data`'s rows as records (the first `limit` if given) and the source naming them
+    (`dataset.as_dataset` makes the Dataset); a row that is not a dict is a one-line error
+    naming it."""
     rows = rows_of(data)
     if limit is not None:
         rows = rows[:limit]
@@ -62,6 +59,4 @@ def in_memory_dataset(data: Any, fmt: Format | None = None, limit: int | None = 
             raise GradfilterError(f"{source}: record {index} is a {type(row).__name__}, not a "
                                   "dict of fields")
         records.append(Record(index, None, dict(row)))
-    fields = fields or {}
-    found = resolve_format(records, source, fmt, fields)
-    return Dataset(source.label, records, found, source.container, ReadReport(), fields, source)
+    return source, records

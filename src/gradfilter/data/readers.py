@@ -10,12 +10,14 @@ from __future__ import annotations
 import codecs
 import gzip
 import json
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..arguments import whole_number
 from ..errors import GradfilterError, record_error
 from .hf import hf_dataset
 from .sources import (
@@ -34,6 +36,43 @@ _DECODER = json.JSONDecoder()
 # it raises RecursionError, which is a property of the record, not a crash.
 TOO_DEEP = (f"JSON nested too deeply (over about {sys.getrecursionlimit()} levels of '[' or "
             "'{'); expected a record of a few levels")
+
+# A JSON escape of a UTF-16 surrogate (\ud800-\udfff): legal JSON, but unless it is half of a
+# pair that json joins into one character, the string is not valid Unicode (no UTF-8 for it).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(text: str, data: Any) -> str | None:
+    """The problem of a record whose text holds a lone surrogate, naming the field (None if
+    it holds none): "field 'instruction': lone surrogate \\ud800 (not valid Unicode)"."""
+    if not _SURROGATE_ESCAPE.search(text):  # the common case: no escape, nothing to look for
+        return None
+    found = _find_surrogate(data, "")
+    if found is None:
+        return None
+    where, char = found
+    return f"{where}: lone surrogate \\u{ord(char):04x} (not valid Unicode)"
+
+
+def _find_surrogate(value: Any, path: str) -> tuple[str, str] | None:
+    if isinstance(value, str):
+        hit = _SURROGATE.search(value)
+        return (f"field '{path}'", hit.group()) if hit else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            hit = _SURROGATE.search(key)
+            if hit:
+                return f"a key in {f'field {path!r}' if path else 'the record'}", hit.group()
+            found = _find_surrogate(item, f"{path}.{key}" if path else key)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for k, item in enumerate(value):
+            found = _find_surrogate(item, f"{path}[{k}]")
+            if found:
+                return found
+    return None
 
 
 @dataclass(frozen=True)
@@ -73,6 +112,8 @@ def iter_records(
     non-object JSONL line, a line that is not UTF-8, a non-object array element) is yielded as
     a Record with `error` set, at its own index; without it, that is a one-line error.
     """
+    if limit is not None:
+        whole_number(limit, "--limit", minimum=1)
     source = resolve_source(data, split)
     report = report if report is not None else ReadReport()
     if source.shards:
@@ -208,6 +249,9 @@ def _parse_line(body: bytes, start: int) -> tuple[str | None, dict | None, str |
         return text, None, TOO_DEEP
     if not isinstance(data, dict):
         return text, None, f"is not a JSON object (a {type(data).__name__})"
+    surrogate = lone_surrogate(text, data)
+    if surrogate is not None:
+        return text, None, surrogate
     return text, data, None
 
 
@@ -271,10 +315,11 @@ def _iter_json_array(source: Source, report: ReadReport, skip_bad: bool) -> Iter
                 raise GradfilterError(
                     f"{source}: record {index}: malformed JSON: {exc.msg}"
                 ) from None
-            if isinstance(data, dict):
+            surrogate = lone_surrogate(buf[pos:end], data) if isinstance(data, dict) else None
+            if isinstance(data, dict) and surrogate is None:
                 yield Record(index, buf[pos:end], data)
             else:
-                problem = record_error(source, index, None,
+                problem = record_error(source, index, None, surrogate or
                                        f"is not a JSON object (a {type(data).__name__})")
                 if not skip_bad:
                     raise problem

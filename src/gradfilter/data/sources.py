@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ..arguments import path_or_name
 from ..errors import GradfilterError
 
 Container = Literal["json", "jsonl", "parquet", "hf"]
@@ -119,6 +120,7 @@ def resolve_source(data: str | Path | Source, split: str | None = None) -> Sourc
     files), else a hub id if it looks like one."""
     if isinstance(data, Source):
         return data
+    path_or_name(data, "DATA")
     name = str(data)
     path = Path(data)
     shards = shard_paths(name)

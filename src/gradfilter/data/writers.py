@@ -5,7 +5,8 @@ read again record by record (JSON and JSONL outputs), a subset in input order is
 records go by and memory holds only the index arrays; a subset in score order buffers only the
 chosen records' text. A Parquet or Hugging Face input written to Parquet or a Hugging Face
 directory is taken row by row from the input's own Arrow data with its schema (features); a
-Parquet subset of a Parquet input in input order streams batch by batch.
+Parquet subset of a Parquet input in input order streams batch by batch. JSON and JSONL records
+written to Parquet or a Hugging Face directory go in record batches (see `batched`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 
 from ..errors import GradfilterError
 from ..outputs import atomic_path
+from .batched import write_records_as_arrow
 from .readers import Record, arrow_batches
 from .sources import ARROW_CONTAINERS, Container, Source
 
@@ -51,10 +53,12 @@ def write_subset(
         _write_from_hf(out, source, chosen, container, score_field, scores)
     elif source.container == "parquet":
         _write_from_parquet(out, source, chosen, container, n_records, score_field, scores)
-    else:
-        rows = _gather(records(), chosen, n_records)
-        _write_arrow_table(out, _table_from_records(out, rows), container, chosen, score_field,
-                           scores)
+    else:  # JSON or JSONL records to Arrow, in record batches (see batched)
+        write_records_as_arrow(
+            out, records(), chosen, _ranks(chosen, n_records), container,
+            lambda table, rows: _with_score(table, score_field,
+                                            None if scores is None else scores[chosen[rows]]),
+            lambda record: record_text(record, "jsonl", None, None))
 
 
 def reads_records(source: Source, container: Container) -> bool:
@@ -183,20 +187,6 @@ def _gather(records: Iterable[Record], chosen: np.ndarray, n_records: int) -> li
     if missing:
         raise GradfilterError(f"record {missing[0]} is chosen but not in the input")
     return held  # type: ignore[return-value]
-
-
-def _table_from_records(out: Path, records: list[Record]):
-    import pyarrow as pa
-
-    for record in records:
-        record_text(record, "json", None, None)  # a record the reader could not read: refuse
-    try:
-        return pa.Table.from_pylist([record.data for record in records])
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise GradfilterError(
-            f"{out}: the records do not fit one Arrow schema ({exc}); "
-            "write JSON or JSONL with --out-format"
-        ) from None
 
 
 def _with_score(table, score_field: str | None, values: np.ndarray | None):

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..bench.finetune_measures import steps_to_random_text
 from . import plots
-from .page import Html, Page, facts, figure, paragraph, table, warning
+from .page import Html, Page, esc, facts, figure, paragraph, table, warning
 from .results import interval_or_signed, percent, result_tables
 from .selection import read_json
 
@@ -39,6 +39,9 @@ def finetune_page(results: dict, record: dict, out_dir: Path) -> Page:
         parts.append(Html(f"<h3>Budget {percent(budget)}</h3>"))
         parts += result_tables(rows if isinstance(rows, dict) else {}, "subset")
     page.add("results", "Held-out loss by subset", *parts)
+    cost = results.get("cost")
+    if isinstance(cost, dict):
+        page.add("cost", "Is selecting worth it? (row-tokens)", *_cost_parts(cost))
     curves = results.get("curves") or {}
     if curves:
         page.add("curves", "Held-out loss curves",
@@ -47,6 +50,30 @@ def finetune_page(results: dict, record: dict, out_dir: Path) -> Page:
                         "Mean over seeds and held-out examples; the band spans the seeds' "
                         "means where the per-run curves are at hand.", figure_id="curves-plot"))
     return page
+
+
+def _cost_parts(cost: dict) -> list[Html]:
+    """The selection's cost and each budget's fine-tunes, against the full pool's."""
+    selection = cost.get("selection")
+    parts: list[Html] = [paragraph(
+        "Row-tokens: one token of one sequence through the model once (forward+backward counts "
+        "once); " + str(cost.get("tokens", "")) + f" ({cost.get('target')}). The last column: "
+        "the selection and the fine-tune on its subset as a share of fine-tuning the target on "
+        "the full pool for the same epochs (docs/method.md).", "note")]
+    if isinstance(selection, dict):
+        parts.append(facts([(k.replace("_", " "), v) for k, v in selection.items()
+                            if not isinstance(v, dict | list)]))
+    else:
+        parts.append(paragraph("No G-SNR table among the inputs: the selection's cost is not "
+                               "known.", "note"))
+    for budget, block in (cost.get("budgets") or {}).items():
+        if not isinstance(block, dict):
+            continue
+        parts.append(Html(f"<h3>Budget {esc(percent(budget))}: the full pool for the same "
+                          f"epochs, {esc(block.get('full_pool_same_epochs_row_tokens'))} "
+                          "row-tokens</h3>"))
+        parts += result_tables(block.get("subsets") or {}, "subset")
+    return parts
 
 
 def _finetune_verdicts(results: dict) -> list[Html]:

@@ -1,9 +1,10 @@
 """What a selection's page shows, from files alone: the statistics table, the data, the run
 records beside the table and the subset, and a benchmark's labels where there are some.
 
-The selection is made again from the table (`select_top`, and `dedup` where the subset's run
-record says it was used: both are deterministic), so the page needs no live object of the run
-that made the subset; where the subset's run record names another count, the page says so.
+The selection is made again from the table (`select_top`, `strata.choose` where the subset's
+run record names a --threshold or --stratify, and `dedup` where it says dedup was used: all are
+deterministic under the recorded seed), so the page needs no live object of the run that made
+the subset; where the subset's run record names another count, the page says so.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ..diversity import DEFAULT_THRESHOLD, DedupReport, dedup
 from ..errors import GradfilterError
 from ..outputs import run_record_path
 from ..selection import Selection, select_top
+from ..strata import choose
 from ..table import (
     IFD_RATIO,
     available_utilities,
@@ -86,6 +88,8 @@ class SelectionView:
     plain: Selection | None = None  # the top-k before dedup removed near-duplicates
     dedup_report: DedupReport | None = None
     notes: list[str] = field(default_factory=list)
+    threshold: float | None = None  # the subset's --threshold
+    strata: dict | None = None  # what --stratify did, made again (the run record's shape)
 
     @property
     def n(self) -> int:
@@ -123,12 +127,10 @@ def build_view(sources: SelectionSources) -> SelectionView:
     ratio, count = sources.ratio, sources.count
     if ratio is None and count is None:
         ratio, count = asked.get("ratio"), asked.get("count")
-        if ratio is None and count is None and asked.get("threshold") is not None:
-            count = asked.get("requested")  # the records at or above the subset's threshold
-        if ratio is None and count is None:
+        if ratio is None and count is None and asked.get("threshold") is None:
             ratio = 0.1
     scores = load_scores(table_path, utility)
-    plain = select_top(scores, ratio=ratio, count=count)
+    plain, strata = _reselect(scores, sources, asked, ratio, count)
     selection, report = _diversify(plain, sources, asked, table_path)
     kept = np.zeros(len(scores), dtype=bool)
     kept[selection.indices] = True
@@ -139,9 +141,52 @@ def build_view(sources: SelectionSources) -> SelectionView:
         None, None, None)
     if report is not None:
         view.plain, view.dedup_report = plain, report
+    view.threshold, view.strata = asked.get("threshold"), strata
     _read_data(view, asked)
     _check_against_record(view)
     return view
+
+
+def _reselect(scores: np.ndarray, sources: SelectionSources, asked: dict, ratio: float | None,
+              count: int | None) -> tuple[Selection, dict | None]:
+    """Top-k, or as the subset's run record says it was chosen: among the records at or above
+    its --threshold, spread over its --stratify strata made again (the recorded K, bins or
+    field, allocation, within and seed; a field's values from the data)."""
+    threshold, recorded = asked.get("threshold"), asked.get("stratify")
+    if not recorded:
+        return select_top(scores, ratio=ratio, count=count, threshold=threshold), None
+    by = recorded.get("by")
+    option = {"field": f"field:{recorded.get('field')}", "length": f"length:{recorded.get('bins')}",
+              "clusters": f"clusters:{recorded.get('k')}"}.get(by)
+    if option is None:
+        raise GradfilterError(f"{run_record_path(Path(str(sources.subset)))}: stratify.by is "
+                              f"{by!r}; expected field, length or clusters")
+    data = data_at_hand(sources, [asked])
+    records = None
+    if data is not None:
+        from ..subset import records_again
+
+        records = records_again(data, sources.split or asked.get("split"), sources.limit)
+    elif by == "field":
+        raise GradfilterError(f"the subset was stratified by the field {recorded.get('field')!r}: "
+                              "give its data (--data) to make the strata again")
+    return choose(scores, Path(sources.table), ratio=ratio, count=count, threshold=threshold,
+                  stratify=option, allocate=recorded.get("allocation"),
+                  within=recorded.get("within"),
+                  cluster_features=recorded.get("features") if by == "clusters" else None,
+                  seed=int(asked.get("seed") or 0), records=records, where=str(data))
+
+
+def data_at_hand(sources: SelectionSources, records: list[dict | None]) -> str | None:
+    """The data as given (--data), else the first file a run record names that is still
+    there."""
+    if sources.data is not None:
+        return sources.data
+    for record in records:
+        recorded = (record or {}).get("data")
+        if recorded and Path(recorded).exists():
+            return recorded
+    return None
 
 
 def _diversify(selection: Selection, sources: SelectionSources, asked: dict,
@@ -255,13 +300,7 @@ def shown_records(view: SelectionView) -> dict[str, np.ndarray]:
 def _read_data(view: SelectionView, asked: dict) -> None:
     """The data's facts, where the data is given, or recorded and still there."""
     sources = view.sources
-    data = sources.data
-    if data is None:
-        for record in (view.subset_record, view.table_record):
-            recorded = (record or {}).get("data")
-            if recorded and Path(recorded).exists():
-                data = recorded
-                break
+    data = data_at_hand(sources, [view.subset_record, view.table_record])
     view.data = data
     if data is None:
         view.data_note = ("the data was not given (--data) and no run record names a file "
@@ -283,6 +322,10 @@ def _check_against_record(view: SelectionView) -> None:
         view.notes.append(f"the subset's run record says {selected} records were kept; the "
                           f"selection made here from the table keeps "
                           f"{len(view.selection.indices)} (was the table rescored since?)")
+    recorded = [s.get("taken") for s in (record.get("stratify") or {}).get("strata", [])]
+    if view.strata is not None and recorded != [s["taken"] for s in view.strata["strata"]]:
+        view.notes.append("the subset's run record took other numbers from its strata than "
+                          "the selection made here (was the table rescored since?)")
     removed = (record.get("diversity") or {}).get("removed")
     if (removed is not None and view.dedup_report is not None
             and int(removed) != view.dedup_report.removed):

@@ -46,6 +46,8 @@ def selection_page(view: SelectionView) -> Page:
     page.add("run", "What was asked, and the run record", *_run_section(view))
     page.add("scores", f"Scores of {view.utility}", *_score_section(view))
     page.add("kept-dropped", "Kept against dropped", *_kept_dropped_section(view))
+    if view.strata is not None:
+        page.add("strata", "The strata the budget was spread over", *_strata_section(view))
     if view.other_scores:
         page.add("utilities", "The other utilities and baselines in the table",
                  *_others_section(view))
@@ -58,9 +60,20 @@ def selection_page(view: SelectionView) -> Page:
 
 
 def _budget_line(view: SelectionView) -> str:
-    asked = (f"ratio {view.ratio:g}" if view.ratio is not None else f"count {view.count}")
-    return (f"Ranked by {view.utility} ({asked}); built from {view.sources.table}"
+    return (f"Ranked by {view.utility} ({_budget(view)}); built from {view.sources.table}"
             + (f" and {view.data}" if view.data else "") + ".")
+
+
+def _budget(view: SelectionView) -> str:
+    """ratio / count, the threshold, and the strata, as asked."""
+    parts = [f"ratio {view.ratio:g}" if view.ratio is not None else
+             f"count {view.count}" if view.count is not None else ""]
+    if view.threshold is not None:
+        parts.append(f"scores at or above {view.threshold:g}")
+    if view.strata is not None:
+        parts.append(f"stratified by {_strata_by(view.strata)}, {view.strata['allocation']} "
+                     f"allocation, {view.strata['within']} within")
+    return ", ".join(p for p in parts if p)
 
 
 def _summary(view: SelectionView) -> Html:
@@ -92,7 +105,7 @@ def _run_section(view: SelectionView) -> list[Html]:
         ("subset", str(view.sources.subset) if view.sources.subset else None),
         ("method", meta.get("method")),
         ("ranking utility", view.utility),
-        ("budget", f"ratio {view.ratio:g}" if view.ratio is not None else f"count {view.count}"),
+        ("budget", _budget(view)),
         ("requested / kept", f"{view.selection.requested:,} / "
                              f"{len(view.selection.indices):,}"),
         ("diversity", diversity),
@@ -347,6 +360,45 @@ def _diversity_lengths(view: SelectionView, plain) -> Html:
             for name, values, _ in _measures(view)]
     return table(["measure", "plain 10th", "plain median", "plain 90th", "dedup 10th",
                   "dedup median", "dedup 90th"], rows) if rows else Html("")
+
+
+# --- strata ----------------------------------------------------------------------------------
+
+def _strata_by(strata: dict) -> str:
+    if strata["by"] == "field":
+        return f"the field {strata.get('field')!r}"
+    if strata["by"] == "length":
+        return f"{strata.get('bins')} bins of response length"
+    return f"{strata.get('k')} clusters of the training trajectories"
+
+
+def _strata_section(view: SelectionView) -> list[Html]:
+    """How the strata were made, and what each held and gave."""
+    strata = view.strata
+    assert strata is not None
+    items = [("by", _strata_by(strata)), ("allocation", strata["allocation"]),
+             ("within a stratum", strata["within"]),
+             ("strata taken whole", f"{strata['taken_whole']} of {len(strata['strata'])}")]
+    if strata["by"] == "clusters":
+        items += [("K", f"{strata['k']} ({strata.get('k_rule')})"),
+                  ("features", f"{strata.get('features')}: "
+                               f"{', '.join(strata.get('columns') or [])}"),
+                  ("k-means", strata.get("algorithm")),
+                  ("records clustered", strata.get("clustered")),
+                  ("empty clusters", strata.get("empty_clusters")), ("seed", strata.get("seed"))]
+    if strata["by"] == "length":
+        items.append(("inner edges (response tokens)",
+                      ", ".join(f"{e:g}" for e in strata.get("edges") or []) or "none"))
+    rows = [[str(s["stratum"]), s["pool"], s["eligible"], s["taken"],
+             Share(s["taken"] / s["pool"] if s["pool"] else math.nan)]
+            for s in strata["strata"]]
+    return [facts((name, value) for name, value in items if value not in (None, "")),
+            table(["stratum", "pool records", "eligible (at or above the threshold)", "taken",
+                   "share of the stratum taken"], rows, table_id="strata"),
+            paragraph("The pool: the records with a finite score. Even allocation takes strata "
+                      "smaller than their share whole and shares the rest evenly (S2L); "
+                      "proportional keeps the pool's shares (docs/method.md, Selection).",
+                      "note")]
 
 
 # --- records ---------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from ..progress import advance_bar, progress_bars
 from .batching import Batcher, collection_batches, micro_batches
 from .budget import batch_tokens
 from .checkpoint import Checkpoint, NullCheckpoint
-from .distributed import Comm, Topology
+from .distributed import Comm, Layout
 from .ensemble import LoRAEnsemble, RowGradRecorder, recorded_backward
 from .statistics import Collected
 from .tokenization import Encoded
@@ -41,6 +41,8 @@ class GradientStatistics:
     phase_seconds: dict[str, float] = field(default_factory=dict)
     train_losses: list[float] = field(default_factory=list)  # per step, mean over members
     batch_tokens: int = 0  # the micro-batch token budget used
+    # per rank: its place in the layout and the examples it ran (the run record's `layout`)
+    layout: list[dict] = field(default_factory=list)
 
 
 class Collector:
@@ -48,12 +50,13 @@ class Collector:
 
     def __init__(self, ensemble: LoRAEnsemble, batcher: Batcher, lengths: np.ndarray,
                  config: ScoreConfig, autocast: torch.autocast,
-                 checkpoint: Checkpoint | NullCheckpoint, topology: Topology,
+                 checkpoint: Checkpoint | NullCheckpoint, layout: Layout,
                  batch_tokens: int) -> None:
         self.ensemble, self.batcher, self.lengths = ensemble, batcher, lengths
         self.config, self.autocast = config, autocast
-        self.checkpoint, self.topology = checkpoint, topology
+        self.checkpoint, self.layout = checkpoint, layout
         self.batch_tokens = batch_tokens
+        self.collected: dict[int, int] = {}  # epoch -> examples measured here
         self.sketch = (ensemble.sketch_projection(config.sketch_dim, config.seed)
                        if config.sketch_dim else None)
 
@@ -75,7 +78,8 @@ class Collector:
                     result.put(shard["rows"], k, shard["losses"][:, j], shard["sqnorms"][:, j],
                                sketches)
                     done[shard["batches"], k] = True
-        todo = [j for j in self.topology.collection_batches(len(batches)) if not done[j].all()]
+        todo = [j for j in self.layout.collection_batches(len(batches)) if not done[j].all()]
+        self.collected[epoch] = sum(len(batches[j]) for j in todo)
         if todo or on_collected is not None:
             with adapters:
                 self._compute(epoch, batches, todo, result, bars)
@@ -150,6 +154,7 @@ def train_and_collect(
     *,
     checkpoint: Checkpoint | NullCheckpoint | None = None,
     comm: Comm | None = None,
+    layout: Layout | None = None,
 ) -> GradientStatistics:
     """Train every member for `epochs` epochs; after `early` and `late`, run a collection pass
     (collect=snapshot), or take the statistics the training passes of those epochs recorded
@@ -159,23 +164,26 @@ def train_and_collect(
     trained on and measured. `on_collected(epoch)` runs after each collection, with the
     adapters of the end of that epoch in the ensemble (adapter export). With an opened
     `checkpoint`, the run resumes from its last commit and commits as it goes. With `comm`
-    (under torchrun) the ensemble holds this rank's members only; the statistics of all
-    members are gathered and returned on every rank.
+    (under torchrun) the ensemble holds this rank's members only and this rank runs its slice
+    of their batches, as `layout` (default: `comm.layout(config.members)`) says; the statistics
+    of all members and examples are gathered and returned on every rank.
     """
     if len(scorable) == 0:
         raise GradfilterError("no example has a response token left to score")
     comm = comm or Comm()
     checkpoint = checkpoint or NullCheckpoint()
-    topology = comm.topology(config.members)
-    if ensemble.member_ids != topology.local_members:
+    layout = layout or comm.layout(config.members)
+    if ensemble.member_ids != layout.local_members:
         raise ValueError(f"the ensemble holds members {ensemble.member_ids}, rank "
-                         f"{comm.rank} of {comm.world} needs {topology.local_members}")
+                         f"{comm.rank} of {comm.world} needs {layout.local_members}")
     batcher = Batcher([encoded[i] for i in scorable], device)
     lengths = np.array([len(encoded[i].input_ids) for i in scorable], dtype=np.int64)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     budget = batch_tokens(config.batch_tokens, ensemble.model, device, dtype, "gradients")
-    trainer = Trainer(ensemble, batcher, lengths, config, autocast, checkpoint, budget)
-    collector = Collector(ensemble, batcher, lengths, config, autocast, checkpoint, topology,
+    checkpoint.record_run(batch_tokens=budget, world_size=comm.world)
+    trainer = Trainer(ensemble, batcher, lengths, config, autocast, checkpoint, budget,
+                      layout=layout, comm=comm)
+    collector = Collector(ensemble, batcher, lengths, config, autocast, checkpoint, layout,
                           budget)
     stats = GradientStatistics(batch_tokens=budget)
     collected: dict[int, Collected] = {}
@@ -196,7 +204,10 @@ def train_and_collect(
                 stats.phase_seconds[f"collect_epoch{epoch}"] = time.perf_counter() - start
     if not checkpoint.manifest.finished:
         checkpoint.mark_finished()
-    _gather(stats, collected, trainer.member_losses(), topology, comm, config.members,
+    place = {**layout.describe(comm.rank),
+             "examples_trained": [trainer.trained.get(e, 0) for e in range(1, config.epochs + 1)],
+             "examples_collected": {str(e): n for e, n in collector.collected.items()}}
+    _gather(stats, collected, trainer.member_losses(), place, layout, comm, config.members,
             config.sketch_dim)
     return stats
 
@@ -213,16 +224,18 @@ def _after_recorded(epoch: int, trainer: Trainer, checkpoint: Checkpoint | NullC
 
 
 def _gather(stats: GradientStatistics, collected: dict[int, Collected],
-            member_losses: dict[int, torch.Tensor], topology: Topology, comm: Comm,
+            member_losses: dict[int, torch.Tensor], place: dict, layout: Layout, comm: Comm,
             members: int, sketch_dim: int = 0) -> None:
-    """Merge every rank's members and rows: stats of all M members on every rank."""
-    mine = {"members": list(member_losses), "collected": collected,
-            "train": {m: h.numpy() for m, h in member_losses.items() if topology.owns(m)}}
+    """Merge every rank's members and rows: stats of all M members on every rank; `place`,
+    this rank's entry of the layout record."""
+    mine = {"members": list(member_losses), "collected": collected, "place": place,
+            "train": {m: h.numpy() for m, h in member_losses.items() if layout.owns(m)}}
     parts = comm.all_gather(mine)
+    stats.layout = [part["place"] for part in parts]
     for epoch in collected:
         n = len(collected[epoch].filled)
         merged = Collected.empty(n, members, sketch_dim)
-        for part in parts:  # rank order; where two ranks hold a value it is the same one
+        for part in parts:  # rank order; a value two ranks hold is the same one
             piece = part["collected"][epoch]
             for k, m in enumerate(part["members"]):
                 take = piece.filled[:, k] & ~merged.filled[:, m]

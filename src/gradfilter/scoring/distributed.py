@@ -1,61 +1,111 @@
-"""Scale-out under torchrun: ranks split the ensemble's members, and share collection work.
+"""Scale-out under torchrun: the process layout (member groups x data shards) and the few
+collectives scoring needs. Nothing else in scoring knows about ranks.
 
 Launched by `torchrun` (RANK, WORLD_SIZE and LOCAL_RANK in the environment), `score` joins a
-process group (gloo on CPU, nccl on CUDA, rank on cuda:LOCAL_RANK). With W ranks and M members:
+process group (gloo on CPU, nccl on CUDA, rank on cuda:LOCAL_RANK). W processes and M members
+form G member groups x data shards, G = min(M, W) unless `--member-groups` says otherwise:
 
-- W <= M: rank r holds members r, r+W, r+2W, ... and trains and collects them alone; ranks do
-  not talk while training (except a barrier when a checkpoint is committed).
-- W > M: rank r holds member r mod M; the ranks sharing a member each train it (the same
-  deterministic computation, duplicated: no broadcast needed) and split that member's
-  collection batches between them, batch j going to sharer j mod S.
+- Members spread first: member m belongs to group m mod G.
+- The ranks are cut into G consecutive blocks, the first W mod G of them one rank longer;
+  block g serves group g, its S_g ranks being the group's data shards (consecutive ranks, so
+  that with one block per node no training traffic crosses nodes).
+- Each optimiser step, every member's batch is cut into S_g near-equal consecutive slices, the
+  j-th for the block's j-th rank. A rank trains on its slice and records the per-example
+  statistics of it, at the parameters those examples met; the LoRA gradients (and the loss
+  sums) are then summed over the block (`all_reduce` in the block's process group), so every
+  rank of a group takes the same step, the one a single process takes on the whole batch (up to
+  the order of the float sums).
+- A collection pass (`--collect snapshot`) gives collection batch j to the block's
+  (j mod S_g)-th rank.
 
-Results are gathered to every rank (all_gather_object), merged by example and member index;
-only rank 0 writes files.
+With G = W (the default when W <= M) each rank is a group of its own and holds members r, r+W,
+...: the ranks split the members and do not talk while training. Results are gathered to every
+rank (all_gather_object) and merged by example and member; only rank 0 writes files. The first
+rank of a block owns its members' checkpoint files and adapters.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import GradfilterError
 
 
 @dataclass(frozen=True)
-class Topology:
-    """Who does what: this rank among `world`, for an ensemble of `members`."""
+class Layout:
+    """Who does what: this rank among `world`, for an ensemble of `members`, in `groups`
+    member groups (0: min(members, world))."""
 
     rank: int = 0
     world: int = 1
     members: int = 1
+    groups: int = 0
+
+    def __post_init__(self) -> None:
+        if self.groups == 0:
+            object.__setattr__(self, "groups", min(self.members, self.world))
+        if not 1 <= self.groups <= min(self.members, self.world) or not 0 <= self.rank < self.world:
+            raise ValueError(f"no layout of {self.groups} member groups for rank {self.rank} "
+                             f"of {self.world} and {self.members} members")
+
+    def block(self, group: int) -> range:
+        """The ranks serving `group`: its data shards, in order."""
+        base, extra = divmod(self.world, self.groups)
+        start = group * base + min(group, extra)
+        return range(start, start + base + (group < extra))
+
+    def group_of(self, rank: int) -> int:
+        return next(g for g in range(self.groups) if rank in self.block(g))
+
+    @property
+    def group(self) -> int:
+        return self.group_of(self.rank)
 
     def members_of(self, rank: int) -> list[int]:
-        if self.world <= self.members:
-            return list(range(rank, self.members, self.world))
-        return [rank % self.members]
+        return list(range(self.group_of(rank), self.members, self.groups))
 
     @property
     def local_members(self) -> list[int]:
         return self.members_of(self.rank)
 
-    def sharers(self, member: int) -> list[int]:
-        """The ranks that hold `member`, lowest first (the first one is its owner)."""
-        return [r for r in range(self.world) if member in self.members_of(r)]
+    @property
+    def shard(self) -> int:
+        """This rank's position in its block."""
+        return self.rank - self.block(self.group).start
+
+    @property
+    def shards(self) -> int:
+        """How many ranks share this rank's members' batches."""
+        return len(self.block(self.group))
 
     def owns(self, member: int) -> bool:
         """Whether this rank writes `member`'s checkpoint files and adapters."""
-        return self.sharers(member)[0] == self.rank
+        return member in self.local_members and self.shard == 0
+
+    def rows(self, batch: np.ndarray) -> np.ndarray:
+        """This rank's slice of a member's training batch (all of it when unshared)."""
+        n = len(batch)
+        return batch[self.shard * n // self.shards:(self.shard + 1) * n // self.shards]
 
     def collection_batches(self, n_batches: int) -> list[int]:
-        """The collection batches this rank computes (all of them unless members are shared)."""
-        sharers = self.sharers(self.local_members[0])
-        position, count = sharers.index(self.rank), len(sharers)
-        return [j for j in range(n_batches) if j % count == position]
+        """The collection batches this rank computes for its members."""
+        return list(range(self.shard, n_batches, self.shards))
+
+    def spread(self, items: np.ndarray) -> np.ndarray:
+        """This rank's share of work that every rank can do alike (a forward-only pass)."""
+        return items[self.rank::self.world]
+
+    def describe(self, rank: int) -> dict[str, Any]:
+        block = self.block(self.group_of(rank))
+        return {"rank": rank, "group": self.group_of(rank), "members": self.members_of(rank),
+                "shard": rank - block.start, "shards": len(block)}
 
 
 class Comm:
@@ -63,13 +113,24 @@ class Comm:
 
     def __init__(self, rank: int = 0, world: int = 1) -> None:
         self.rank, self.world = rank, world
+        self._blocks: dict[Layout, Any] = {}  # this rank's block's process group, per layout
 
     @property
     def distributed(self) -> bool:
         return self.world > 1
 
-    def topology(self, members: int) -> Topology:
-        return Topology(self.rank, self.world, members)
+    def layout(self, members: int, groups: int | None = None) -> Layout:
+        """The layout of `members` over this run's processes; a layout that cannot work is
+        refused in one line."""
+        if groups is not None and groups < 1:
+            raise GradfilterError(f"--member-groups must be at least 1, got {groups}")
+        if groups is not None and groups > members:
+            raise GradfilterError(f"--member-groups {groups} is more than --members {members}: "
+                                  "every member group needs a member of its own")
+        if groups is not None and groups > self.world:
+            raise GradfilterError(f"--member-groups {groups} needs at least {groups} processes, "
+                                  f"this run has {self.world} (torchrun --nproc-per-node)")
+        return Layout(self.rank, self.world, members, groups or 0)
 
     def barrier(self) -> None:
         if self.distributed:
@@ -82,6 +143,32 @@ class Comm:
         gathered: list[Any] = [None] * self.world
         torch.distributed.all_gather_object(gathered, obj)
         return gathered
+
+    def gather_filled(self, values: np.ndarray) -> np.ndarray:
+        """Every rank's `values` where they are not NaN (each position filled by one rank)."""
+        return np.fmax.reduce(np.stack(self.all_gather(values)))
+
+    def group_sum(self, layout: Layout, tensors: Sequence[torch.Tensor]) -> None:
+        """Sum `tensors` in place over the ranks of this rank's block (one all_reduce). Every
+        rank calls it alike: the blocks' process groups are made at the first call."""
+        if not self.distributed:
+            return
+        group = self._block_group(layout)
+        if layout.shards == 1:
+            return
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        torch.distributed.all_reduce(flat, group=group)
+        offset = 0
+        for tensor in tensors:
+            tensor.copy_(flat[offset:offset + tensor.numel()].view_as(tensor))
+            offset += tensor.numel()
+
+    def _block_group(self, layout: Layout) -> Any:
+        if layout not in self._blocks:  # every rank makes every block's group, in order
+            made = [torch.distributed.new_group(list(layout.block(g)))
+                    for g in range(layout.groups)]
+            self._blocks[layout] = made[layout.group]
+        return self._blocks[layout]
 
 
 def _env_int(name: str, default: int) -> int:

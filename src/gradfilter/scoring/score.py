@@ -18,12 +18,13 @@ import pyarrow as pa
 import torch
 from rich.progress import Progress
 
+from ..arguments import path_or_name, whole_number
 from ..config import METHODS, Method, ScoreConfig, config_key
 from ..data.conversations import Format, unscorable_reason
 from ..data.dataset import Dataset, as_dataset, record_notes
 from ..data.identity import identities
 from ..errors import GradfilterError
-from ..outputs import device_description, write_run_record
+from ..outputs import device_description, write_run_record, written_together
 from ..paths import refuse_collisions, score_paths
 from ..progress import advance_bar, library_bars, phase, progress_bars, shows_library_bars
 from ..table import (
@@ -39,7 +40,7 @@ from ..table import (
 from . import distributed
 from .baselines import NEEDS_MODEL, ProxyForward, baseline_columns
 from .budget import batch_tokens
-from .checkpoint import Checkpoint, NullCheckpoint
+from .checkpoint import Checkpoint, NullCheckpoint, signals_held
 from .collection import train_and_collect
 from .ensemble import LoRAEnsemble
 from .proxy import default_targets, load_model, load_tokenizer, resolve_device, resolve_dtype
@@ -58,6 +59,13 @@ class Tokenized:
     @property
     def scorable(self) -> np.ndarray:
         return np.array([i for i, r in enumerate(self.reasons) if r is None], dtype=np.int64)
+
+    def only(self, indices: np.ndarray) -> Tokenized:
+        """The same records with only `indices` of them scorable (a rank's share)."""
+        keep = set(indices.tolist())
+        return Tokenized(self.template, self.encoded,
+                         [r if r is not None or i in keep else "another process's share"
+                          for i, r in enumerate(self.reasons)])
 
     def record_columns(self) -> dict[str, pa.Array]:
         return record_columns(len(self.encoded),
@@ -159,6 +167,7 @@ def score(
     progress: bool = True,
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 50,
+    member_groups: int | None = None,
 ) -> pa.Table:
     """Score `data` with `method` and write the statistics table (Parquet) to `out` (with
     `out=None`, write nothing: the table is returned). `data` is a path, a hub id, a read
@@ -168,13 +177,16 @@ def score(
     at most a forward pass of the proxy. With `checkpoint_dir` a gsnr run commits its state
     there every `checkpoint_every` optimiser steps (and collection batches) and at each epoch's
     end, and a rerun with the same settings continues from the last commit; a finished
-    directory just rebuilds the table. Launched by torchrun, the ranks split the members (see
-    `distributed`); every rank returns the table, rank 0 writes it.
+    directory just rebuilds the table. Launched by torchrun, the ranks form `member_groups`
+    member groups (default min(members, processes)) x data shards (see `distributed`); every
+    rank returns the table, rank 0 writes it.
     """
-    config = config or ScoreConfig()
+    config = ScoreConfig() if config is None else config
+    if not isinstance(data, Dataset):
+        path_or_name(data, "DATA")
+    _check_arguments(config, method, checkpoint_dir, checkpoint_every, member_groups)
     refuse_collisions(*score_paths(data, out, config.proxy, checkpoint_dir=checkpoint_dir,
                                    save_adapters=save_adapters))
-    _check_arguments(config, method, checkpoint_dir, checkpoint_every)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     dataset = as_dataset(data, fmt, limit, skip_bad_records)
@@ -184,10 +196,12 @@ def score(
         shown = progress and comm.rank == 0
         tokenizer, tokens = _load_tokens(dataset, config, skip_bad_records, shown)
         timings["read_and_tokenize"] = time.perf_counter() - start
+        layout = comm.layout(config.members, member_groups)
         checkpoint = (NullCheckpoint() if checkpoint_dir is None else Checkpoint(
-            checkpoint_dir, run_fingerprint(config, device, dtype, tokens), comm,
-            comm.topology(config.members), checkpoint_every))
-        with checkpoint:  # opened first: other settings are refused before the proxy loads
+            checkpoint_dir, run_fingerprint(config, device, dtype, tokens), comm, layout,
+            checkpoint_every))
+        # the checkpoint is opened first: other settings are refused before the proxy loads
+        with checkpoint, signals_held(checkpoint):
             start = time.perf_counter()
             torch.manual_seed(config.seed)
             model = (_load_proxy(config, device, shown)
@@ -203,7 +217,8 @@ def score(
                             "resumed_from_step": checkpoint.manifest.step},
                            "save_adapters": str(save_adapters) if save_adapters else None}
                 table = _score_gsnr(tokens, model, tokenizer, config, device, dtype, comm,
-                                    checkpoint, save_adapters, progress, timings, details)
+                                    layout, checkpoint, save_adapters, progress, timings,
+                                    details)
             else:
                 details = {}
                 table = _score_baseline(method, tokens, model, tokenizer, config, device, dtype,
@@ -233,47 +248,58 @@ def _load_proxy(config: ScoreConfig, device: torch.device, shown: bool) -> torch
         return load_model(config.proxy, device)
 
 
-def _check_arguments(config: ScoreConfig, method: str, checkpoint_dir, checkpoint_every) -> None:
+def _check_arguments(config: ScoreConfig, method: str, checkpoint_dir, checkpoint_every,
+                     member_groups: int | None) -> None:
+    if not isinstance(config, ScoreConfig):
+        raise GradfilterError(f"config must be a ScoreConfig, got {type(config).__name__}")
     config.validate()
+    whole_number(checkpoint_every, "--checkpoint-every")
     if method not in METHODS:
         raise GradfilterError(f"--method must be one of {list(METHODS)}, got {method!r}")
     if checkpoint_every < 1:
         raise GradfilterError("--checkpoint-every must be at least 1")
     if checkpoint_dir is not None and method != "gsnr":
         raise GradfilterError("--checkpoint-dir is for --method gsnr (baselines are one pass)")
+    if member_groups is not None and method != "gsnr":
+        raise GradfilterError("--member-groups is for --method gsnr (baselines have no members)")
 
 
 def _score_gsnr(tokens: Tokenized, model: torch.nn.Module, tokenizer, config: ScoreConfig,
                 device: torch.device, dtype: torch.dtype, comm: distributed.Comm,
-                checkpoint: Checkpoint | NullCheckpoint, save_adapters: str | Path | None,
-                progress: bool, timings: dict[str, float], details: dict) -> pa.Table:
+                layout: distributed.Layout, checkpoint: Checkpoint | NullCheckpoint,
+                save_adapters: str | Path | None, progress: bool, timings: dict[str, float],
+                details: dict) -> pa.Table:
     """The untrained proxy's IFD ratios (with `ifd_pass`), then install this rank's members,
     train and collect (resumably): the table with every G-SNR utility."""
     ifd_ratio = None
     if config.ifd_pass:  # before any LoRA is installed: the proxy as the IFD baseline sees it
         start = time.perf_counter()
         forward_dtype = resolve_dtype(config.dtype, device, "forward")
-        ifd_ratio = _score_baseline("ifd", tokens, model, tokenizer, config, device,
-                                    forward_dtype, progress and comm.rank == 0, {}, {}
-                                    ).column("ifd_ratio").to_numpy()
+        # each rank its share of the records (all of them in a single process)
+        share = tokens.only(layout.spread(tokens.scorable))
+        ifd_ratio = comm.gather_filled(_score_baseline(
+            "ifd", share, model, tokenizer, config, device, forward_dtype,
+            progress and comm.rank == 0, {}, {}).column("ifd_ratio").to_numpy())
         timings["ifd_pass"] = time.perf_counter() - start
         details["ifd_pass_dtype"] = str(forward_dtype)
-    topology = comm.topology(config.members)
     ensemble = LoRAEnsemble(model, config.members, config.lora_rank, config.lora_alpha,
-                            config.targets, config.seed, member_ids=topology.local_members)
+                            config.targets, config.seed, member_ids=layout.local_members)
 
     def export(epoch: int) -> None:
         assert save_adapters is not None
         for k, m in enumerate(ensemble.member_ids):
-            if topology.owns(m):
+            if layout.owns(m):
                 ensemble.save_member(k, Path(save_adapters) / f"epoch{epoch}" / f"member{m}",
                                      config.proxy)
 
     stats = train_and_collect(ensemble, tokens.encoded, tokens.scorable, config, device, dtype,
                               progress, export if save_adapters is not None else None,
-                              checkpoint=checkpoint, comm=comm)
+                              checkpoint=checkpoint, comm=comm, layout=layout)
     timings.update(stats.phase_seconds)
     details["batch_tokens"] = stats.batch_tokens
+    if details.get("checkpoint") is not None:  # every run that worked on the table, its budget
+        details["checkpoint"]["runs"] = checkpoint.runs
+    details["layout"] = stats.layout
     details["train_loss_first_last"] = stats.train_losses[:1] + stats.train_losses[-1:]
     sketch_meta = (ensemble.sketch_projection(config.sketch_dim, config.seed).metadata()
                    if config.sketch_dim else None)
@@ -302,6 +328,7 @@ def _score_baseline(method: str, tokens: Tokenized, model: torch.nn.Module | Non
     return baseline_table(tokens.record_columns(), columns, method, config)
 
 
+@written_together  # the table and its run record move into place together
 def _write_score_outputs(out: Path, table: pa.Table, dataset: Dataset, tokens: Tokenized,
                          method: str, config: ScoreConfig, device: torch.device,
                          dtype: torch.dtype, timings: dict[str, float], details: dict) -> None:

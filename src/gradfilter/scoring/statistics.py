@@ -39,7 +39,7 @@ class Collected:
         self.filled[rows, column] = True
 
     def column(self, k: int) -> dict[str, torch.Tensor]:
-        """Column k as tensors (a checkpoint payload; `set_column` takes it back)."""
+        """Column k as tensors (a checkpoint payload; `merge_column` takes it back)."""
         payload = {"filled": torch.from_numpy(self.filled[:, k].copy()),
                    "losses": torch.from_numpy(self.losses[:, k].copy()),
                    "sqnorms": torch.from_numpy(self.sqnorms[:, k].copy())}
@@ -47,12 +47,12 @@ class Collected:
             payload["sketches"] = torch.from_numpy(self.sketches[:, k].copy())
         return payload
 
-    def set_column(self, k: int, payload: dict[str, torch.Tensor]) -> None:
-        self.filled[:, k] = payload["filled"].numpy()
-        self.losses[:, k] = payload["losses"].numpy()
-        self.sqnorms[:, k] = payload["sqnorms"].numpy()
-        if self.sketches is not None:
-            if "sketches" not in payload:
-                raise GradfilterError("a checkpoint without the sketches this run needs (made "
-                                      "with another --sketch-dim?)")
-            self.sketches[:, k] = payload["sketches"].numpy()
+    def merge_column(self, k: int, payload: dict[str, torch.Tensor]) -> None:
+        """Column k takes the values `payload` (a `column`) holds; the others stay."""
+        rows = np.flatnonzero(payload["filled"].numpy())
+        if self.sketches is not None and "sketches" not in payload:
+            raise GradfilterError("a checkpoint without the sketches this run needs (made "
+                                  "with another --sketch-dim?)")
+        sketches = payload["sketches"].numpy()[rows] if self.sketches is not None else None
+        self.put(rows, k, payload["losses"].numpy()[rows], payload["sqnorms"].numpy()[rows],
+                 sketches)

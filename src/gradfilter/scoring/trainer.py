@@ -6,6 +6,10 @@ A step runs as micro-batches within the token budget: each backs up sum(its loss
 step's rows per member), so the accumulated gradient is the whole batch's mean; clipping and the
 optimiser step follow the last micro-batch.
 
+Under torchrun a step's batch may be shared by the ranks of a member group (distributed.py):
+each rank runs its slice of every member's batch, still dividing by the whole batch's rows,
+and the gradients are summed over the group before clipping, so the step is the whole batch's.
+
 With `collect="during"` the training passes of epochs s and t record every example's loss and
 squared gradient norm (and sketch) per member (method.md §3), from the same forward and
 backward, at the parameters the example met (before the step that uses it). They are held per
@@ -29,6 +33,7 @@ from ..config import ScoreConfig
 from ..progress import advance_bar
 from .batching import Batcher, member_batches, micro_batches
 from .checkpoint import Checkpoint, NullCheckpoint
+from .distributed import Comm, Layout
 from .ensemble import LoRAEnsemble, RowGradRecorder, linear_warmup_decay, recorded_backward
 from .statistics import Collected
 
@@ -36,14 +41,18 @@ WARMUP_RATIO = 0.03
 
 
 class Trainer:
-    """Trains the members the ensemble holds, committing to `checkpoint` as it goes."""
+    """Trains the members the ensemble holds, on this rank's slice of their batches (as
+    `layout` says), committing to `checkpoint` as it goes."""
 
     def __init__(self, ensemble: LoRAEnsemble, batcher: Batcher, lengths: np.ndarray,
                  config: ScoreConfig, autocast: torch.autocast,
-                 checkpoint: Checkpoint | NullCheckpoint, batch_tokens: int) -> None:
+                 checkpoint: Checkpoint | NullCheckpoint, batch_tokens: int, *,
+                 layout: Layout, comm: Comm) -> None:
         self.ensemble, self.batcher, self.lengths = ensemble, batcher, lengths
         self.config, self.autocast, self.checkpoint = config, autocast, checkpoint
         self.batch_tokens = batch_tokens
+        self.layout, self.comm = layout, comm
+        self.trained: dict[int, int] = {}  # epoch -> examples of each held member run here
         self.sketch = (ensemble.sketch_projection(config.sketch_dim, config.seed)
                        if config.sketch_dim and config.collect == "during" else None)
         self.n = len(lengths)
@@ -71,8 +80,9 @@ class Trainer:
         self.losses_done = torch.stack([members[m]["losses"] for m in self.ensemble.member_ids],
                                        1)
         for k, m in enumerate(self.ensemble.member_ids):
-            for epoch, column in members[m].get("recorded", {}).items():
-                self.during.start(int(epoch)).set_column(k, column)
+            if self.layout.owns(m):  # the owner alone carries what earlier runs recorded
+                self.during.merge(k, [members[m].get("recorded", {}),
+                                      *members[m].get("recorded_parts", [])])
 
     def records(self, epoch: int) -> bool:
         """Whether `epoch`'s training passes record the statistics (collect=during)."""
@@ -80,8 +90,9 @@ class Trainer:
         return config.collect == "during" and epoch in (config.early, config.late)
 
     def recorded_epoch(self, epoch: int) -> Collected:
-        """The statistics the training passes of `epoch` recorded, complete."""
-        return self.during.complete(epoch)
+        """The statistics the training passes of `epoch` recorded here (this rank's slices;
+        the gather checks that the ranks together recorded every value)."""
+        return self.during.flushed(epoch)
 
     def finished_epoch(self, epoch: int) -> bool:
         return self.step >= epoch * self.steps_per_epoch
@@ -91,19 +102,24 @@ class Trainer:
         config, ensemble = self.config, self.ensemble
         batches = member_batches(self.lengths, config.batch_size, config.members, config.seed,
                                  epoch, config.length_bucketing)
-        mine = [batches[m] for m in ensemble.member_ids]
+        # This rank's slice of every member's batches: of all M members, so that the padded
+        # widths do not depend on which members a rank holds.
+        slices = [[self.layout.rows(batch) for batch in member] for member in batches]
+        mine = [slices[m] for m in ensemble.member_ids]
         first = (epoch - 1) * self.steps_per_epoch
         done_rows = sum(len(b) for b in mine[0][: self.step - first])
         task = bars.add_task(f"train epoch {epoch}/{config.epochs} x{config.members} members",
-                             total=self.n, completed=done_rows, rate="")
+                             total=sum(len(b) for b in mine[0]), completed=done_rows, rate="")
         record = self.records(epoch)
         if record:
             self.during.start(epoch)
         start = time.perf_counter()
         for k in range(self.step - first, self.steps_per_epoch):
-            parts = micro_batches([member[k] for member in batches], self.lengths,
-                                  self.batch_tokens)
-            self._step([member[k] for member in mine], parts, record)
+            step_slices = [member[k] for member in slices]
+            parts = (micro_batches(step_slices, self.lengths, self.batch_tokens)
+                     if len(step_slices[0]) else [])
+            self._step([member[k] for member in mine], parts, len(batches[0][k]), record)
+            self.trained[epoch] = self.trained.get(epoch, 0) + len(mine[0][k])
             advance_bar(bars, task, len(mine[0][k]), start, done_rows)
             at_end = k == self.steps_per_epoch - 1
             if self.checkpoint.due(self.step, at_end):
@@ -113,31 +129,37 @@ class Trainer:
         if record:
             self.during.flush(epoch)
 
-    def _step(self, rows: list[np.ndarray], parts: list[tuple[slice, int]],
+    def _step(self, rows: list[np.ndarray], parts: list[tuple[slice, int]], size: int,
               record: bool) -> None:
-        """One optimiser step over each held member's `rows` (example positions), run as the
-        micro-batches `parts` (row slice, padded width); with `record`, every example's loss
-        and squared gradient norm are kept."""
+        """One optimiser step of batches of `size` rows per member, of which this rank runs
+        each held member's `rows` (example positions, maybe none) as the micro-batches `parts`
+        (row slice, padded width); with `record`, every example's loss and squared gradient
+        norm are kept. The gradients and loss sums are summed over the member group."""
         ensemble = self.ensemble
-        size = len(rows[0])
-        losses = []
+        loss_sums = torch.zeros(ensemble.members, device=self.batcher.device)
         for part, width in parts:
             batch = self.batcher.batch([member[part] for member in rows], width)
             recorder = (RowGradRecorder(batch.input_ids.shape[0], batch.input_ids.device,
                                         self.sketch, scale=size) if record else None)
-            part_losses = recorded_backward(ensemble, batch, recorder, self.autocast, size)
-            losses.append(part_losses.view(ensemble.members, -1))
+            losses = recorded_backward(ensemble, batch, recorder, self.autocast, size
+                                       ).view(ensemble.members, -1)
+            loss_sums += losses.sum(1)
             if recorder is not None:
                 sketches = (None if recorder.sketches is None else
                             recorder.sketches.view(ensemble.members, len(rows[0][part]), -1))
-                self.during.add([member[part] for member in rows], losses[-1],
+                self.during.add([member[part] for member in rows], losses,
                                 recorder.sqnorms.view(ensemble.members, -1), sketches)
+        params = ensemble.parameters()
+        for p in params:  # a rank whose slice of this step is empty adds zeros
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        self.comm.group_sum(self.layout, [*(p.grad for p in params), loss_sums])
         ensemble.clip_per_member(self.config.grad_clip)
         self.optimizer.step()
         self.schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
         # kept on the device: no host sync per step
-        self.losses_pending.append(torch.cat(losses, 1).mean(1))
+        self.losses_pending.append(loss_sums / size)
         self.step += 1
 
     def member_losses(self) -> dict[int, torch.Tensor]:
@@ -216,14 +238,18 @@ class DuringRecords:
             self.epochs[epoch].put(rows, k, losses[k], sqnorms[k],
                                    None if sketches is None else sketches[k])
 
-    def complete(self, epoch: int) -> Collected:
-        """`epoch`'s statistics, flushed, every (example, member) value present."""
+    def merge(self, k: int, parts: list[dict[str, Any]]) -> None:
+        """Held member k's records as a checkpoint holds them (its owner's payload, and what
+        other ranks recorded of it), merged by example."""
+        for part in parts:
+            for epoch, column in part.items():
+                self.start(int(epoch)).merge_column(k, column)
+
+    def flushed(self, epoch: int) -> Collected:
+        """`epoch`'s statistics recorded here, flushed (under torchrun, this rank's slices:
+        `collection._gather` checks that the ranks together recorded every value)."""
         self.flush(epoch)
-        result = self.epochs[epoch]
-        if not result.filled.all():
-            raise RuntimeError(f"training epoch {epoch} left {int((~result.filled).sum())} "
-                               "(example, member) values unrecorded")
-        return result
+        return self.epochs[epoch]
 
     def columns(self, k: int) -> dict[str, Any]:
         """Held member k's recorded statistics of every epoch, for its checkpoint payload."""
