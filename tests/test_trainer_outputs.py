@@ -277,15 +277,12 @@ def test_a_threshold_cuts_shards_scored_apart_as_it_cuts_the_whole(scored, cli, 
     assert run["threshold"] == cut and run["cut_score"] >= cut
 
 
-def test_a_threshold_with_a_ratio_or_above_every_score(scored, cli):
+def test_a_threshold_above_every_score_keeps_nothing_and_says_why(scored, cli):
     out = scored["dir"] / "t.jsonl"
-    code, _, err = cli("select", scored["sharegpt"], "--stats", scored["sharegpt_table"],
-                       "--threshold", "5", "--ratio", "0.5", "--out", out, "--no-report")
-    assert code == 2 and "exactly one of --ratio, --count and --threshold" in err
-    assert not out.exists()
     code, stdout, err = cli("select", scored["sharegpt"], "--stats", scored["sharegpt_table"],
                             "--threshold", "1e9", "--out", out, "--no-report")
-    assert code == 0 and "nothing kept: no record scores at least --threshold 1e+09" in stdout
+    assert code == 0, err
+    assert "nothing kept: no record scores at least --threshold 1e+09" in stdout
     assert out.read_text() == ""
 
 
@@ -296,3 +293,16 @@ def test_a_table_named_by_a_string_gives_the_same_decisions(scored, tmp_path):
                         str(tmp_path / "b.jsonl"), count=3)
     assert by_name.decisions.reasons == by_path.decisions.reasons
     assert by_name.decisions.counts() == {"selected": 3, "below the cut": 5}
+
+
+def test_a_stratified_selections_passed_over_records_are_not_called_near_duplicates():
+    from gradfilter.decisions import BELOW_CUT, NOT_IN_STRATUM, SELECTED, decide
+    from gradfilter.selection import Selection
+
+    scores = np.array([0.9, 0.8, 0.7, 0.6, np.nan])
+    ranked = np.array([0, 1, 2, 3])
+    stratified = Selection(ranked, 2, 5, 1, chosen=np.array([0, 2]))  # record 1's stratum full
+    decided = decide(stratified, ranked, scores, "gsnr", None, None)
+    assert decided.reasons[:4] == [SELECTED, NOT_IN_STRATUM, SELECTED, BELOW_CUT]
+    plain = decide(Selection(ranked, 2, 5, 1), ranked, scores, "gsnr", None, None)
+    assert plain.reasons[:4] == [SELECTED, SELECTED, BELOW_CUT, BELOW_CUT]

@@ -8,6 +8,8 @@ score, 1 the best; None without one), `score` (None where not finite) and a `rea
 - `selected`: kept (its score is at or above the cut score);
 - `below the cut`: scored, ranked below the last record kept;
 - `near-duplicate of a kept record (--diversity dedup)`: ranked above the cut but dropped by dedup;
+- `not taken in its stratum (--stratify)`: ranked above the cut, but its stratum's share was
+  taken by records better in it (or drawn, --within random);
 - `gated out: IFD ratio >= 1 ...`: a gated utility (or the ifd baseline) gives no score to a
   record whose answer is no easier with its prompt than without it;
 - `unscorable: <the table's skip_reason>`: too long under --truncation drop, an empty answer, no
@@ -28,6 +30,7 @@ from .selection import Selection
 SELECTED = "selected"
 BELOW_CUT = "below the cut"
 DEDUP_REMOVED = "near-duplicate of a kept record (--diversity dedup)"
+NOT_IN_STRATUM = "not taken in its stratum (--stratify)"
 GATED = ("gated out: IFD ratio >= 1 (the answer is no easier to predict with its prompt than "
          "without it)")
 UNSCORABLE = "unscorable: {}"
@@ -73,12 +76,15 @@ def decide(selection: Selection, ranked_before_dedup: np.ndarray, scores: np.nda
     rank[ranked_before_dedup] = np.arange(1, len(ranked_before_dedup) + 1)
     last_kept = int(rank[selection.indices].max()) if len(selection.indices) else 0
     gates = utility.endswith("-gated") or utility == "ifd"
+    # Records ranked above the last kept and not kept: dedup dropped them, or (a selection
+    # that is not a top-k prefix: a stratified one; dedup is refused with it) their stratum.
+    above = DEDUP_REMOVED if selection.chosen is None else NOT_IN_STRATUM
     reasons = []
     for i in range(n):
         if selected[i]:
             reasons.append(SELECTED)
         elif rank[i]:
-            reasons.append(DEDUP_REMOVED if rank[i] < last_kept else BELOW_CUT)
+            reasons.append(above if rank[i] < last_kept else BELOW_CUT)
         elif skip_reasons is not None and skip_reasons[i]:
             reasons.append(UNSCORABLE.format(skip_reasons[i]))
         elif gates and ifd_ratio is not None and np.isfinite(ifd_ratio[i]) and ifd_ratio[i] >= 1:
