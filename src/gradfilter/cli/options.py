@@ -119,8 +119,8 @@ def select_options(command: Callable) -> Callable:
         click.option("--annotate", type=click.Path(path_type=Path), default=None,
                      help="Also write every record with its decision under a 'gradfilter' "
                           "key: index, selected, rank, score, utility and the reason (selected, "
-                          "below the cut, near-duplicate, gated out: IFD >= 1, unscorable: "
-                          "why...)."),
+                          "below the cut, near-duplicate, not taken in its stratum, gated out: "
+                          "IFD >= 1, unscorable: why...)."),
         click.option("--diversity", type=click.Choice(DIVERSITY), default="none",
                      show_default=True,
                      help="dedup: going down the ranking, drop a record whose gradient sketch "
