@@ -23,6 +23,7 @@ from ..config import METHODS, Method, ScoreConfig, config_key
 from ..data.conversations import Format, unscorable_reason
 from ..data.dataset import Dataset, as_dataset, record_notes
 from ..data.identity import identities
+from ..data.memory import is_in_memory
 from ..errors import GradfilterError
 from ..outputs import device_description, write_run_record, written_together
 from ..paths import refuse_collisions, score_paths
@@ -182,7 +183,7 @@ def score(
     rank returns the table, rank 0 writes it.
     """
     config = ScoreConfig() if config is None else config
-    if not isinstance(data, Dataset):
+    if not isinstance(data, Dataset) and not is_in_memory(data):  # (records: memory.py)
         path_or_name(data, "DATA")
     _check_arguments(config, method, checkpoint_dir, checkpoint_every, member_groups)
     refuse_collisions(*score_paths(data, out, config.proxy, checkpoint_dir=checkpoint_dir,
