@@ -22,6 +22,7 @@ from .binding import DataCheck, table_data
 from .data import conversations, readers, sources
 from .data.conversations import Format
 from .data.dataset import Dataset, as_dataset, resolve_format
+from .data.memory import is_in_memory
 from .data.readers import ReadReport, Record
 from .data.schemas import SCHEMAS, Schema, as_schema
 from .data.writers import in_output_order, reads_records, write_rows, write_subset
@@ -175,6 +176,10 @@ def select(
     utility (or, `within="random"`, a draw seeded by `seed`) within each; see `strata` and
     `clusters` (`cluster_features`: trajectory, loss or trajectory+sketch).
     """
+    if not isinstance(data, Dataset) and not is_in_memory(data):
+        path_or_name(data, "DATA")
+    if out is not None:
+        path_or_name(out, "the subset (--out)")
     if not isinstance(data, str | Path | Dataset) or out is None:  # records in memory
         data = as_dataset(data, fmt, limit, fields=fields) if out is not None else read_all(
             data, fmt, limit, fields, split)
