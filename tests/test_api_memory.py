@@ -73,7 +73,7 @@ def test_in_memory_refusals_are_one_line(config, tmp_path):
     with pytest.raises(gf.GradfilterError, match=r"annotate: out=None writes nothing"):
         gf.select(records, table, count=2, annotate=tmp_path / "a.jsonl")
     assert not (tmp_path / "a.jsonl").exists()
-    with pytest.raises(gf.GradfilterError, match=r"a path, a list of dicts"):
+    with pytest.raises(gf.GradfilterError, match=r"must be a path"):
         gf.select(42, table, count=2)
 
 

@@ -176,10 +176,7 @@ def select(
     utility (or, `within="random"`, a draw seeded by `seed`) within each; see `strata` and
     `clusters` (`cluster_features`: trajectory, loss or trajectory+sketch).
     """
-    if not isinstance(data, Dataset) and not is_in_memory(data):
-        path_or_name(data, "DATA")
-    if out is not None:
-        path_or_name(out, "the subset (--out)")
+    _paths_or_records(data, out)
     if not isinstance(data, str | Path | Dataset) or out is None:  # records in memory
         data = as_dataset(data, fmt, limit, fields=fields) if out is not None else read_all(
             data, fmt, limit, fields, split)
@@ -436,6 +433,14 @@ def _reading(data: str | Path | Dataset, n_scores: int, shown: set[int],
         again = partial(_read, source, ReadReport(), limit)
         prompts = None
     return source, fmt, fields, report, describe, watch, records, again, prompts
+
+
+def _paths_or_records(data: object, out: object) -> None:
+    """DATA and --out that are neither paths nor (DATA) records in memory: refused first."""
+    if not isinstance(data, Dataset) and not is_in_memory(data):
+        path_or_name(data, "DATA")
+    if out is not None:
+        path_or_name(out, "the subset (--out)")
 
 
 def records_again(data: str | Path | Dataset, split: str | None,
