@@ -40,7 +40,7 @@ import gradfilter as gf
 from gradfilter.scoring.checkpoint import SLEEP_HOOK
 from gradfilter.selection import select_top
 from gradfilter.table import utility_scores
-from gradfilter.utilities import UTILITIES
+from gradfilter.utilities import TARGET_UTILITIES, UTILITIES
 
 N_RECORDS = 26
 # batch_tokens 1000: with M = 3 (rows of 52-159 tokens) steps and collection batches run as
@@ -148,7 +148,7 @@ def _assert_close_statistics(table, reference) -> None:
         else:
             rtol = 1e-3 if column.startswith("sqnorm_") else 1e-5
             np.testing.assert_allclose(ours, theirs, rtol=rtol, atol=0, err_msg=column)
-    for utility in UTILITIES:
+    for utility in (u for u in UTILITIES if u not in TARGET_UTILITIES):  # no target here
         for ratio in (0.1, 0.25, 0.5):
             chosen = [select_top(utility_scores(t, utility), ratio).indices.tolist()
                       for t in (table, reference)]
@@ -207,6 +207,33 @@ def test_two_ranks_share_both_members_and_select_on_rank_0(tmp_path, data, gpt2_
     records = alpaca_records(N_RECORDS)
     assert json.loads(out.read_text()) == [records[i] for i in sorted(kept)]
     assert [p["members"] for p in _layout(stats)] == [[0, 1], [0, 1]]
+
+
+def test_two_ranks_share_the_target_pass(tmp_path, data, gpt2_proxy):
+    """--target-examples with one member group on 2 ranks: each data shard measures its
+    collection batches of the target set (7 examples: 2 batches, one per shard) and the
+    merged alignments are the one-process ones, to the sketches' tolerance."""
+    target = write_json(tmp_path / "target.json", alpaca_records(N_RECORDS + 7)[N_RECORDS:])
+    out = tmp_path / "stats.parquet"
+    result = _torchrun("score", str(data), "--out", str(out), "--member-groups", "1",
+                       "--target-examples", str(target), *_options(gpt2_proxy, 2))
+    assert result.returncode == 0, result.stderr[-3000:]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        config = gf.ScoreConfig(proxy=gpt2_proxy, members=2, device="cpu", **SETTINGS)
+        reference = gf.score(data, tmp_path / "reference.parquet", config, progress=False,
+                             target_examples=target)
+    finally:
+        torch.set_num_threads(threads)
+    table = gf.load_stats(out)
+    columns = [c for c in reference.column_names if c.startswith(("align_e", "alignmax_e"))]
+    assert {"align_e1_m0", "align_e2_m1", "alignmax_e2_m1"} <= set(columns)
+    for column in columns:
+        ours, theirs = column_values(table, column), column_values(reference, column)
+        assert np.isfinite(theirs).any(), column
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=5e-3, err_msg=column)
+    assert [(p["shard"], p["shards"]) for p in _layout(out)] == [(0, 2), (1, 2)]
 
 
 def _worker_pids(agent: int) -> dict[int, int]:

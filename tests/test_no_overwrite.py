@@ -174,7 +174,7 @@ def test_bench_noise_refuses_data_inside_its_output_directory(place, gpt2_proxy)
 
 def test_bench_speed_refuses_to_write_its_figures_over_its_data(place, gpt2_proxy):
     _refused(place, "bench", "speed", "data.json", "--out", "./data.json", "--proxy",
-             gpt2_proxy, *TINY, names=("--out data.json", "DATA data.json"))
+             gpt2_proxy, *TINY, names=("--out ./data.json", "DATA data.json"))
 
 
 def test_bench_judge_refuses_answers_over_a_prompts_file(place):

@@ -20,6 +20,7 @@ from gradfilter.bench.noise import run_noise_benchmark
 from gradfilter.bench.noise_report import verdict_cell
 from gradfilter.data.conversations import Turn, answering_turns
 from gradfilter.scoring.proxy import load_tokenizer
+from gradfilter.utilities import TARGET_UTILITIES
 
 PLUGIN = '''
 from gradfilter.bench.noise import register_corruption
@@ -200,7 +201,8 @@ def test_cli_report_follows_from_the_saved_tables_and_reruns_reuse_them(tmp_path
     run = results["seeds"]["0"]
     assert run["records"] == 30 and run["corrupted"] == 9 and run["unscorable"] == 0
     assert run["corrupted_by_type"] == {"swap": 3, "echo": 3, "shout": 3}
-    assert set(run["methods"]) == {*gf.UTILITIES, "ifd", "perplexity-low", "perplexity-high",
+    assert set(run["methods"]) == {*(u for u in gf.UTILITIES if u not in TARGET_UTILITIES),
+                                   "ifd", "perplexity-low", "perplexity-high",
                                    "length", "random", "coverage", "s2l"}
     assert set(run["tables"]) == set(run["methods"]) - {"coverage", "s2l"}  # selectors: none
 

@@ -9,7 +9,8 @@ import pyarrow as pa
 import pytest
 
 from gradfilter import GradfilterError, select_top, utility_scores, with_utilities
-from gradfilter.utilities import EPS, UTILITIES
+from gradfilter.utilities import EPS, TARGET_UTILITIES
+from gradfilter.utilities import UTILITIES as ALL_UTILITIES
 
 # Two members; rows: ordinary, zero variance, zero magnitude (all norms 0), unscored (NaN).
 EARLY = np.array([[4.0, 2.0], [3.0, 3.0], [0.0, 0.0], [np.nan, np.nan]])
@@ -19,6 +20,8 @@ LOSS_EARLY = np.array([[2.0, 3.0], [1.0, 1.0], [0.5, 0.7], [np.nan, np.nan]])
 LOSS_LATE = np.array([[1.0, 2.0], [1.0, 1.0], [0.5, 0.7], [np.nan, np.nan]])
 # IFD ratios: kept by the gate (< 1), at the boundary (1: not kept), unscored.
 IFD_RATIO = np.array([0.5, 1.0, 0.9, np.nan])
+# The alignment utilities need a target's columns: tests/test_target.py.
+UTILITIES = tuple(u for u in ALL_UTILITIES if u not in TARGET_UTILITIES)
 BASES = [u for u in UTILITIES if not u.endswith("-gated")]
 
 

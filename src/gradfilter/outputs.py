@@ -160,29 +160,11 @@ def atomic_path(path: Path):
         _remove_file(tmp)
         remove_made(made)
 
-    staged = False
-    try:
-        try:
-            yield Path(tmp)
-        except OSError as exc:
-            if is_write_error(exc, tmp):
-                raise output_error(path, exc) from exc
-            raise
+    def place() -> None:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private: a new file's mode
+        os.replace(tmp, target)
 
-        def move() -> None:
-            try:
-                os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private: a new file's mode
-                os.replace(tmp, target)
-            except OSError as exc:
-                raise output_error(path, exc) from exc
-
-        staged = _commit(move, remove)
-    except BaseException:
-        remove()
-        raise
-    finally:
-        if not staged:
-            _remove_file(tmp)
+    yield from _stage(path, Path(tmp), place, remove, lambda: _remove_file(tmp))
 
 
 @contextmanager
@@ -208,6 +190,22 @@ def atomic_dir(path: Path):
         shutil.rmtree(tmp, ignore_errors=True)
         remove_made(made)
 
+    def place() -> None:
+        os.chmod(tmp, 0o777 & ~_umask())
+        _replace_dir(tmp, target)
+
+    def discard() -> None:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+    yield from _stage(path, tmp, place, remove, discard)
+
+
+def _stage(path: Path, tmp: Path, place: Callable[[], None], remove: Callable[[], None],
+           discard: Callable[[], None]):
+    """The body of atomic_path and atomic_dir: yield `tmp` for the block to write (an OSError
+    about it names `path`), then `place` it at `path` now or at the end of together(); on any
+    failure `remove` it (and the directories made for it); `discard` it unless staged."""
     staged = False
     try:
         try:
@@ -219,8 +217,7 @@ def atomic_dir(path: Path):
 
         def move() -> None:
             try:
-                os.chmod(tmp, 0o777 & ~_umask())
-                _replace_dir(tmp, target)
+                place()
             except OSError as exc:
                 raise output_error(path, exc) from exc
 
@@ -229,8 +226,8 @@ def atomic_dir(path: Path):
         remove()
         raise
     finally:
-        if not staged and tmp.exists():
-            shutil.rmtree(tmp)
+        if not staged:
+            discard()
 
 
 def make_parents(path: Path, target: Path) -> list[Path]:

@@ -284,10 +284,12 @@ def select_paths(data: object, stats: object, out: str | Path, out_format: str |
 
 def score_paths(data: object, out: str | Path, proxy: str | None, *,
                 checkpoint_dir: str | Path | None = None, save_adapters: str | Path | None = None,
-                out_option: str = "--out") -> tuple[list[Named], list[Named]]:
-    """`score`: reads DATA, the proxy and a checkpoint; writes the table, its run record, the
-    checkpoint and the adapters."""
-    inputs = [*data_reads(data), *reads("the proxy", "--proxy", proxy)]
+                out_option: str = "--out", target_examples: object = None,
+                ) -> tuple[list[Named], list[Named]]:
+    """`score`: reads DATA, the proxy, the target examples and a checkpoint; writes the table,
+    its run record, the checkpoint and the adapters."""
+    inputs = [*data_reads(data), *reads("the proxy", "--proxy", proxy),
+              *reads("the target examples", "--target-examples", data_path(target_examples))]
     outputs = [*writes("the statistics table", out_option, out),
                *writes("the adapters directory", "--save-adapters", save_adapters, "dir",
                        run_record=False)]
@@ -308,10 +310,12 @@ def run_paths(data: object, out: str | Path, stats: str | Path | None, proxy: st
               checkpoint_dir: str | Path | None = None, save_adapters: str | Path | None = None,
               out_format: str | None = None, out_option: str = "--out",
               stats_option: str = "--stats", rejected: str | Path | None = None,
-              annotate: str | Path | None = None) -> tuple[list[Named], list[Named]]:
+              annotate: str | Path | None = None, target_examples: object = None,
+              ) -> tuple[list[Named], list[Named]]:
     """`run`: what `score` reads and writes, and the subset (the table is an output here)."""
     inputs, outputs = score_paths(
         data, stats or default_stats(out), proxy, checkpoint_dir=checkpoint_dir,
-        save_adapters=save_adapters, out_option=stats_option if stats else "default --stats")
+        save_adapters=save_adapters, out_option=stats_option if stats else "default --stats",
+        target_examples=target_examples)
     return inputs, [*outputs, *select_paths(data, None, out, out_format, out_option,
                                             rejected=rejected, annotate=annotate)[1]]

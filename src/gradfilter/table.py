@@ -3,8 +3,10 @@
 Parquet, one row per input record: the record columns (`index`, `record_id`, `record_hash`,
 `n_response_tokens`, `truncated`, `skip_reason`), then the method's columns. A G-SNR table
 holds `loss_e{e}_m{m}` and `sqnorm_e{e}_m{m}` for the early and late epoch and every member,
-and one column per utility; a baseline's table its score column(s). The schema metadata key
-`gradfilter` holds JSON: the method, the utility `select` ranks by unless told, the epochs,
+and one column per utility; a baseline's table its score column(s). Scored with target
+examples, a G-SNR table also holds `align_e{e}_m{m}` and `alignmax_e{e}_m{m}` (alignment.py)
+and the target's fingerprint and directions in its metadata (`target`). The schema metadata
+key `gradfilter` holds JSON: the method, the utility `select` ranks by unless told, the epochs,
 the members, the config and the data's fingerprint (`data_fingerprint`; with `record_id` and
 `record_hash`, what `binding` checks the data against: see `data.identity`).
 
@@ -25,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .alignment import ALIGN_STATS, alignments, target_direction
 from .config import ScoreConfig
 from .data.identity import Identities
 from .data.sources import parquet_error
@@ -36,10 +39,11 @@ from .utilities import (
     DEFAULT_UTILITY,
     DIRECTIONS,
     FORMULAS,
+    TARGET_UTILITY,
     UTILITIES,
     RawStats,
     computable,
-    compute_utilities,
+    stats_utilities,
     stored_score,
 )
 
@@ -51,6 +55,7 @@ DATA_FINGERPRINT = "data_fingerprint"  # metadata: which data the table was scor
 IFD_RATIO = "ifd_ratio"  # PPL(y|x) / PPL(y) by the proxy before training (the gated utilities)
 NOT_A_TABLE = "not a Parquet statistics table (the file `gradfilter score` writes)"
 _SKETCH = re.compile(r"^sketch_e(\d+)_m(\d+)$")
+_ALIGN = re.compile(r"^(align|alignmax)_e(\d+)_m(\d+)$")
 SKETCH_STORAGE = ("sketch_e{e}_m{m}: unit vector, float16; sketchnorm_e{e}_m{m}: its length, "
                   "float32; the sketch is their product")
 
@@ -73,11 +78,14 @@ def gsnr_table(head: dict[str, pa.Array], scorable: np.ndarray, losses: dict[int
                sqnorms: dict[int, np.ndarray], config: ScoreConfig,
                sketches: dict[int, np.ndarray] | None = None,
                sketch_meta: dict | None = None,
-               ifd_ratio: np.ndarray | None = None) -> pa.Table:
+               ifd_ratio: np.ndarray | None = None,
+               target_sketches: dict[int, np.ndarray] | None = None,
+               target_meta: dict | None = None) -> pa.Table:
     """`head`, then each collected epoch's [scorable examples, members] losses and squared
     norms spread over all records (NaN where unscored), the IFD ratios ([records], if given),
-    then every utility, then (with `sketches`, [scorable examples, members, dim] per epoch)
-    the gradient sketches."""
+    the alignments with the target examples (with `target_sketches`, [target examples,
+    members, dim] per epoch), then every utility, then (with `sketches`, [scorable examples,
+    members, dim] per epoch) the gradient sketches."""
     n_records = len(head["index"])
     columns = dict(head)
     for epoch in (config.early, config.late):
@@ -88,12 +96,21 @@ def gsnr_table(head: dict[str, pa.Array], scorable: np.ndarray, losses: dict[int
                 columns[f"{name}_e{epoch}_m{m}"] = pa.array(full)
     if ifd_ratio is not None:
         columns[IFD_RATIO] = pa.array(ifd_ratio, type=pa.float64())
+    if target_sketches:
+        if not sketches:
+            raise ValueError("alignment with target examples needs the pool's sketches")
+        columns.update(alignment_columns(sketches, target_sketches, scorable, n_records))
     meta = {"method": "gsnr", "early": config.early, "late": config.late,
             "members": config.members, "config": asdict(config),
             "directions": {"loss": "lowest late-epoch loss first",
                            "every other utility": "highest first"}}
     if sketches:
         meta["sketch"] = {**(sketch_meta or {}), "stored": SKETCH_STORAGE}
+    if target_sketches:
+        meta["target"] = {**(target_meta or {}), "direction": {
+            str(e): target_direction(t).tolist() for e, t in sorted(target_sketches.items())},
+            "direction_is": "per collected epoch, [member][dim]: the mean of the target "
+                            "examples' sketches (float32 sketches, before storage)"}
     table = with_utilities(with_meta(pa.table(columns), meta))
     for epoch in sorted(sketches or {}):
         for m in range(config.members):
@@ -101,6 +118,21 @@ def gsnr_table(head: dict[str, pa.Array], scorable: np.ndarray, losses: dict[int
                                                n_records).items():
                 table = table.append_column(f"{name}_e{epoch}_m{m}", column)
     return table
+
+
+def alignment_columns(sketches: dict[int, np.ndarray], target_sketches: dict[int, np.ndarray],
+                      scorable: np.ndarray, n_records: int) -> dict[str, pa.Array]:
+    """`align_e{e}_m{m}` and `alignmax_e{e}_m{m}` of every record (NaN where unscored), from
+    the float32 sketches of the scorable pool records and of the target examples."""
+    columns = {}
+    for epoch in sorted(target_sketches):
+        values = alignments(sketches[epoch], target_sketches[epoch])
+        for name, per_member in zip(ALIGN_STATS, values, strict=True):
+            for m in range(per_member.shape[1]):
+                full = np.full(n_records, np.nan)
+                full[scorable] = per_member[:, m]
+                columns[f"{name}_e{epoch}_m{m}"] = pa.array(full)
+    return columns
 
 
 def sketch_columns(values: np.ndarray, scorable: np.ndarray,
@@ -194,11 +226,14 @@ def stat_columns(names: list[str], stat: str, epoch: int) -> list[str]:
 
 
 def raw_stats_columns(names: list[str], early: int, late: int, with_loss: bool,
-                      with_ifd: bool = False) -> dict[str, list[str]]:
+                      with_ifd: bool = False, with_target: bool = False) -> dict[str, list[str]]:
     """The columns of each field of `RawStats`, by field name."""
     fields = {"sqnorm_early": ("sqnorm", early), "sqnorm_late": ("sqnorm", late)}
     if with_loss:
         fields.update(loss_early=("loss", early), loss_late=("loss", late))
+    if with_target:
+        fields.update(align_early=("align", early), align_late=("align", late),
+                      align_max_early=("alignmax", early), align_max_late=("alignmax", late))
     columns = {name: stat_columns(names, stat, epoch) for name, (stat, epoch) in fields.items()}
     if with_ifd:
         columns["ifd_ratio"] = [IFD_RATIO]
@@ -211,36 +246,44 @@ def raw_stats(columns: dict[str, list[str]], column) -> RawStats:
                        for field, names in columns.items()})
 
 
+def _needed_columns(names: list[str], early: int, late: int,
+                    utilities: tuple[str, ...]) -> dict[str, list[str]]:
+    """The columns of each `RawStats` field that `utilities` need."""
+    return raw_stats_columns(names, early, late,
+                             any(FORMULAS[n].needs_loss for n in utilities),
+                             any(FORMULAS[n].needs_ifd for n in utilities),
+                             any(FORMULAS[n].needs_target for n in utilities))
+
+
 def _utilities_of(table: pa.Table, names: tuple[str, ...]) -> dict[str, np.ndarray]:
     early, late = table_epochs(table)
-    columns = raw_stats_columns(table.column_names, early, late,
-                                any(FORMULAS[n].needs_loss for n in names),
-                                any(FORMULAS[n].needs_ifd for n in names))
+    columns = _needed_columns(table.column_names, early, late, names)
     stats = raw_stats(columns, lambda c: _as_float64(table.column(c).combine_chunks()))
     return _computed(stats, names)
 
 
 def _computed(stats: RawStats, names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    return compute_utilities(stats.sqnorm_early, stats.sqnorm_late, stats.loss_early,
-                             stats.loss_late, names,
-                             None if stats.ifd_ratio is None else stats.ifd_ratio[:, 0])
+    return stats_utilities(stats, names)
 
 
 def _computable_from(names: set[str] | list[str]) -> tuple[str, ...]:
     """The utilities a G-SNR table with these columns gives."""
     has_loss = any(c.startswith("loss_e") for c in names)
-    return tuple(u for u in UTILITIES if computable(u, has_loss, IFD_RATIO in names))
+    has_target = any(_ALIGN.match(c) for c in names)
+    return tuple(u for u in UTILITIES
+                 if computable(u, has_loss, IFD_RATIO in names, has_target))
 
 
 def default_utility(table: pa.Table) -> str:
     """What `select` ranks by unless told: the baseline that made the table, else
-    DEFAULT_UTILITY (DEFAULT_UNGATED where the table has no IFD ratios; the first utility it
-    holds where it holds stored scores only)."""
+    DEFAULT_UTILITY (DEFAULT_UNGATED where the table has no IFD ratios; TARGET_UTILITY where
+    it was scored with target examples; the first utility it holds where it holds stored
+    scores only)."""
     made_by = table_meta(table).get("utility")
     if made_by is not None:
         return made_by
     offered = available_utilities(table)
-    for name in (DEFAULT_UTILITY, DEFAULT_UNGATED):
+    for name in (TARGET_UTILITY, DEFAULT_UTILITY, DEFAULT_UNGATED):
         if name in offered:
             return name
     return offered[0] if offered else DEFAULT_UTILITY
@@ -318,8 +361,7 @@ def load_scores(stats: str | Path | pa.Table | np.ndarray, utility: str) -> np.n
         empty = pa.Table.from_batches([], schema=schema)  # (schema.empty_table imports pandas)
         require_utility(empty, utility)
         early, late = table_epochs(empty)
-        columns = raw_stats_columns(schema.names, early, late, FORMULAS[utility].needs_loss,
-                                    FORMULAS[utility].needs_ifd)
+        columns = _needed_columns(schema.names, early, late, (utility,))
         needed = [c for names in columns.values() for c in names]
         for start, batch in _stat_batches(table_file, needed):
             stats = raw_stats(columns, lambda c, b=batch: _as_float64(b.column(c)))
@@ -368,7 +410,8 @@ def open_table(path: Path, **options) -> pq.ParquetFile:
     scores = {*map(column_name, UTILITIES), *BASELINE_SCORES}
     for column in schema:
         numeric = pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
-        if (column.name in scores or _SQNORM.match(column.name)) and not numeric:
+        stat = _SQNORM.match(column.name) or _ALIGN.match(column.name)
+        if (column.name in scores or stat) and not numeric:
             raise GradfilterError(f"{path}: not a statistics table: column {column.name!r} "
                                   f"holds {column.type}, expected numbers")
     return table_file

@@ -10,7 +10,11 @@ Where every member's late norm is zero, ratios of the form V / G^2 are taken as 
 otherwise). Unscored records (NaN statistics) get NaN utilities and are never selected.
 The gated hybrids (`<utility>-gated`) keep a utility's score where the proxy's own IFD ratio,
 measured before training, is below 1 (the records Superfiltering would keep), NaN (never
-selected) elsewhere. Every formula is written out in docs/method.md; higher is kept first
+selected) elsewhere. With target examples (`score --target-examples`), c^(m,e) is the cosine
+between the record's gradient sketch and the mean target gradient's, member m, epoch e (0
+where either is zero); `align` is its mean over members and both epochs, `align-snr` the
+members' mean over their spread, `align-max` the mean of the largest cosine with any one
+target example. Every formula is written out in docs/method.md; higher is kept first
 (`loss` is minus the loss: the lowest loss first). The baselines' directions: DIRECTIONS.
 """
 
@@ -33,6 +37,12 @@ class RawStats:
     loss_early: np.ndarray | None = None
     loss_late: np.ndarray | None = None
     ifd_ratio: np.ndarray | None = None  # [records, 1]: PPL(y|x) / PPL(y) before training
+    # with target examples: cosines with the mean target gradient, [records, members] at s
+    # and t, and the largest cosine with any one target example
+    align_early: np.ndarray | None = None
+    align_late: np.ndarray | None = None
+    align_max_early: np.ndarray | None = None
+    align_max_late: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,7 @@ class Utility:
     formula: Callable[[RawStats], np.ndarray]
     needs_loss: bool = False
     needs_ifd: bool = False
+    needs_target: bool = False
 
 
 def _relative(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -93,6 +104,25 @@ def _loss_drop(s: RawStats) -> np.ndarray:
     return _drop(s.loss_early, s.loss_late)
 
 
+def _member_alignment(s: RawStats) -> np.ndarray:
+    """[records, members]: each member's cosine with the target direction, mean over the
+    two collected epochs (LESS sums over checkpoints weighted by the learning rate; the
+    weights are equal here)."""
+    assert s.align_early is not None and s.align_late is not None
+    return (s.align_early + s.align_late) / 2
+
+
+def _align_snr(s: RawStats) -> np.ndarray:
+    """Aligned and agreed on: the members' mean alignment over its spread across members."""
+    alignment = _member_alignment(s)
+    return alignment.mean(axis=1) / (alignment.std(axis=1) + EPS)
+
+
+def _align_max(s: RawStats) -> np.ndarray:
+    assert s.align_max_early is not None and s.align_max_late is not None
+    return ((s.align_max_early + s.align_max_late) / 2).mean(axis=1)
+
+
 def _gated(base: Utility) -> Utility:
     """`base` among the records whose IFD ratio is below 1; NaN (never selected) elsewhere."""
     def formula(s: RawStats) -> np.ndarray:
@@ -113,15 +143,23 @@ FORMULAS: dict[str, Utility] = {
     "gsnr-norm": Utility(_gsnr_norm),
     "loss": Utility(_loss, needs_loss=True),
     "loss-drop": Utility(_loss_drop, needs_loss=True),
+    "align": Utility(lambda s: _member_alignment(s).mean(axis=1), needs_target=True),
+    "align-snr": Utility(_align_snr, needs_target=True),
+    "align-max": Utility(_align_max, needs_target=True),
 }
 GATED = ("gsnr", "gsnr-cv", "snr-drop", "snr-member", "gsnr-norm", "loss", "loss-drop")
 FORMULAS.update({f"{name}-gated": _gated(FORMULAS[name]) for name in GATED})
 UTILITIES = tuple(FORMULAS)
+# The utilities of a table scored with target examples (`score --target-examples`) only.
+TARGET_UTILITIES = tuple(name for name, utility in FORMULAS.items() if utility.needs_target)
 # What `select` ranks a G-SNR table by unless told: chosen by the study of docs/results.md
 # (the best worst case over two datasets and two groups of corruption kinds); its ungated
 # form where a table has no IFD ratios (scored with --no-ifd-pass).
 DEFAULT_UTILITY = "snr-member-gated"
 DEFAULT_UNGATED = "snr-member"
+# What `select` ranks a table scored with target examples by unless told: LESS's reading, the
+# one with published evidence (docs/method.md §4); align-snr and align-max are offered beside.
+TARGET_UTILITY = "align"
 # The baselines `select` and the benchmarks rank by, each read from a baseline table's column
 # (ifd, length, random: their own; both perplexity directions: `perplexity`). The direction of
 # each is part of its name or stated in DIRECTIONS (--help, the table's metadata, method.md).
@@ -158,14 +196,23 @@ def compute_utilities(early: np.ndarray, late: np.ndarray, loss_early: np.ndarra
                       ifd_ratio: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The utilities `names` from [records, members] squared norms (and losses) at epochs s and
     t (and the [records] IFD ratios); those that need what is not given are left out."""
-    stats = RawStats(early, late, loss_early, loss_late,
-                     None if ifd_ratio is None else np.reshape(ifd_ratio, (-1, 1)))
+    return stats_utilities(RawStats(early, late, loss_early, loss_late,
+                                    None if ifd_ratio is None else np.reshape(ifd_ratio, (-1, 1))),
+                           names)
+
+
+def stats_utilities(stats: RawStats, names: tuple[str, ...] = UTILITIES
+                    ) -> dict[str, np.ndarray]:
+    """The utilities `names` that `stats` hold enough for."""
+    has_target = stats.align_late is not None and stats.align_max_late is not None
     with np.errstate(divide="ignore", invalid="ignore"):
         return {name: FORMULAS[name].formula(stats) for name in names
-                if computable(name, loss_late is not None, ifd_ratio is not None)}
+                if computable(name, stats.loss_late is not None, stats.ifd_ratio is not None,
+                              has_target)}
 
 
-def computable(name: str, has_loss: bool, has_ifd: bool) -> bool:
+def computable(name: str, has_loss: bool, has_ifd: bool, has_target: bool = False) -> bool:
     """Whether utility `name` can be computed from what a table holds."""
     utility = FORMULAS[name]
-    return (has_loss or not utility.needs_loss) and (has_ifd or not utility.needs_ifd)
+    return ((has_loss or not utility.needs_loss) and (has_ifd or not utility.needs_ifd)
+            and (has_target or not utility.needs_target))

@@ -29,7 +29,7 @@ from ..errors import GradfilterError
 from ..outputs import atomic_path, atomic_write_text, write_run_record
 from ..selection import select_top
 from ..table import load_sketch_features, utility_scores
-from ..utilities import PERPLEXITY, UTILITIES
+from ..utilities import PERPLEXITY, TARGET_UTILITIES, UTILITIES
 from .corruptions import (  # noqa: F401  (register_corruption, CorruptionContext: plugin API)
     CORRUPTIONS,
     CorruptionContext,
@@ -133,11 +133,14 @@ def method_groups(methods: Sequence[str]) -> dict[str, list[str]]:
     return groups
 
 
-def scores_path(out_dir: Path, run: str, config: ScoreConfig, data_sha256: str) -> Path:
+def scores_path(out_dir: Path, run: str, config: ScoreConfig, data_sha256: str,
+                target_sha256: str | None = None) -> Path:
     """A name that changes whenever anything that affects the scores changes, so a rerun with
     the same arguments finds (and reuses) the finished table."""
-    key = json.dumps({"run": run, "config": config_key(config), "data": data_sha256},
-                     sort_keys=True)
+    fields = {"run": run, "config": config_key(config), "data": data_sha256}
+    if target_sha256 is not None:  # the G-SNR run scored with target examples
+        fields["target"] = target_sha256
+    key = json.dumps(fields, sort_keys=True)
     return out_dir / "scores" / f"{run}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.parquet"
 
 
@@ -184,7 +187,8 @@ def run_noise_benchmark(data, out_dir: Path, config: ScoreConfig, *, methods: Se
                         progress: bool = True, log=print, diversity: str = "none",
                         diversity_threshold: float = DEFAULT_THRESHOLD,
                         labels: Path | None = None, allow_data_mismatch: bool = False,
-                        balance_field: str = DEFAULT_BALANCE_FIELD) -> dict:
+                        balance_field: str = DEFAULT_BALANCE_FIELD,
+                        target_examples: Path | None = None) -> dict:
     """Corrupt (once per corruption seed), score with every method (reusing finished tables,
     or the `tables` given by run name), measure with intervals, report. With `labels` (a labels
     file as this benchmark writes), `data` is corrupted already: nothing is drawn, and the one
@@ -193,12 +197,16 @@ def run_noise_benchmark(data, out_dir: Path, config: ScoreConfig, *, methods: Se
     reused or given must have been scored on the mixed set (`binding`), unless
     `allow_data_mismatch`. Selectors among `methods` are measured on the same records
     (`balance_field`: balanced_random's field of the data's records; a corrupted record keeps
-    its original's value)."""
+    its original's value). With `target_examples`, the G-SNR run is scored with them (the
+    `align*` utilities)."""
     from ..data.dataset import as_dataset
     from ..scoring.proxy import load_tokenizer
 
     if tables and len(corrupt_seeds) != 1:
         raise GradfilterError("--table applies to one corruption seed (its mixed set)")
+    needs_target = [m for m in methods if m in TARGET_UTILITIES]
+    if needs_target and target_examples is None and "gsnr" not in (tables or {}):
+        raise GradfilterError(f"--methods {','.join(needs_target)} need --target-examples")
     if labels is not None and len(corrupt_seeds) != 1:
         raise GradfilterError("--labels gives one corrupted set: give one --corrupt-seeds "
                               "value (it names the run's files), or none")
@@ -218,7 +226,8 @@ def run_noise_benchmark(data, out_dir: Path, config: ScoreConfig, *, methods: Se
         runs.append(_run_seed(out_dir, corrupt_seeds[0], conversations, mixed_labels,
                               given.source[source], config, methods, corruptions, budgets,
                               tables or {}, resamples, progress, log, diversity,
-                              diversity_threshold, allow_data_mismatch, chooser))
+                              diversity_threshold, allow_data_mismatch, chooser,
+                              target_examples))
     else:
         tokenizer = load_tokenizer(config.proxy)
         for seed in corrupt_seeds:
@@ -230,7 +239,7 @@ def run_noise_benchmark(data, out_dir: Path, config: ScoreConfig, *, methods: Se
             runs.append(_run_seed(out_dir, seed, mixed, drawn, np.array(source), config,
                                   methods, corruptions, budgets, tables or {}, resamples,
                                   progress, log, diversity, diversity_threshold,
-                                  allow_data_mismatch, chooser))
+                                  allow_data_mismatch, chooser, target_examples))
     per_seed = {str(seed): run.results for seed, run in zip(corrupt_seeds, runs, strict=True)}
     keys = [f"{b:g}" for b in budgets]
     results = {
@@ -339,7 +348,8 @@ def _run_seed(out_dir: Path, seed: int, mixed: list[list[Turn]], labels: list[st
               resamples: int, progress: bool, log, diversity: str = "none",
               diversity_threshold: float = DEFAULT_THRESHOLD,
               allow_data_mismatch: bool = False,
-              chooser: SelectorInputs | None = None) -> SeedRun:
+              chooser: SelectorInputs | None = None,
+              target_examples: Path | None = None) -> SeedRun:
     """One corruption draw: its mixed set and labels, every method's scores and every
     selector's subsets, the metrics."""
     from ..binding import require_table_of
@@ -356,7 +366,9 @@ def _run_seed(out_dir: Path, seed: int, mixed: list[list[Turn]], labels: list[st
     ensemble: str | None = None  # the G-SNR run's table, for the selectors that cluster
     scored = np.ones(len(mixed), dtype=bool)
     for run, members in method_groups(methods).items():
-        path = Path(given[run]) if run in given else scores_path(out_dir, run, config, digest)
+        target = target_examples if run == "gsnr" else None
+        path = Path(given[run]) if run in given else scores_path(
+            out_dir, run, config, digest, None if target is None else file_sha256(Path(target)))
         if path.is_file():
             log(f"{run}: reusing {path}")
             table = load_stats(path)
@@ -367,7 +379,8 @@ def _run_seed(out_dir: Path, seed: int, mixed: list[list[Turn]], labels: list[st
                              allow_data_mismatch, log)
         else:
             log(f"{run}: scoring {len(mixed)} records (corruption seed {seed})")
-            table = score(mixed_path, path, config, method=run, progress=progress)
+            table = score(mixed_path, path, config, method=run, progress=progress,
+                          target_examples=target)
         scored &= table["skip_reason"].is_null().to_numpy(zero_copy_only=False)
         ensemble = str(path) if run == "gsnr" else ensemble
         for method in members:

@@ -20,7 +20,7 @@ from ..bench.selectors import CLUSTERED, DEFAULT_BALANCE_FIELD, SELECTORS
 from ..config import ScoreConfig
 from ..diversity import DEFAULT_THRESHOLD, DIVERSITY
 from ..report import REPORT_NAME
-from ..utilities import BASELINE_SCORES, UTILITIES
+from ..utilities import BASELINE_SCORES, TARGET_UTILITIES, UTILITIES
 from .human import human
 from .options import (
     allow_mismatch_option,
@@ -38,10 +38,13 @@ from .options import (
 from .report import console
 
 BENCH_SCORE_OPTIONS = score_options("method", "save_adapters", "checkpoint_dir",
-                                    "checkpoint_every", "member_groups")
+                                    "checkpoint_every", "target_examples",
+                                    "member_groups")
 # Every baseline in both directions where it has two; plain `perplexity` (perplexity-high's
 # other name) is left out so that no ranking is measured twice.
-BENCH_METHODS = (*UTILITIES, *(b for b in BASELINE_SCORES if b != "perplexity"), *CLUSTERED)
+# The alignment utilities need target examples: added by --target-examples.
+BENCH_METHODS = (*(u for u in UTILITIES if u not in TARGET_UTILITIES),
+                 *(b for b in BASELINE_SCORES if b != "perplexity"), *CLUSTERED)
 SELECTOR_HELP = ("Selectors (a subset at each budget, measured beside the rankings): coverage "
                  "(k-means over the G-SNR run's trajectories, the budget spread evenly over "
                  "the clusters, highest G-SNR in each), s2l (the same clusters, a seeded "
@@ -97,13 +100,17 @@ bench.add_command(human)
 @click.option("--diversity-threshold", type=float, default=DEFAULT_THRESHOLD,
               show_default=True, help="The cosine at or above which dedup removes a record.")
 @allow_mismatch_option
+@click.option("--target-examples", type=click.Path(path_type=Path), default=None,
+              help="Score the G-SNR run with these target examples (score --target-examples); "
+                   "the default --methods then include " + ", ".join(TARGET_UTILITIES) + ".")
 @BALANCE_OPTION
 @data_options
 @BENCH_SCORE_OPTIONS
 def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_seeds: str,
           methods: str, budgets: str, plugins: tuple[str, ...], labels_file: Path | None,
           tables: tuple[str, ...], resamples: int, diversity: str, diversity_threshold: float,
-          allow_data_mismatch: bool, balance_field: str, fmt, fields, limit, split, quiet,
+          allow_data_mismatch: bool, balance_field: str, target_examples: Path | None, fmt,
+          fields, limit, split, quiet,
           **options) -> None:
     """Corrupt part of DATA (or take DATA as corrupted, with --labels), score it with every
     method, report AUROC, AUPRC and contamination, and whether each method is better than,
@@ -125,21 +132,26 @@ def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_s
     refuse_collisions(
         [*reads("the data", "DATA", data), *reads("the proxy", "--proxy", options["proxy"]),
          *reads("the labels", "--labels", labels_file),
+         *reads("the target examples", "--target-examples", target_examples),
          *(named for found in plugin_files for named in found)],
         writes("the output directory", "--out-dir", out_dir, "dir", run_record=False))
     check_page(out_dir)
     for module in plugins:
         import_plugin(module)
     use_threads(options.pop("threads"))
+    chosen = csv_list(methods)
+    if target_examples is not None and click.get_current_context().get_parameter_source(
+            "methods") is click.core.ParameterSource.DEFAULT:
+        chosen += list(TARGET_UTILITIES)
     results = run_noise_benchmark(
         read_data(data, fmt, fields, limit, split), out_dir, config_from(options),
-        methods=csv_list(methods), corruptions=csv_list(corruptions), fraction=fraction,
+        methods=chosen, corruptions=csv_list(corruptions), fraction=fraction,
         budgets=csv_numbers(budgets, "--budgets"),
         corrupt_seeds=csv_numbers(corrupt_seeds, "--corrupt-seeds", int),
         tables=named_paths(tables, "--table"), resamples=resamples, progress=not quiet,
         log=console.print, diversity=diversity, diversity_threshold=diversity_threshold,
         labels=labels_file, allow_data_mismatch=allow_data_mismatch,
-        balance_field=balance_field)
+        balance_field=balance_field, target_examples=target_examples)
     Console(soft_wrap=True).print(results_markdown(results), markup=False)
     console.print(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}")
     print_page(out_dir)
@@ -157,7 +169,8 @@ def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_s
 @click.option("--out", type=click.Path(), default=None,
               help="Also write the figures as JSON here.")
 @data_options
-@score_options("method", "save_adapters", "checkpoint_dir", "checkpoint_every")
+@score_options("method", "save_adapters", "checkpoint_dir", "checkpoint_every",
+               "target_examples")
 def speed(data: str, paths: str, tokenizer, out, fmt, fields, limit, split, quiet,
           member_groups, **options) -> None:
     """Time gradfilter's fused scoring against a naive PEFT loop and a forward-only IFD pass.

@@ -38,8 +38,8 @@ from .report import console, print_recoveries, print_selection
 @skip_option
 @score_options()
 def score(data: str, out: str, fmt, fields, limit, split, skip_bad_records, method,
-          save_adapters, checkpoint_dir, member_groups, checkpoint_every, quiet,
-          **options) -> None:
+          save_adapters, checkpoint_dir, member_groups, checkpoint_every, target_examples,
+          quiet, **options) -> None:
     """Score DATA (the LoRA ensemble, or a baseline) and write the statistics table.
 
     Under torchrun (e.g. `torchrun --nproc-per-node 4 -m gradfilter score ...`) the processes
@@ -54,13 +54,15 @@ def score(data: str, out: str, fmt, fields, limit, split, skip_bad_records, meth
     from ..threads import use_threads
 
     refuse_collisions(*score_paths(data, out, options["proxy"], checkpoint_dir=checkpoint_dir,
-                                   save_adapters=save_adapters))
+                                   save_adapters=save_adapters,
+                                   target_examples=target_examples))
     use_threads(options.pop("threads"))
     dataset = read_data(data, fmt, fields, limit, split, skip_bad_records)
     table = run_score(dataset, Path(out), config_from(options), method=method,
                       save_adapters=save_adapters, skip_bad_records=skip_bad_records,
                       progress=not quiet, checkpoint_dir=checkpoint_dir,
-                      checkpoint_every=checkpoint_every, member_groups=member_groups)
+                      checkpoint_every=checkpoint_every, member_groups=member_groups,
+                      target_examples=target_examples)
     if not is_main_process():
         return
     unscored = sum(reason is not None for reason in table.column("skip_reason").to_pylist())
@@ -84,9 +86,9 @@ def score(data: str, out: str, fmt, fields, limit, split, skip_bad_records, meth
 @score_options()
 def run(data: str, out: str, stats: Path | None, fmt, fields, limit, split, out_format,
         skip_bad_records, method, save_adapters, checkpoint_dir, member_groups, checkpoint_every,
-        quiet, ratio, count, utility, order, score_field, out_schema, rejected, annotate,
-        diversity, diversity_threshold, threshold, stratify, allocate, within, cluster_features,
-        report, no_report, **options) -> None:
+        target_examples, quiet, ratio, count, utility, order, score_field, out_schema,
+        rejected, annotate, diversity, diversity_threshold, threshold, stratify, allocate,
+        within, cluster_features, report, no_report, **options) -> None:
     """Score DATA and write the selected subset in one go (default --ratio 0.1, unless
     --threshold alone), and the selection's report page (report.html beside the subset)."""
     from ..paths import refuse_collisions, run_paths
@@ -96,7 +98,8 @@ def run(data: str, out: str, stats: Path | None, fmt, fields, limit, split, out_
     page = report_target(out, report, no_report)
     inputs, outputs = run_paths(data, out, stats, options["proxy"],
                                 checkpoint_dir=checkpoint_dir, save_adapters=save_adapters,
-                                out_format=out_format, rejected=rejected, annotate=annotate)
+                                out_format=out_format, rejected=rejected, annotate=annotate,
+                                target_examples=target_examples)
     refuse_collisions(inputs, [*outputs, *report_outputs(
         page, "--report" if report else "default --report")])
     spec = check_options(stratify, allocate, within, cluster_features, threshold, diversity)
@@ -109,7 +112,7 @@ def run(data: str, out: str, stats: Path | None, fmt, fields, limit, split, out_
                      dict(method=method, save_adapters=save_adapters,
                           skip_bad_records=skip_bad_records, progress=not quiet,
                           checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
-                          member_groups=member_groups),
+                          member_groups=member_groups, target_examples=target_examples),
                      dict(ratio=ratio, count=count, utility=utility, order=order,
                           score_field=score_field, out_format=out_format, out_schema=out_schema,
                           rejected=rejected, annotate=annotate, diversity=diversity,

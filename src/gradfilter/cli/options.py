@@ -102,7 +102,9 @@ def select_options(command: Callable) -> Callable:
                      default=None,
                      help=f"What to rank by (default: the baseline that made the table, else "
                           f"{DEFAULT_UTILITY}, or {DEFAULT_UNGATED} where the table has no IFD "
-                          "ratios). Utilities: highest first (loss: lowest loss first); "
+                          "ratios, or align where it was scored with --target-examples; the "
+                          "align utilities need such a table). Utilities: highest first "
+                          "(loss: lowest loss first); "
                           "baselines: " + baseline_help(BASELINE_SCORES) + "."),
         click.option("--order", type=click.Choice(["input", "score"]), default="input",
                      show_default=True),
@@ -283,6 +285,12 @@ def _score_option_table() -> dict[str, Callable]:
             show_default=True,
             help="Also measure every record's IFD ratio with the untrained proxy (two forward "
                  "passes before training), for the gated utilities (<utility>-gated)."),
+        "target_examples": click.option(
+            "--target-examples", type=click.Path(path_type=Path), default=None,
+            help="Examples of the task to select for (any input format; the pool's template "
+                 "and masks): one extra gradient pass over them gives every record's "
+                 "alignment with them, and the utilities align (the default then), align-snr "
+                 "and align-max (docs/method.md §4). --method gsnr, needs --sketch-dim."),
         "save_adapters": click.option(
             "--save-adapters", type=click.Path(path_type=Path), default=None,
             help="Write every member's PEFT adapter at each collected epoch here."),

@@ -5,6 +5,11 @@ eval mode, its own batch size) records for every example i and member m the loss
 the squared norm n_i^(m,e) of the gradient of L_i alone, taken from the one batched backward.
 With `--collect during` there is no such pass: the training passes of epochs s and t record
 the same statistics as they go (trainer.py).
+
+With target examples, a target pass after each collected epoch (adapters of the end of that
+epoch, whatever `collect` is) measures the same statistics and sketches for them: one
+collection pass over the target set, nothing trained on it, never checkpointed (it is rerun on
+resume, from the kept end-of-epoch adapters).
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ class GradientStatistics:
     losses: dict[int, np.ndarray] = field(default_factory=dict)
     sqnorms: dict[int, np.ndarray] = field(default_factory=dict)
     sketches: dict[int, np.ndarray] = field(default_factory=dict)  # [example, member, dim]
+    # with target examples: their losses [target, member] and sketches [target, member, dim]
+    target_losses: dict[int, np.ndarray] = field(default_factory=dict)
+    target_sketches: dict[int, np.ndarray] = field(default_factory=dict)
     phase_seconds: dict[str, float] = field(default_factory=dict)
     train_losses: list[float] = field(default_factory=list)  # per step, mean over members
     batch_tokens: int = 0  # the micro-batch token budget used
@@ -51,8 +59,9 @@ class Collector:
     def __init__(self, ensemble: LoRAEnsemble, batcher: Batcher, lengths: np.ndarray,
                  config: ScoreConfig, autocast: torch.autocast,
                  checkpoint: Checkpoint | NullCheckpoint, layout: Layout,
-                 batch_tokens: int) -> None:
+                 batch_tokens: int, label: str = "collect gradients") -> None:
         self.ensemble, self.batcher, self.lengths = ensemble, batcher, lengths
+        self.label = label  # the progress bar's
         self.config, self.autocast = config, autocast
         self.checkpoint, self.layout = checkpoint, layout
         self.batch_tokens = batch_tokens
@@ -96,7 +105,7 @@ class Collector:
         if not todo:
             return
         members = self.ensemble.member_ids
-        task = bars.add_task(f"collect gradients after epoch {epoch}",
+        task = bars.add_task(f"{self.label} after epoch {epoch}",
                              total=sum(len(batches[j]) for j in todo), rate="")
         start = time.perf_counter()
         group = self.checkpoint.every
@@ -155,6 +164,7 @@ def train_and_collect(
     checkpoint: Checkpoint | NullCheckpoint | None = None,
     comm: Comm | None = None,
     layout: Layout | None = None,
+    target: Sequence[Encoded] | None = None,
 ) -> GradientStatistics:
     """Train every member for `epochs` epochs; after `early` and `late`, run a collection pass
     (collect=snapshot), or take the statistics the training passes of those epochs recorded
@@ -166,7 +176,9 @@ def train_and_collect(
     `checkpoint`, the run resumes from its last commit and commits as it goes. With `comm`
     (under torchrun) the ensemble holds this rank's members only and this rank runs its slice
     of their batches, as `layout` (default: `comm.layout(config.members)`) says; the statistics
-    of all members and examples are gathered and returned on every rank.
+    of all members and examples are gathered and returned on every rank. With `target`
+    (encoded examples, every one with a response token), each collected epoch also gets a
+    target pass (module doc), its batches sliced across data shards like the pool's.
     """
     if len(scorable) == 0:
         raise GradfilterError("no example has a response token left to score")
@@ -187,6 +199,9 @@ def train_and_collect(
                           budget)
     stats = GradientStatistics(batch_tokens=budget)
     collected: dict[int, Collected] = {}
+    targeted: dict[int, Collected] = {}
+    target_collector = None if target is None else _target_collector(
+        ensemble, target, config, device, autocast, layout, budget)
     trainer.restore()
     with progress_bars(progress and comm.rank == 0) as bars:
         for epoch in range(1, config.epochs + 1):
@@ -202,14 +217,34 @@ def train_and_collect(
                 collected[epoch] = collector.collect(epoch, bars, trainer.adapters_after(epoch),
                                                      on_collected)
                 stats.phase_seconds[f"collect_epoch{epoch}"] = time.perf_counter() - start
+            if target_collector is not None and epoch in (config.early, config.late):
+                start = time.perf_counter()
+                targeted[epoch] = target_collector.collect(epoch, bars,
+                                                           trainer.adapters_after(epoch))
+                stats.phase_seconds[f"target_epoch{epoch}"] = time.perf_counter() - start
     if not checkpoint.manifest.finished:
         checkpoint.mark_finished()
     place = {**layout.describe(comm.rank),
              "examples_trained": [trainer.trained.get(e, 0) for e in range(1, config.epochs + 1)],
              "examples_collected": {str(e): n for e, n in collector.collected.items()}}
     _gather(stats, collected, trainer.member_losses(), place, layout, comm, config.members,
-            config.sketch_dim)
+            config.sketch_dim, targeted)
     return stats
+
+
+def _target_collector(ensemble: LoRAEnsemble, target: Sequence[Encoded], config: ScoreConfig,
+                      device: torch.device, autocast: torch.autocast, layout: Layout,
+                      budget: int) -> Collector:
+    """A collector of the target examples' statistics: the pool's settings (batch size, token
+    budget, sketch projection), its own rows, no checkpoint."""
+    if not config.sketch_dim:
+        raise GradfilterError("--target-examples needs gradient sketches (--sketch-dim above 0)")
+    if not target or any(item.n_response_tokens == 0 for item in target):
+        raise GradfilterError("the target examples need at least one example, each with a "
+                              "response token")
+    lengths = np.array([len(item.input_ids) for item in target], dtype=np.int64)
+    return Collector(ensemble, Batcher(target, device), lengths, config, autocast,
+                     NullCheckpoint(), layout, budget, label="target gradients")
 
 
 def _after_recorded(epoch: int, trainer: Trainer, checkpoint: Checkpoint | NullCheckpoint,
@@ -225,29 +260,41 @@ def _after_recorded(epoch: int, trainer: Trainer, checkpoint: Checkpoint | NullC
 
 def _gather(stats: GradientStatistics, collected: dict[int, Collected],
             member_losses: dict[int, torch.Tensor], place: dict, layout: Layout, comm: Comm,
-            members: int, sketch_dim: int = 0) -> None:
+            members: int, sketch_dim: int = 0,
+            targeted: dict[int, Collected] | None = None) -> None:
     """Merge every rank's members and rows: stats of all M members on every rank; `place`,
     this rank's entry of the layout record."""
     mine = {"members": list(member_losses), "collected": collected, "place": place,
+            "targeted": targeted or {},
             "train": {m: h.numpy() for m, h in member_losses.items() if layout.owns(m)}}
     parts = comm.all_gather(mine)
     stats.layout = [part["place"] for part in parts]
     for epoch in collected:
-        n = len(collected[epoch].filled)
-        merged = Collected.empty(n, members, sketch_dim)
-        for part in parts:  # rank order; a value two ranks hold is the same one
-            piece = part["collected"][epoch]
-            for k, m in enumerate(part["members"]):
-                take = piece.filled[:, k] & ~merged.filled[:, m]
-                sketches = None if piece.sketches is None else piece.sketches[take, k]
-                merged.put(np.flatnonzero(take), m, piece.losses[take, k],
-                           piece.sqnorms[take, k], sketches)
-        if not merged.filled.all():
-            raise RuntimeError(f"collection after epoch {epoch} is missing "
-                               f"{int((~merged.filled).sum())} (example, member) values")
+        merged = _merged(parts, "collected", epoch, members, sketch_dim)
         stats.losses[epoch], stats.sqnorms[epoch] = merged.losses, merged.sqnorms
         if merged.sketches is not None:
             stats.sketches[epoch] = merged.sketches
+    for epoch in targeted or {}:
+        merged = _merged(parts, "targeted", epoch, members, sketch_dim)
+        assert merged.sketches is not None
+        stats.target_losses[epoch], stats.target_sketches[epoch] = merged.losses, merged.sketches
     train = {m: h for part in parts for m, h in part["train"].items()}
     history = np.stack([train[m] for m in range(members)], 1).astype(np.float64)
     stats.train_losses = history.mean(1).tolist()
+
+
+def _merged(parts: list[dict], key: str, epoch: int, members: int, sketch_dim: int) -> Collected:
+    """One collected epoch's statistics of all members, from every rank's `parts[key]`."""
+    n = len(parts[0][key][epoch].filled)
+    merged = Collected.empty(n, members, sketch_dim)
+    for part in parts:  # rank order; where two ranks hold a value it is the same one
+        piece = part[key][epoch]
+        for k, m in enumerate(part["members"]):
+            take = piece.filled[:, k] & ~merged.filled[:, m]
+            sketches = None if piece.sketches is None else piece.sketches[take, k]
+            merged.put(np.flatnonzero(take), m, piece.losses[take, k],
+                       piece.sqnorms[take, k], sketches)
+    if not merged.filled.all():
+        raise RuntimeError(f"{key} after epoch {epoch} is missing "
+                           f"{int((~merged.filled).sum())} (example, member) values")
+    return merged

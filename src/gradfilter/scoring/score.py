@@ -61,6 +61,16 @@ class Tokenized:
     def scorable(self) -> np.ndarray:
         return np.array([i for i, r in enumerate(self.reasons) if r is None], dtype=np.int64)
 
+    def sha256(self) -> str:
+        """A hash of the token ids, loss masks and which records are scorable."""
+        digest = hashlib.sha256()
+        for item, reason in zip(self.encoded, self.reasons, strict=True):
+            digest.update(np.int64(len(item.input_ids)).tobytes())
+            digest.update(item.input_ids.astype(np.int64).tobytes())
+            digest.update(item.response_mask.astype(np.uint8).tobytes())
+            digest.update(b"+" if reason is None else b"-")
+        return digest.hexdigest()
+
     def only(self, indices: np.ndarray) -> Tokenized:
         """The same records with only `indices` of them scorable (a rank's share)."""
         keep = set(indices.tolist())
@@ -146,13 +156,7 @@ def run_fingerprint(config: ScoreConfig, device: torch.device, dtype: torch.dtyp
                     template=tokens.template)
     if config.lora_targets is not None:
         settings["lora_targets"] = list(config.lora_targets)
-    digest = hashlib.sha256()
-    for item, reason in zip(tokens.encoded, tokens.reasons, strict=True):
-        digest.update(np.int64(len(item.input_ids)).tobytes())
-        digest.update(item.input_ids.astype(np.int64).tobytes())
-        digest.update(item.response_mask.astype(np.uint8).tobytes())
-        digest.update(b"+" if reason is None else b"-")
-    return {**settings, "records": len(tokens.encoded), "data_sha256": digest.hexdigest()}
+    return {**settings, "records": len(tokens.encoded), "data_sha256": tokens.sha256()}
 
 
 def score(
@@ -169,6 +173,7 @@ def score(
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 50,
     member_groups: int | None = None,
+    target_examples: str | Path | Dataset | None = None,
 ) -> pa.Table:
     """Score `data` with `method` and write the statistics table (Parquet) to `out` (with
     `out=None`, write nothing: the table is returned). `data` is a path, a hub id, a read
@@ -180,22 +185,29 @@ def score(
     end, and a rerun with the same settings continues from the last commit; a finished
     directory just rebuilds the table. Launched by torchrun, the ranks form `member_groups`
     member groups (default min(members, processes)) x data shards (see `distributed`); every
-    rank returns the table, rank 0 writes it.
+    rank returns the table, rank 0 writes it. With `target_examples` (gsnr only; any format
+    gradfilter reads, the pool's template and masks), the table also holds every record's
+    alignment with them (method.md §4, `align*`); without, nothing changes.
     """
     config = ScoreConfig() if config is None else config
     if not isinstance(data, Dataset) and not is_in_memory(data):  # (records: memory.py)
         path_or_name(data, "DATA")
-    _check_arguments(config, method, checkpoint_dir, checkpoint_every, member_groups)
+    _check_arguments(config, method, checkpoint_dir, checkpoint_every, member_groups,
+                     target_examples)
     refuse_collisions(*score_paths(data, out, config.proxy, checkpoint_dir=checkpoint_dir,
-                                   save_adapters=save_adapters))
+                                   save_adapters=save_adapters, target_examples=target_examples))
     timings: dict[str, float] = {}
     start = time.perf_counter()
     dataset = as_dataset(data, fmt, limit, skip_bad_records)
+    target = (None if target_examples is None
+              else as_dataset(target_examples, None, None, skip_bad_records))
     with (distributed.session(resolve_device(config.device)) as (comm, device),
           library_bars(shows_library_bars(progress))):
         dtype = resolve_dtype(config.dtype, device, "gradients" if method == "gsnr" else "forward")
         shown = progress and comm.rank == 0
         tokenizer, tokens = _load_tokens(dataset, config, skip_bad_records, shown)
+        target_tokens = (None if target is None
+                         else tokenize(target, tokenizer, config, skip_bad_records))
         timings["read_and_tokenize"] = time.perf_counter() - start
         layout = comm.layout(config.members, member_groups)
         checkpoint = (NullCheckpoint() if checkpoint_dir is None else Checkpoint(
@@ -217,9 +229,12 @@ def score(
                            {"dir": str(checkpoint_dir),
                             "resumed_from_step": checkpoint.manifest.step},
                            "save_adapters": str(save_adapters) if save_adapters else None}
+                if target is not None:
+                    assert target_tokens is not None
+                    details["target"] = target_record(target, target_tokens)
                 table = _score_gsnr(tokens, model, tokenizer, config, device, dtype, comm,
                                     layout, checkpoint, save_adapters, progress, timings,
-                                    details)
+                                    details, target_tokens)
             else:
                 details = {}
                 table = _score_baseline(method, tokens, model, tokenizer, config, device, dtype,
@@ -249,12 +264,26 @@ def _load_proxy(config: ScoreConfig, device: torch.device, shown: bool) -> torch
         return load_model(config.proxy, device)
 
 
+def target_record(target: Dataset, tokens: Tokenized) -> dict:
+    """The target examples as the run record and the table's metadata name them: where they
+    came from, how many were read and used, and the hash of their tokens."""
+    return {"data": str(target.path), "format": target.format, "records": len(target.records),
+            "used": len(tokens.scorable),
+            "unused": {str(i): r for i, r in enumerate(tokens.reasons) if r is not None},
+            "data_sha256": tokens.sha256()}
+
+
 def _check_arguments(config: ScoreConfig, method: str, checkpoint_dir, checkpoint_every,
-                     member_groups: int | None) -> None:
+                     member_groups: int | None, target_examples=None) -> None:
     if not isinstance(config, ScoreConfig):
         raise GradfilterError(f"config must be a ScoreConfig, got {type(config).__name__}")
     config.validate()
     whole_number(checkpoint_every, "--checkpoint-every")
+    if target_examples is not None and method != "gsnr":
+        raise GradfilterError("--target-examples is for --method gsnr (the alignment is taken "
+                              "from the ensemble's gradient sketches)")
+    if target_examples is not None and not config.sketch_dim:
+        raise GradfilterError("--target-examples needs gradient sketches (--sketch-dim above 0)")
     if method not in METHODS:
         raise GradfilterError(f"--method must be one of {list(METHODS)}, got {method!r}")
     if checkpoint_every < 1:
@@ -269,9 +298,10 @@ def _score_gsnr(tokens: Tokenized, model: torch.nn.Module, tokenizer, config: Sc
                 device: torch.device, dtype: torch.dtype, comm: distributed.Comm,
                 layout: distributed.Layout, checkpoint: Checkpoint | NullCheckpoint,
                 save_adapters: str | Path | None, progress: bool, timings: dict[str, float],
-                details: dict) -> pa.Table:
+                details: dict, target: Tokenized | None = None) -> pa.Table:
     """The untrained proxy's IFD ratios (with `ifd_pass`), then install this rank's members,
-    train and collect (resumably): the table with every G-SNR utility."""
+    train and collect (resumably): the table with every G-SNR utility (and, with `target`,
+    the alignments with its scorable examples)."""
     ifd_ratio = None
     if config.ifd_pass:  # before any LoRA is installed: the proxy as the IFD baseline sees it
         start = time.perf_counter()
@@ -295,7 +325,8 @@ def _score_gsnr(tokens: Tokenized, model: torch.nn.Module, tokenizer, config: Sc
 
     stats = train_and_collect(ensemble, tokens.encoded, tokens.scorable, config, device, dtype,
                               progress, export if save_adapters is not None else None,
-                              checkpoint=checkpoint, comm=comm, layout=layout)
+                              checkpoint=checkpoint, comm=comm, layout=layout,
+                              target=None if target is None else _scorable(target))
     timings.update(stats.phase_seconds)
     details["batch_tokens"] = stats.batch_tokens
     if details.get("checkpoint") is not None:  # every run that worked on the table, its budget
@@ -304,9 +335,21 @@ def _score_gsnr(tokens: Tokenized, model: torch.nn.Module, tokenizer, config: Sc
     details["train_loss_first_last"] = stats.train_losses[:1] + stats.train_losses[-1:]
     sketch_meta = (ensemble.sketch_projection(config.sketch_dim, config.seed).metadata()
                    if config.sketch_dim else None)
+    if target is not None:
+        details["target"]["loss_by_epoch"] = {  # mean over examples, per member
+            str(e): losses.mean(axis=0).tolist() for e, losses in stats.target_losses.items()}
     return gsnr_table(tokens.record_columns(), tokens.scorable, stats.losses, stats.sqnorms,
                       config, stats.sketches, sketch_meta,
-                      ifd_ratio)
+                      ifd_ratio, stats.target_sketches or None,
+                      None if target is None else details["target"])
+
+
+def _scorable(tokens: Tokenized) -> list[Encoded]:
+    """The examples with a response token, refused when there are none."""
+    if not len(tokens.scorable):
+        raise GradfilterError("--target-examples: no target example has a response token "
+                              f"within max_length ({len(tokens.encoded)} read)")
+    return [tokens.encoded[i] for i in tokens.scorable]
 
 
 def _score_baseline(method: str, tokens: Tokenized, model: torch.nn.Module | None, tokenizer,
