@@ -86,6 +86,19 @@ def test_a_list_selected_into_a_file_is_written_by_its_extension(config, tmp_pat
     assert written == [records[i] for i in np.sort(subset.indices)]
 
 
+def test_stratified_selection_in_memory_is_the_files(config, tmp_path):
+    """--stratify reads the records' field from memory as it streams it from a file."""
+    records = [{**r, "source": "web" if i < 6 else "books"}
+               for i, r in enumerate(alpaca_records(8))]
+    path = write_jsonl(tmp_path / "d.jsonl", records)
+    table = gf.score(path, tmp_path / "d.parquet", config, method="length", progress=False)
+    from_file = gf.select(path, table, tmp_path / "kept.jsonl", ratio=0.5, stratify="source")
+    in_memory = gf.select(records, table, ratio=0.5, stratify="source")
+    assert [r["source"] for r in in_memory.kept].count("books") == 1  # the pool's share, 2/8
+    assert sorted(in_memory.indices) == sorted(from_file.indices)
+    assert in_memory.strata == from_file.strata
+
+
 def _example(doc: str) -> tuple[str, list[str]]:
     """The first Python block of the page, and the lines it says it prints (`#> ...`)."""
     block = re.search(r"```python\n(.*?)```", doc, re.S).group(1)

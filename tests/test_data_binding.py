@@ -1,8 +1,9 @@
 """A statistics table belongs to its data: `score` stores the data's fingerprint and every
-record's ID and content hash; `select` and the benchmarks refuse a table of other, edited or
-reordered data in one line naming both fingerprints and the first record that differs, and
-write nothing, unless --allow-data-mismatch; a table written before tables recorded their data
-is used with a warning. The identity rule is recomputed here from its documentation."""
+record's ID and content hash; `select`, `report` and the benchmarks refuse a table of other,
+edited or reordered data in one line naming both fingerprints and the first record that
+differs, and write nothing, unless --allow-data-mismatch; a table written before tables
+recorded their data is used with a warning. The identity rule is recomputed here from its
+documentation."""
 
 from __future__ import annotations
 
@@ -136,6 +137,18 @@ def test_allow_data_mismatch_uses_the_table_and_says_so(scored, cli):
     assert run["data_check"] == "mismatch allowed"
     assert run["table_data_fingerprint"] != run[DATA_FINGERPRINT]
     assert len(json.loads(out.read_text())) == 2
+
+
+def test_report_refuses_a_table_of_other_data_unless_allowed(scored, cli):
+    page = scored["dir"] / "page.html"
+    args = ("report", scored["dir"] / "sharegpt.parquet", "--data", scored["alpaca"], "--out", page)
+    code, _, err = cli(*args)
+    _refusal(code, err, "the first record that differs: record 0 ('conv-0' in the table",
+             "--allow-data-mismatch")
+    assert not page.exists()
+    code, _, err = cli(*args, "--allow-data-mismatch")
+    assert code == 0, err
+    assert "was scored on other data than" in page.read_text(encoding="utf-8")
 
 
 def test_a_table_from_before_fingerprints_is_used_with_a_warning(scored, cli):

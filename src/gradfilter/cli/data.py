@@ -63,7 +63,7 @@ def select(data: str, stats: Path, out: str, fmt, fields, limit, split, report: 
     if page is not None:
         write_selection_report(SelectionSources(
             stats, data, subset=Path(out), fmt=fmt, fields=parse_fields(fields), split=split,
-            limit=limit), page)
+            limit=limit, allow_data_mismatch=options["allow_data_mismatch"]), page)
     print_selection(subset, Path(out), stats, report=page)
 
 
@@ -92,9 +92,11 @@ def select(data: str, stats: Path, out: str, fmt, fields, limit, split, report: 
               help="dedup: near-duplicates removed as select does (default: the subset's).")
 @click.option("--diversity-threshold", type=float, default=None,
               help="Cosine at or above which dedup removes a record (default: the subset's).")
+@allow_mismatch_option
 @data_options
 def report(table: Path, data: str | None, out: str | Path | None, subset: Path | None,
-           labels: Path | None, examples: int, fmt, fields, limit, split, **choice) -> None:
+           labels: Path | None, examples: int, allow_data_mismatch: bool, fmt, fields, limit,
+           split, **choice) -> None:
     """Write the report page (one self-contained HTML file) of a selection from TABLE, or of a
     benchmark from its results.json (or its output directory).
 
@@ -129,7 +131,7 @@ def report(table: Path, data: str | None, out: str | Path | None, subset: Path |
     out = Path(out)
     written = write_selection_report(SelectionSources(
         table, data, subset, labels, fmt, parse_fields(fields), split, limit,
-        examples=examples, **choice), out)
+        examples=examples, allow_data_mismatch=allow_data_mismatch, **choice), out)
     Console(soft_wrap=True).print(f"report: {written}", markup=False)
 
 
