@@ -5,7 +5,8 @@ Parquet, one row per input record: the record columns (`index`, `n_response_toke
 `sqnorm_e{e}_m{m}` for the early and late epoch and every member, and one column per utility;
 a baseline's table its score column(s). Scored with target examples, a G-SNR table also holds
 `align_e{e}_m{m}` and `alignmax_e{e}_m{m}` (alignment.py) and the target's fingerprint and
-directions in its metadata (`target`). The schema metadata key `gradfilter` holds JSON:
+directions in its metadata (`target`); an IFD table scored with them, `rds` and `rds_mean`
+(RDS+) and the target's fingerprint. The schema metadata key `gradfilter` holds JSON:
 the method, the utility `select` ranks by unless told, the epochs, the members and the config.
 
 Every utility is a function of one record's row, so `load_scores` reads only the columns a
@@ -36,6 +37,7 @@ from .utilities import (
     DEFAULT_UTILITY,
     DIRECTIONS,
     FORMULAS,
+    RDS_SCORES,
     TARGET_UTILITY,
     UTILITIES,
     RawStats,
@@ -149,12 +151,18 @@ def sketch_columns(values: np.ndarray, scorable: np.ndarray,
 
 
 def baseline_table(head: dict[str, pa.Array], columns: dict[str, np.ndarray], method: str,
-                   config: ScoreConfig) -> pa.Table:
-    """`head` and a baseline's score columns; `select` ranks by the method's own column."""
+                   config: ScoreConfig, target_meta: dict | None = None) -> pa.Table:
+    """`head` and a baseline's score columns; `select` ranks by the method's own column, or
+    by `rds` where the table was scored with target examples (`target_meta`: what they were,
+    stored as the table's `target`)."""
     table = pa.table({**head, **{name: pa.array(v) for name, v in columns.items()}})
-    offered = [u for u in (*BASELINE_SCORES, "loss") if stored_score(u)[0] in columns]
-    return with_meta(table, {"method": method, "utility": method, "config": asdict(config),
-                             "directions": {u: DIRECTIONS[u] for u in offered}})
+    offered = [u for u in (*BASELINE_SCORES, *RDS_SCORES, "loss")
+               if stored_score(u)[0] in columns]
+    meta = {"method": method, "utility": method, "config": asdict(config),
+            "directions": {u: DIRECTIONS[u] for u in offered}}
+    if target_meta is not None:
+        meta.update(utility=RDS_SCORES[0], target=target_meta)
+    return with_meta(table, meta)
 
 
 def with_meta(table: pa.Table, meta: dict) -> pa.Table:
@@ -270,7 +278,7 @@ def default_utility(table: pa.Table) -> str:
 
 def available_utilities(table: pa.Table) -> list[str]:
     names = set(table.column_names)
-    baseline = [u for u in BASELINE_SCORES if stored_score(u)[0] in names]
+    baseline = [u for u in (*BASELINE_SCORES, *RDS_SCORES) if stored_score(u)[0] in names]
     if any(_SQNORM.match(c) for c in names):
         return [*_computable_from(names), *baseline]
     return baseline + [u for u in UTILITIES if column_name(u) in names]
@@ -386,7 +394,7 @@ def open_table(path: Path, **options) -> pq.ParquetFile:
         raise GradfilterError(
             f"{path}: not a statistics table: it holds no scores: neither sqnorm columns nor a "
             f"baseline's score column; its columns: {shown or 'none'} (a dataset?)")
-    scores = {*map(column_name, UTILITIES), *BASELINE_SCORES}
+    scores = {*map(column_name, UTILITIES), *BASELINE_SCORES, *map(column_name, RDS_SCORES)}
     for column in schema:
         numeric = pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
         stat = _SQNORM.match(column.name) or _ALIGN.match(column.name)

@@ -29,7 +29,7 @@ from ..errors import GradfilterError
 from ..outputs import atomic_path, atomic_write_text, write_run_record
 from ..selection import select_top
 from ..table import load_sketch_features, utility_scores
-from ..utilities import PERPLEXITY, TARGET_UTILITIES, UTILITIES
+from ..utilities import PERPLEXITY, RDS_SCORES, TARGET_UTILITIES, UTILITIES
 from .corruptions import (  # noqa: F401  (register_corruption, CorruptionContext: plugin API)
     CORRUPTIONS,
     CorruptionContext,
@@ -114,8 +114,8 @@ def _share(flag: np.ndarray, chosen: np.ndarray) -> float:
 def method_groups(methods: Sequence[str]) -> dict[str, list[str]]:
     """Which scoring run serves each method: one ensemble run serves every G-SNR utility (and
     `loss`, the ensemble's late loss, when it runs, and the selectors that cluster its
-    trajectories); one IFD run serves perplexity too (in either direction); balanced_random
-    needs no run."""
+    trajectories); one IFD run serves perplexity too (in either direction) and RDS+ (scored
+    with the target examples); balanced_random needs no run."""
     groups: dict[str, list[str]] = {}
     ensemble = any((m in UTILITIES and m != "loss") or m in CLUSTERED for m in methods)
     for method in methods:
@@ -123,8 +123,9 @@ def method_groups(methods: Sequence[str]) -> dict[str, list[str]]:
             continue
         if (method in UTILITIES and (method != "loss" or ensemble)) or method in CLUSTERED:
             run = "gsnr"
-        elif method in ("ifd", *PERPLEXITY):
-            run = "ifd" if "ifd" in methods else "perplexity"
+        elif method in ("ifd", *PERPLEXITY, *RDS_SCORES):
+            run = ("ifd" if "ifd" in methods or any(m in RDS_SCORES for m in methods)
+                   else "perplexity")
         elif method in ("length", "random", "loss"):
             run = method
         else:
@@ -196,14 +197,16 @@ def run_noise_benchmark(data, out_dir: Path, config: ScoreConfig, *, methods: Se
     near-duplicates removed (by the G-SNR run's sketches) against its plain top-k. Selectors
     among `methods` are measured on the same records (`balance_field`: balanced_random's field
     of the data's records; a corrupted record keeps its original's value). With
-    `target_examples`, the G-SNR run is scored with them (the `align*` utilities)."""
+    `target_examples`, the G-SNR run is scored with them (the `align*` utilities), and the IFD
+    run where `rds` or `rds-mean` is among the methods (RDS+)."""
     from ..data.dataset import as_dataset
     from ..scoring.proxy import load_tokenizer
 
     if tables and len(corrupt_seeds) != 1:
         raise GradfilterError("--table applies to one corruption seed (its mixed set)")
-    needs_target = [m for m in methods if m in TARGET_UTILITIES]
-    if needs_target and target_examples is None and "gsnr" not in (tables or {}):
+    needs_target = [m for m in methods if (m in TARGET_UTILITIES and "gsnr" not in (tables or {}))
+                    or (m in RDS_SCORES and "ifd" not in (tables or {}))]
+    if needs_target and target_examples is None:
         raise GradfilterError(f"--methods {','.join(needs_target)} need --target-examples")
     if labels is not None and len(corrupt_seeds) != 1:
         raise GradfilterError("--labels gives one corrupted set: give one --corrupt-seeds "
@@ -361,7 +364,8 @@ def _run_seed(out_dir: Path, seed: int, mixed: list[list[Turn]], labels: list[st
     ensemble: str | None = None  # the G-SNR run's table, for the selectors that cluster
     scored = np.ones(len(mixed), dtype=bool)
     for run, members in method_groups(methods).items():
-        target = target_examples if run == "gsnr" else None
+        targeted = run == "gsnr" or any(m in RDS_SCORES for m in members)
+        target = target_examples if targeted else None
         path = Path(given[run]) if run in given else scores_path(
             out_dir, run, config, digest, None if target is None else file_sha256(Path(target)))
         if path.is_file():
