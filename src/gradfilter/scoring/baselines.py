@@ -203,7 +203,7 @@ class ProxyForward:
         nll, cosines = self._pass("PPL(y|x) and RDS+", items,
                                   represent=lambda pooled: unit_rows(pooled) @ units)
         assert cosines is not None
-        return nll, cosines
+        return nll, cosines.reshape(len(items), len(target))  # (0, targets) for no items
 
     def _pass(self, name: str, items: list[Encoded], represent=None
               ) -> tuple[np.ndarray, np.ndarray | None]:

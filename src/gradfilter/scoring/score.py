@@ -222,14 +222,14 @@ def _check_arguments(config: ScoreConfig, method: str, checkpoint_dir, checkpoin
         raise GradfilterError(f"config must be a ScoreConfig, got {type(config).__name__}")
     config.validate()
     whole_number(checkpoint_every, "--checkpoint-every")
+    if method not in METHODS:
+        raise GradfilterError(f"--method must be one of {list(METHODS)}, got {method!r}")
     if target_examples is not None and method not in TARGETED:
         raise GradfilterError("--target-examples is for --method gsnr (alignment of the "
                               "ensemble's gradient sketches) or ifd (RDS+: cosines of the "
                               f"proxy's pooled hidden states), not {method}")
     if target_examples is not None and method == "gsnr" and not config.sketch_dim:
         raise GradfilterError("--target-examples needs gradient sketches (--sketch-dim above 0)")
-    if method not in METHODS:
-        raise GradfilterError(f"--method must be one of {list(METHODS)}, got {method!r}")
     if checkpoint_every < 1:
         raise GradfilterError("--checkpoint-every must be at least 1")
     if checkpoint_dir is not None and method != "gsnr":
