@@ -302,3 +302,8 @@ def test_the_finetune_benchmark_reads_rds_from_an_ifd_table(scored, gpt2_proxy):
     np.testing.assert_array_equal(inputs.scores["rds"], targeted["rds"].to_numpy())
     np.testing.assert_array_equal(inputs.scores["targeted"], targeted["rds"].to_numpy())
     np.testing.assert_array_equal(inputs.scores["ifd"], targeted["ifd"].to_numpy())
+    # its cost beside the fine-tunes: IFD's forward pass, as ifd's
+    from gradfilter.bench.costs import selection_row_tokens
+
+    assert selection_row_tokens("rds", {"ifd_forward_row_tokens": 123}) == 123
+    assert selection_row_tokens("rds-mean", {"ifd_forward_row_tokens": 123}) == 123

@@ -85,16 +85,17 @@ def selection_cost(work: ScoringWork, tokens: np.ndarray, response: np.ndarray) 
 
 def selection_row_tokens(method: str, selection: dict | None) -> int | None:
     """What choosing `method`'s subset cost the proxy, all passes together: the G-SNR run for a
-    G-SNR utility, coverage and s2l; the forward pass of IFD for ifd and perplexity; nothing for
-    length, random and balanced_random (None where the G-SNR run is not known)."""
-    from ..utilities import PERPLEXITY, UTILITIES
+    G-SNR utility, coverage and s2l; the forward pass of IFD for ifd, perplexity and RDS+ (whose
+    one more forward, over the target examples, is not counted); nothing for length, random and
+    balanced_random (None where the G-SNR run is not known)."""
+    from ..utilities import PERPLEXITY, RDS_SCORES, UTILITIES
     from .selectors import CLUSTERED
 
     if method in (*UTILITIES, *CLUSTERED):
         if selection is None:
             return None
         return selection["forward_backward_row_tokens"] + selection["forward_row_tokens"]
-    if method in ("ifd", *PERPLEXITY):
+    if method in ("ifd", *PERPLEXITY, *RDS_SCORES):
         return None if selection is None else selection["ifd_forward_row_tokens"]
     return 0
 
