@@ -327,7 +327,8 @@ def test_diversity_figures_follow_from_the_selections(tmp_path, gpt2_proxy):
             plain = gf.select_top(scores, ratio=float(budget))
             assert figures["plain"][budget] == pytest.approx(corrupted[plain.indices].mean())
             if method == "gsnr":  # the same selection through `select` on gsnr's own table
-                diverse = gf.select(data, stats, tmp_path / f"{budget}.jsonl",
+                mixed = tmp_path / "bench" / seed["mixed"]  # the data the table was scored on
+                diverse = gf.select(mixed, stats, tmp_path / f"{budget}.jsonl",
                                     count=plain.requested, diversity="dedup", utility="gsnr",
                                     diversity_threshold=0.8)
                 assert figures["dedup"][budget] == pytest.approx(

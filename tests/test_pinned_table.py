@@ -44,9 +44,13 @@ def seeded_proxy(directory: Path, arch: str, chat: bool) -> str:
     return path
 
 
+IDENTITY = ("record_id", "record_hash")  # which record each row is (pinned as text)
+
+
 def table_values(table) -> dict[str, list[float]]:
     """Every numeric column but the sketches (lists), as float64 lists."""
-    names = [c for c in table.column_names if c not in ("index", "truncated", "skip_reason")
+    names = [c for c in table.column_names
+             if c not in ("index", "truncated", "skip_reason", *IDENTITY)
              and not c.startswith("sketch")]
     return {c: np.asarray(table.column(c).to_numpy(zero_copy_only=False), np.float64).tolist()
             for c in names}
@@ -83,6 +87,15 @@ def test_table_equals_the_pinned_one(tmp_path, name, sketch_dim):
     for column, expected in pinned["columns"].items():
         np.testing.assert_allclose(values[column], expected, rtol=1e-5, atol=1e-12,
                                    err_msg=column)
+    assert table_identity(table) == {k: pinned[k] for k in (*IDENTITY, "data_fingerprint")}
+
+
+def table_identity(table) -> dict:
+    """The records' IDs and content hashes and the data's fingerprint (data.identity)."""
+    from gradfilter.table import table_meta
+
+    return {**{c: table.column(c).to_pylist() for c in IDENTITY},
+            "data_fingerprint": table_meta(table)["data_fingerprint"]}
 
 
 if __name__ == "__main__":  # python tests/test_pinned_table.py: print (or --write) the pins
@@ -92,8 +105,10 @@ if __name__ == "__main__":  # python tests/test_pinned_table.py: print (or --wri
     found = {}
     with tempfile.TemporaryDirectory() as scratch:
         for case in sorted(CASES):
-            values = table_values(score_case(Path(scratch), case))
-            found[case] = {"sha256": values_sha256(values), "columns": values}
+            table = score_case(Path(scratch), case)
+            values = table_values(table)
+            found[case] = {"sha256": values_sha256(values), "columns": values,
+                           **table_identity(table)}
             print(case, found[case]["sha256"])
     if "--write" in sys.argv:
         PINNED.write_text(json.dumps(found, indent=1) + "\n")

@@ -20,6 +20,7 @@ _EXPORTS = {
     "METHODS": "config",
     "ScoreConfig": "config",
     "Selection": "selection",
+    "Subset": "subset",
     "UTILITIES": "utilities",
     "compute_utilities": "utilities",
     "load_stats": "table",
@@ -39,6 +40,7 @@ __all__ = [
     "GradfilterError",
     "ScoreConfig",
     "Selection",
+    "Subset",
     "compute_utilities",
     "load_stats",
     "read_dataset",
@@ -58,7 +60,7 @@ if TYPE_CHECKING:
     from .data.dataset import read_dataset
     from .scoring.score import score
     from .selection import Selection, select_top
-    from .subset import select
+    from .subset import Subset, select
     from .table import load_stats, utility_scores, with_utilities
     from .utilities import UTILITIES, compute_utilities
 

@@ -5,8 +5,8 @@ No torch here: the command line builds its options (and `--help`) from this modu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Literal, get_args
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal, get_args
 
 from .arguments import real_number, whole_number
 from .errors import GradfilterError
@@ -22,6 +22,7 @@ DtypeChoice = Literal["auto", "float32", "bfloat16"]
 TemplateChoice = Literal["auto", "plain", "chat"]
 TurnsChoice = Literal["all", "last"]
 CollectChoice = Literal["during", "snapshot"]
+TruncationChoice = Literal["keep", "drop"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,9 @@ class ScoreConfig:
     # Every record's IFD ratio by the untrained proxy, stored for the gated utilities (two
     # forward passes before training).
     ifd_pass: bool = True
+    # A record longer than max_length: scored on its first max_length tokens (keep), or left
+    # unscored with that reason (drop).
+    truncation: TruncationChoice = "keep"
 
     def validate(self) -> None:
         for name in ("members", "epochs", "early", "late", "lora_rank", "batch_size",
@@ -85,7 +89,7 @@ class ScoreConfig:
             raise GradfilterError("--lr and --lora-alpha must be positive")
         for name, kind in (("device", DeviceChoice), ("dtype", DtypeChoice),
                            ("template", TemplateChoice), ("turns", TurnsChoice),
-                           ("collect", CollectChoice)):
+                           ("collect", CollectChoice), ("truncation", TruncationChoice)):
             if getattr(self, name) not in get_args(kind):
                 raise GradfilterError(f"--{name} must be one of {list(get_args(kind))}, got "
                                       f"{getattr(self, name)!r}")
@@ -100,3 +104,15 @@ class ScoreConfig:
         if self.lora_targets is None:
             raise ValueError("the LoRA targets are not resolved yet (with_targets)")
         return self.lora_targets
+
+
+# Settings added after tables, checkpoints and benchmark caches were first keyed by the config,
+# at the value that behaves as before they existed: left out of those keys, so that the runs
+# made before them are still found (a checkpoint resumes, a benchmark reuses its tables).
+_ADDED_SETTINGS: dict[str, Any] = {"truncation": "keep"}
+
+
+def config_key(config: ScoreConfig) -> dict[str, Any]:
+    """The config as a dict for keys that name a run (checkpoints, benchmark caches)."""
+    return {name: value for name, value in asdict(config).items()
+            if name not in _ADDED_SETTINGS or value != _ADDED_SETTINGS[name]}

@@ -234,27 +234,52 @@ def data_path(data: object) -> Path | None:
     return None
 
 
-def subset_kind(data: object, out_format: str | None) -> Kind:
-    """A subset is a directory when it is a Hugging Face dataset: asked for, or (by default)
-    because the input is one (a directory or a hub id)."""
-    if out_format is not None:
-        return "dir" if out_format == "hf" else "file"
+def data_reads(data: object) -> list[Named]:
+    """DATA as inputs: its file or directory, or each shard a glob names."""
+    from .data.sources import shard_paths
+
+    source = getattr(data, "source", None)
+    shards = (source.shards if source is not None else ()) or ()
+    if not shards and isinstance(data, str | Path) and not Path(data).exists():
+        shards = shard_paths(str(data)) or ()
+    if shards:
+        return [named("a shard of the data", "DATA", getattr(s, "path", s)) for s in shards]
+    return reads("the data", "DATA", data_path(data))
+
+
+def subset_kind(data: object, out_format: str | None, out: str | Path | None = None) -> Kind:
+    """A subset is a directory when it is a Hugging Face dataset: asked for (--out-format hf),
+    or (where neither --out-format nor the output's extension names a container) because the
+    input is one (a directory or a hub id). A contradiction between the two is refused here."""
+    from .data.sources import output_container, shard_paths
+
     container = getattr(data, "container", None)  # a read Dataset's, or a Source's
-    if container is not None:
-        return "dir" if container == "hf" else "file"
-    path = data_path(data)
-    return "dir" if path is None or path.is_dir() or not path.exists() else "file"
+    if container is None and isinstance(data, str | Path) and shard_paths(str(data)):
+        container = "jsonl"  # shards are read record by record
+    if container is None:
+        path = data_path(data)
+        container = "hf" if path is None or path.is_dir() or not path.exists() else "json"
+    if out is None:
+        return "dir" if (out_format or container) == "hf" else "file"
+    return "dir" if output_container(out, out_format, container) == "hf" else "file"
 
 
 def select_paths(data: object, stats: object, out: str | Path, out_format: str | None = None,
-                 out_option: str = "--out") -> tuple[list[Named], list[Named]]:
-    """`select`: reads DATA and the statistics table, writes the subset and its run record."""
+                 out_option: str = "--out", *, rejected: str | Path | None = None,
+                 annotate: str | Path | None = None) -> tuple[list[Named], list[Named]]:
+    """`select`: reads DATA and the statistics table, writes the subset and its run record (and
+    the rejected and the annotated records where asked)."""
     stats_path = stats if isinstance(stats, str | Path) else None
-    return ([*reads("the data", "DATA", data_path(data)),
+    traces = [*writes("the rejected records", "--rejected", rejected,
+                      subset_kind(data, None, rejected) if rejected else "file", False),
+              *writes("the annotated records", "--annotate", annotate,
+                      subset_kind(data, None, annotate) if annotate else "file", False)]
+    return ([*data_reads(data),
              *reads("the statistics table", "--stats", stats_path),
              *reads("the statistics table's run record", "--stats",
                     None if stats_path is None else record_of(stats_path))],
-            writes("the subset", out_option, out, subset_kind(data, out_format)))
+            [*writes("the subset", out_option, out, subset_kind(data, out_format, out)),
+             *traces])
 
 
 def score_paths(data: object, out: str | Path, proxy: str | None, *,
@@ -263,7 +288,7 @@ def score_paths(data: object, out: str | Path, proxy: str | None, *,
                 ) -> tuple[list[Named], list[Named]]:
     """`score`: reads DATA, the proxy, the target examples and a checkpoint; writes the table,
     its run record, the checkpoint and the adapters."""
-    inputs = [*reads("the data", "DATA", data_path(data)), *reads("the proxy", "--proxy", proxy),
+    inputs = [*data_reads(data), *reads("the proxy", "--proxy", proxy),
               *reads("the target examples", "--target-examples", data_path(target_examples))]
     outputs = [*writes("the statistics table", out_option, out),
                *writes("the adapters directory", "--save-adapters", save_adapters, "dir",
@@ -284,11 +309,13 @@ def default_stats(out: str | Path) -> Path:
 def run_paths(data: object, out: str | Path, stats: str | Path | None, proxy: str | None, *,
               checkpoint_dir: str | Path | None = None, save_adapters: str | Path | None = None,
               out_format: str | None = None, out_option: str = "--out",
-              stats_option: str = "--stats", target_examples: object = None,
+              stats_option: str = "--stats", rejected: str | Path | None = None,
+              annotate: str | Path | None = None, target_examples: object = None,
               ) -> tuple[list[Named], list[Named]]:
     """`run`: what `score` reads and writes, and the subset (the table is an output here)."""
     inputs, outputs = score_paths(
         data, stats or default_stats(out), proxy, checkpoint_dir=checkpoint_dir,
         save_adapters=save_adapters, out_option=stats_option if stats else "default --stats",
         target_examples=target_examples)
-    return inputs, [*outputs, *select_paths(data, None, out, out_format, out_option)[1]]
+    return inputs, [*outputs, *select_paths(data, None, out, out_format, out_option,
+                                            rejected=rejected, annotate=annotate)[1]]

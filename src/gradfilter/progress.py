@@ -3,7 +3,12 @@
 On a terminal, rich's live bars. Anywhere else (a log file, CI, `nohup`) bars draw nothing until
 the end, so plain lines go to stderr instead: every `GRADFILTER_PROGRESS_SECONDS` (default 30)
 and when a phase ends, e.g. `train epoch 1/2 x4 members: 160/640 examples, 3.2 ex/s, 2 min 30 s
-left`. Both keep the same API (a rich `Progress`), so callers never know which they have.
+left`. Both keep the same API (a rich `Progress`), so callers never know which they have. A
+step with no count (loading the proxy) is a `phase`: one line with its time when it ends.
+
+Other libraries' progress bars (tqdm: the hub's downloads, transformers' `Loading weights`, the
+GGUF de-quantisation, datasets' saving) show only where gradfilter's own bars do, on a terminal
+with progress on (`library_bars`).
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.progress import (
@@ -43,6 +50,43 @@ def progress_bars(enabled: bool) -> Progress:
     )
 
 
+def shows_library_bars(progress: bool) -> bool:
+    """Whether other libraries' bars may draw: progress on and stderr a terminal."""
+    return progress and sys.stderr.isatty()
+
+
+@contextmanager
+def library_bars(show: bool) -> Iterator[None]:
+    """Within the block, unless `show`, every tqdm bar (the class other libraries' bars are
+    made from, subclasses included) is created disabled; as before after it."""
+    try:
+        from tqdm import std
+    except ImportError:  # no library that draws tqdm bars is installed
+        show = True
+    if show:
+        yield
+        return
+    original = std.tqdm.__dict__["__init__"]  # a descriptor (tqdm wraps it): restored as is
+
+    def disabled(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["disable"] = True
+        original.__get__(self, type(self))(*args, **kwargs)
+
+    std.tqdm.__init__ = disabled
+    try:
+        yield
+    finally:
+        std.tqdm.__init__ = original
+
+
+@contextmanager
+def phase(bars: Progress, description: str) -> Iterator[None]:
+    """A step with no count (loading a model): a line with its time when it ends."""
+    task = bars.add_task(description, total=1, rate="", unit="")
+    yield
+    bars.advance(task, 1)
+
+
 def advance_bar(bars: Progress, task: TaskID, rows: int, start: float, already: int = 0) -> None:
     """Advance `task` by `rows` examples (or the task's `unit`) and show the rate since `start`
     (of the rows done in this run: `already` were done before it resumed)."""
@@ -71,7 +115,9 @@ def interval() -> float:
 
 
 def duration(seconds: float) -> str:
-    """`2 min 30 s`, `1 h 5 min`, `12 s`."""
+    """`2 min 30 s`, `1 h 5 min`, `12 s`, `0.4 s`."""
+    if seconds < 9.95:
+        return f"{seconds:.1f} s"
     seconds = round(seconds)
     if seconds < 60:
         return f"{seconds} s"
@@ -121,7 +167,7 @@ class PlainProgress(Progress):
         shown = f"{speed:.1f}" if speed >= 1 else f"{speed:.2g}"
         unit = unit_of(task)
         line = (f"{task.description}: {int(task.completed)}/{total} {unit}, "
-                f"{shown} {_short(unit)}/s, ")
+                f"{shown} {_short(unit)}/s, " if unit else f"{task.description}: ")
         if done:
             self._finished.add(task_id)
             line += f"done in {duration(elapsed)}"

@@ -1,14 +1,16 @@
 """The statistics table: the contract between `score` and `select` (no torch here).
 
-Parquet, one row per input record: the record columns (`index`, `n_response_tokens`,
-`truncated`, `skip_reason`, and in tables written since it was added `n_tokens`, the tokens
-the proxy reads: prompt and response after truncation), then the method's columns. A G-SNR
-table holds `loss_e{e}_m{m}` and `sqnorm_e{e}_m{m}` for the early and late epoch and every
-member, and one column per utility; a baseline's table its score column(s). Scored with target
-examples, a G-SNR table also holds `align_e{e}_m{m}` and `alignmax_e{e}_m{m}` (alignment.py) and
-the target's fingerprint and directions in its metadata (`target`). The schema metadata key
-`gradfilter` holds JSON: the method, the utility `select` ranks by unless told, the epochs, the
-members and the config.
+Parquet, one row per input record: the record columns (`index`, `record_id`, `record_hash`,
+`n_response_tokens`, `truncated`, `skip_reason`, and in tables written since it was added
+`n_tokens`, the tokens the proxy reads: prompt and response after truncation), then the
+method's columns. A G-SNR table holds `loss_e{e}_m{m}` and `sqnorm_e{e}_m{m}` for the early
+and late epoch and every member, and one column per utility; a baseline's table its score
+column(s). Scored with target examples, a G-SNR table also holds `align_e{e}_m{m}` and
+`alignmax_e{e}_m{m}` (alignment.py) and the target's fingerprint and directions in its metadata
+(`target`). The schema metadata key `gradfilter` holds JSON: the method, the utility `select`
+ranks by unless told, the epochs, the members, the config and the data's fingerprint
+(`data_fingerprint`; with `record_id` and `record_hash`, what `binding` checks the data
+against: see `data.identity`).
 
 Every utility is a function of one record's row, so `load_scores` reads only the columns a
 utility needs, batch by batch: memory holds 8 bytes a record and one batch.
@@ -29,6 +31,7 @@ import pyarrow.parquet as pq
 
 from .alignment import ALIGN_STATS, alignments, target_direction
 from .config import ScoreConfig
+from .data.identity import Identities
 from .data.sources import parquet_error
 from .errors import GradfilterError
 from .outputs import atomic_path
@@ -49,6 +52,8 @@ from .utilities import (
 META_KEY = "gradfilter"
 _SQNORM = re.compile(r"^sqnorm_e(\d+)_m(\d+)$")
 _STATS_BATCH_ROWS = 1 << 16
+RECORD_ID, RECORD_HASH = "record_id", "record_hash"  # data.identity: which record a row is
+DATA_FINGERPRINT = "data_fingerprint"  # metadata: which data the table was scored on
 IFD_RATIO = "ifd_ratio"  # PPL(y|x) / PPL(y) by the proxy before training (the gated utilities)
 NOT_A_TABLE = "not a Parquet statistics table (the file `gradfilter score` writes)"
 _SKETCH = re.compile(r"^sketch_e(\d+)_m(\d+)$")
@@ -62,8 +67,9 @@ SKETCH_STORAGE = ("sketch_e{e}_m{m}: unit vector, float16; sketchnorm_e{e}_m{m}:
 def record_columns(n_records: int, n_response_tokens: np.ndarray, truncated: np.ndarray,
                    skip_reasons: list[str | None],
                    n_tokens: np.ndarray | None = None) -> dict[str, pa.Array]:
-    """The columns every statistics table starts with, whatever the method (`n_tokens`, each
-    record's whole token count, where given: what the cost of scoring and fine-tuning counts)."""
+    """The columns every statistics table starts with, whatever the method (`with_identities`
+    adds the records' IDs after `index`; `n_tokens`, each record's whole token count, where
+    given: what the cost of scoring and fine-tuning counts)."""
     columns = {
         "index": pa.array(np.arange(n_records, dtype=np.int64)),
         "n_response_tokens": pa.array(n_response_tokens.astype(np.int32)),
@@ -166,6 +172,21 @@ def baseline_table(head: dict[str, pa.Array], columns: dict[str, np.ndarray], me
 
 def with_meta(table: pa.Table, meta: dict) -> pa.Table:
     return table.replace_schema_metadata({META_KEY: json.dumps(meta)})
+
+
+def with_more_meta(table: pa.Table, **entries: object) -> pa.Table:
+    """The table with `entries` added to its metadata."""
+    return with_meta(table, {**table_meta(table), **entries})
+
+
+def with_identities(table: pa.Table, identities: Identities) -> pa.Table:
+    """The table bound to its data: every record's ID and content hash after `index`, the
+    data's fingerprint in the metadata (see `data.identity` and `binding`)."""
+    if len(identities) != table.num_rows:
+        raise ValueError(f"{len(identities)} record identities for {table.num_rows} rows")
+    table = table.add_column(1, RECORD_ID, pa.array(identities.ids, type=pa.string()))
+    table = table.add_column(2, RECORD_HASH, pa.array(identities.hashes, type=pa.string()))
+    return with_more_meta(table, **{DATA_FINGERPRINT: identities.fingerprint})
 
 
 def write_table(table: pa.Table, path: Path) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import GradfilterError
 from ..outputs import atomic_write_text
 from .cache import EntryCache, sha256_of
-from .prompts import Prompt
+from .prompts import Prompt, json_object
 
 Log = Callable[[str], object]
 
@@ -243,12 +243,7 @@ def read_answers(path: Path) -> list[tuple[Prompt, str]]:
             if not line.strip():
                 continue
             where = f"{path}: line {line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise GradfilterError(f"{where}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise GradfilterError(f"{where}: not a JSON object")
+            record = json_object(path, line_number, line)
             for field in ANSWER_FIELDS:
                 if not isinstance(record.get(field), str):
                     raise GradfilterError(f"{where}: field '{field}': missing or not a string "

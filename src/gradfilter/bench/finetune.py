@@ -31,7 +31,7 @@ from ..config import ScoreConfig
 from ..diversity import DEFAULT_THRESHOLD, dedup
 from ..errors import GradfilterError
 from ..outputs import atomic_write_text, write_run_record
-from ..progress import progress_bars
+from ..progress import library_bars, progress_bars, shows_library_bars
 from ..seeds import RESELECT_STREAM, derived_seed
 from ..selection import select_top
 from ..table import load_sketch_features
@@ -153,7 +153,7 @@ def run_finetune_benchmark(inputs: FinetuneInputs, out_dir: Path, target: ScoreC
     (out_dir / "runs").mkdir(parents=True, exist_ok=True)
     trainer = _Trainer(inputs, target, out_dir, config.seeds, log)
     rows: dict[str, dict[str, list[Curves]]] = {}
-    with progress_bars(progress) as bars:
+    with progress_bars(progress) as bars, library_bars(shows_library_bars(progress)):
         trainer.bars = bars
         for budget, (settings, table) in plan.items():
             rows[budget] = {row: [trainer.curves(name, chosen, settings) for name, chosen in runs]

@@ -42,13 +42,16 @@ class FinetuneInputs:
 def inputs_from_noise(noise_dir: Path, methods: Sequence[str] | None, target: ScoreConfig,
                       held_out: Path | None, held_out_share: float, seed: int,
                       corrupt_seed: int | None = None, group_field: str | None = None,
-                      log=print, balance_field: str | None = None) -> FinetuneInputs:
+                      allow_data_mismatch: bool = False, log=print,
+                      balance_field: str | None = None) -> FinetuneInputs:
     """The noise benchmark's mixed set as the pool and its tables as the methods' scores
     (selection on noisy data); held out: `held_out` (a file of prompts with reference answers)
     or a seeded share of the clean records, taken out of the pool (evaluation on clean
-    references), by conversation where the benchmark's data carries conversation ids.
+    references), by conversation where the benchmark's data carries conversation ids. Each
+    table must have been scored on the mixed set (`binding`), unless `allow_data_mismatch`.
     Selectors among `methods` (by default those the noise run measured) read its G-SNR table
     and, for balanced_random, `balance_field` of its data's records."""
+    from ..binding import require_table_of
     from ..data.dataset import read_dataset
     from ..table import load_stats, utility_scores
     from .noise import run_table
@@ -69,7 +72,10 @@ def inputs_from_noise(noise_dir: Path, methods: Sequence[str] | None, target: Sc
         raise GradfilterError(f"{noise_dir}: the noise benchmark has no table for {missing}; "
                               f"it has {list(draw['tables'])}")
     tables = {m: run_table(noise_dir, path) for m, path in draw["tables"].items()}
-    scores = {m: utility_scores(load_stats(tables[m]), m) for m in rankers}
+    loaded = {path: load_stats(path) for path in {tables[m] for m in rankers}}
+    for path, table in loaded.items():
+        require_table_of(table, path, pool.records, pool.path, allow_data_mismatch, log)
+    scores = {m: utility_scores(loaded[tables[m]], m) for m in rankers}
     selectors = tuple(m for m in chosen if is_selector(m))
     field = balance_field or next((v["field"] for v in measured.values() if "field" in v),
                                   DEFAULT_BALANCE_FIELD)
@@ -101,12 +107,15 @@ def _noise_values(data: str, source_index: np.ndarray, field: str) -> list[objec
 
 def inputs_from_pool(pool_path: str, tables: dict[str, str], target: ScoreConfig,
                      held_out: Path | None, held_out_share: float, seed: int,
-                     group_field: str | None = None, selectors: Sequence[str] = (),
+                     group_field: str | None = None, allow_data_mismatch: bool = False,
+                     log=print, selectors: Sequence[str] = (),
                      selector_table: str | None = None,
                      balance_field: str = DEFAULT_BALANCE_FIELD) -> FinetuneInputs:
-    """A pool file and the statistics tables of the methods to compare (scored on that pool);
-    `selectors` read `selector_table` (by default the first of `tables` with training
-    trajectories) and, for balanced_random, `balance_field` of the pool's records."""
+    """A pool file and the statistics tables of the methods to compare (scored on that pool,
+    checked by `binding` unless `allow_data_mismatch`); `selectors` read `selector_table` (by
+    default the first of `tables` with training trajectories) and, for balanced_random,
+    `balance_field` of the pool's records."""
+    from ..binding import require_table_of
     from ..data.dataset import read_dataset
     from ..strata import field_values
     from ..table import load_stats, table_utility, utility_scores
@@ -118,6 +127,7 @@ def inputs_from_pool(pool_path: str, tables: dict[str, str], target: ScoreConfig
         if table.num_rows != len(pool.records):
             raise GradfilterError(f"{path}: {table.num_rows} rows, but the pool {pool_path} has "
                                   f"{len(pool.records)} records")
+        require_table_of(table, path, pool.records, pool_path, allow_data_mismatch, log)
         utility = method if method in _offered(table) else table_utility(table)
         scores[method] = utility_scores(table, utility)
     groups = record_groups(pool.records, group_field, str(pool_path))

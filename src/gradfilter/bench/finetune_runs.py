@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import ScoreConfig
+from ..config import ScoreConfig, config_key
 from ..progress import advance_bar
 from ..scoring.batching import Batcher, collection_batches, member_batches
 from ..scoring.ensemble import LoRAEnsemble, linear_warmup_decay, per_example_losses
@@ -149,6 +149,6 @@ def run_key(name: str, positions: np.ndarray, settings: RunSettings, seed: int,
     """A name that changes whenever anything that affects the run changes (its seed's value,
     not the other seeds beside it)."""
     key = json.dumps({"name": name, "subset": hashlib.sha256(positions.tobytes()).hexdigest(),
-                      "settings": asdict(settings), "seed": seed, "target": asdict(target),
+                      "settings": asdict(settings), "seed": seed, "target": config_key(target),
                       "data": data_digest}, sort_keys=True, default=str)
     return f"{name}-s{seed}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"

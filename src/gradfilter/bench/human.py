@@ -291,15 +291,20 @@ def export_sheets(answers: Answers, out_dir: Path, *, raters: int = 3,
 # --------------------------------------------------------------------------------------------
 
 
+def _json_file(path: Path, what: str, is_what: str) -> Any:
+    """The JSON in `path`; a missing or non-JSON file refused in one line naming `what` it
+    should be (`is_what`: what such a file is)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GradfilterError(f"{path}: no such {what}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise GradfilterError(f"{path}: not JSON ({is_what})") from None
+
+
 def read_key(path: Path) -> dict[str, Any]:
     path = Path(path)
-    try:
-        key = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise GradfilterError(f"{path}: no such key file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise GradfilterError(f"{path}: not JSON (a key is the key.json that `bench human "
-                              "export` wrote)") from None
+    key = _json_file(path, "key file", "a key is the key.json that `bench human export` wrote")
     if not isinstance(key, dict) or key.get("format") != KEY_FORMAT:
         raise GradfilterError(f"{path}: not a key of `bench human export` (no format "
                               f"{KEY_FORMAT!r}; a ratings file given as the key?)")
@@ -340,13 +345,8 @@ def read_ratings(key: dict[str, Any], key_path: Path, paths: Sequence[Path]
 
 
 def _ratings_file(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise GradfilterError(f"{path}: no such ratings file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise GradfilterError(f"{path}: not JSON (a ratings file is what a sheet's download "
-                              "button saves)") from None
+    data = _json_file(path, "ratings file",
+                      "a ratings file is what a sheet's download button saves")
     if (not isinstance(data, dict) or data.get("format") != RATINGS_FORMAT
             or not isinstance(data.get("sheet"), str) or not isinstance(data.get("ratings"),
                                                                         list)):

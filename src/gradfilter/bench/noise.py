@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..config import ScoreConfig
+from ..config import ScoreConfig, config_key
 from ..data.conversations import Turn, answering_turns
 from ..diversity import DEFAULT_THRESHOLD, dedup
 from ..errors import GradfilterError
@@ -138,7 +138,7 @@ def scores_path(out_dir: Path, run: str, config: ScoreConfig, data_sha256: str,
                 target_sha256: str | None = None) -> Path:
     """A name that changes whenever anything that affects the scores changes, so a rerun with
     the same arguments finds (and reuses) the finished table."""
-    fields = {"run": run, "config": asdict(config), "data": data_sha256}
+    fields = {"run": run, "config": config_key(config), "data": data_sha256}
     if target_sha256 is not None:  # the G-SNR run scored with target examples
         fields["target"] = target_sha256
     key = json.dumps(fields, sort_keys=True)
@@ -187,17 +187,19 @@ def run_noise_benchmark(data, out_dir: Path, config: ScoreConfig, *, methods: Se
                         tables: dict[str, Path] | None = None, resamples: int = RESAMPLES,
                         progress: bool = True, log=print, diversity: str = "none",
                         diversity_threshold: float = DEFAULT_THRESHOLD,
-                        labels: Path | None = None,
+                        labels: Path | None = None, allow_data_mismatch: bool = False,
                         balance_field: str = DEFAULT_BALANCE_FIELD,
                         target_examples: Path | None = None) -> dict:
     """Corrupt (once per corruption seed), score with every method (reusing finished tables,
     or the `tables` given by run name), measure with intervals, report. With `labels` (a labels
     file as this benchmark writes), `data` is corrupted already: nothing is drawn, and the one
     seed names the run's files. With `diversity="dedup"`, also each method's selection with
-    near-duplicates removed (by the G-SNR run's sketches) against its plain top-k. Selectors
-    among `methods` are measured on the same records (`balance_field`: balanced_random's field
-    of the data's records; a corrupted record keeps its original's value). With
-    `target_examples`, the G-SNR run is scored with them (the `align*` utilities)."""
+    near-duplicates removed (by the G-SNR run's sketches) against its plain top-k. A table
+    reused or given must have been scored on the mixed set (`binding`), unless
+    `allow_data_mismatch`. Selectors among `methods` are measured on the same records
+    (`balance_field`: balanced_random's field of the data's records; a corrupted record keeps
+    its original's value). With `target_examples`, the G-SNR run is scored with them (the
+    `align*` utilities)."""
     from ..data.dataset import as_dataset
     from ..scoring.proxy import load_tokenizer
 
@@ -225,7 +227,7 @@ def run_noise_benchmark(data, out_dir: Path, config: ScoreConfig, *, methods: Se
         runs.append(_run_seed(out_dir, corrupt_seeds[0], conversations, mixed_labels,
                               given.source[source], config, methods, corruptions, budgets,
                               tables or {}, resamples, progress, log, diversity,
-                              diversity_threshold, chooser,
+                              diversity_threshold, allow_data_mismatch, chooser,
                               target_examples))
     else:
         tokenizer = load_tokenizer(config.proxy)
@@ -237,8 +239,8 @@ def run_noise_benchmark(data, out_dir: Path, config: ScoreConfig, *, methods: Se
                     "from their corruption and count as clean")
             runs.append(_run_seed(out_dir, seed, mixed, drawn, np.array(source), config,
                                   methods, corruptions, budgets, tables or {}, resamples,
-                                  progress, log, diversity, diversity_threshold, chooser,
-                                  target_examples))
+                                  progress, log, diversity, diversity_threshold,
+                                  allow_data_mismatch, chooser, target_examples))
     per_seed = {str(seed): run.results for seed, run in zip(corrupt_seeds, runs, strict=True)}
     keys = [f"{b:g}" for b in budgets]
     results = {
@@ -346,10 +348,13 @@ def _run_seed(out_dir: Path, seed: int, mixed: list[list[Turn]], labels: list[st
               corruptions: Sequence[str], budgets: Sequence[float], given: dict[str, Path],
               resamples: int, progress: bool, log, diversity: str = "none",
               diversity_threshold: float = DEFAULT_THRESHOLD,
+              allow_data_mismatch: bool = False,
               chooser: SelectorInputs | None = None,
               target_examples: Path | None = None) -> SeedRun:
     """One corruption draw: its mixed set and labels, every method's scores and every
     selector's subsets, the metrics."""
+    from ..binding import require_table_of
+    from ..data.dataset import read_dataset
     from ..scoring.score import score
     from ..table import load_stats
 
@@ -372,6 +377,8 @@ def _run_seed(out_dir: Path, seed: int, mixed: list[list[Turn]], labels: list[st
             if table.num_rows != len(mixed):
                 raise GradfilterError(f"{path}: {table.num_rows} rows, but the mixed set "
                                       f"{mixed_path} has {len(mixed)} records")
+            require_table_of(table, path, read_dataset(mixed_path).records, mixed_path,
+                             allow_data_mismatch, log)
         else:
             log(f"{run}: scoring {len(mixed)} records (corruption seed {seed})")
             table = score(mixed_path, path, config, method=run, progress=progress,

@@ -58,7 +58,7 @@ def load_prompts(path: Path, limit: int | None = None) -> list[Prompt]:
                 break
             if not line.strip():
                 continue
-            record = _json_object(path, line_number, line)
+            record = json_object(path, line_number, line)
             if field is None:
                 field = _detect_field(path, line_number, record)
             text = _prompt_text(path, line_number, record, field)
@@ -68,7 +68,8 @@ def load_prompts(path: Path, limit: int | None = None) -> list[Prompt]:
     return prompts
 
 
-def _json_object(path: Path, line_number: int, line: str) -> dict:
+def json_object(path: Path, line_number: int, line: str) -> dict:
+    """One line of a JSON Lines file as an object, or a one-line error naming the line."""
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:

@@ -16,6 +16,7 @@ import click
 
 from ..errors import GradfilterError
 from ..interrupts import Interrupted, handled
+from ..progress import library_bars
 from .bench import bench
 from .data import inspect, select
 from .data import report as report_command  # (.report is the module of printed summaries)
@@ -46,11 +47,13 @@ for command in (score, select, run, report_command, inspect, demo, bench):
 def main() -> None:
     """Run the command; an error is one line on stderr and exit 2 (with --debug, the traceback
     and the cause behind the one line come first). Ctrl-C, SIGTERM and SIGHUP print `aborted`
-    and exit 128 + the signal's number, leaving no partial output."""
+    and exit 128 + the signal's number, leaving no partial output. Where stderr is not a
+    terminal, other libraries' progress bars are off (gradfilter's own phases print plain
+    lines there)."""
     _state["debug"] = False
     _printing_never_fails()
     try:
-        with handled():
+        with handled(), library_bars(sys.stderr.isatty()):  # in a log, others' bars are noise
             app(standalone_mode=False)
     except GradfilterError as exc:
         _show_traceback(exc)

@@ -23,6 +23,7 @@ from ..report import REPORT_NAME
 from ..utilities import BASELINE_SCORES, TARGET_UTILITIES, UTILITIES
 from .human import human
 from .options import (
+    allow_mismatch_option,
     baseline_help,
     config_from,
     csv_list,
@@ -98,6 +99,7 @@ bench.add_command(human)
                    "(by the G-SNR run's gradient sketches) against its plain top-k.")
 @click.option("--diversity-threshold", type=float, default=DEFAULT_THRESHOLD,
               show_default=True, help="The cosine at or above which dedup removes a record.")
+@allow_mismatch_option
 @click.option("--target-examples", type=click.Path(path_type=Path), default=None,
               help="Score the G-SNR run with these target examples (score --target-examples); "
                    "the default --methods then include " + ", ".join(TARGET_UTILITIES) + ".")
@@ -107,7 +109,8 @@ bench.add_command(human)
 def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_seeds: str,
           methods: str, budgets: str, plugins: tuple[str, ...], labels_file: Path | None,
           tables: tuple[str, ...], resamples: int, diversity: str, diversity_threshold: float,
-          balance_field: str, target_examples: Path | None, fmt, fields, limit, split, quiet,
+          allow_data_mismatch: bool, balance_field: str, target_examples: Path | None, fmt,
+          fields, limit, split, quiet,
           **options) -> None:
     """Corrupt part of DATA (or take DATA as corrupted, with --labels), score it with every
     method, report AUROC, AUPRC and contamination, and whether each method is better than,
@@ -147,8 +150,8 @@ def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_s
         corrupt_seeds=csv_numbers(corrupt_seeds, "--corrupt-seeds", int),
         tables=named_paths(tables, "--table"), resamples=resamples, progress=not quiet,
         log=console.print, diversity=diversity, diversity_threshold=diversity_threshold,
-        labels=labels_file, balance_field=balance_field,
-        target_examples=target_examples)
+        labels=labels_file, allow_data_mismatch=allow_data_mismatch,
+        balance_field=balance_field, target_examples=target_examples)
     Console(soft_wrap=True).print(results_markdown(results), markup=False)
     console.print(f"results: {out_dir / 'results.md'}, {out_dir / 'results.json'}")
     print_page(out_dir)
@@ -323,11 +326,12 @@ def judge(models: tuple[str, ...], prompt_paths: tuple[Path, ...], out_dir: Path
                    "fine-tuning run.")
 @BALANCE_OPTION
 @threads_option
+@allow_mismatch_option
 @quiet_option
 def finetune(pool: str | None, out_dir: Path, noise_dir: Path | None, tables: tuple[str, ...],
              methods: str | None, budgets: str, seeds: str, group_field: str | None,
              dedup_methods: tuple[str, ...], diversity_threshold: float, balance_field: str,
-             threads: int | None, quiet: bool, **options) -> None:
+             threads: int | None, allow_data_mismatch: bool, quiet: bool, **options) -> None:
     """Fine-tune a target on each method's subset, random subsets and the full pool (the same
     steps at one budget: --epochs over the subset) and compare held-out curves with random's:
     the area under the curve (the declared reading) and the final loss, with intervals."""
@@ -363,9 +367,10 @@ def finetune(pool: str | None, out_dir: Path, noise_dir: Path | None, tables: tu
     target = _finetune_target(noise_dir, options)
     held = (options.pop("held_out"), options.pop("held_out_share"), options["seed"])
     chosen = csv_list(methods) if methods else None
+    binding = dict(allow_data_mismatch=allow_data_mismatch, log=console.print)
     if noise_dir is not None:
         inputs = inputs_from_noise(noise_dir, chosen, target, *held, group_field=group_field,
-                                   log=console.print, balance_field=balance_field)
+                                   balance_field=balance_field, **binding)
     else:
         named = named_paths(tables, "--table")
         if not named:
@@ -377,7 +382,7 @@ def finetune(pool: str | None, out_dir: Path, noise_dir: Path | None, tables: tu
                                   group_field=group_field, selectors=selectors,
                                   selector_table=next((str(named[m]) for m in CLUSTERED
                                                        if m in named), None),
-                                  balance_field=balance_field)
+                                  balance_field=balance_field, **binding)
     results = run_finetune_benchmark(inputs, out_dir, target, config, budget_values,
                                      progress=not quiet, log=console.print,
                                      dedup_methods=dedup_methods,

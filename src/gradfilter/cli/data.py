@@ -14,6 +14,7 @@ from ..diversity import DIVERSITY
 from ..utilities import BASELINE_SCORES, UTILITIES
 from .options import (
     OUT_HELP,
+    allow_mismatch_option,
     data_options,
     out_format_option,
     report_options,
@@ -33,6 +34,7 @@ from .report import print_selection
 @data_options
 @out_format_option
 @select_options
+@allow_mismatch_option
 @report_options
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of --stratify clusters and --within random.")
@@ -41,7 +43,9 @@ def select(data: str, stats: Path, out: str, fmt, fields, limit, split, report: 
     """Write the top records of DATA by a utility from a statistics table (no model needed),
     and the selection's report page (report.html beside the subset).
 
-    DATA is streamed, never held: memory holds the table's scores and the chosen indices.
+    DATA is streamed, never held: memory holds the table's scores and the chosen indices. The
+    table must have been scored on DATA as it is (same records, same order): its data
+    fingerprint and record hashes are checked on the way.
     """
     from ..data.conversations import parse_fields
     from ..paths import refuse_collisions, select_paths
@@ -50,7 +54,8 @@ def select(data: str, stats: Path, out: str, fmt, fields, limit, split, report: 
     from ..subset import select as select_subset
 
     page = report_target(Path(out), report, no_report)
-    inputs, outputs = select_paths(data, stats, out, options["out_format"])
+    inputs, outputs = select_paths(data, stats, out, options["out_format"],
+                                   rejected=options["rejected"], annotate=options["annotate"])
     refuse_collisions(inputs, [*outputs, *report_outputs(
         page, "--report" if report else "default --report")])
     subset = select_subset(data, stats, Path(out), fmt=fmt, fields=parse_fields(fields),
@@ -58,7 +63,7 @@ def select(data: str, stats: Path, out: str, fmt, fields, limit, split, report: 
     if page is not None:
         write_selection_report(SelectionSources(
             stats, data, subset=Path(out), fmt=fmt, fields=parse_fields(fields), split=split,
-            limit=limit), page)
+            limit=limit, allow_data_mismatch=options["allow_data_mismatch"]), page)
     print_selection(subset, Path(out), stats, report=page)
 
 
@@ -87,9 +92,11 @@ def select(data: str, stats: Path, out: str, fmt, fields, limit, split, report: 
               help="dedup: near-duplicates removed as select does (default: the subset's).")
 @click.option("--diversity-threshold", type=float, default=None,
               help="Cosine at or above which dedup removes a record (default: the subset's).")
+@allow_mismatch_option
 @data_options
 def report(table: Path, data: str | None, out: str | Path | None, subset: Path | None,
-           labels: Path | None, examples: int, fmt, fields, limit, split, **choice) -> None:
+           labels: Path | None, examples: int, allow_data_mismatch: bool, fmt, fields, limit,
+           split, **choice) -> None:
     """Write the report page (one self-contained HTML file) of a selection from TABLE, or of a
     benchmark from its results.json (or its output directory).
 
@@ -124,7 +131,7 @@ def report(table: Path, data: str | None, out: str | Path | None, subset: Path |
     out = Path(out)
     written = write_selection_report(SelectionSources(
         table, data, subset, labels, fmt, parse_fields(fields), split, limit,
-        examples=examples, **choice), out)
+        examples=examples, allow_data_mismatch=allow_data_mismatch, **choice), out)
     Console(soft_wrap=True).print(f"report: {written}", markup=False)
 
 
@@ -165,6 +172,12 @@ def inspect(data: str, fmt, fields, split, max_problems: int, strict: bool) -> N
     if found.role_variants:
         out.print(f"note: {role_variants_note(found.role_variants, found.first_role_variant)}",
                   markup=False)
+    if found.first_special_token is not None:
+        index, text = found.first_special_token
+        count = found.special_token_text
+        out.print(f"note: {count} {'record' if count == 1 else 'records'} hold text that looks "
+                  f"like a model's special token (the first: record {index}, {text!r}); scoring "
+                  "tokenises it as plain text, never as the token", markup=False)
     n = len(found.problems)
     out.print(f"{n} {'problem' if n == 1 else 'problems'}")
     for problem in found.problems[:max_problems]:

@@ -50,6 +50,7 @@ def score(data: str, out: str, fmt, fields, limit, split, skip_bad_records, meth
     from ..paths import refuse_collisions, score_paths
     from ..scoring.distributed import is_main_process
     from ..scoring.score import score as run_score
+    from ..table import table_meta
     from ..threads import use_threads
 
     refuse_collisions(*score_paths(data, out, options["proxy"], checkpoint_dir=checkpoint_dir,
@@ -67,7 +68,8 @@ def score(data: str, out: str, fmt, fields, limit, split, skip_bad_records, meth
     unscored = sum(reason is not None for reason in table.column("skip_reason").to_pylist())
     console.print(f"statistics table: {out} ({table.num_rows} records, {unscored} unscored: "
                   "reasons in the table's skip_reason and the run record)")
-    print_recoveries(dataset.report, record_notes(dataset))
+    print_recoveries(dataset.report, {**record_notes(dataset),
+                                      "truncation": table_meta(table).get("truncation")})
 
 
 @click.command()
@@ -84,9 +86,9 @@ def score(data: str, out: str, fmt, fields, limit, split, skip_bad_records, meth
 @score_options()
 def run(data: str, out: str, stats: Path | None, fmt, fields, limit, split, out_format,
         skip_bad_records, method, save_adapters, checkpoint_dir, member_groups, checkpoint_every,
-        target_examples, quiet, ratio, count, utility, order, score_field, diversity,
-        diversity_threshold, threshold, stratify, allocate, within, cluster_features, report,
-        no_report, **options) -> None:
+        target_examples, quiet, ratio, count, utility, order, score_field, out_schema,
+        rejected, annotate, diversity, diversity_threshold, threshold, stratify, allocate,
+        within, cluster_features, report, no_report, **options) -> None:
     """Score DATA and write the selected subset in one go (default --ratio 0.1, unless
     --threshold alone), and the selection's report page (report.html beside the subset)."""
     from ..paths import refuse_collisions, run_paths
@@ -96,7 +98,8 @@ def run(data: str, out: str, stats: Path | None, fmt, fields, limit, split, out_
     page = report_target(out, report, no_report)
     inputs, outputs = run_paths(data, out, stats, options["proxy"],
                                 checkpoint_dir=checkpoint_dir, save_adapters=save_adapters,
-                                out_format=out_format, target_examples=target_examples)
+                                out_format=out_format, rejected=rejected, annotate=annotate,
+                                target_examples=target_examples)
     refuse_collisions(inputs, [*outputs, *report_outputs(
         page, "--report" if report else "default --report")])
     spec = check_options(stratify, allocate, within, cluster_features, threshold, diversity)
@@ -111,7 +114,8 @@ def run(data: str, out: str, stats: Path | None, fmt, fields, limit, split, out_
                           checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
                           member_groups=member_groups, target_examples=target_examples),
                      dict(ratio=ratio, count=count, utility=utility, order=order,
-                          score_field=score_field, out_format=out_format, diversity=diversity,
+                          score_field=score_field, out_format=out_format, out_schema=out_schema,
+                          rejected=rejected, annotate=annotate, diversity=diversity,
                           diversity_threshold=diversity_threshold, threshold=threshold,
                           stratify=stratify, allocate=allocate, within=within,
                           cluster_features=cluster_features, seed=options["seed"]),
@@ -129,15 +133,18 @@ def score_and_select(dataset, out: Path, stats: Path | None, config: ScoreConfig
     from ..scoring.distributed import is_main_process
     from ..scoring.score import score as run_score
     from ..subset import select as select_subset
+    from ..table import table_meta
 
     stats = stats or default_stats(out)
     table = run_score(dataset, stats, config, **how)
     if not is_main_process():
         return None
-    subset = select_subset(dataset, table, out, **choice)
+    subset = select_subset(dataset, stats, out, **choice)  # by path: the run record names it
     if report is not None:
         write_run_report(dataset, stats, out, report, labels)
-    print_selection(subset, out, stats, record_notes(dataset), tags, report=report)
+    print_selection(subset, out, stats, {**record_notes(dataset),
+                                         "truncation": table_meta(table).get("truncation")}, tags,
+                    report=report)
     return subset
 
 

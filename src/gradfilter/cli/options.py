@@ -17,9 +17,11 @@ from ..config import (
     DtypeChoice,
     ScoreConfig,
     TemplateChoice,
+    TruncationChoice,
     TurnsChoice,
 )
 from ..data.conversations import FORMATS
+from ..data.schemas import SCHEMAS
 from ..data.sources import CONTAINERS
 from ..diversity import DEFAULT_THRESHOLD, DIVERSITY
 from ..errors import GradfilterError
@@ -47,13 +49,21 @@ split_option = click.option(
     help="Split of a Hugging Face DatasetDict or hub dataset (default: train).")
 out_format_option = click.option(
     "--out-format", type=click.Choice(CONTAINERS), default=None,
-    help="Container of the subset (default: the input's; hf is a save_to_disk directory).")
+    help="Container of the subset: json (an array), jsonl, parquet or hf (a save_to_disk "
+         "directory). Default: what --out's extension names (.json, .jsonl, .parquet, .gz "
+         "after a JSON one), else the input's; an extension that says otherwise is refused.")
 skip_option = click.option(
     "--skip-bad-records", is_flag=True,
     help="Keep records that cannot be read or fail validation (a malformed JSONL line, a "
          "missing field) as unscored rows in their place (listed in the run record) instead "
          "of stopping.")
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
+allow_mismatch_option = click.option(
+    "--allow-data-mismatch", is_flag=True,
+    help="Use a statistics table even where the data differs from the data it was scored on "
+         "(records edited, added, removed or reordered on purpose); the mismatch is shown "
+         "and recorded in the run record. Without it such a table is refused.")
+
 # Outputs keep the user's spelling (a trailing '/' says "a directory"); paths.writes checks it.
 OUT_HELP = ("A symbolic link is followed (its target is replaced, the link kept); a device, FIFO "
             "or socket there is refused, as is - (standard output).")
@@ -99,6 +109,20 @@ def select_options(command: Callable) -> Callable:
         click.option("--order", type=click.Choice(["input", "score"]), default="input",
                      show_default=True),
         click.option("--score-field", default=None, help="Add the score to each kept record."),
+        click.option("--out-schema", type=click.Choice(SCHEMAS), default="native",
+                     show_default=True,
+                     help="native: the records as they are; messages: {messages: [{role, "
+                          "content}]} with roles system/user/assistant, as scored (OpenAI, "
+                          "TRL's conversational form); prompt-completion: TRL's standard "
+                          "{prompt, completion} strings (one answer per record)."),
+        click.option("--rejected", type=click.Path(path_type=Path), default=None,
+                     help="Also write the records not kept, unchanged (container by "
+                          "extension, else the input's)."),
+        click.option("--annotate", type=click.Path(path_type=Path), default=None,
+                     help="Also write every record with its decision under a 'gradfilter' "
+                          "key: index, selected, rank, score, utility and the reason (selected, "
+                          "below the cut, near-duplicate, not taken in its stratum, gated out: "
+                          "IFD >= 1, unscorable: why...)."),
         click.option("--diversity", type=click.Choice(DIVERSITY), default="none",
                      show_default=True,
                      help="dedup: going down the ranking, drop a record whose gradient sketch "
@@ -224,6 +248,11 @@ def _score_option_table() -> dict[str, Callable]:
             "--collect-batch-size", type=int,
             help="Batch size of gradient collection and of forward-only (baseline) passes."),
         "max_length": _default("--max-length", type=int),
+        "truncation": _default(
+            "--truncation", type=click.Choice(get_args(TruncationChoice)),
+            help="A record longer than --max-length: keep (scored on its first --max-length "
+                 "tokens) or drop (left unscored, with that reason). The summary and the run "
+                 "record say how many records and response tokens it hides."),
         "batch_tokens": click.option(
             "--batch-tokens", type=BatchTokens(), default="auto", show_default=True,
             help="Padded tokens per micro-batch, all members' rows together (auto: from the "

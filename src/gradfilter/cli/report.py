@@ -12,7 +12,9 @@ from ..data.readers import ReadReport
 from ..outputs import run_record_path
 from ..subset import Subset
 
-console = Console(stderr=True)
+# Lines are never wrapped by rich (it wraps at 80 columns wherever stderr is not a terminal,
+# breaking paths in logs): a terminal wraps long lines itself.
+console = Console(stderr=True, soft_wrap=True)
 
 
 def recoveries(report: ReadReport, notes: dict) -> list[str]:
@@ -29,6 +31,8 @@ def recoveries(report: ReadReport, notes: dict) -> list[str]:
                      "(scored; the unanswered tail carries no loss)")
     if notes.get("role_variants"):
         lines.append(role_variants_note(len(notes["role_variants"]), notes["role_variants"][0]))
+    if notes.get("truncation") and notes["truncation"]["truncated_records"]:
+        lines.append(truncation_note(notes["truncation"]))
     lines.extend(quality_notes(notes))
     return lines
 
@@ -49,6 +53,24 @@ def quality_notes(notes: dict) -> list[str]:
         lines.append(f"{copies_of_earlier(copies['records'])} (all kept); the most repeated, "
                      f"record {copies['most_copied']}, appears {copies['count']} times")
     return lines
+
+
+def truncation_note(summary: dict) -> str:
+    """The line for records longer than --max-length (`Tokenized.truncation`'s summary)."""
+    cut, records = summary["truncated_records"], summary["records"]
+    unseen, tokens = summary["response_tokens_unseen"], summary["response_tokens"]
+    length = summary["max_length"]
+    head = (f"truncated: {cut} of {records} records ({cut / records:.0%}) "
+            f"{'is' if cut == 1 else 'are'} longer than --max-length {length}")
+    share = f"{unseen / tokens:.1%}" if tokens else "0%"
+    if summary["mode"] == "drop":
+        return (f"{head}: left unscored (--truncation drop); their {unseen} response tokens "
+                f"({share} of {tokens}) never seen")
+    empty = summary.get("truncated_unscored", 0)
+    left = f" ({empty} of them unscored: no response token left)" if empty else ""
+    return (f"{head}: scored on their first {length} tokens{left}; {unseen} of {tokens} "
+            f"response tokens ({share}) never seen (--truncation drop leaves such records "
+            "unscored)")
 
 
 def role_variants_note(count: int, first: int) -> str:
@@ -73,12 +95,20 @@ def print_selection(subset: Subset, out: Path, stats: Path | None,
     out_console.print(
         f"kept {len(selection.indices)} of {selection.n_records} records by {subset.utility} "
         f"(asked for {selection.requested}; {selection.n_nonfinite} without a finite score)")
+    if not len(selection.indices):
+        out_console.print(f"nothing kept: {subset.nothing_kept}; {out} holds no record",
+                          markup=False)
     out_console.print(f"subset:           {out}\nstatistics table: {stats}\n"
                       f"run record:       {run_record_path(out)}")
     if report is not None:
         out_console.print(f"report page:      {report}", markup=False)
+    for name, written in (subset.traces or {}).items():
+        out_console.print(f"{name + ':':<18}{written['path']} ({written['records']} records)",
+                          markup=False)
     for line in recoveries(subset.report, notes or {}):
         out_console.print(line, markup=False)
+    if subset.data_check and subset.data_check.get("data_warning"):
+        out_console.print(f"warning: {subset.data_check['data_warning']}", markup=False)
     if subset.strata is not None:
         out_console.print(strata_line(subset.strata), markup=False)
     if subset.diversity is not None:

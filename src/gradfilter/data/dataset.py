@@ -61,12 +61,22 @@ def resolve_format(records: Iterable[Record], source: sources.Source, fmt: Forma
     raise GradfilterError(f"{source}: the dataset holds no records")
 
 
-def as_dataset(data: str | Path | Dataset, fmt: Format | None = None,
-               limit: int | None = None, skip_bad_records: bool = False) -> Dataset:
-    """`data` itself if it was read already, else the file read now."""
+def as_dataset(data: str | Path | Dataset | Any, fmt: Format | None = None,
+               limit: int | None = None, skip_bad_records: bool = False,
+               fields: dict[str, str] | None = None) -> Dataset:
+    """`data` itself if it was read already, records in memory (a list of dicts, a
+    `datasets.Dataset`, a pandas DataFrame: `memory`) as they are, else the file read now."""
+    from .memory import in_memory_records, is_in_memory
+
     if isinstance(data, Dataset):
         return data
-    return read_dataset(data, fmt, limit, skip_bad_records=skip_bad_records)
+    if is_in_memory(data) or not isinstance(data, str | Path):  # (other objects: refused)
+        source, records = in_memory_records(data, limit)
+        fields = fields or {}
+        found = resolve_format(records, source, fmt, fields)
+        return Dataset(source.label, records, found, source.container, ReadReport(), fields,
+                       source)
+    return read_dataset(data, fmt, limit, fields, skip_bad_records=skip_bad_records)
 
 
 def record_notes(dataset: Dataset) -> dict[str, Any]:

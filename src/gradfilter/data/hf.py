@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GradfilterError
-from .sources import Source
+from .sources import HF_MARKERS, Source
 
 DEFAULT_SPLIT = "train"
-_MARKERS = ("state.json", "dataset_dict.json")  # what save_to_disk writes at the top
+_MARKERS = HF_MARKERS  # what save_to_disk writes at the top
 _QUIET_LOGGERS = ("datasets", "huggingface_hub", "fsspec")
 
 

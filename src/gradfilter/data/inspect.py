@@ -7,6 +7,7 @@ malformed JSONL line, say) is one more problem, not a stop.
 
 from __future__ import annotations
 
+import re
 from array import array
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,6 +21,13 @@ from .conversations import Format
 from .readers import ReadReport
 
 PERCENTILES = (0, 10, 50, 90, 99, 100)
+# Text that looks like a model's special token (no tokenizer here): `<|...|>` (GPT-2, ChatML,
+# Llama 3), DeepSeek's full-width bars, `<s>` `</s>` `<unk>` `<pad>` `<bos>` `<eos>` `<mask>`,
+# Llama 2's `[INST]` `<<SYS>>`, BERT's `[CLS]` `[SEP]`, Gemma's turn markers. Scoring tokenises
+# such text as plain text; inspect counts the records that hold it.
+SPECIAL_TOKEN_TEXT = re.compile(
+    r"<\|[\w.:-]{1,40}\|>|<\uff5c[^\uff5c\s]{1,40}\uff5c>|</?s>|<(?:unk|pad|bos|eos|mask)>"
+    r"|\[/?INST\]|<</?SYS>>|\[(?:CLS|SEP|PAD|MASK|UNK)\]|<(?:start|end)_of_turn>")
 
 
 @dataclass
@@ -36,6 +44,10 @@ class Inspection:
     # Records read leniently: a role in another case or with spaces (`Human`, ` gpt `).
     role_variants: int = 0
     first_role_variant: int | None = None
+    # Records whose text looks like a special token (scored as plain text): how many, and the
+    # first (record, the text).
+    special_token_text: int = 0
+    first_special_token: tuple[int, str] | None = None
     duplicate_keys: int = 0  # records with a key twice in one object (also in problems)
     empty_replies: int = 0  # records with an empty answering turn (also in problems)
     copies: quality.Copies | None = None  # records that repeat an earlier one exactly
@@ -74,6 +86,7 @@ def inspect_dataset(path: str | Path, fmt: Format | None = None,
             result.problems.append(str(exc))
             continue
         _count_turns(record.index, turns, result, source)
+        _count_special_text(record.index, turns, result)
         copies.add(record.index, turns)
         if conversations.has_role_variants(record, result.format, fields):  # type: ignore[arg-type]
             result.role_variants += 1
@@ -98,6 +111,15 @@ def _check_id(record, ids: readers.IdTracker, result: Inspection, path: object) 
         result.problems.append(
             f"{path}: record {record.index}: field 'id': duplicate of record {earlier} "
             f"({record.data['id']!r}; both are kept)")
+
+
+def _count_special_text(index: int, turns: list[conversations.Turn],
+                        result: Inspection) -> None:
+    found = next((m for turn in turns if (m := SPECIAL_TOKEN_TEXT.search(turn.text))), None)
+    if found is not None:
+        result.special_token_text += 1
+        if result.first_special_token is None:
+            result.first_special_token = (index, found.group())
 
 
 def _count_turns(index: int, turns: list[conversations.Turn], result: Inspection,

@@ -13,7 +13,7 @@ import json
 import re
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,8 @@ class ReadReport:
     warnings: list[str] = field(default_factory=list)
     # "file: line N (record I): problem" of every place skipped by skip_bad_records.
     skipped: list[str] = field(default_factory=list)
+    # Sharded data: each shard's file, the index of its first record and its record count.
+    shards: list[dict] = field(default_factory=list)
 
 
 def iter_records(
@@ -114,6 +116,9 @@ def iter_records(
         whole_number(limit, "--limit", minimum=1)
     source = resolve_source(data, split)
     report = report if report is not None else ReadReport()
+    if source.shards:
+        yield from _iter_shards(source, report, skip_bad_records, limit)
+        return
     readers = {"json": _iter_json_array, "jsonl": _iter_jsonl, "parquet": _iter_arrow,
                "hf": _iter_arrow}
     try:
@@ -129,6 +134,24 @@ def iter_records(
         ) from None
     except (gzip.BadGzipFile, EOFError) as exc:
         raise GradfilterError(f"{source}: broken gzip stream: {exc}") from None
+
+
+def _iter_shards(source: Source, report: ReadReport, skip_bad_records: bool,
+                 limit: int | None) -> Iterator[Record]:
+    """The shards' records one after another, numbered across them (each shard's own messages
+    name its file and its record there); how many each gave goes into `report.shards`."""
+    offset = 0
+    for shard in source.shards:
+        left = None if limit is None else limit - offset
+        if left is not None and left <= 0:
+            return
+        count = 0
+        for record in iter_records(shard, report, skip_bad_records=skip_bad_records,
+                                   limit=left):
+            count += 1
+            yield replace(record, index=offset + record.index)
+        report.shards.append({"file": str(shard), "first": offset, "records": count})
+        offset += count
 
 
 def arrow_batches(source: Source) -> Iterator[tuple[int, Any]]:

@@ -31,6 +31,10 @@ class Source:
     container: Container
     path: Path | None  # None for a hub dataset id
     split: str | None = None  # the split of a Hugging Face DatasetDict (default "train")
+    # Shards read as one dataset, in this order (a glob's matches or a directory's data files,
+    # sorted by name); records are numbered across them. Read record by record (container
+    # "jsonl": a subset of shards is written from records, in JSON Lines unless named).
+    shards: tuple[Source, ...] = ()
     _loaded: Any = field(default=None, repr=False)  # the datasets.Dataset (hf.hf_dataset)
 
     def __str__(self) -> str:
@@ -42,18 +46,90 @@ class Source:
         return Path(self.name)
 
 
+# What a subset's name says it is (`output_container`); `.gz` compresses the JSON ones.
+_OUT_SUFFIXES: dict[str, Container] = {
+    ".json": "json", ".json.gz": "json", ".jsonl": "jsonl", ".jsonl.gz": "jsonl",
+    ".ndjson": "jsonl", ".ndjson.gz": "jsonl", ".parquet": "parquet"}
+
+
+def container_named(out: str | Path) -> Container | None:
+    """The container an output's extension names (None: no known extension)."""
+    name = Path(out).name.lower()
+    return next((c for suffix, c in _OUT_SUFFIXES.items() if name.endswith(suffix)), None)
+
+
+def output_container(out: str | Path, out_format: str | None,
+                     input_container: Container | None, option: str = "--out") -> Container:
+    """The container a subset is written in: `out_format` where given, else the one `out`'s
+    extension names (`.json` a JSON array, `.jsonl` lines, `.parquet`), else the input's (a
+    name without one of those extensions: a Hugging Face directory for an hf input). An
+    extension that says otherwise than `out_format` is refused rather than written wrong."""
+    if out_format is not None and out_format not in CONTAINERS:
+        raise GradfilterError(f"--out-format must be one of {list(CONTAINERS)}, got "
+                              f"{out_format!r}")
+    named = container_named(out)
+    if out_format is not None and named is not None and named != out_format:
+        raise GradfilterError(
+            f"{option} {out}: its extension names a {named} file, but --out-format is "
+            f"{out_format}; name the file for its container (or drop --out-format: the "
+            "extension decides)")
+    chosen = out_format or named or input_container
+    if chosen is None:
+        raise GradfilterError(f"{option} {out}: give --out-format (json, jsonl, parquet or "
+                              "hf), or an extension that names the container")
+    return chosen
+
+
+_GLOB = re.compile(r"[*?\[]")
+HF_MARKERS = ("state.json", "dataset_dict.json")  # what save_to_disk writes at the top
+SHARD_SUFFIXES = (".json", ".jsonl", ".ndjson", ".json.gz", ".jsonl.gz", ".ndjson.gz",
+                  ".parquet")
+
+
+def shard_paths(name: str) -> list[Path] | None:
+    """The shards DATA names, sorted: a glob's matching files, or a directory's data files
+    (a directory save_to_disk wrote is a Hugging Face dataset, not shards); None where DATA
+    is one file, a save_to_disk directory or a hub id. A glob that matches nothing is an
+    error."""
+    path = Path(name)
+    if path.is_dir():
+        if any((path / marker).is_file() for marker in HF_MARKERS):
+            return None
+        found = sorted(p for p in path.iterdir()
+                       if p.is_file() and p.name.lower().endswith(SHARD_SUFFIXES))
+        if not found:
+            return None  # not shards: the Hugging Face reader says what is missing
+        return found
+    if path.exists() or not _GLOB.search(name):
+        return None
+    import glob
+
+    found = sorted(Path(p) for p in glob.glob(name, recursive=True) if Path(p).is_file())
+    if not found:
+        raise GradfilterError(f"{name}: no file matches this pattern")
+    return found
+
+
 def looks_like_hub_id(name: str) -> bool:
     """`owner/name` that is not a path to a data file (those get 'no such file')."""
     return bool(_HUB_ID.match(name)) and not name.lower().endswith(_FILE_SUFFIXES)
 
 
 def resolve_source(data: str | Path | Source, split: str | None = None) -> Source:
-    """What DATA names: an existing file or directory, else a hub id if it looks like one."""
+    """What DATA names: an existing file or directory, shards (a glob, a directory of data
+    files), else a hub id if it looks like one."""
     if isinstance(data, Source):
         return data
     path_or_name(data, "DATA")
     name = str(data)
     path = Path(data)
+    shards = shard_paths(name)
+    if shards is not None:
+        if split is not None:
+            raise GradfilterError(f"{name}: --split applies to a Hugging Face dataset, not to "
+                                  "shards")
+        return Source(name, "jsonl", None, None,
+                      shards=tuple(Source(str(p), detect_container(p), p) for p in shards))
     if path.is_dir():
         source = Source(name, "hf", path, split)
     elif path.is_file() or not looks_like_hub_id(name):

@@ -61,6 +61,12 @@ def write_subset(
             lambda record: record_text(record, "jsonl", None, None))
 
 
+def reads_records(source: Source, container: Container) -> bool:
+    """Whether `write_subset` makes the subset from the `records()` stream (else from the
+    input's own Arrow rows, never reading records)."""
+    return container in ("json", "jsonl") or source.container not in ARROW_CONTAINERS
+
+
 def _ranks(chosen: np.ndarray, n_records: int) -> np.ndarray:
     """rank[i] = position of record i in the output, -1 if it is not chosen."""
     if len(chosen) and (chosen.min() < 0 or chosen.max() >= n_records):
@@ -132,6 +138,55 @@ def _write_text(out: Path, records: Iterable[Record], chosen: np.ndarray, contai
                 raise GradfilterError(f"{out}: a chosen record was not found in the input")
             sink.write(text)
         sink.close()
+
+
+def write_rows(out: Path, rows: Iterable[dict], container: Container) -> int:
+    """Write made rows (a record in another schema, an annotated record) in output order to
+    `out` in `container`: JSON and JSON Lines one row at a time, Parquet and a Hugging Face
+    directory from one table of them all. The rows written."""
+    import pyarrow as pa
+
+    out = Path(out)
+    if container in ("json", "jsonl"):
+        opener: Any = gzip.open if out.name.endswith(".gz") else open
+        with atomic_path(out) as tmp, opener(tmp, "wt", encoding="utf-8", newline="") as handle:
+            sink = _TextSink(handle, container)
+            for row in rows:
+                sink.write(json.dumps(row, ensure_ascii=False, default=str))
+            sink.close()
+        return sink.count
+    held = list(rows)
+    try:
+        table = pa.Table.from_pylist(held)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise GradfilterError(f"{out}: the rows do not fit one Arrow schema ({exc}); write "
+                              "JSON or JSONL (.json, .jsonl)") from None
+    _write_arrow_table(out, table, container, np.arange(len(held)), None, None)
+    return len(held)
+
+
+def in_output_order(records: Iterable[Record], chosen: np.ndarray,
+                    n_records: int) -> Iterable[Record]:
+    """The chosen records in output order: as they pass where that is input order, else
+    gathered (only they are held)."""
+    chosen = np.asarray(chosen, dtype=np.int64)
+    if not _in_input_order(chosen):
+        return _gather(records, chosen, n_records)
+    rank = _ranks(chosen, n_records)
+    return (r for r in records if r.index < n_records and rank[r.index] >= 0)
+
+
+def _gather(records: Iterable[Record], chosen: np.ndarray, n_records: int) -> list[Record]:
+    """The chosen records, in output order (only they are held)."""
+    rank = _ranks(chosen, n_records)
+    held: list[Record | None] = [None] * len(chosen)
+    for record in records:
+        if record.index < n_records and rank[record.index] >= 0:
+            held[rank[record.index]] = record
+    missing = [int(chosen[k]) for k, r in enumerate(held) if r is None]
+    if missing:
+        raise GradfilterError(f"record {missing[0]} is chosen but not in the input")
+    return held  # type: ignore[return-value]
 
 
 def _with_score(table, score_field: str | None, values: np.ndarray | None):

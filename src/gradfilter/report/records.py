@@ -4,7 +4,7 @@ text of the few records the page shows. Memory: about 24 bytes a record and the 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,9 +100,11 @@ def _category_value(value: object) -> str | None:
 
 def read_facts(data: str | Path, n_rows: int, shown: set[int], fmt: Format | None = None,
                fields: dict[str, str] | None = None, split: str | None = None,
-               limit: int | None = None) -> RecordFacts:
+               limit: int | None = None, check: Callable[[Record], None] | None = None
+               ) -> RecordFacts:
     """Stream `data` once (the first `limit` records if given); it must hold `n_rows` records,
-    one per row of the statistics table, as `select` requires."""
+    one per row of the statistics table, as `select` requires. `check` sees every record
+    read (the table's binding to its data)."""
     if fmt is not None and fmt not in FORMATS:
         raise GradfilterError(f"--format must be one of {list(FORMATS)}, got {fmt!r}")
     fields = fields or {}
@@ -116,6 +118,8 @@ def read_facts(data: str | Path, n_rows: int, shown: set[int], fmt: Format | Non
             count = record.index + 1
             break
         pass_.see(record)
+        if check is not None:
+            check(record)
         count = record.index + 1
     if count != n_rows:
         raise GradfilterError(f"the statistics table has {n_rows} rows but {source} has "

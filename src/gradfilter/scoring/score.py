@@ -11,20 +11,33 @@ import hashlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import torch
+from rich.progress import Progress
 
 from ..arguments import path_or_name, whole_number
-from ..config import METHODS, Method, ScoreConfig
+from ..config import METHODS, Method, ScoreConfig, config_key
 from ..data.conversations import Format, unscorable_reason
 from ..data.dataset import Dataset, as_dataset, record_notes
+from ..data.identity import identities
+from ..data.memory import is_in_memory
 from ..errors import GradfilterError
 from ..outputs import device_description, write_run_record, written_together
 from ..paths import refuse_collisions, score_paths
-from ..progress import progress_bars
-from ..table import baseline_table, gsnr_table, record_columns, write_table
+from ..progress import advance_bar, library_bars, phase, progress_bars, shows_library_bars
+from ..table import (
+    DATA_FINGERPRINT,
+    baseline_table,
+    gsnr_table,
+    record_columns,
+    table_meta,
+    with_identities,
+    with_more_meta,
+    write_table,
+)
 from . import distributed
 from .baselines import NEEDS_MODEL, ProxyForward, baseline_columns
 from .budget import batch_tokens
@@ -71,28 +84,60 @@ class Tokenized:
                               np.array([e.truncated for e in self.encoded]), self.reasons,
                               np.array([len(e.input_ids) for e in self.encoded]))
 
+    def truncation(self, config: ScoreConfig) -> dict:
+        """How much of the data --max-length hides: records longer than it (and how many of
+        them are unscored: dropped, or left with no response token) and response tokens never
+        seen (those past it, and all of an unscored record's)."""
+        cut = [(e, r) for e, r in zip(self.encoded, self.reasons, strict=True) if e.truncated]
+        unseen = sum(e.response_tokens_cut + (e.n_response_tokens if r is not None else 0)
+                     for e, r in cut)
+        return {"mode": config.truncation, "max_length": config.max_length,
+                "records": len(self.encoded), "truncated_records": len(cut),
+                "truncated_unscored": sum(r is not None for _, r in cut),
+                "response_tokens": sum(e.n_response_tokens + e.response_tokens_cut
+                                       for e in self.encoded),
+                "response_tokens_unseen": unseen}
 
-def tokenize(dataset: Dataset, tokenizer, config: ScoreConfig,
-             skip_bad_records: bool) -> Tokenized:
-    """Every record's tokens under the config's template, length and turns."""
+
+TRUNCATED_DROPPED = "longer than max_length ({max_length} tokens; --truncation drop)"
+
+
+def tokenize(dataset: Dataset, tokenizer, config: ScoreConfig, skip_bad_records: bool,
+             bars: Progress | None = None) -> Tokenized:
+    """Every record's tokens under the config's template, length and turns (a progress task
+    on `bars`, if given)."""
     template = resolve_template(tokenizer, config.template)
     encoded, reasons = [], []
+    task = None if bars is None else bars.add_task("tokenize", total=len(dataset.records),
+                                                   rate="", unit="records")
+    start = time.perf_counter()
     for record in dataset.records:
-        try:
-            turns = dataset.turns(record)
-        except GradfilterError as exc:
-            if not skip_bad_records:
-                raise
-            reasons.append(f"invalid record: {exc}")
-            encoded.append(Encoded(np.zeros(0, np.int64), np.zeros(0, bool), truncated=False))
-            continue
-        item = encode(turns, tokenizer, template, config.max_length, config.turns)
+        item, reason = _tokenize_record(dataset, record, tokenizer, template, config,
+                                        skip_bad_records)
         encoded.append(item)
-        reason = unscorable_reason(turns)
-        if reason is None and item.n_response_tokens == 0:
-            reason = "no response tokens within max_length"
         reasons.append(reason)
+        if task is not None:
+            advance_bar(bars, task, 1, start)
     return Tokenized(template, encoded, reasons)
+
+
+def _tokenize_record(dataset: Dataset, record, tokenizer, template: Literal["plain", "chat"],
+                     config: ScoreConfig, skip_bad_records: bool) -> tuple[Encoded, str | None]:
+    """One record's tokens, and why it cannot be scored (None if it can)."""
+    try:
+        turns = dataset.turns(record)
+    except GradfilterError as exc:
+        if not skip_bad_records:
+            raise
+        empty = Encoded(np.zeros(0, np.int64), np.zeros(0, bool), truncated=False)
+        return empty, f"invalid record: {exc}"
+    item = encode(turns, tokenizer, template, config.max_length, config.turns)
+    reason = unscorable_reason(turns)
+    if reason is None and item.truncated and config.truncation == "drop":
+        reason = TRUNCATED_DROPPED.format(max_length=config.max_length)
+    if reason is None and item.n_response_tokens == 0:
+        reason = "no response tokens within max_length"
+    return item, reason
 
 
 def run_fingerprint(config: ScoreConfig, device: torch.device, dtype: torch.dtype,
@@ -106,7 +151,7 @@ def run_fingerprint(config: ScoreConfig, device: torch.device, dtype: torch.dtyp
     another machine may need another budget to fit. `lora_targets` None means the proxy's
     default targets, fixed by `proxy`.
     """
-    settings = asdict(config)
+    settings = config_key(config)
     del settings["batch_tokens"]
     settings.update(device=device.type, dtype=str(dtype).removeprefix("torch."),
                     template=tokens.template)
@@ -116,8 +161,8 @@ def run_fingerprint(config: ScoreConfig, device: torch.device, dtype: torch.dtyp
 
 
 def score(
-    data: str | Path | Dataset,
-    out: str | Path,
+    data: str | Path | Dataset | Any,
+    out: str | Path | None = None,
     config: ScoreConfig | None = None,
     *,
     method: Method = "gsnr",
@@ -131,7 +176,9 @@ def score(
     member_groups: int | None = None,
     target_examples: str | Path | Dataset | None = None,
 ) -> pa.Table:
-    """Score `data` with `method` and write the statistics table (Parquet) to `out`.
+    """Score `data` with `method` and write the statistics table (Parquet) to `out` (with
+    `out=None`, write nothing: the table is returned). `data` is a path, a hub id, a read
+    Dataset, or records in memory: a list of dicts, a `datasets.Dataset`, a pandas DataFrame.
 
     `gsnr` trains the LoRA ensemble (all G-SNR utilities); the baselines of method.md §6 need
     at most a forward pass of the proxy. With `checkpoint_dir` a gsnr run commits its state
@@ -144,7 +191,7 @@ def score(
     alignment with them (method.md §4, `align*`); without, nothing changes.
     """
     config = ScoreConfig() if config is None else config
-    if not isinstance(data, Dataset):
+    if not isinstance(data, Dataset) and not is_in_memory(data):  # (records: memory.py)
         path_or_name(data, "DATA")
     _check_arguments(config, method, checkpoint_dir, checkpoint_every, member_groups,
                      target_examples)
@@ -155,10 +202,11 @@ def score(
     dataset = as_dataset(data, fmt, limit, skip_bad_records)
     target = (None if target_examples is None
               else as_dataset(target_examples, None, None, skip_bad_records))
-    with distributed.session(resolve_device(config.device)) as (comm, device):
+    with (distributed.session(resolve_device(config.device)) as (comm, device),
+          library_bars(shows_library_bars(progress))):
         dtype = resolve_dtype(config.dtype, device, "gradients" if method == "gsnr" else "forward")
-        tokenizer = load_tokenizer(config.proxy)
-        tokens = tokenize(dataset, tokenizer, config, skip_bad_records)
+        shown = progress and comm.rank == 0
+        tokenizer, tokens = _load_tokens(dataset, config, skip_bad_records, shown)
         target_tokens = (None if target is None
                          else tokenize(target, tokenizer, config, skip_bad_records))
         timings["read_and_tokenize"] = time.perf_counter() - start
@@ -170,7 +218,7 @@ def score(
         with checkpoint, signals_held(checkpoint):
             start = time.perf_counter()
             torch.manual_seed(config.seed)
-            model = (load_model(config.proxy, device)
+            model = (_load_proxy(config, device, shown)
                      if method == "gsnr" or method in NEEDS_MODEL else None)
             if model is not None:
                 timings["load_proxy"] = time.perf_counter() - start
@@ -196,13 +244,29 @@ def score(
                                         progress and comm.rank == 0, timings, details)
         if parameters is not None:
             details["proxy_parameters"] = int(parameters)
+        table = with_more_meta(with_identities(table, identities(dataset.records)),
+                               truncation=tokens.truncation(config))
         if device.type == "cuda":
             details["device_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-        if comm.rank == 0:
+        if comm.rank == 0 and out is not None:
             _write_score_outputs(Path(out), table, dataset, tokens, method, config, device,
                                  dtype, timings, details)
         comm.barrier()
     return table
+
+
+def _load_tokens(dataset: Dataset, config: ScoreConfig, skip_bad_records: bool,
+                 shown: bool) -> tuple[object, Tokenized]:
+    """The proxy's tokenizer and the tokenised data, each a progress phase."""
+    with progress_bars(shown) as bars:
+        with phase(bars, f"load tokenizer {config.proxy}"):
+            tokenizer = load_tokenizer(config.proxy)
+        return tokenizer, tokenize(dataset, tokenizer, config, skip_bad_records, bars)
+
+
+def _load_proxy(config: ScoreConfig, device: torch.device, shown: bool) -> torch.nn.Module:
+    with progress_bars(shown) as bars, phase(bars, f"load proxy {config.proxy}"):
+        return load_model(config.proxy, device)
 
 
 def target_record(target: Dataset, tokens: Tokenized) -> dict:
@@ -330,8 +394,13 @@ def _write_score_outputs(out: Path, table: pa.Table, dataset: Dataset, tokens: T
         "scored": len(tokens.scorable),
         "unscored": {str(i): r for i, r in enumerate(tokens.reasons) if r is not None},
         "truncated": int(sum(e.truncated for e in tokens.encoded)),
+        "truncation": tokens.truncation(config),
+        # Records whose text spells a special token of the tokenizer (scored as plain text).
+        "special_token_text": [i for i, e in enumerate(tokens.encoded) if e.spells_special],
+        DATA_FINGERPRINT: table_meta(table).get(DATA_FINGERPRINT),
         **record_notes(dataset),
         "read_warnings": dataset.report.warnings,
+        **({"shards": dataset.report.shards} if dataset.report.shards else {}),
         "config": asdict(config),
         "seeds": {"seed": config.seed, "member_seed_rule": "derived_seed(seed, m, ...)"},
         "device": device_description(str(device)),
