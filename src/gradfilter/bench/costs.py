@@ -46,10 +46,11 @@ import pyarrow as pa
 
 from ..outputs import run_record_path
 from ..table import load_stats, stats_meta, table_column_names
+from ..utilities import PERPLEXITY
 
 COLLECTED_EPOCHS = 2  # epochs s and t
 FREE = ("length", "random")  # scored by no model pass
-FORWARD_ONLY = ("ifd", "perplexity-low", "perplexity-high", "perplexity", "loss")
+FORWARD_ONLY = ("ifd", *PERPLEXITY, "loss")  # scored by forward passes of the proxy
 WHOLE = ("the tokens the proxy read (n_tokens: prompt and response after truncation to "
          "max_length, counted with the proxy's tokenizer)")
 RESPONSE_ONLY = ("response tokens only: the table has no n_tokens column (written before "
@@ -250,7 +251,7 @@ def selection_row_tokens(method: str, selection: dict | None) -> int | None:
     """What choosing `method`'s subset cost the proxy, all passes together: the G-SNR run for a
     G-SNR utility, coverage and s2l; the forward pass of IFD for ifd and perplexity; nothing for
     length, random and balanced_random (None where the G-SNR run is not known)."""
-    from ..utilities import PERPLEXITY, UTILITIES
+    from ..utilities import UTILITIES
     from .selectors import CLUSTERED
 
     if method in (*UTILITIES, *CLUSTERED):
