@@ -68,7 +68,7 @@ def noise_page(results: dict, record: dict, out_dir: Path) -> Page:
                  paragraph(f"dedup at cosine >= {diversity.get('threshold')}", "note"),
                  *result_tables(diversity.get("methods") or {}, "method"))
     cost = first.get("cost") if first else None
-    if isinstance(cost, dict) and isinstance(cost.get("methods"), dict):
+    if isinstance(cost, dict) and {"runs", "methods", "full_pool_row_tokens"} <= cost.keys():
         page.add("cost", f"Is selecting worth it? (seed {seeds[0]}; row-tokens)",
                  *_cost(cost, config.get("proxy")))
     return page
@@ -79,7 +79,7 @@ def _cost(cost: dict, proxy: object) -> list[Html]:
     return [paragraph(COST_NOTE, "note"),
             paragraph(f"Tokens: {cost.get('tokens')}; proxy {proxy}. One epoch on the full pool "
                       f"({cost.get('full_pool_records')} scored records): "
-                      f"{cost.get('full_pool_row_tokens'):,} forward+backward row-tokens."),
+                      f"{cost['full_pool_row_tokens']:,} forward+backward row-tokens."),
             table(COST_RUNS_HEAD, cost_runs(cost), table_id="cost-runs"),
             table(COST_HEAD, cost_rows(cost), table_id="cost-methods")]
 
