@@ -10,7 +10,8 @@ sequence through the model once; a forward and backward pass counts once, as for
   default, collects inside the training passes: nothing more); its IFD pass, where it ran,
   forward only: T + R + N (the response scored alone after one start token). A baseline: `ifd`
   T + R + N forward, `perplexity-*` and `loss` T forward, `length` and `random` nothing (free).
-  (A G-SNR run with `--target-examples` also trains on the target examples: not counted.)
+  (With `--target-examples`, a G-SNR run also trains on the target examples and an IFD run
+  (RDS+) also reads them forward: not counted.)
   Wall time, device and the proxy's parameter count: the run record's, every stage summed.
 - **fine-tuning on a subset**: in `bench finetune`, the benchmark's run on it, `steps * batch`
   rows of the subset at the subset's mean tokens, forward+backward, and its wall time per seed;
