@@ -74,6 +74,49 @@ def test_bench_speed_under_torchrun_reports_per_process_figures(tmp_path, gpt2_p
     assert result.stdout.count("during: 1 -> 2 processes:") == 1
 
 
+def test_bench_speed_times_the_target_pass_beside_the_plain_path(tmp_path, gpt2_proxy):
+    """--target-examples: by default during and during+target, back to back; the overhead
+    ratio is the two timings' and the target passes are the +target run's own phases."""
+    data = write_json(tmp_path / "a.json", alpaca_records(10))
+    target = write_json(tmp_path / "t.json", alpaca_records(2))
+    out = tmp_path / "speed.json"
+    result = cli_process("bench", "speed", str(data), "--target-examples", str(target),
+                         "--proxy", gpt2_proxy, "--members", "2", "--lora-rank", "2",
+                         "--batch-size", "2", "--lr", "0.01", "--max-length", "200",
+                         "--sketch-dim", "16", "--device", "cpu", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert list(report["paths"]) == ["during", "during+target"]
+    assert report["target_examples"] == 2
+    plain, targeted = report["paths"]["during"], report["paths"]["during+target"]
+    assert targeted["row_tokens"] > plain["row_tokens"]
+    overhead = report["target_overhead"]["during"]
+    assert overhead["ratio"] == pytest.approx(targeted["seconds"] / plain["seconds"])
+    assert overhead["cpu_ratio"] == pytest.approx(targeted["cpu_seconds"] / plain["cpu_seconds"])
+    assert plain["cpu_seconds"] > 0 and targeted["cpu_seconds"] > 0
+    phases = report["during+target_phase_seconds"]
+    assert {"target_epoch1", "target_epoch2"} <= set(phases)
+    assert not any(k.startswith("target_") for k in report["during_phase_seconds"])
+    assert overhead["target_pass_seconds"] == pytest.approx(
+        phases["target_epoch1"] + phases["target_epoch2"])
+    assert 0 < overhead["target_pass_seconds"] < targeted["seconds"]
+    assert "during+target / during (2 target examples, 20% of the pool)" in result.stdout
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--paths", "during+target"], "--paths during+target need --target-examples"),
+    (["--paths", "during", "--target-examples", "TARGET"], "name one in --paths"),
+    (["--paths", "during,fast"], "unknown path(s) ['fast']"),
+])
+def test_bench_speed_refuses_paths_that_do_not_match_the_target(tmp_path, cli, extra, message):
+    data = write_json(tmp_path / "a.json", alpaca_records(4))
+    target = write_json(tmp_path / "t.json", alpaca_records(2))
+    extra = [str(target) if arg == "TARGET" else arg for arg in extra]
+    code, _, err = cli("bench", "speed", data, "--proxy", tmp_path / "no-model", *extra)
+    assert code != 0 and message in err, err
+    assert "Traceback" not in err
+
+
 def test_rank_agreement():
     from gradfilter.bench.speed import rank_agreement
 

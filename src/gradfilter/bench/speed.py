@@ -10,7 +10,10 @@
 (d) during / snapshot: the fused path with `--collect during` (statistics from the training
     passes themselves) or `--collect snapshot` (two extra collection passes); with both, the
     throughput ratio and how far the two modes' utilities agree (Spearman's rank correlation,
-    overlap of the top 10%).
+    overlap of the top 10%);
+(e) <path>+target (fused, during or snapshot): the same path with target examples (`score
+    --target-examples`: a target pass after epochs s and t); with the plain path beside it,
+    the overhead ratio and the seconds of the target passes.
 
 All three run in one process on the same tokenised data and proxy. Each path's wall time
 counts only its own work (the proxy is loaded before), and its peak memory is the process's
@@ -30,12 +33,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..config import ScoreConfig
+from ..errors import GradfilterError
 from ..progress import progress_bars
 from ..scoring.baselines import ProxyForward
 from ..scoring.batching import Batcher, member_batches
@@ -56,6 +61,30 @@ from ..utilities import compute_utilities
 
 BF16_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
 GRADIENT_PATHS = ("fused", "during", "snapshot")  # the paths that run on every process
+TARGETED = "+target"  # a gradient path's name with this suffix: the same path with a target
+PATHS = ("fused", "naive", "ifd", "during", "snapshot",
+         *(f"{name}{TARGETED}" for name in GRADIENT_PATHS))
+
+
+def speed_paths(names: list[str], has_target: bool) -> tuple[str, ...]:
+    """The paths to time, checked: known names, and '+target' ones exactly when there are
+    target examples."""
+    unknown = [name for name in names if name not in PATHS]
+    if unknown or not names:
+        raise GradfilterError(f"--paths: unknown path(s) {unknown}; choose from {list(PATHS)}")
+    targeted = [name for name in names if name.endswith(TARGETED)]
+    if targeted and not has_target:
+        raise GradfilterError(f"--paths {','.join(targeted)} need --target-examples")
+    if has_target and not targeted:
+        raise GradfilterError("--target-examples is used by the +target paths; name one in "
+                              "--paths (e.g. during,during+target)")
+    return tuple(names)
+
+
+def gradient_base(name: str) -> str | None:
+    """The gradient path `name` runs ('during' for 'during+target'), None for naive and ifd."""
+    base = name.removesuffix(TARGETED)
+    return base if base in GRADIENT_PATHS else None
 
 
 @dataclass
@@ -68,6 +97,8 @@ class PathTiming:
     device_peak_mib: float | None
     row_tokens: int  # tokens through the backbone, counting every member's copy
     processes: int = 1
+    # this process's CPU time (all its threads): on a shared machine, steadier than the wall
+    cpu_seconds: float = 0.0
 
     @property
     def examples_per_s(self) -> float:
@@ -111,17 +142,17 @@ def measured(name: str, work: Callable[[], object], encoded: list[Encoded], row_
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     comm.barrier()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = work()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     comm.barrier()
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     device_peak = (torch.cuda.max_memory_allocated(device) / 2**20
                    if device.type == "cuda" else None)
     tokens = sum(len(item.input_ids) for item in encoded)
     return PathTiming(name, seconds, len(encoded), tokens, host_peak_mib(), device_peak,
-                      row_tokens, comm.world), result
+                      row_tokens, comm.world, cpu_seconds), result
 
 
 def rank_agreement(a: np.ndarray, b: np.ndarray, top: float = 0.1) -> dict[str, float]:
@@ -144,15 +175,16 @@ def mode_agreement(during: GradientStatistics, snapshot: GradientStatistics,
 
 
 def fused_path(model, encoded, config: ScoreConfig, device, dtype, comm: Comm | None = None,
-               layout: Layout | None = None) -> GradientStatistics:
+               layout: Layout | None = None,
+               target: list[Encoded] | None = None) -> GradientStatistics:
     """gradfilter's scoring on an already loaded backbone (this rank's part of it, with
-    `comm` and `layout`)."""
+    `comm` and `layout`; with `target`, the target passes too)."""
     layout = layout or Layout(members=config.members)
     ensemble = LoRAEnsemble(model, config.members, config.lora_rank, config.lora_alpha,
                             config.lora_targets, config.seed, member_ids=layout.local_members)
     scorable = np.arange(len(encoded))
     return train_and_collect(ensemble, encoded, scorable, config, device, dtype, progress=False,
-                             comm=comm, layout=layout)
+                             comm=comm, layout=layout, target=target)
 
 
 def naive_path(model, encoded, config: ScoreConfig, device, dtype) -> dict[int, np.ndarray]:
@@ -246,12 +278,15 @@ def utilisation(timing: PathTiming, flops_per_token: float, device: torch.device
 
 
 def run_speed_benchmark(encoded: list[Encoded], config: ScoreConfig, paths: tuple[str, ...],
-                        log=print, member_groups: int | None = None) -> dict:
-    """Time each requested path ('fused', 'naive', 'ifd', 'during', 'snapshot') on `encoded`;
-    figures as a dict (on rank 0; an empty one on the other ranks under torchrun)."""
+                        log=print, member_groups: int | None = None,
+                        target: list[Encoded] | None = None) -> dict:
+    """Time each requested path (`PATHS`) on `encoded`, the '+target' ones with the target
+    examples `target`; figures as a dict (on rank 0; an empty one on the other ranks under
+    torchrun)."""
     with session(resolve_device(config.device)) as (comm, device):
         return _speed_benchmark(encoded, config, paths, log if comm.rank == 0 else _silent,
-                                comm, comm.layout(config.members, member_groups), device)
+                                comm, comm.layout(config.members, member_groups), device,
+                                target or [])
 
 
 def _silent(_: str) -> None:
@@ -268,7 +303,7 @@ def _on_rank0(comm: Comm, work: Callable[[], tuple[PathTiming, object]]
 
 def _speed_benchmark(encoded: list[Encoded], config: ScoreConfig, paths: tuple[str, ...],
                      log: Callable[[str], None], comm: Comm, layout: Layout,
-                     device: torch.device) -> dict:
+                     device: torch.device, target: list[Encoded]) -> dict:
     dtype = resolve_dtype(config.dtype, device)
     forward_dtype = resolve_dtype(config.dtype, device, "forward")
     tokenizer = load_tokenizer(config.proxy)
@@ -285,27 +320,39 @@ def _speed_benchmark(encoded: list[Encoded], config: ScoreConfig, paths: tuple[s
                   "ifd": tokens + sum(int(item.response_mask.sum()) + 1 for item in encoded),
                   "snapshot": gradient_row_tokens,
                   "during": tokens * config.members * config.epochs}
+    # a target pass after epochs s and t: every member's copy of every target example
+    target_row_tokens = sum(len(item.input_ids) for item in target) * config.members * 2
+    for base in GRADIENT_PATHS:
+        flops[base + TARGETED] = flops[base]
+        row_tokens[base + TARGETED] = row_tokens[base] + target_row_tokens
     timings, outputs, scaling = {}, {}, {}
     for name in paths:
-        log(f"{name}: running on {len(encoded)} examples ({tokens} tokens)")
+        log(f"{name}: running on {len(encoded)} examples ({tokens} tokens)"
+            + (f", {len(target)} target examples" if name.endswith(TARGETED) else ""))
+        base = gradient_base(name)
         # fused: the snapshot reading, the one the naive loop reproduces
-        gradient = replace(config, collect="snapshot" if name == "fused" else name)
-        if name in GRADIENT_PATHS and comm.distributed:
+        gradient = replace(config, collect="snapshot" if base == "fused" else base or "during")
+        targets = target if name.endswith(TARGETED) else None
+        if base is not None and comm.distributed:
             timings[name], outputs[name] = measured(
                 name, partial(fused_path, copy.deepcopy(model), encoded, gradient, device,
-                              dtype, comm, layout), encoded, row_tokens[name], device, comm)
+                              dtype, comm, layout, targets), encoded, row_tokens[name], device,
+                comm)
             log(f"{name}: {timings[name].seconds:.1f} s on {comm.world} processes")
-            alone, _ = _on_rank0(comm, lambda gradient=gradient, name=name: measured(
-                name, partial(fused_path, copy.deepcopy(model), encoded, gradient, device,
-                              dtype), encoded, row_tokens[name], device))
+            alone, _ = _on_rank0(comm, lambda gradient=gradient, name=name, targets=targets:
+                                 measured(name, partial(fused_path, copy.deepcopy(model),
+                                                        encoded, gradient, device, dtype,
+                                                        target=targets),
+                                          encoded, row_tokens[name], device))
             if alone is not None:
                 scaling[name] = {"processes": comm.world, "one_process_seconds": alone.seconds,
                                  "seconds": timings[name].seconds,
                                  "speedup": alone.seconds / timings[name].seconds}
                 log(f"{name}: {alone.seconds:.1f} s on 1 process")
             continue
-        if name in GRADIENT_PATHS:
-            work = partial(fused_path, copy.deepcopy(model), encoded, gradient, device, dtype)
+        if base is not None:
+            work = partial(fused_path, copy.deepcopy(model), encoded, gradient, device, dtype,
+                           target=targets)
         elif name == "naive":
             work = partial(naive_path, model, encoded, config, device, dtype)
         else:
@@ -346,20 +393,44 @@ def _speed_benchmark(encoded: list[Encoded], config: ScoreConfig, paths: tuple[s
         report["during_over_snapshot"] = timings["snapshot"].seconds / timings["during"].seconds
         report["during_vs_snapshot_agreement"] = mode_agreement(outputs["during"],
                                                                 outputs["snapshot"], config)
-    for name in ("during", "snapshot"):
-        if name in timings:
+    for name in timings:
+        if name != "fused" and gradient_base(name) is not None:
             report[f"{name}_phase_seconds"] = outputs[name].phase_seconds
+    if target:
+        report["target_examples"] = len(target)
+        report["target_overhead"] = target_overhead(timings, outputs)
     return report
 
 
+def target_overhead(timings: dict[str, PathTiming], outputs: dict[str, Any]) -> dict:
+    """Per gradient path timed both with and without the target: the seconds of each and
+    their ratio, in wall and in CPU time, and the wall seconds the target passes themselves
+    took (their phases)."""
+    overhead = {}
+    for base in GRADIENT_PATHS:
+        name = base + TARGETED
+        if base in timings and name in timings:
+            phases = outputs[name].phase_seconds
+            overhead[base] = {
+                "seconds": timings[base].seconds, "target_seconds": timings[name].seconds,
+                "ratio": timings[name].seconds / timings[base].seconds,
+                "cpu_seconds": timings[base].cpu_seconds,
+                "target_cpu_seconds": timings[name].cpu_seconds,
+                "cpu_ratio": timings[name].cpu_seconds / timings[base].cpu_seconds,
+                "target_pass_seconds": sum(v for k, v in phases.items()
+                                           if k.startswith("target_epoch"))}
+    return overhead
+
+
 def speed_table(report: dict) -> str:
-    rows = ["| path | processes | seconds | examples/s | examples/s per process | tokens/s | "
-            "host peak MiB | device peak MiB | utilisation |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = ["| path | processes | seconds | CPU seconds | examples/s | examples/s per process | "
+            "tokens/s | host peak MiB | device peak MiB | utilisation |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, p in report["paths"].items():
         device_peak = "-" if p["device_peak_mib"] is None else f"{p['device_peak_mib']:.0f}"
         use = "-" if p["utilisation"] is None else f"{p['utilisation']:.1%}"
         rows.append(f"| {name} | {p['processes']} | {p['seconds']:.2f} | "
+                    f"{p['cpu_seconds']:.2f} | "
                     f"{p['examples_per_s']:.2f} | {p['examples_per_s_per_process']:.2f} | "
                     f"{p['tokens_per_s']:.0f} | {p['host_peak_mib']:.0f} | {device_peak} | {use} |")
     lines = ["\n".join(rows), ""]
@@ -377,6 +448,13 @@ def speed_table(report: dict) -> str:
             f"{name} {seconds:.1f}" for name, seconds in report["fused_phase_seconds"].items()))
     if "fused_over_ifd" in report:
         lines.append(f"a/c (fused throughput / IFD throughput): {report['fused_over_ifd']:.3f}")
+    for base, figures in report.get("target_overhead", {}).items():
+        lines.append(f"{base}{TARGETED} / {base} ({report['target_examples']} target examples, "
+                     f"{report['target_examples'] / report['examples']:.0%} of the pool): "
+                     f"{figures['target_seconds']:.1f} s / {figures['seconds']:.1f} s = "
+                     f"{figures['ratio']:.3f}x (CPU time: {figures['target_cpu_seconds']:.1f} s "
+                     f"/ {figures['cpu_seconds']:.1f} s = {figures['cpu_ratio']:.3f}x); the "
+                     f"target passes took {figures['target_pass_seconds']:.1f} s")
     if "during_over_snapshot" in report:
         lines.append(f"during throughput / snapshot throughput: "
                      f"{report['during_over_snapshot']:.2f}x")

@@ -164,7 +164,13 @@ def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_s
 @click.option("--paths", default="fused,naive,ifd", show_default=True,
               help="fused (gradfilter, as --collect says), naive (PEFT per member, one "
                    "backward per example), ifd (forward only), during and snapshot (the fused "
-                   "path in each --collect mode; both: their speed ratio and rank agreement).")
+                   "path in each --collect mode; both: their speed ratio and rank agreement); "
+                   "fused+target, during+target, snapshot+target: the path with "
+                   "--target-examples (beside the plain path: the overhead ratio). Default "
+                   "with --target-examples: during,during+target.")
+@click.option("--target-examples", type=click.Path(path_type=Path), default=None,
+              help="Target examples for the +target paths (any input format; the pool's "
+                   "template and masks), as score --target-examples takes them.")
 @click.option("--tokenizer", default=None,
               help="With --proxy random-gpt2[:LAYERS:WIDTH]: whose tokenizer to use "
                    "(default: the demo's SmolLM2).")
@@ -173,25 +179,31 @@ def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_s
 @data_options
 @score_options("method", "save_adapters", "checkpoint_dir", "checkpoint_every",
                "target_examples")
-def speed(data: str, paths: str, tokenizer, out, fmt, fields, limit, split, quiet,
-          member_groups, **options) -> None:
+def speed(data: str, paths: str, target_examples: Path | None, tokenizer, out, fmt, fields,
+          limit, split, quiet, member_groups, **options) -> None:
     """Time gradfilter's fused scoring against a naive PEFT loop and a forward-only IFD pass.
 
     Under torchrun the gradient paths run on every process (as `score` lays them out: see
     --member-groups) and on one: examples/s per process and the 1 -> W speed-up.
     """
-    from ..bench.speed import random_gpt2, run_speed_benchmark, speed_table
+    from ..bench.speed import random_gpt2, run_speed_benchmark, speed_paths, speed_table
+    from ..data.dataset import as_dataset
     from ..demo import demo_config
     from ..outputs import atomic_write_text, write_run_record
     from ..paths import reads, refuse_collisions, writes
     from ..scoring.proxy import load_tokenizer
-    from ..scoring.score import tokenize
+    from ..scoring.score import scorable_targets, tokenize
     from ..threads import use_threads
 
     refuse_collisions(
         [*reads("the data", "DATA", data), *reads("the proxy", "--proxy", options["proxy"]),
-         *reads("the tokenizer", "--tokenizer", tokenizer)],
+         *reads("the tokenizer", "--tokenizer", tokenizer),
+         *reads("the target examples", "--target-examples", target_examples)],
         writes("the figures", "--out", out))
+    if target_examples is not None and click.get_current_context().get_parameter_source(
+            "paths") is click.core.ParameterSource.DEFAULT:
+        paths = "during,during+target"
+    chosen = speed_paths(csv_list(paths), target_examples is not None)
     out = Path(out) if out is not None else None  # (checked as spelled: a trailing '/')
     use_threads(options.pop("threads"))
     config = config_from(options)
@@ -200,10 +212,13 @@ def speed(data: str, paths: str, tokenizer, out, fmt, fields, limit, split, quie
             config = replace(config, proxy=random_gpt2(
                 config.proxy, tokenizer or demo_config().proxy, Path(scratch)))
         dataset = read_data(data, fmt, fields, limit, split)
-        tokens = tokenize(dataset, load_tokenizer(config.proxy), config, True)
+        tokenizer_loaded = load_tokenizer(config.proxy)
+        tokens = tokenize(dataset, tokenizer_loaded, config, True)
+        target = None if target_examples is None else scorable_targets(
+            tokenize(as_dataset(target_examples), tokenizer_loaded, config, False))
         report = run_speed_benchmark([tokens.encoded[i] for i in tokens.scorable], config,
-                                     tuple(csv_list(paths)), log=console.print,
-                                     member_groups=member_groups)
+                                     chosen, log=console.print, member_groups=member_groups,
+                                     target=target)
     if not report:  # a torchrun rank other than 0
         return
     report["data"], report["proxy_requested"] = str(data), options["proxy"]

@@ -339,7 +339,7 @@ def _score_gsnr(tokens: Tokenized, model: torch.nn.Module, tokenizer, config: Sc
     stats = train_and_collect(ensemble, tokens.encoded, tokens.scorable, config, device, dtype,
                               progress, export if save_adapters is not None else None,
                               checkpoint=checkpoint, comm=comm, layout=layout,
-                              target=None if target is None else _scorable(target))
+                              target=None if target is None else scorable_targets(target))
     timings.update(stats.phase_seconds)
     details["batch_tokens"] = stats.batch_tokens
     if details.get("checkpoint") is not None:  # every run that worked on the table, its budget
@@ -357,7 +357,7 @@ def _score_gsnr(tokens: Tokenized, model: torch.nn.Module, tokenizer, config: Sc
                       None if target is None else details["target"])
 
 
-def _scorable(tokens: Tokenized) -> list[Encoded]:
+def scorable_targets(tokens: Tokenized) -> list[Encoded]:
     """The examples with a response token, refused when there are none."""
     if not len(tokens.scorable):
         raise GradfilterError("--target-examples: no target example has a response token "
