@@ -381,7 +381,7 @@ def _score_baseline(method: str, tokens: Tokenized, model: torch.nn.Module | Non
         start = time.perf_counter()
         columns = baseline_columns(method, tokens.encoded, tokens.scorable, len(tokens.encoded),
                                    config.seed, forward,
-                                   None if target is None else _scorable(target))
+                                   None if target is None else scorable_targets(target))
         timings[method] = time.perf_counter() - start
         if forward is not None:
             details["forward_tokens"] = forward.tokens
