@@ -1,15 +1,17 @@
 """The statistics table: the contract between `score` and `select` (no torch here).
 
 Parquet, one row per input record: the record columns (`index`, `record_id`, `record_hash`,
-`n_response_tokens`, `truncated`, `skip_reason`), then the method's columns. A G-SNR table
-holds `loss_e{e}_m{m}` and `sqnorm_e{e}_m{m}` for the early and late epoch and every member,
-and one column per utility; a baseline's table its score column(s). Scored with target
-examples, a G-SNR table also holds `align_e{e}_m{m}` and `alignmax_e{e}_m{m}` (alignment.py)
-and the target's fingerprint and directions in its metadata (`target`); an IFD table scored
-with them, `rds` and `rds_mean` (RDS+) and the target's fingerprint. The schema metadata
-key `gradfilter` holds JSON: the method, the utility `select` ranks by unless told, the epochs,
-the members, the config and the data's fingerprint (`data_fingerprint`; with `record_id` and
-`record_hash`, what `binding` checks the data against: see `data.identity`).
+`n_response_tokens`, `truncated`, `skip_reason`, and in tables written since it was added
+`n_tokens`, the tokens the proxy reads: prompt and response after truncation), then the
+method's columns. A G-SNR table holds `loss_e{e}_m{m}` and `sqnorm_e{e}_m{m}` for the early
+and late epoch and every member, and one column per utility; a baseline's table its score
+column(s). Scored with target examples, a G-SNR table also holds `align_e{e}_m{m}` and
+`alignmax_e{e}_m{m}` (alignment.py) and the target's fingerprint and directions in its metadata
+(`target`); an IFD table scored with them, `rds` and `rds_mean` (RDS+) and the target's
+fingerprint. The schema metadata key `gradfilter` holds JSON: the method, the utility `select`
+ranks by unless told, the epochs, the members, the config and the data's fingerprint
+(`data_fingerprint`; with `record_id` and `record_hash`, what `binding` checks the data
+against: see `data.identity`).
 
 Every utility is a function of one record's row, so `load_scores` reads only the columns a
 utility needs, batch by batch: memory holds 8 bytes a record and one batch.
@@ -65,15 +67,20 @@ SKETCH_STORAGE = ("sketch_e{e}_m{m}: unit vector, float16; sketchnorm_e{e}_m{m}:
 # --- writing -------------------------------------------------------------------------------
 
 def record_columns(n_records: int, n_response_tokens: np.ndarray, truncated: np.ndarray,
-                   skip_reasons: list[str | None]) -> dict[str, pa.Array]:
+                   skip_reasons: list[str | None],
+                   n_tokens: np.ndarray | None = None) -> dict[str, pa.Array]:
     """The columns every statistics table starts with, whatever the method (`with_identities`
-    adds the records' IDs after `index`)."""
-    return {
+    adds the records' IDs after `index`; `n_tokens`, each record's whole token count, where
+    given: what the cost of scoring and fine-tuning counts)."""
+    columns = {
         "index": pa.array(np.arange(n_records, dtype=np.int64)),
         "n_response_tokens": pa.array(n_response_tokens.astype(np.int32)),
         "truncated": pa.array(truncated.astype(bool)),
         "skip_reason": pa.array(skip_reasons, type=pa.string()),
     }
+    if n_tokens is not None:
+        columns["n_tokens"] = pa.array(np.asarray(n_tokens).astype(np.int32))
+    return columns
 
 
 def gsnr_table(head: dict[str, pa.Array], scorable: np.ndarray, losses: dict[int, np.ndarray],

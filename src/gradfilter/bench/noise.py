@@ -28,7 +28,7 @@ from ..diversity import DEFAULT_THRESHOLD, dedup
 from ..errors import GradfilterError
 from ..outputs import atomic_path, atomic_write_text, write_run_record
 from ..selection import select_top
-from ..table import load_sketch_features, utility_scores
+from ..table import load_sketch_features, table_meta, utility_scores
 from ..utilities import PERPLEXITY, RDS_SCORES, TARGET_UTILITIES, UTILITIES
 from .corruptions import (  # noqa: F401  (register_corruption, CorruptionContext: plugin API)
     CORRUPTIONS,
@@ -37,6 +37,7 @@ from .corruptions import (  # noqa: F401  (register_corruption, CorruptionContex
     corrupted_count,
     register_corruption,
 )
+from .costs import noise_cost, read_run_record, record_tokens, selection_cost, work_from
 from .intervals import RESAMPLES, bootstrap
 from .noise_metrics import (
     RANDOM_DRAWS,
@@ -366,6 +367,7 @@ def _run_seed(out_dir: Path, seed: int, mixed: list[list[Turn]], labels: list[st
     digest = file_sha256(mixed_path)
     all_scores: dict[str, np.ndarray] = {}
     tables: dict[str, str] = {}
+    run_tables: dict[str, tuple[Path, pa.Table]] = {}  # each run's table, for the cost
     ensemble: str | None = None  # the G-SNR run's table, for the selectors that cluster
     scored = np.ones(len(mixed), dtype=bool)
     for run, members in method_groups(methods).items():
@@ -387,6 +389,7 @@ def _run_seed(out_dir: Path, seed: int, mixed: list[list[Turn]], labels: list[st
                           target_examples=target)
         scored &= table["skip_reason"].is_null().to_numpy(zero_copy_only=False)
         ensemble = str(path) if run == "gsnr" else ensemble
+        run_tables[run] = (path, table)
         for method in members:
             if not is_selector(method):
                 all_scores[method] = utility_scores(table, method)
@@ -405,6 +408,7 @@ def _run_seed(out_dir: Path, seed: int, mixed: list[list[Turn]], labels: list[st
         "methods": method_metrics(all_scores, kept, budgets, resamples, seed),
     }
     selectors = [m for m in methods if is_selector(m)]
+    chosen: dict[str, dict[str, np.ndarray]] = {}
     if selectors:
         chooser = replace(chooser or SelectorInputs(), table=ensemble)
         rows = np.flatnonzero(scored)
@@ -414,6 +418,10 @@ def _run_seed(out_dir: Path, seed: int, mixed: list[list[Turn]], labels: list[st
         results["selectors"] = {m: {"table": recorded_path(Path(ensemble), out_dir)}
                                 if m in CLUSTERED else {"field": chooser.field}
                                 for m in selectors}
+    results["cost"] = _seed_cost(out_dir, run_tables, method_groups(methods), scored,
+                                 {**{m: {f"{b:g}": select_top(s, ratio=b).indices
+                                         for b in budgets} for m, s in all_scores.items()},
+                                  **chosen})
     bad = np.array([bool(label) for label in kept])
     random = (random_expectation(bad, budgets),
               random_reselections(bad, budgets, RANDOM_DRAWS, seed))
@@ -422,6 +430,25 @@ def _run_seed(out_dir: Path, seed: int, mixed: list[list[Turn]], labels: list[st
         results["diversity"] = _diversity(all_scores, kept, budgets, tables, methods,
                                           np.flatnonzero(scored), diversity_threshold)
     return SeedRun(results, all_scores, kept, random)
+
+
+def _seed_cost(out_dir: Path, run_tables: dict[str, tuple[Path, pa.Table]],
+               groups: dict[str, list[str]], scored: np.ndarray,
+               kept: dict[str, dict[str, np.ndarray]]) -> dict:
+    """results.json's `cost` of one draw (`costs.noise_cost`): each run's row-tokens over the
+    records it scored, and each method's subsets (`kept`: positions among the `scored`
+    records) against the full pool, counted with the tables' `n_tokens` where they have it."""
+    runs: dict[str, dict | None] = {}
+    counted: tuple[np.ndarray, bool] | None = None
+    for run, (path, table) in run_tables.items():
+        tokens, response, done, whole = record_tokens(table)
+        work = work_from(table_meta(table), read_run_record(path), recorded_path(path, out_dir))
+        runs[run] = None if work is None else selection_cost(work, tokens[done], response[done])
+        if counted is None or (whole and not counted[1]):
+            counted = (tokens, whole)
+    tokens, whole = counted if counted is not None else (np.zeros(len(scored), np.int64), False)
+    served = {method: run for run, members in groups.items() for method in members}
+    return noise_cost(runs, served, kept, tokens[scored], whole)
 
 
 def _diversity(all_scores: dict[str, np.ndarray], labels: list[str | None],

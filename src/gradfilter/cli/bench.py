@@ -115,7 +115,8 @@ def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_s
           **options) -> None:
     """Corrupt part of DATA (or take DATA as corrupted, with --labels), score it with every
     method, report AUROC, AUPRC and contamination, and whether each method is better than,
-    tied with or worse than random's expectation, IFD and length."""
+    tied with or worse than random's expectation, IFD and length; and what each method's
+    selection cost (row-tokens, wall time) beside fine-tuning on its subset and on the pool."""
     from ..bench.noise import results_markdown, run_noise_benchmark
     from ..errors import GradfilterError
     from ..paths import reads, refuse_collisions, writes

@@ -102,7 +102,9 @@ def report(table: Path, data: str | None, out: str | Path | None, subset: Path |
 
     The page shows the run record, the scores with the cut, kept against dropped (lengths,
     turns, fields, unscorable records), the other scores the table carries, agreement with the
-    cheap baselines, what dedup changed, and the best, worst and borderline records.
+    cheap baselines, what dedup changed, what scoring cost against fine-tuning on the whole
+    pool and on the subset (row-tokens, the break-even), and the best, worst and borderline
+    records.
     """
     from ..data.conversations import parse_fields
     from ..outputs import run_record_path

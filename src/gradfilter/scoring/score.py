@@ -83,7 +83,8 @@ class Tokenized:
     def record_columns(self) -> dict[str, pa.Array]:
         return record_columns(len(self.encoded),
                               np.array([e.n_response_tokens for e in self.encoded]),
-                              np.array([e.truncated for e in self.encoded]), self.reasons)
+                              np.array([e.truncated for e in self.encoded]), self.reasons,
+                              np.array([len(e.input_ids) for e in self.encoded]))
 
     def truncation(self, config: ScoreConfig) -> dict:
         """How much of the data --max-length hides: records longer than it (and how many of
@@ -224,6 +225,8 @@ def score(
                      if method == "gsnr" or method in NEEDS_MODEL else None)
             if model is not None:
                 timings["load_proxy"] = time.perf_counter() - start
+            # before any LoRA is installed: the proxy's own size, for the cost's break-even
+            parameters = None if model is None else sum(p.numel() for p in model.parameters())
             if method == "gsnr":
                 assert model is not None
                 config = config.with_targets(default_targets(model))
@@ -246,6 +249,8 @@ def score(
                 table = _score_baseline(method, tokens, model, tokenizer, config, device, dtype,
                                         progress and comm.rank == 0, timings, details,
                                         target_tokens)
+        if parameters is not None:
+            details["proxy_parameters"] = int(parameters)
         table = with_more_meta(with_identities(table, identities(dataset.records)),
                                truncation=tokens.truncation(config))
         if device.type == "cuda":
