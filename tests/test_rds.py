@@ -316,3 +316,25 @@ def test_the_finetune_benchmark_reads_rds_from_an_ifd_table(scored, gpt2_proxy):
 
     assert selection_row_tokens("rds", {"ifd_forward_row_tokens": 123}) == 123
     assert selection_row_tokens("rds-mean", {"ifd_forward_row_tokens": 123}) == 123
+
+
+def test_the_selection_cost_counts_the_target_pass(scored, gpt2_proxy):
+    """RDS+ costs IFD's passes and one forward over the target examples; a G-SNR run with
+    target examples, each member's gradient pass over them after epochs s and t."""
+    from gradfilter.bench.costs import selection_cost, table_work, work_from
+
+    directory, _, target, _, _ = scored
+    tokens = tokenize(gf.read_dataset(target), load_tokenizer(gpt2_proxy), _config(gpt2_proxy),
+                      False)
+    used = sum(len(tokens.encoded[i].input_ids) for i in tokens.scorable)
+    counts, response = np.array([100, 50]), np.array([30, 20])
+    plain = selection_cost(table_work(directory / "ifd.parquet"), counts, response)
+    targeted = selection_cost(table_work(directory / "rds.parquet"), counts, response)
+    assert plain["forward_row_tokens"] == 150 + 50 + 2
+    assert targeted["forward_row_tokens"] == plain["forward_row_tokens"] + used
+    meta = {"method": "gsnr", "config": {"members": 3, "epochs": 2, "ifd_pass": False}}
+    base = selection_cost(work_from(meta, None, "t"), counts, response)
+    with_target = selection_cost(work_from({**meta, "target": {"tokens": 40}}, None, "t"),
+                                 counts, response)
+    assert with_target["forward_backward_row_tokens"] == (
+        base["forward_backward_row_tokens"] + 3 * 2 * 40)

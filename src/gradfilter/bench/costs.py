@@ -10,8 +10,9 @@ sequence through the model once; a forward and backward pass counts once, as for
   default, collects inside the training passes: nothing more); its IFD pass, where it ran,
   forward only: T + R + N (the response scored alone after one start token). A baseline: `ifd`
   T + R + N forward, `perplexity-*` and `loss` T forward, `length` and `random` nothing (free).
-  (With `--target-examples`, a G-SNR run also trains on the target examples and an IFD run
-  (RDS+) also reads them forward: not counted.)
+  With `--target-examples` (U their tokens, the table's `target.tokens`): G-SNR's target pass
+  after epochs s and t, M * 2 * U forward+backward; IFD's RDS+, one forward over them, U (a
+  table written before `target.tokens` was stored: not counted).
   Wall time, device and the proxy's parameter count: the run record's, every stage summed.
 - **fine-tuning on a subset**: in `bench finetune`, the benchmark's run on it, `steps * batch`
   rows of the subset at the subset's mean tokens, forward+backward, and its wall time per seed;
@@ -75,6 +76,7 @@ class ScoringWork:
     method: str = "gsnr"
     device: str | None = None  # None: no run record, or it names none
     proxy_parameters: int | None = None
+    target_tokens: int = 0  # the target examples' tokens (--target-examples), where recorded
 
 
 def scoring_work(table: str | Path | None) -> ScoringWork | None:
@@ -115,11 +117,13 @@ def work_from(meta: dict, record: dict | None, table: str) -> ScoringWork | None
     if device and record.get("dtype"):
         device = f"{device}, {record['dtype']}"
     parameters = record.get("proxy_parameters")
+    target = (meta.get("target") or {}).get("tokens", 0)
     return ScoringWork(table, config.get("proxy"), int(config.get("members", 0)),
                        int(config.get("epochs", 2)), str(config.get("collect", "during")),
                        bool(config.get("ifd_pass", True)), wall, method,
                        str(device) if device else None,
-                       int(parameters) if isinstance(parameters, int) else None)
+                       int(parameters) if isinstance(parameters, int) else None,
+                       int(target) if isinstance(target, int) else 0)
 
 
 def selection_cost(work: ScoringWork, tokens: np.ndarray, response: np.ndarray) -> dict:
@@ -132,8 +136,9 @@ def selection_cost(work: ScoringWork, tokens: np.ndarray, response: np.ndarray) 
         if work.collect == "snapshot":
             passes += work.members * COLLECTED_EPOCHS
         backward, forward = passes * total, ifd if work.ifd_pass else 0
+        backward += work.members * COLLECTED_EPOCHS * work.target_tokens  # the target pass
     elif work.method in FORWARD_ONLY:
-        forward = ifd if work.method == "ifd" else total
+        forward = ifd + work.target_tokens if work.method == "ifd" else total  # (RDS+)
     ensemble = ({"members": work.members, "epochs": work.epochs, "collect": work.collect,
                  "ifd_pass": work.ifd_pass, "ifd_forward_row_tokens": ifd}
                 if work.method == "gsnr" else {})

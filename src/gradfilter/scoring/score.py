@@ -278,9 +278,11 @@ def _load_proxy(config: ScoreConfig, device: torch.device, shown: bool) -> torch
 
 def target_record(target: Dataset, tokens: Tokenized) -> dict:
     """The target examples as the run record and the table's metadata name them: where they
-    came from, how many were read and used, and the hash of their tokens."""
+    came from, how many were read and used, the tokens of those used (what their passes cost),
+    and the hash of their tokens."""
     return {"data": str(target.path), "format": target.format, "records": len(target.records),
             "used": len(tokens.scorable),
+            "tokens": int(sum(len(tokens.encoded[i].input_ids) for i in tokens.scorable)),
             "unused": {str(i): r for i, r in enumerate(tokens.reasons) if r is not None},
             "data_sha256": tokens.sha256()}
 
