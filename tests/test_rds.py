@@ -290,11 +290,12 @@ def test_the_noise_benchmark_measures_rds_from_its_ifd_run(tmp_path, gpt2_proxy,
     assert run["tables"]["rds"] == run["tables"]["ifd"]
     table = gf.load_stats(tmp_path / "bench" / run["tables"]["rds"])
     assert table_meta(table)["target"]["used"] == 2
-    cost = run["cost"]  # RDS+ costs the IFD run that served it (the target pass not counted)
+    cost = run["cost"]  # RDS+ costs the IFD run that served it, its forward over the target too
     scored = table["skip_reason"].is_null().to_numpy(zero_copy_only=False)
     tokens = table["n_tokens"].to_numpy(zero_copy_only=False).astype(np.int64)[scored]
     response = table["n_response_tokens"].to_numpy(zero_copy_only=False).astype(np.int64)[scored]
     ifd = int(tokens.sum() + response.sum() + len(tokens))  # T + R + N
+    ifd += table_meta(table)["target"]["tokens"]  # U, the target examples read forward
     assert cost["runs"]["ifd"]["forward_row_tokens"] == ifd
     for method in ("rds", "rds-mean", "ifd"):
         assert cost["methods"][method]["run"] == "ifd"
