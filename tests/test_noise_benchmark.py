@@ -244,11 +244,53 @@ def test_cli_report_follows_from_the_saved_tables_and_reruns_reuse_them(tmp_path
     report = (out / "results.md").read_text()
     assert "| gsnr | " in report and "| vs random | vs IFD | vs length |" in report
     assert "## By corruption kind" in report and "## Differences behind the verdicts" in report
+    _check_cost(out, run, page, report)
 
     again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0, again.stderr
     assert again.stderr.count("reusing") == 4 and "scoring" not in again.stderr
     assert json.loads((out / "results.json").read_text()) == results
+
+
+def _check_cost(out, run: dict, page: str, report: str) -> None:
+    """Each method's selection cost and subsets, recomputed from the tables' token counts."""
+    cost = run["cost"]
+    gsnr = gf.load_stats(out / run["tables"]["gsnr"])
+    tokens = gsnr["n_tokens"].to_numpy(zero_copy_only=False).astype(np.int64)
+    response = gsnr["n_response_tokens"].to_numpy(zero_copy_only=False).astype(np.int64)
+    assert (tokens > response).all()  # prompt and response: every record has a prompt
+    assert cost["full_pool_row_tokens"] == tokens.sum() and cost["full_pool_records"] == 30
+    runs = cost["runs"]
+    assert runs["gsnr"]["forward_backward_row_tokens"] == 2 * 2 * tokens.sum()  # M x E x T
+    ifd_forward = tokens.sum() + response.sum() + 30  # the response alone after a start token
+    assert runs["gsnr"]["forward_row_tokens"] == ifd_forward  # its IFD pass
+    ifd_record = json.loads((out / f"{run['tables']['ifd']}.run.json").read_text())
+    assert runs["ifd"]["forward_row_tokens"] == ifd_record["forward_tokens"] == ifd_forward
+    assert runs["ifd"]["forward_backward_row_tokens"] == 0
+    assert runs["gsnr"]["wall_seconds"] == pytest.approx(sum(json.loads(
+        (out / f"{run['tables']['gsnr']}.run.json").read_text())["wall_seconds"].values()))
+    assert runs["gsnr"]["proxy_parameters"] == ifd_record["proxy_parameters"] > 0
+    assert runs["length"]["free"] and runs["random"]["forward_row_tokens"] == 0
+    methods = cost["methods"]
+    gsnr_total = 4 * tokens.sum() + ifd_forward
+    for method, entry in methods.items():
+        expected = {"ifd": ifd_forward, "perplexity-low": ifd_forward,
+                    "perplexity-high": ifd_forward, "length": 0, "random": 0}.get(method,
+                                                                                 gsnr_total)
+        assert entry["selection_row_tokens"] == expected, method
+        if method in ("coverage", "s2l"):
+            continue  # their subsets: tests/test_bench_selectors.py
+        scores = gf.utility_scores(gf.load_stats(out / run["tables"][method]), method)
+        for budget, b in entry["budgets"].items():
+            kept = gf.select_top(scores, ratio=float(budget)).indices
+            assert b["records"] == len(kept) == run["methods"][method]["selected"][budget]
+            assert b["row_tokens"] == tokens[kept].sum()
+            assert b["share_of_full_pool"] == pytest.approx(
+                (expected + tokens[kept].sum()) / tokens.sum())
+            assert b["pays_at_equal_cost"] == (expected + tokens[kept].sum() < tokens.sum())
+    assert "## Is selecting worth it? (seed 0; row-tokens)" in report
+    assert f"| gsnr | {4 * tokens.sum():,} | {ifd_forward:,} |" in report
+    assert '<section id="cost">' in page and '<table id="cost-methods">' in page
 
 
 def test_near_duplicate_is_the_template_with_one_word_edited():

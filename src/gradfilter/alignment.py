@@ -1,4 +1,4 @@
-"""Alignment with target examples (method.md §4, `align*`): no torch here.
+"""Alignment with target examples (method.md §4, `align*`; §6, `rds`): no torch here.
 
 The target examples' LoRA gradients are sketched by the same seeded projection as the pool's
 (scoring/sketch.py), per member and collected epoch. The target direction of member m at
@@ -43,3 +43,37 @@ def alignments(pool: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.nd
         for m in range(pool.shape[1]):
             largest[start:start + _CHUNK, m] = (units[:, m] @ target_units[:, m].T).max(axis=1)
     return mean, largest
+
+
+# --- RDS+: cosines of pooled hidden states (scoring/representations.py), no gradients --------
+
+RDS_COLUMNS = ("rds", "rds_mean")
+
+
+def round_robin_slots(cosines: np.ndarray) -> np.ndarray:
+    """Each record's slot in RDS+'s round robin over [records, targets] cosines: round r takes,
+    for each target example t in turn, the record t ranks r-th (highest cosine first, ties by
+    position), unless it was taken already. A record is taken at the first (round, target) that
+    reaches it: round r = its best rank under any target, t the first target ranking it so;
+    its slot is r * targets + t. The first k records by slot are the round robin's k."""
+    n, count = cosines.shape
+    best = np.full(n, n, dtype=np.int64)
+    first = np.zeros(n, dtype=np.int64)
+    rank = np.empty(n, dtype=np.int64)
+    for t in range(count):
+        rank[np.argsort(-cosines[:, t], kind="stable")] = np.arange(n)
+        better = rank < best
+        best[better] = rank[better]
+        first[better] = t
+    return best * count + first
+
+
+def rds_scores(cosines: np.ndarray) -> dict[str, np.ndarray]:
+    """From [records, targets] cosines: `rds`, minus each record's round-robin slot (so that
+    higher is kept first, 0 the first record taken), and `rds_mean`, its mean cosine over the
+    target examples."""
+    cosines = np.asarray(cosines, dtype=np.float64)
+    if not cosines.shape[1]:
+        raise ValueError("RDS+ needs at least one target example")
+    return {"rds": (-round_robin_slots(cosines)).astype(np.float64),
+            "rds_mean": cosines.mean(axis=1)}

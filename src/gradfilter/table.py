@@ -1,14 +1,17 @@
 """The statistics table: the contract between `score` and `select` (no torch here).
 
 Parquet, one row per input record: the record columns (`index`, `record_id`, `record_hash`,
-`n_response_tokens`, `truncated`, `skip_reason`), then the method's columns. A G-SNR table
-holds `loss_e{e}_m{m}` and `sqnorm_e{e}_m{m}` for the early and late epoch and every member,
-and one column per utility; a baseline's table its score column(s). Scored with target
-examples, a G-SNR table also holds `align_e{e}_m{m}` and `alignmax_e{e}_m{m}` (alignment.py)
-and the target's fingerprint and directions in its metadata (`target`). The schema metadata
-key `gradfilter` holds JSON: the method, the utility `select` ranks by unless told, the epochs,
-the members, the config and the data's fingerprint (`data_fingerprint`; with `record_id` and
-`record_hash`, what `binding` checks the data against: see `data.identity`).
+`n_response_tokens`, `truncated`, `skip_reason`, and in tables written since it was added
+`n_tokens`, the tokens the proxy reads: prompt and response after truncation), then the
+method's columns. A G-SNR table holds `loss_e{e}_m{m}` and `sqnorm_e{e}_m{m}` for the early
+and late epoch and every member, and one column per utility; a baseline's table its score
+column(s). Scored with target examples, a G-SNR table also holds `align_e{e}_m{m}` and
+`alignmax_e{e}_m{m}` (alignment.py) and the target's fingerprint and directions in its metadata
+(`target`); an IFD table scored with them, `rds` and `rds_mean` (RDS+) and the target's
+fingerprint. The schema metadata key `gradfilter` holds JSON: the method, the utility `select`
+ranks by unless told, the epochs, the members, the config and the data's fingerprint
+(`data_fingerprint`; with `record_id` and `record_hash`, what `binding` checks the data
+against: see `data.identity`).
 
 Every utility is a function of one record's row, so `load_scores` reads only the columns a
 utility needs, batch by batch: memory holds 8 bytes a record and one batch.
@@ -39,6 +42,7 @@ from .utilities import (
     DEFAULT_UTILITY,
     DIRECTIONS,
     FORMULAS,
+    RDS_SCORES,
     TARGET_UTILITY,
     UTILITIES,
     RawStats,
@@ -63,15 +67,20 @@ SKETCH_STORAGE = ("sketch_e{e}_m{m}: unit vector, float16; sketchnorm_e{e}_m{m}:
 # --- writing -------------------------------------------------------------------------------
 
 def record_columns(n_records: int, n_response_tokens: np.ndarray, truncated: np.ndarray,
-                   skip_reasons: list[str | None]) -> dict[str, pa.Array]:
+                   skip_reasons: list[str | None],
+                   n_tokens: np.ndarray | None = None) -> dict[str, pa.Array]:
     """The columns every statistics table starts with, whatever the method (`with_identities`
-    adds the records' IDs after `index`)."""
-    return {
+    adds the records' IDs after `index`; `n_tokens`, each record's whole token count, where
+    given: what the cost of scoring and fine-tuning counts)."""
+    columns = {
         "index": pa.array(np.arange(n_records, dtype=np.int64)),
         "n_response_tokens": pa.array(n_response_tokens.astype(np.int32)),
         "truncated": pa.array(truncated.astype(bool)),
         "skip_reason": pa.array(skip_reasons, type=pa.string()),
     }
+    if n_tokens is not None:
+        columns["n_tokens"] = pa.array(np.asarray(n_tokens).astype(np.int32))
+    return columns
 
 
 def gsnr_table(head: dict[str, pa.Array], scorable: np.ndarray, losses: dict[int, np.ndarray],
@@ -155,12 +164,18 @@ def sketch_columns(values: np.ndarray, scorable: np.ndarray,
 
 
 def baseline_table(head: dict[str, pa.Array], columns: dict[str, np.ndarray], method: str,
-                   config: ScoreConfig) -> pa.Table:
-    """`head` and a baseline's score columns; `select` ranks by the method's own column."""
+                   config: ScoreConfig, target_meta: dict | None = None) -> pa.Table:
+    """`head` and a baseline's score columns; `select` ranks by the method's own column, or
+    by `rds` where the table was scored with target examples (`target_meta`: what they were,
+    stored as the table's `target`)."""
     table = pa.table({**head, **{name: pa.array(v) for name, v in columns.items()}})
-    offered = [u for u in (*BASELINE_SCORES, "loss") if stored_score(u)[0] in columns]
-    return with_meta(table, {"method": method, "utility": method, "config": asdict(config),
-                             "directions": {u: DIRECTIONS[u] for u in offered}})
+    offered = [u for u in (*BASELINE_SCORES, *RDS_SCORES, "loss")
+               if stored_score(u)[0] in columns]
+    meta = {"method": method, "utility": method, "config": asdict(config),
+            "directions": {u: DIRECTIONS[u] for u in offered}}
+    if target_meta is not None:
+        meta.update(utility=RDS_SCORES[0], target=target_meta)
+    return with_meta(table, meta)
 
 
 def with_meta(table: pa.Table, meta: dict) -> pa.Table:
@@ -291,7 +306,7 @@ def default_utility(table: pa.Table) -> str:
 
 def available_utilities(table: pa.Table) -> list[str]:
     names = set(table.column_names)
-    baseline = [u for u in BASELINE_SCORES if stored_score(u)[0] in names]
+    baseline = [u for u in (*BASELINE_SCORES, *RDS_SCORES) if stored_score(u)[0] in names]
     if any(_SQNORM.match(c) for c in names):
         return [*_computable_from(names), *baseline]
     return baseline + [u for u in UTILITIES if column_name(u) in names]
@@ -407,7 +422,7 @@ def open_table(path: Path, **options) -> pq.ParquetFile:
         raise GradfilterError(
             f"{path}: not a statistics table: it holds no scores: neither sqnorm columns nor a "
             f"baseline's score column; its columns: {shown or 'none'} (a dataset?)")
-    scores = {*map(column_name, UTILITIES), *BASELINE_SCORES}
+    scores = {*map(column_name, UTILITIES), *BASELINE_SCORES, *map(column_name, RDS_SCORES)}
     for column in schema:
         numeric = pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
         stat = _SQNORM.match(column.name) or _ALIGN.match(column.name)

@@ -165,6 +165,10 @@ TARGET_UTILITY = "align"
 # each is part of its name or stated in DIRECTIONS (--help, the table's metadata, method.md).
 PERPLEXITY = ("perplexity-low", "perplexity-high", "perplexity")
 BASELINE_SCORES = ("ifd", *PERPLEXITY, "length", "random")
+# RDS+ (docs/method.md §6): stored by an IFD table scored with target examples
+# (`score --method ifd --target-examples`), what such a table ranks by unless told.
+RDS_SCORES = ("rds", "rds-mean")
+RANKINGS = (*UTILITIES, *BASELINE_SCORES, *RDS_SCORES)  # what `select --utility` may name
 DIRECTIONS = {
     "ifd": "highest IFD ratio first, among the records whose ratio is below 1, as Superfiltering",
     "perplexity-low": "lowest perplexity first, a quality filter",
@@ -173,6 +177,9 @@ DIRECTIONS = {
     "loss": "lowest loss first",
     "length": "longest response first",
     "random": "a seeded uniform draw",
+    "rds": "RDS+'s round robin: each target example in turn takes the record most similar to it "
+           "(cosine of position-weighted mean hidden states) not taken yet",
+    "rds-mean": "highest mean cosine with the target examples first (RDS+'s representations)",
 }
 # (stored column, sign): a baseline ranked by a stored column the other way round
 _READ_AS = {"perplexity-low": ("perplexity", -1.0), "perplexity-high": ("perplexity", 1.0)}

@@ -1,23 +1,39 @@
 """Is selecting worth it? (issue 34; Yin & Rush, arXiv 2410.16208: gradient selection pays only
-where the trained model is much larger than the selector.) The fine-tune benchmark states what
-the selection cost beside what fine-tuning costs, in row-tokens (one token of one sequence
-through the model once; a forward and backward pass counts once, as forward+backward):
+where the trained model is much larger than the selector.) The benchmarks and the selection page
+state what the selection cost beside what fine-tuning costs, in row-tokens (one token of one
+sequence through the model once; a forward and backward pass counts once, as forward+backward):
 
-- **the selection**: the G-SNR run that scored the pool: each of its M members trains E epochs
-  over every scored record, forward+backward, M * E * T for T the scored records' tokens; with
-  `--collect snapshot` also M * 2 * T for the separate gradient passes at epochs s and t
-  (`during`, the default, collects inside the training passes: nothing more); its IFD pass, where
-  it ran, forward only: T + R, R the response tokens plus one start token per record (the
-  response scored alone). Wall time: the table's run record's, every stage summed.
-- **fine-tuning on a subset**: the benchmark's run on it, `steps * batch` rows of the subset
-  (its passes) at the subset's mean tokens, forward+backward; its wall time per seed.
-- **fine-tuning on the full pool for the same epochs**: `--epochs` passes over every
-  selectable record (not run: the benchmark's full-pool row has the budget's steps).
+- **a scoring run** (`selection_cost`, from its table's metadata and run record; T the scored
+  records' tokens, R their response tokens, N their number): G-SNR, each of its M members
+  trains E epochs over every scored record, forward+backward, M * E * T; with `--collect
+  snapshot` also M * 2 * T for the separate gradient passes at epochs s and t (`during`, the
+  default, collects inside the training passes: nothing more); its IFD pass, where it ran,
+  forward only: T + R + N (the response scored alone after one start token). A baseline: `ifd`
+  T + R + N forward, `perplexity-*` and `loss` T forward, `length` and `random` nothing (free).
+  With `--target-examples` (U their tokens, the table's `target.tokens`): G-SNR's target pass
+  after epochs s and t, M * 2 * U forward+backward; IFD's RDS+, one forward over them, U (a
+  table written before `target.tokens` was stored: not counted).
+  Wall time, device and the proxy's parameter count: the run record's, every stage summed.
+- **fine-tuning on a subset**: in `bench finetune`, the benchmark's run on it, `steps * batch`
+  rows of the subset at the subset's mean tokens, forward+backward, and its wall time per seed;
+  in `bench noise` and on the selection page, one epoch over the subset: its records' tokens.
+- **fine-tuning on the full pool**: `--epochs` passes (one, in `bench noise` and on the page)
+  over every selectable record (not run).
 
-The selection pays for itself in compute at a budget where selection + subset < full pool. The
-row-tokens are counted with the benchmark's tokenizer (the target's); where the target is not
-the proxy, the proxy's own count differs by the two tokenizers' ratio, and a proxy token is
-cheaper than a target token by the models' sizes: the block says both models. No torch here.
+The selection pays for itself in compute where selection + subset < full pool (`break_even`),
+every row-token counted alike: a forward row-token counts as a whole one (it costs about a
+third of a forward+backward), so the selection's side is overstated, never understated. A proxy
+token is cheaper than a target token by about the models' sizes: the selection pays for a target
+whose cost per token times its epochs exceeds `selection / (full - subset)` times the proxy's
+(the break-even ratio; the run record names the proxy's parameters).
+
+Tokens: `bench finetune` counts with its tokenizer (the target's; where the target is not the
+proxy, the proxy's own count differs by the two tokenizers' ratio); `bench noise` and the page
+read the tables' `n_tokens` (the proxy's tokens, after truncation). A table written before
+`n_tokens` was stored holds each record's response tokens only (`n_response_tokens`): every
+figure then counts response tokens (`RESPONSE_ONLY`), smaller than the truth, and the
+break-even holds where the kept records' prompts weigh, beside their responses, as the pool's
+do. No torch here.
 """
 
 from __future__ import annotations
@@ -28,15 +44,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
-from ..table import stats_meta
+from ..outputs import run_record_path
+from ..table import load_stats, stats_meta, table_column_names
+from ..utilities import PERPLEXITY
 
 COLLECTED_EPOCHS = 2  # epochs s and t
+FREE = ("length", "random")  # scored by no model pass
+FORWARD_ONLY = ("ifd", *PERPLEXITY, "loss")  # scored by forward passes of the proxy
+WHOLE = ("the tokens the proxy read (n_tokens: prompt and response after truncation to "
+         "max_length, counted with the proxy's tokenizer)")
+RESPONSE_ONLY = ("response tokens only: the table has no n_tokens column (written before "
+                 "gradfilter stored each record's whole token count), so prompts are left out "
+                 "of every figure and each is smaller than the true row-tokens; the break-even "
+                 "holds where the kept records' prompts weigh, beside their responses, as the "
+                 "pool's do")
 
 
 @dataclass(frozen=True)
 class ScoringWork:
-    """How the G-SNR run that scored the pool was made, from its table and run record."""
+    """How a scoring run was made, from its table's metadata and its run record."""
 
     table: str
     proxy: str | None
@@ -45,56 +73,199 @@ class ScoringWork:
     collect: str
     ifd_pass: bool
     wall_seconds: float | None
+    method: str = "gsnr"
+    device: str | None = None  # None: no run record, or it names none
+    proxy_parameters: int | None = None
+    target_tokens: int = 0  # the target examples' tokens (--target-examples), where recorded
 
 
 def scoring_work(table: str | Path | None) -> ScoringWork | None:
     """The G-SNR run behind `table` (None where there is no table, or it is not G-SNR's)."""
-    if table is None:
+    work = None if table is None else table_work(table)
+    return work if work is not None and work.method == "gsnr" else None
+
+
+def table_work(table: str | Path) -> ScoringWork | None:
+    """The scoring run behind any statistics table, with its run record where there is one."""
+    return work_from(stats_meta(table), read_run_record(table), str(table))
+
+
+def read_run_record(table: str | Path) -> dict | None:
+    """The run record beside a table (None where there is none, or it is not a JSON object)."""
+    try:
+        record = json.loads(run_record_path(Path(table)).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return None
-    meta = stats_meta(table)
+    return record if isinstance(record, dict) else None
+
+
+def work_from(meta: dict, record: dict | None, table: str) -> ScoringWork | None:
+    """The run a table's `meta` and run `record` describe (None where the metadata does not say
+    which method scored it: a table not written by `score`)."""
     config = meta.get("config") or {}
-    if meta.get("method", "gsnr") != "gsnr" or "members" not in config:
+    method = str(meta.get("method", "gsnr"))
+    if not meta or (method == "gsnr" and "members" not in config) or method not in (
+            "gsnr", *FORWARD_ONLY, *FREE):
         return None
-    wall = None
-    record = Path(f"{table}.run.json")
-    if record.is_file():
-        try:
-            timings = json.loads(record.read_text(encoding="utf-8")).get("wall_seconds") or {}
-            wall = float(sum(v for v in timings.values() if isinstance(v, int | float)))
-        except (OSError, ValueError):
-            wall = None
-    return ScoringWork(str(table), config.get("proxy"), int(config["members"]),
+    record = record or {}
+    timings = record.get("wall_seconds")
+    wall = (float(sum(v for v in timings.values() if isinstance(v, int | float)))
+            if isinstance(timings, dict) else None)
+    device = record.get("device")
+    if isinstance(device, dict):
+        device = device.get("gpu") or device.get("device")
+    if device and record.get("dtype"):
+        device = f"{device}, {record['dtype']}"
+    parameters = record.get("proxy_parameters")
+    target = (meta.get("target") or {}).get("tokens", 0)
+    return ScoringWork(table, config.get("proxy"), int(config.get("members", 0)),
                        int(config.get("epochs", 2)), str(config.get("collect", "during")),
-                       bool(config.get("ifd_pass", True)), wall)
+                       bool(config.get("ifd_pass", True)), wall, method,
+                       str(device) if device else None,
+                       int(parameters) if isinstance(parameters, int) else None,
+                       int(target) if isinstance(target, int) else 0)
 
 
 def selection_cost(work: ScoringWork, tokens: np.ndarray, response: np.ndarray) -> dict:
-    """The G-SNR run's row-tokens over the scored records' `tokens` (and `response` tokens)."""
+    """The run's row-tokens over the scored records' `tokens` (and `response` tokens)."""
     total = int(np.sum(tokens))
-    passes = work.members * work.epochs
-    if work.collect == "snapshot":
-        passes += work.members * COLLECTED_EPOCHS
     ifd = total + int(np.sum(response)) + len(response)
-    return {"table": work.table, "proxy": work.proxy, "members": work.members,
-            "epochs": work.epochs, "collect": work.collect, "ifd_pass": work.ifd_pass,
+    backward, forward = 0, 0
+    if work.method == "gsnr":
+        passes = work.members * work.epochs
+        if work.collect == "snapshot":
+            passes += work.members * COLLECTED_EPOCHS
+        backward, forward = passes * total, ifd if work.ifd_pass else 0
+        backward += work.members * COLLECTED_EPOCHS * work.target_tokens  # the target pass
+    elif work.method in FORWARD_ONLY:
+        forward = ifd + work.target_tokens if work.method == "ifd" else total  # (RDS+)
+    ensemble = ({"members": work.members, "epochs": work.epochs, "collect": work.collect,
+                 "ifd_pass": work.ifd_pass, "ifd_forward_row_tokens": ifd}
+                if work.method == "gsnr" else {})
+    return {"table": work.table, "method": work.method, "proxy": work.proxy,
+            "proxy_parameters": work.proxy_parameters, **ensemble,
             "scored_records": len(tokens), "scored_tokens": total,
-            "forward_backward_row_tokens": passes * total,
-            "forward_row_tokens": ifd if work.ifd_pass else 0, "ifd_forward_row_tokens": ifd,
-            "wall_seconds": work.wall_seconds}
+            "forward_backward_row_tokens": backward, "forward_row_tokens": forward,
+            "free": work.method in FREE, "wall_seconds": work.wall_seconds,
+            "device": work.device}
+
+
+def record_tokens(table: str | Path | pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """Per record of a table: the tokens counted (`n_tokens`, else its response tokens), the
+    response tokens, whether it was scored; and whether the first are whole counts."""
+    names = table_column_names(table)
+    wanted = [c for c in ("n_tokens", "n_response_tokens", "skip_reason") if c in names]
+    columns = table.select(wanted) if isinstance(table, pa.Table) else load_stats(table, wanted)
+
+    def counts(name: str) -> np.ndarray:
+        if name not in wanted:
+            return np.zeros(columns.num_rows, dtype=np.int64)
+        return np.asarray(columns[name].to_numpy(zero_copy_only=False), dtype=np.int64)
+
+    scored = (np.asarray(columns["skip_reason"].is_null().to_numpy(zero_copy_only=False), bool)
+              if "skip_reason" in wanted else np.ones(columns.num_rows, dtype=bool))
+    response = counts("n_response_tokens")
+    whole = "n_tokens" in wanted
+    return (counts("n_tokens") if whole else response), response, scored, whole
+
+
+def break_even(selection: int | None, subset: int, full: int) -> dict:
+    """The selection and one epoch on its subset against one epoch on the full pool, in
+    row-tokens counted alike: their share of the full pool's, whether it is below one, and the
+    break-even ratio selection / (full - subset) (None where unknown, or nothing is saved)."""
+    if selection is None:
+        return {"share_of_full_pool": None, "pays_at_equal_cost": None,
+                "break_even_ratio": None}
+    saved = full - subset
+    return {"share_of_full_pool": (selection + subset) / full if full > 0 else None,
+            "pays_at_equal_cost": selection + subset < full,
+            "break_even_ratio": selection / saved if saved > 0 else None}
+
+
+def break_even_text(selection: int | None, subset: int, full: int,
+                    parameters: int | None) -> str:
+    """`break_even` in words, with the proxy's size where recorded."""
+    found = break_even(selection, subset, full)
+    if selection is None:
+        return "The selection's cost is not known, so neither is whether it paid for itself."
+    spent = (f"Selection ({selection:,}) + one epoch on the subset ({subset:,}) = "
+             f"{selection + subset:,} row-tokens, {found['share_of_full_pool']:.1%} of one "
+             f"epoch on the full pool ({full:,})" if full > 0 else
+             "The full pool has no tokens")
+    ratio = found["break_even_ratio"]
+    if found["pays_at_equal_cost"]:
+        return spent + ": selecting pays for itself even where a target token costs no more "\
+                       "than a proxy token."
+    if ratio is None:
+        return spent + ": the subset costs as much as the full pool; selecting saves nothing."
+    size = (f"the proxy has {_size(parameters)} parameters, so about a "
+            f"{_size(ratio * parameters)}-parameter target for one epoch" if parameters else
+            "the proxy's parameter count is not recorded")
+    return (spent + f": at equal cost per token it does not pay. It pays where the target's "
+            f"cost per token times its epochs exceeds {ratio:.3g} times the proxy's ({size}).")
+
+
+def pool_cost(work: ScoringWork | None, tokens: np.ndarray, response: np.ndarray,
+              scored: np.ndarray, kept: np.ndarray, whole: bool) -> dict:
+    """The selection page's cost, per record `tokens`, `response` tokens and masks `scored` and
+    `kept` (within the scored): scoring the table (None where its metadata does not say how),
+    one epoch over the full pool (the scored records) and over the kept subset, the break-even."""
+    scoring = None if work is None else selection_cost(work, tokens[scored], response[scored])
+    chose = None if scoring is None else (scoring["forward_backward_row_tokens"]
+                                          + scoring["forward_row_tokens"])
+    full, subset = int(tokens[scored].sum()), int(tokens[kept & scored].sum())
+    return {"tokens": WHOLE if whole else RESPONSE_ONLY, "scoring": scoring,
+            "selection_row_tokens": chose, "full_pool_records": int(scored.sum()),
+            "full_pool_row_tokens": full, "kept_records": int((kept & scored).sum()),
+            "kept_row_tokens": subset, **break_even(chose, subset, full)}
+
+
+def noise_cost(runs: dict[str, dict | None], served_by: dict[str, str],
+               kept: dict[str, dict[str, np.ndarray]], tokens: np.ndarray, whole: bool) -> dict:
+    """One corruption draw's `cost` in bench noise: each scoring run's (`selection_cost`, None
+    where its table does not say how it was scored), and per method the run that chose it (none
+    for balanced_random: free), with per budget its subset's epoch (`kept`: positions among the
+    scored records, whose `tokens` these are) against the full pool's, and the break-even."""
+    full = int(tokens.sum())
+    methods = {}
+    for method, subsets in kept.items():
+        run = served_by.get(method)
+        cost = None if run is None else runs.get(run)
+        chose = (0 if run is None else None if cost is None else
+                 cost["forward_backward_row_tokens"] + cost["forward_row_tokens"])
+        budgets = {}
+        for key, chosen in subsets.items():
+            spent = int(tokens[chosen].sum())
+            budgets[key] = {"records": len(chosen), "row_tokens": spent,
+                            **break_even(chose, spent, full)}
+        methods[method] = {"run": run, "selection_row_tokens": chose,
+                           "wall_seconds": None if cost is None else cost["wall_seconds"],
+                           "budgets": budgets}
+    return {"tokens": WHOLE if whole else RESPONSE_ONLY, "full_pool_records": len(tokens),
+            "full_pool_row_tokens": full, "runs": runs, "methods": methods}
+
+
+def _size(count: float) -> str:
+    """A parameter count as people write it: 135M, 1.35B."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.3g}{unit}"
+    return f"{count:.3g}"
 
 
 def selection_row_tokens(method: str, selection: dict | None) -> int | None:
     """What choosing `method`'s subset cost the proxy, all passes together: the G-SNR run for a
-    G-SNR utility, coverage and s2l; the forward pass of IFD for ifd and perplexity; nothing for
-    length, random and balanced_random (None where the G-SNR run is not known)."""
-    from ..utilities import PERPLEXITY, UTILITIES
+    G-SNR utility, coverage and s2l; the forward pass of IFD for ifd, perplexity and RDS+ (whose
+    one more forward, over the target examples, is not counted); nothing for length, random and
+    balanced_random (None where the G-SNR run is not known)."""
+    from ..utilities import RDS_SCORES, UTILITIES
     from .selectors import CLUSTERED
 
     if method in (*UTILITIES, *CLUSTERED):
         if selection is None:
             return None
         return selection["forward_backward_row_tokens"] + selection["forward_row_tokens"]
-    if method in ("ifd", *PERPLEXITY):
+    if method in ("ifd", *PERPLEXITY, *RDS_SCORES):
         return None if selection is None else selection["ifd_forward_row_tokens"]
     return 0
 

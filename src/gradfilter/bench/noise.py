@@ -28,8 +28,8 @@ from ..diversity import DEFAULT_THRESHOLD, dedup
 from ..errors import GradfilterError
 from ..outputs import atomic_path, atomic_write_text, write_run_record
 from ..selection import select_top
-from ..table import load_sketch_features, utility_scores
-from ..utilities import PERPLEXITY, TARGET_UTILITIES, UTILITIES
+from ..table import load_sketch_features, table_meta, utility_scores
+from ..utilities import PERPLEXITY, RDS_SCORES, TARGET_UTILITIES, UTILITIES
 from .corruptions import (  # noqa: F401  (register_corruption, CorruptionContext: plugin API)
     CORRUPTIONS,
     CorruptionContext,
@@ -37,6 +37,7 @@ from .corruptions import (  # noqa: F401  (register_corruption, CorruptionContex
     corrupted_count,
     register_corruption,
 )
+from .costs import noise_cost, read_run_record, record_tokens, selection_cost, work_from
 from .intervals import RESAMPLES, bootstrap
 from .noise_metrics import (
     RANDOM_DRAWS,
@@ -114,8 +115,8 @@ def _share(flag: np.ndarray, chosen: np.ndarray) -> float:
 def method_groups(methods: Sequence[str]) -> dict[str, list[str]]:
     """Which scoring run serves each method: one ensemble run serves every G-SNR utility (and
     `loss`, the ensemble's late loss, when it runs, and the selectors that cluster its
-    trajectories); one IFD run serves perplexity too (in either direction); balanced_random
-    needs no run."""
+    trajectories); one IFD run serves perplexity too (in either direction) and RDS+ (scored
+    with the target examples); balanced_random needs no run."""
     groups: dict[str, list[str]] = {}
     ensemble = any((m in UTILITIES and m != "loss") or m in CLUSTERED for m in methods)
     for method in methods:
@@ -123,8 +124,9 @@ def method_groups(methods: Sequence[str]) -> dict[str, list[str]]:
             continue
         if (method in UTILITIES and (method != "loss" or ensemble)) or method in CLUSTERED:
             run = "gsnr"
-        elif method in ("ifd", *PERPLEXITY):
-            run = "ifd" if "ifd" in methods else "perplexity"
+        elif method in ("ifd", *PERPLEXITY, *RDS_SCORES):
+            run = ("ifd" if "ifd" in methods or any(m in RDS_SCORES for m in methods)
+                   else "perplexity")
         elif method in ("length", "random", "loss"):
             run = method
         else:
@@ -198,14 +200,16 @@ def run_noise_benchmark(data, out_dir: Path, config: ScoreConfig, *, methods: Se
     `allow_data_mismatch`. Selectors among `methods` are measured on the same records
     (`balance_field`: balanced_random's field of the data's records; a corrupted record keeps
     its original's value). With `target_examples`, the G-SNR run is scored with them (the
-    `align*` utilities)."""
+    `align*` utilities), and the IFD run where `rds` or `rds-mean` is among the methods
+    (RDS+)."""
     from ..data.dataset import as_dataset
     from ..scoring.proxy import load_tokenizer
 
     if tables and len(corrupt_seeds) != 1:
         raise GradfilterError("--table applies to one corruption seed (its mixed set)")
-    needs_target = [m for m in methods if m in TARGET_UTILITIES]
-    if needs_target and target_examples is None and "gsnr" not in (tables or {}):
+    needs_target = [m for m in methods if (m in TARGET_UTILITIES and "gsnr" not in (tables or {}))
+                    or (m in RDS_SCORES and "ifd" not in (tables or {}))]
+    if needs_target and target_examples is None:
         raise GradfilterError(f"--methods {','.join(needs_target)} need --target-examples")
     if labels is not None and len(corrupt_seeds) != 1:
         raise GradfilterError("--labels gives one corrupted set: give one --corrupt-seeds "
@@ -363,10 +367,12 @@ def _run_seed(out_dir: Path, seed: int, mixed: list[list[Turn]], labels: list[st
     digest = file_sha256(mixed_path)
     all_scores: dict[str, np.ndarray] = {}
     tables: dict[str, str] = {}
+    run_tables: dict[str, tuple[Path, pa.Table]] = {}  # each run's table, for the cost
     ensemble: str | None = None  # the G-SNR run's table, for the selectors that cluster
     scored = np.ones(len(mixed), dtype=bool)
     for run, members in method_groups(methods).items():
-        target = target_examples if run == "gsnr" else None
+        targeted = run == "gsnr" or any(m in RDS_SCORES for m in members)
+        target = target_examples if targeted else None
         path = Path(given[run]) if run in given else scores_path(
             out_dir, run, config, digest, None if target is None else file_sha256(Path(target)))
         if path.is_file():
@@ -383,6 +389,7 @@ def _run_seed(out_dir: Path, seed: int, mixed: list[list[Turn]], labels: list[st
                           target_examples=target)
         scored &= table["skip_reason"].is_null().to_numpy(zero_copy_only=False)
         ensemble = str(path) if run == "gsnr" else ensemble
+        run_tables[run] = (path, table)
         for method in members:
             if not is_selector(method):
                 all_scores[method] = utility_scores(table, method)
@@ -401,6 +408,7 @@ def _run_seed(out_dir: Path, seed: int, mixed: list[list[Turn]], labels: list[st
         "methods": method_metrics(all_scores, kept, budgets, resamples, seed),
     }
     selectors = [m for m in methods if is_selector(m)]
+    chosen: dict[str, dict[str, np.ndarray]] = {}
     if selectors:
         chooser = replace(chooser or SelectorInputs(), table=ensemble)
         rows = np.flatnonzero(scored)
@@ -410,6 +418,10 @@ def _run_seed(out_dir: Path, seed: int, mixed: list[list[Turn]], labels: list[st
         results["selectors"] = {m: {"table": recorded_path(Path(ensemble), out_dir)}
                                 if m in CLUSTERED else {"field": chooser.field}
                                 for m in selectors}
+    results["cost"] = _seed_cost(out_dir, run_tables, method_groups(methods), scored,
+                                 {**{m: {f"{b:g}": select_top(s, ratio=b).indices
+                                         for b in budgets} for m, s in all_scores.items()},
+                                  **chosen})
     bad = np.array([bool(label) for label in kept])
     random = (random_expectation(bad, budgets),
               random_reselections(bad, budgets, RANDOM_DRAWS, seed))
@@ -418,6 +430,25 @@ def _run_seed(out_dir: Path, seed: int, mixed: list[list[Turn]], labels: list[st
         results["diversity"] = _diversity(all_scores, kept, budgets, tables, methods,
                                           np.flatnonzero(scored), diversity_threshold)
     return SeedRun(results, all_scores, kept, random)
+
+
+def _seed_cost(out_dir: Path, run_tables: dict[str, tuple[Path, pa.Table]],
+               groups: dict[str, list[str]], scored: np.ndarray,
+               kept: dict[str, dict[str, np.ndarray]]) -> dict:
+    """results.json's `cost` of one draw (`costs.noise_cost`): each run's row-tokens over the
+    records it scored, and each method's subsets (`kept`: positions among the `scored`
+    records) against the full pool, counted with the tables' `n_tokens` where they have it."""
+    runs: dict[str, dict | None] = {}
+    counted: tuple[np.ndarray, bool] | None = None
+    for run, (path, table) in run_tables.items():
+        tokens, response, done, whole = record_tokens(table)
+        work = work_from(table_meta(table), read_run_record(path), recorded_path(path, out_dir))
+        runs[run] = None if work is None else selection_cost(work, tokens[done], response[done])
+        if counted is None or (whole and not counted[1]):
+            counted = (tokens, whole)
+    tokens, whole = counted if counted is not None else (np.zeros(len(scored), np.int64), False)
+    served = {method: run for run, members in groups.items() for method in members}
+    return noise_cost(runs, served, kept, tokens[scored], whole)
 
 
 def _diversity(all_scores: dict[str, np.ndarray], labels: list[str | None],

@@ -32,6 +32,7 @@ def results_markdown(results: dict) -> str:
     first = results["seeds"][str(seeds[0])]
     if "diversity" in first:
         lines += diversity_markdown(first["diversity"], budgets, seeds[0])
+    lines += cost_markdown(first.get("cost"), seeds[0], results.get("config", {}).get("proxy"))
     return "\n".join(lines) + "\n"
 
 
@@ -181,3 +182,71 @@ def _signed(interval: dict) -> str:
 def _row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
+
+
+COST_NOTE = ("Row-tokens: one token of one sequence through a model once, a forward and backward "
+             "pass counted once. Scoring: G-SNR trains every member over every scored record each "
+             "epoch (forward+backward) and runs its IFD pass (forward); IFD runs two forward "
+             "passes, perplexity and loss one; length, random and balanced_random run no model "
+             "(free); coverage and s2l cost the G-SNR run whose table they cluster. Fine-tuning: "
+             "one epoch over the subset against one over the full pool (the scored records). The "
+             "last columns count every row-token alike (a forward one as a whole one: the "
+             "selection's side is overstated): selection + subset as a share of the full pool's "
+             "epoch, and the break-even ratio selection / (full - subset), the factor by which the "
+             "target's cost per token times its epochs must exceed the proxy's for selecting to "
+             "pay (docs/method.md).")
+
+
+def cost_runs(cost: dict) -> list[list[str]]:
+    """Each scoring run: its table, row-tokens, wall time, device and the proxy's size."""
+    rows = []
+    for run, c in cost["runs"].items():
+        if c is None:
+            rows.append([run, "not recorded (the table's metadata does not say how it was "
+                              "scored)", "-", "-", "-", "-"])
+            continue
+        rows.append([run, "free" if c["free"] else f"{c['forward_backward_row_tokens']:,}",
+                     "free" if c["free"] else f"{c['forward_row_tokens']:,}",
+                     "not recorded" if c["wall_seconds"] is None else f"{c['wall_seconds']:.1f}",
+                     c["device"] or "not recorded",
+                     "-" if c["free"] else "not recorded" if c["proxy_parameters"] is None
+                     else f"{c['proxy_parameters']:,}"])
+    return rows
+
+
+def cost_rows(cost: dict) -> list[list[str]]:
+    """Per method and budget: what chose it, the subset's epoch, the share and break-even."""
+    rows = []
+    for method, m in cost["methods"].items():
+        chose = m["selection_row_tokens"]
+        for budget, b in m["budgets"].items():
+            share, ratio = b["share_of_full_pool"], b["break_even_ratio"]
+            rows.append([method, f"{float(budget):.0%}", m["run"] or "no run (free)",
+                         "not known" if chose is None else f"{chose:,}",
+                         f"{b['records']:,}", f"{b['row_tokens']:,}",
+                         "-" if share is None else f"{share:.1%}",
+                         "-" if b["pays_at_equal_cost"] is None else
+                         "yes" if b["pays_at_equal_cost"] else "no",
+                         "-" if ratio is None or b["pays_at_equal_cost"] else f"{ratio:.3g}"])
+    return rows
+
+
+COST_RUNS_HEAD = ["scoring run", "forward+backward row-tokens", "forward row-tokens",
+                  "wall s", "device", "proxy parameters"]
+COST_HEAD = ["method", "budget", "chosen by", "selection row-tokens", "subset records",
+             "subset epoch row-tokens", "selection + subset, share of the full pool's epoch",
+             "pays at equal cost per token", "break-even ratio"]
+
+
+def cost_markdown(cost: dict | None, seed: int, proxy: str | None) -> list[str]:
+    """results.md's "Is selecting worth it?": the scoring runs, then each method's subsets
+    against one epoch on the full pool."""
+    if not cost:
+        return []
+    return ["", f"## Is selecting worth it? (seed {seed}; row-tokens)", "", COST_NOTE, "",
+            f"Tokens: {cost['tokens']}; proxy {proxy}. One epoch on the full pool "
+            f"({cost['full_pool_records']:,} scored records): "
+            f"{cost['full_pool_row_tokens']:,} forward+backward row-tokens.", "",
+            _row(COST_RUNS_HEAD), _row(["---"] * len(COST_RUNS_HEAD)),
+            *[_row(r) for r in cost_runs(cost)], "",
+            _row(COST_HEAD), _row(["---"] * len(COST_HEAD)), *[_row(r) for r in cost_rows(cost)]]

@@ -20,7 +20,7 @@ from ..bench.selectors import CLUSTERED, DEFAULT_BALANCE_FIELD, SELECTORS
 from ..config import ScoreConfig
 from ..diversity import DEFAULT_THRESHOLD, DIVERSITY
 from ..report import REPORT_NAME
-from ..utilities import BASELINE_SCORES, TARGET_UTILITIES, UTILITIES
+from ..utilities import BASELINE_SCORES, RDS_SCORES, TARGET_UTILITIES, UTILITIES
 from .human import human
 from .options import (
     allow_mismatch_option,
@@ -42,7 +42,7 @@ BENCH_SCORE_OPTIONS = score_options("method", "save_adapters", "checkpoint_dir",
                                     "member_groups")
 # Every baseline in both directions where it has two; plain `perplexity` (perplexity-high's
 # other name) is left out so that no ranking is measured twice.
-# The alignment utilities need target examples: added by --target-examples.
+# The alignment utilities and RDS+ need target examples: added by --target-examples.
 BENCH_METHODS = (*(u for u in UTILITIES if u not in TARGET_UTILITIES),
                  *(b for b in BASELINE_SCORES if b != "perplexity"), *CLUSTERED)
 SELECTOR_HELP = ("Selectors (a subset at each budget, measured beside the rankings): coverage "
@@ -101,8 +101,9 @@ bench.add_command(human)
               show_default=True, help="The cosine at or above which dedup removes a record.")
 @allow_mismatch_option
 @click.option("--target-examples", type=click.Path(path_type=Path), default=None,
-              help="Score the G-SNR run with these target examples (score --target-examples); "
-                   "the default --methods then include " + ", ".join(TARGET_UTILITIES) + ".")
+              help="Score the G-SNR run with these target examples (score --target-examples), "
+                   "and the IFD run where RDS+ is measured; the default --methods then include "
+                   + ", ".join((*TARGET_UTILITIES, *RDS_SCORES)) + ".")
 @BALANCE_OPTION
 @data_options
 @BENCH_SCORE_OPTIONS
@@ -114,7 +115,8 @@ def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_s
           **options) -> None:
     """Corrupt part of DATA (or take DATA as corrupted, with --labels), score it with every
     method, report AUROC, AUPRC and contamination, and whether each method is better than,
-    tied with or worse than random's expectation, IFD and length."""
+    tied with or worse than random's expectation, IFD and length; and what each method's
+    selection cost (row-tokens, wall time) beside fine-tuning on its subset and on the pool."""
     from ..bench.noise import results_markdown, run_noise_benchmark
     from ..errors import GradfilterError
     from ..paths import reads, refuse_collisions, writes
@@ -142,7 +144,7 @@ def noise(data: str, out_dir: Path, fraction: float, corruptions: str, corrupt_s
     chosen = csv_list(methods)
     if target_examples is not None and click.get_current_context().get_parameter_source(
             "methods") is click.core.ParameterSource.DEFAULT:
-        chosen += list(TARGET_UTILITIES)
+        chosen += [*TARGET_UTILITIES, *RDS_SCORES]
     results = run_noise_benchmark(
         read_data(data, fmt, fields, limit, split), out_dir, config_from(options),
         methods=chosen, corruptions=csv_list(corruptions), fraction=fraction,

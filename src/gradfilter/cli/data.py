@@ -11,7 +11,7 @@ from rich.console import Console
 from ..data.conversations import FORMATS
 from ..data.quality import records
 from ..diversity import DIVERSITY
-from ..utilities import BASELINE_SCORES, UTILITIES
+from ..utilities import RANKINGS
 from .options import (
     OUT_HELP,
     allow_mismatch_option,
@@ -83,7 +83,7 @@ def select(data: str, stats: Path, out: str, fmt, fields, limit, split, report: 
                    "column, one row a record: the demo's labels.parquet, bench noise's).")
 @click.option("--examples", type=click.IntRange(0, 50), default=10, show_default=True,
               help="Records shown at the top, around the cut and at the bottom.")
-@click.option("--utility", type=click.Choice((*UTILITIES, *BASELINE_SCORES)), default=None,
+@click.option("--utility", type=click.Choice(RANKINGS), default=None,
               help="What to rank by (default: the subset's, else the table's default).")
 @click.option("--ratio", type=float, default=None,
               help="Fraction kept (default: the subset's, else 0.1).")
@@ -102,7 +102,9 @@ def report(table: Path, data: str | None, out: str | Path | None, subset: Path |
 
     The page shows the run record, the scores with the cut, kept against dropped (lengths,
     turns, fields, unscorable records), the other scores the table carries, agreement with the
-    cheap baselines, what dedup changed, and the best, worst and borderline records.
+    cheap baselines, what dedup changed, what scoring cost against fine-tuning on the whole
+    pool and on the subset (row-tokens, the break-even), and the best, worst and borderline
+    records.
     """
     from ..data.conversations import parse_fields
     from ..outputs import run_record_path

@@ -32,7 +32,8 @@ from ..utilities import (
     DEFAULT_UNGATED,
     DEFAULT_UTILITY,
     DIRECTIONS,
-    UTILITIES,
+    RANKINGS,
+    RDS_SCORES,
 )
 
 DEFAULTS = ScoreConfig()
@@ -98,14 +99,14 @@ def select_options(command: Callable) -> Callable:
     return _apply(command, [
         click.option("--ratio", type=float, default=None, help="Fraction of records to keep."),
         click.option("--count", type=int, default=None, help="Number of records to keep."),
-        click.option("--utility", type=click.Choice((*UTILITIES, *BASELINE_SCORES)),
+        click.option("--utility", type=click.Choice(RANKINGS),
                      default=None,
                      help=f"What to rank by (default: the baseline that made the table, else "
                           f"{DEFAULT_UTILITY}, or {DEFAULT_UNGATED} where the table has no IFD "
-                          "ratios, or align where it was scored with --target-examples; the "
-                          "align utilities need such a table). Utilities: highest first "
-                          "(loss: lowest loss first); "
-                          "baselines: " + baseline_help(BASELINE_SCORES) + "."),
+                          "ratios, or align (rds for an IFD table) where it was scored with "
+                          "--target-examples; the align and rds utilities need such a table). "
+                          "Utilities: highest first (loss: lowest loss first); "
+                          "baselines: " + baseline_help((*BASELINE_SCORES, *RDS_SCORES)) + "."),
         click.option("--order", type=click.Choice(["input", "score"]), default="input",
                      show_default=True),
         click.option("--score-field", default=None, help="Add the score to each kept record."),
@@ -288,9 +289,11 @@ def _score_option_table() -> dict[str, Callable]:
         "target_examples": click.option(
             "--target-examples", type=click.Path(path_type=Path), default=None,
             help="Examples of the task to select for (any input format; the pool's template "
-                 "and masks): one extra gradient pass over them gives every record's "
-                 "alignment with them, and the utilities align (the default then), align-snr "
-                 "and align-max (docs/method.md §4). --method gsnr, needs --sketch-dim."),
+                 "and masks). --method gsnr (needs --sketch-dim): one extra gradient pass "
+                 "over them gives every record's alignment with them, and the utilities align "
+                 "(the default then), align-snr and align-max (docs/method.md §4). --method "
+                 "ifd: RDS+, the cosines of the proxy's pooled hidden states, from IFD's own "
+                 "forward plus one over them: rds (the default then) and rds-mean (§6)."),
         "save_adapters": click.option(
             "--save-adapters", type=click.Path(path_type=Path), default=None,
             help="Write every member's PEFT adapter at each collected epoch here."),

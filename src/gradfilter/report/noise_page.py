@@ -11,7 +11,15 @@ from pathlib import Path
 import numpy as np
 
 from ..bench.noise_metrics import contamination
-from ..bench.noise_report import SHOWN, verdict_cell
+from ..bench.noise_report import (
+    COST_HEAD,
+    COST_NOTE,
+    COST_RUNS_HEAD,
+    SHOWN,
+    cost_rows,
+    cost_runs,
+    verdict_cell,
+)
 from . import plots
 from .measures import histogram
 from .page import Html, Page, facts, figure, grid, paragraph, table
@@ -59,7 +67,21 @@ def noise_page(results: dict, record: dict, out_dir: Path) -> Page:
         page.add("diversity", "Near-duplicate removal against plain top-k",
                  paragraph(f"dedup at cosine >= {diversity.get('threshold')}", "note"),
                  *result_tables(diversity.get("methods") or {}, "method"))
+    cost = first.get("cost") if first else None
+    if isinstance(cost, dict) and {"runs", "methods", "full_pool_row_tokens"} <= cost.keys():
+        page.add("cost", f"Is selecting worth it? (seed {seeds[0]}; row-tokens)",
+                 *_cost(cost, config.get("proxy")))
     return page
+
+
+def _cost(cost: dict, proxy: object) -> list[Html]:
+    """What each scoring run cost, and each method's subsets against the full pool's epoch."""
+    return [paragraph(COST_NOTE, "note"),
+            paragraph(f"Tokens: {cost.get('tokens')}; proxy {proxy}. One epoch on the full pool "
+                      f"({cost.get('full_pool_records')} scored records): "
+                      f"{cost['full_pool_row_tokens']:,} forward+backward row-tokens."),
+            table(COST_RUNS_HEAD, cost_runs(cost), table_id="cost-runs"),
+            table(COST_HEAD, cost_rows(cost), table_id="cost-methods")]
 
 
 def _noise_verdicts(results: dict) -> list[Html]:

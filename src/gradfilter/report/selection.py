@@ -208,14 +208,15 @@ def _diversify(selection: Selection, sources: SelectionSources, asked: dict,
 
 def _record_columns(table: Path, names: list[str]
                     ) -> tuple[dict[str, np.ndarray], list[tuple[int, str]]]:
-    """The table's per-record columns (response tokens, truncation) and the unscorable
-    records' reasons."""
-    wanted = [c for c in ("n_response_tokens", "truncated", "skip_reason") if c in names]
+    """The table's per-record columns (response and whole token counts, truncation) and the
+    unscorable records' reasons."""
+    wanted = [c for c in ("n_response_tokens", "n_tokens", "truncated", "skip_reason")
+              if c in names]
     if not wanted:
         return {}, []
     columns = load_stats(table, wanted)
     values = {}
-    for name in ("n_response_tokens", "truncated"):
+    for name in ("n_response_tokens", "n_tokens", "truncated"):
         if name in wanted:
             array = columns.column(name).combine_chunks()
             values[name] = np.asarray(array.to_numpy(zero_copy_only=False), dtype=np.float64)

@@ -29,6 +29,7 @@ from .page import (
 )
 from .records import TEXT_LIMIT
 from .selection import SelectionSources, SelectionView, build_view, cheap_baselines, shown_records
+from .selection_cost import cost_section
 
 SHOWN_CHARS = 400
 
@@ -54,6 +55,7 @@ def selection_page(view: SelectionView) -> Page:
     page.add("agreement", "Agreement with the cheap baselines", *_agreement_section(view))
     if view.dedup_report is not None:
         page.add("diversity", "What near-duplicate removal changed", *_diversity_section(view))
+    page.add("cost", "Cost: is selecting worth it?", *cost_section(view))
     page.add("records", "Records", *_records_section(view))
     page.footer = _footer(view)
     return page

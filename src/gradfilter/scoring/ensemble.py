@@ -311,27 +311,36 @@ def _to(tensor: torch.Tensor, device: torch.device, pin: bool) -> torch.Tensor:
     return tensor.to(device)
 
 
+def last_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                prefix: PrefixCache | None = None) -> torch.Tensor:
+    """The body's last hidden states [rows, width, hidden] (after its final norm); with
+    `prefix`, of the rows' own tokens, which follow that shared prefix."""
+    if prefix is None:
+        return model.base_model(input_ids=input_ids,
+                                attention_mask=attention_mask).last_hidden_state
+    return model.base_model(input_ids=input_ids,
+                            attention_mask=prefix.attention_mask(attention_mask),
+                            **prefix.inputs(input_ids.shape[0])).last_hidden_state
+
+
 def per_example_losses(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        response_mask: torch.Tensor,
                        targets: ResponseTargets | None = None,
-                       prefix: PrefixCache | None = None) -> torch.Tensor:
+                       prefix: PrefixCache | None = None,
+                       hidden: torch.Tensor | None = None) -> torch.Tensor:
     """Each row's own mean cross-entropy over its response tokens (float32, [rows]).
 
     Logits are formed only at positions that predict a response token, so the LM head's cost
     and memory scale with the response tokens, not the padded batch. Pass `targets` (built on
     the host) to avoid the host sync that finding those positions on the device costs. With
-    `prefix` (forward-only passes), the rows are what follows that shared prefix.
+    `prefix` (forward-only passes), the rows are what follows that shared prefix. `hidden`:
+    the rows' `last_hidden` states, run already (a pass that also pools them).
     """
     if targets is None:
         targets = ResponseTargets.from_masks(input_ids.cpu().numpy(),
                                              response_mask.cpu().numpy()).to(input_ids.device)
-    if prefix is None:
-        hidden = model.base_model(input_ids=input_ids,
-                                  attention_mask=attention_mask).last_hidden_state
-    else:
-        hidden = model.base_model(input_ids=input_ids,
-                                  attention_mask=prefix.attention_mask(attention_mask),
-                                  **prefix.inputs(input_ids.shape[0])).last_hidden_state
+    if hidden is None:
+        hidden = last_hidden(model, input_ids, attention_mask, prefix)
     flat = hidden.reshape(-1, hidden.shape[-1]).index_select(0, targets.positions)
     logits = model.get_output_embeddings()(flat).float()
     token_losses = F.cross_entropy(logits, targets.labels, reduction="none")

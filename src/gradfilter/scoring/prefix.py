@@ -56,6 +56,9 @@ class PrefixCache:
     cache: object  # a transformers Cache of batch 1
     keyword: str  # the body's argument for it: `cache` from transformers 5.24 on, else
     # `past_key_values`
+    # sum over the prefix's positions i = 1..length of i times its last hidden state (float32,
+    # [hidden]): its share of every row's position-weighted pooling (representations.py)
+    position_sum: torch.Tensor | None = None
 
     @classmethod
     def run(cls, body: torch.nn.Module, ids: np.ndarray,
@@ -69,7 +72,10 @@ class PrefixCache:
             return None
         keyword = ("cache" if "cache" in inspect.signature(body.forward).parameters
                    else "past_key_values")
-        return cls(len(ids), cache, keyword)
+        hidden = out.last_hidden_state[0].float()  # [length, hidden]
+        positions = torch.arange(1, len(ids) + 1, device=hidden.device, dtype=torch.float32)
+        # (elementwise: under autocast a matmul would run in the lower precision)
+        return cls(len(ids), cache, keyword, (positions[:, None] * hidden).sum(0))
 
     def inputs(self, rows: int) -> dict:
         """The body's keyword arguments that hand it a copy of the prefix for `rows` rows (the

@@ -47,6 +47,8 @@ from .ensemble import LoRAEnsemble
 from .proxy import default_targets, load_model, load_tokenizer, resolve_device, resolve_dtype
 from .tokenization import Encoded, encode, resolve_template
 
+TARGETED = ("gsnr", "ifd")  # the methods --target-examples applies to
+
 
 @dataclass(frozen=True)
 class Tokenized:
@@ -81,7 +83,8 @@ class Tokenized:
     def record_columns(self) -> dict[str, pa.Array]:
         return record_columns(len(self.encoded),
                               np.array([e.n_response_tokens for e in self.encoded]),
-                              np.array([e.truncated for e in self.encoded]), self.reasons)
+                              np.array([e.truncated for e in self.encoded]), self.reasons,
+                              np.array([len(e.input_ids) for e in self.encoded]))
 
     def truncation(self, config: ScoreConfig) -> dict:
         """How much of the data --max-length hides: records longer than it (and how many of
@@ -185,9 +188,10 @@ def score(
     end, and a rerun with the same settings continues from the last commit; a finished
     directory just rebuilds the table. Launched by torchrun, the ranks form `member_groups`
     member groups (default min(members, processes)) x data shards (see `distributed`); every
-    rank returns the table, rank 0 writes it. With `target_examples` (gsnr only; any format
-    gradfilter reads, the pool's template and masks), the table also holds every record's
-    alignment with them (method.md §4, `align*`); without, nothing changes.
+    rank returns the table, rank 0 writes it. With `target_examples` (gsnr or ifd; any
+    format gradfilter reads, the pool's template and masks), the table also holds every
+    record's alignment with them: by gradients for gsnr (method.md §4, `align*`), by RDS+'s
+    pooled hidden states for ifd (§6, `rds`, `rds-mean`); without, nothing changes.
     """
     config = ScoreConfig() if config is None else config
     if not isinstance(data, Dataset) and not is_in_memory(data):  # (records: memory.py)
@@ -221,6 +225,8 @@ def score(
                      if method == "gsnr" or method in NEEDS_MODEL else None)
             if model is not None:
                 timings["load_proxy"] = time.perf_counter() - start
+            # before any LoRA is installed: the proxy's own size, for the cost's break-even
+            parameters = None if model is None else sum(p.numel() for p in model.parameters())
             if method == "gsnr":
                 assert model is not None
                 config = config.with_targets(default_targets(model))
@@ -237,8 +243,14 @@ def score(
                                     details, target_tokens)
             else:
                 details = {}
+                if target is not None:
+                    assert target_tokens is not None
+                    details["target"] = target_record(target, target_tokens)
                 table = _score_baseline(method, tokens, model, tokenizer, config, device, dtype,
-                                        progress and comm.rank == 0, timings, details)
+                                        progress and comm.rank == 0, timings, details,
+                                        target_tokens)
+        if parameters is not None:
+            details["proxy_parameters"] = int(parameters)
         table = with_more_meta(with_identities(table, identities(dataset.records)),
                                truncation=tokens.truncation(config))
         if device.type == "cuda":
@@ -266,9 +278,11 @@ def _load_proxy(config: ScoreConfig, device: torch.device, shown: bool) -> torch
 
 def target_record(target: Dataset, tokens: Tokenized) -> dict:
     """The target examples as the run record and the table's metadata name them: where they
-    came from, how many were read and used, and the hash of their tokens."""
+    came from, how many were read and used, the tokens of those used (what their passes cost),
+    and the hash of their tokens."""
     return {"data": str(target.path), "format": target.format, "records": len(target.records),
             "used": len(tokens.scorable),
+            "tokens": int(sum(len(tokens.encoded[i].input_ids) for i in tokens.scorable)),
             "unused": {str(i): r for i, r in enumerate(tokens.reasons) if r is not None},
             "data_sha256": tokens.sha256()}
 
@@ -279,13 +293,14 @@ def _check_arguments(config: ScoreConfig, method: str, checkpoint_dir, checkpoin
         raise GradfilterError(f"config must be a ScoreConfig, got {type(config).__name__}")
     config.validate()
     whole_number(checkpoint_every, "--checkpoint-every")
-    if target_examples is not None and method != "gsnr":
-        raise GradfilterError("--target-examples is for --method gsnr (the alignment is taken "
-                              "from the ensemble's gradient sketches)")
-    if target_examples is not None and not config.sketch_dim:
-        raise GradfilterError("--target-examples needs gradient sketches (--sketch-dim above 0)")
     if method not in METHODS:
         raise GradfilterError(f"--method must be one of {list(METHODS)}, got {method!r}")
+    if target_examples is not None and method not in TARGETED:
+        raise GradfilterError("--target-examples is for --method gsnr (alignment of the "
+                              "ensemble's gradient sketches) or ifd (RDS+: cosines of the "
+                              f"proxy's pooled hidden states), not {method}")
+    if target_examples is not None and method == "gsnr" and not config.sketch_dim:
+        raise GradfilterError("--target-examples needs gradient sketches (--sketch-dim above 0)")
     if checkpoint_every < 1:
         raise GradfilterError("--checkpoint-every must be at least 1")
     if checkpoint_dir is not None and method != "gsnr":
@@ -354,8 +369,10 @@ def scorable_targets(tokens: Tokenized) -> list[Encoded]:
 
 def _score_baseline(method: str, tokens: Tokenized, model: torch.nn.Module | None, tokenizer,
                     config: ScoreConfig, device: torch.device, dtype: torch.dtype,
-                    progress: bool, timings: dict[str, float], details: dict) -> pa.Table:
-    """A baseline's table: the record columns plus the method's score columns."""
+                    progress: bool, timings: dict[str, float], details: dict,
+                    target: Tokenized | None = None) -> pa.Table:
+    """A baseline's table: the record columns plus the method's score columns (with `target`,
+    ifd's, RDS+'s too: `details["target"]` names the target examples)."""
     with progress_bars(progress) as bars:
         forward = None
         if model is not None:
@@ -365,11 +382,28 @@ def _score_baseline(method: str, tokens: Tokenized, model: torch.nn.Module | Non
                                    bars, budget)
         start = time.perf_counter()
         columns = baseline_columns(method, tokens.encoded, tokens.scorable, len(tokens.encoded),
-                                   config.seed, forward)
+                                   config.seed, forward,
+                                   None if target is None else scorable_targets(target))
         timings[method] = time.perf_counter() - start
         if forward is not None:
             details["forward_tokens"] = forward.tokens
-    return baseline_table(tokens.record_columns(), columns, method, config)
+        if target is not None:
+            assert forward is not None and forward.target_representations is not None
+            details["target"]["representations"] = representation_record(
+                forward.target_representations)
+    return baseline_table(tokens.record_columns(), columns, method, config,
+                          None if target is None else details["target"])
+
+
+def representation_record(representations: np.ndarray) -> dict:
+    """How the target examples' RDS+ representations were made, and their fingerprint."""
+    return {"pooling": "position-weighted mean of the last hidden states over the whole "
+                       "sequence (RDS+; docs/method.md §6)",
+            "examples": int(representations.shape[0]),
+            "hidden_size": int(representations.shape[1]),
+            "sha256": hashlib.sha256(np.ascontiguousarray(
+                representations, dtype=np.float32).tobytes()).hexdigest(),
+            "aggregation": "rds: round robin over the target examples; rds-mean: mean cosine"}
 
 
 @written_together  # the table and its run record move into place together
