@@ -227,6 +227,28 @@ def test_saved_adapters_reproduce_the_final_held_out_losses(finished, gpt2_proxy
     np.testing.assert_allclose(losses.numpy(), final, rtol=1e-4)
 
 
+def test_every_runs_step_0_is_the_untrained_targets_held_out_loss(finished, gpt2_proxy):
+    """Step 0 is computed once and reused (every run starts as the untrained target): it must
+    be what the untrained target itself gives on the held-out set, for every run."""
+    import torch
+
+    from gradfilter.scoring.batching import Batcher
+    from gradfilter.scoring.ensemble import per_example_losses
+    from gradfilter.scoring.proxy import load_model
+
+    out, inputs, _ = finished
+    base = load_model(gpt2_proxy, torch.device("cpu"))
+    batch = Batcher(inputs.held_out, torch.device("cpu")).batch([range(len(inputs.held_out))])
+    with torch.no_grad():
+        untrained = per_example_losses(base, batch.input_ids, batch.attention_mask,
+                                       batch.response_mask, batch.targets).double().numpy()
+    runs = list((out / "runs").glob("*.json"))
+    assert len(runs) == 10
+    for run in runs:
+        np.testing.assert_allclose(json.loads(run.read_text())["eval_loss"][0], untrained,
+                                   rtol=1e-5, err_msg=run.name)
+
+
 def _curves(points: list[list[float]], noise: float = 0.01, seed: int = 0) -> Curves:
     """Made-up curves: [seeds][points] mean losses, spread over 6 held-out examples."""
     rng = np.random.default_rng(seed)

@@ -225,6 +225,7 @@ class _Trainer:
         self.inputs, self.target, self.out_dir, self.seeds, self.log = (inputs, target, out_dir,
                                                                        seeds, log)
         self.model, self.targets, self.bars = None, target.lora_targets, None
+        self.untrained: dict[int, list[float]] = {}  # eval batch size -> step-0 held-out losses
 
     def curves(self, name: str, chosen: np.ndarray, settings: RunSettings) -> Curves:
         runs, reused = [], 0
@@ -254,11 +255,13 @@ class _Trainer:
             self.model = load_model(self.target.proxy, device)
             self.targets = self.target.with_targets(default_targets(self.model)).targets
         assert self.targets is not None
-        return train_seed(self.model, self.targets, [self.inputs.pool[i] for i in chosen],
-                          self.inputs.held_out, settings, seed, device,
-                          resolve_dtype(self.target.dtype, device),
-                          self.out_dir / "adapters" / name.replace("@", "-"), self.target.proxy,
-                          self.bars)
+        run = train_seed(self.model, self.targets, [self.inputs.pool[i] for i in chosen],
+                         self.inputs.held_out, settings, seed, device,
+                         resolve_dtype(self.target.dtype, device),
+                         self.out_dir / "adapters" / name.replace("@", "-"), self.target.proxy,
+                         self.bars, self.untrained.get(settings.eval_batch_size))
+        self.untrained.setdefault(settings.eval_batch_size, run["eval_loss"][0])
+        return run
 
 
 def _dedup_by_sketches(inputs: FinetuneInputs, positions: np.ndarray,

@@ -48,10 +48,12 @@ def run_seed(settings: RunSettings, seed: int) -> int:
 def train_seed(model: torch.nn.Module, targets: tuple[str, ...], subset: list[Encoded],
                held_out: list[Encoded], settings: RunSettings, seed: int,
                device: torch.device, dtype: torch.dtype, adapters: Path | None,
-               base_name: str, bars=None) -> dict:
+               base_name: str, bars=None, untrained: list[float] | None = None) -> dict:
     """Fine-tune one target on `subset` (cycled) for `settings.steps` steps from the seed
     `seed`'s adapter and data order; the held-out losses at step 0, every `eval_every` steps
-    and at the end."""
+    and at the end. `untrained`, the step-0 losses of an earlier run on the same held-out set,
+    is reused: every run starts as the untrained target (LoRA's B = 0; a full fine-tune from
+    an unchanged copy), so step 0 is the same for all of them."""
     start = time.perf_counter()
     runner = _Runner(model, targets, subset, settings, run_seed(settings, seed), device, dtype)
     task = None if bars is None else bars.add_task(
@@ -59,7 +61,10 @@ def train_seed(model: torch.nn.Module, targets: tuple[str, ...], subset: list[En
         unit="steps")
     losses, evals, points = [], [], []
     for step in range(settings.steps + 1):
-        if step % settings.eval_every == 0 or step == settings.steps:
+        if step == 0 and untrained is not None:
+            evals.append(list(untrained))
+            points.append(step)
+        elif step % settings.eval_every == 0 or step == settings.steps:
             evals.append(runner.held_out_loss(held_out))
             points.append(step)
         if step < settings.steps:
