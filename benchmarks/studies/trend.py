@@ -147,16 +147,50 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def markdown(result: dict) -> str:
-    sizes = result["sizes"]
-    head = ["method", *[f"AUROC - random @{n}" for n in sizes], "trend"]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for method, entry in result["methods"].items():
-        if method == "random":
-            continue
-        cells = [cell(entry["by_size"][n]["vs_random"]["auroc"]) for n in sizes]
-        trend = entry["trend"].get("vs_random", {}).get("auroc")
-        lines.append("| " + " | ".join([method, *cells, verdict(trend)]) + " |")
-    return "\n".join(lines) + "\n"
+    """The tables docs/results.md quotes: against random (with the trend), AUROC and the
+    difference to IFD (with its trend), contamination at the budget, and the settling."""
+    sizes, last = result["sizes"], result["sizes"][-1]
+    methods = {m: e for m, e in result["methods"].items() if m != "random"}
+
+    def table(head: list[str], rows: list[list[str]]) -> str:
+        lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+
+    def by(entry: dict, n: int, *keys: str) -> dict | None:
+        value = entry["by_size"][n if n in entry["by_size"] else str(n)]  # str: read from JSON
+        for key in keys:
+            value = value.get(key) if value is not None else None
+        return value
+
+    vs_random = table(["method", *[f"AUROC - random @{n}" for n in sizes], "trend"], [
+        [m, *[cell(by(e, n, "vs_random", "auroc")) for n in sizes],
+         verdict(e["trend"].get("vs_random", {}).get("auroc"))] for m, e in methods.items()])
+    vs_ifd = table(["method", *[f"AUROC @{n}" for n in sizes],
+                    *[f"- IFD @{n}" for n in sizes], "trend vs IFD",
+                    f"shipped / study / new @{last}"], [
+        [m, *[interval_cell(by(e, n, "auroc")) for n in sizes],
+         *[cell(by(e, n, "vs_ifd", "auroc")) if m != "ifd" else "-" for n in sizes],
+         verdict(e["trend"].get("vs_ifd", {}).get("auroc")),
+         " / ".join(f"{by(e, last, k)['estimate']:.2f}"
+                    for k in ("auroc_shipped", "auroc_study", "auroc_new"))]
+        for m, e in methods.items()])
+    budget = result["budget"]
+    contamination = table(
+        ["method", *[f"contamination @{n}" for n in sizes],
+         *[f"- random @{n}" for n in sizes]], [
+            [m, *[f"{by(e, n, 'contamination')['estimate']:.3f}" for n in sizes],
+             *[cell(by(e, n, "vs_random", "contamination")) for n in sizes]]
+            for m, e in methods.items()])
+    pairs = list(result["settling"])
+    settled = table(["utility", *[f"Spearman {p}" for p in pairs]], [
+        [m, *[f"{result['settling'][p][m]:+.2f}" for p in pairs]]
+        for m in result["settling"][pairs[0]]]) if pairs else ""
+    return (f"{vs_random}\n{vs_ifd}\nContamination at {budget:g} (lower is better):\n\n"
+            f"{contamination}\n{settled}")
+
+
+def interval_cell(i: dict) -> str:
+    return f"{i['estimate']:.3f} [{i['low']:.3f}, {i['high']:.3f}]"
 
 
 def cell(i: dict) -> str:

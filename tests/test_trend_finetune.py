@@ -1,0 +1,132 @@
+"""benchmarks/studies/trend_finetune.py: the trend of fine-tune differences across pool sizes
+(paired by seed and held-out example) and the pre-registered decision rule, on made-up runs."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks" / "studies"))
+
+from trend_finetune import decide, study
+
+from gradfilter.bench.finetune_measures import Curves, budget_results
+from gradfilter.errors import GradfilterError
+
+SEEDS, EXAMPLES, STEPS = (0, 1, 2), 40, [0, 2, 4]
+
+
+def write_size(directory: Path, n: int, offsets: dict[str, float], rng) -> None:
+    """ft<n>: every row's curves fall from 2.0 by `offsets[row]` more than random's; random
+    has three draws. Each run file holds [points, examples] losses as bench finetune writes."""
+    ft = directory / f"ft{n}"
+    (ft / "runs").mkdir(parents=True)
+    shared = rng.normal(0, 0.2, EXAMPLES)  # held-out examples differ, the same at every size
+    rows: dict[str, list[Curves]] = {}
+    names: dict[str, str] = {}
+    for row, offset in offsets.items():
+        draws = 3 if row == "random" else 1
+        for d in range(draws):
+            name = f"random-draw{d}@0.1" if row == "random" else f"{row}@0.1"
+            losses = np.empty((len(STEPS), len(SEEDS), EXAMPLES))
+            for s, seed in enumerate(SEEDS):
+                for p, step in enumerate(STEPS):
+                    drop = 0.0 if step == 0 else 0.1 * step + offset
+                    losses[p, s] = 2.0 + shared - drop + rng.normal(0, 0.01, EXAMPLES)
+                run = {"seed": seed, "eval_steps": STEPS, "eval_loss": losses[:, s].tolist(),
+                       "train_loss": [1.0] * STEPS[-1]}
+                (ft / "runs" / f"{name}-s{seed}-abc{d}{seed}.json").write_text(json.dumps(run))
+            rows.setdefault(row, []).append(Curves(np.ones((3, 4)), STEPS, losses, 1.0))
+            names[name] = row
+    table, schedule = budget_results(rows, {r: 30 for r in rows}, STEPS[-1], 8)
+    results = {"run_seeds": {str(s): s for s in SEEDS}, "results": {"0.1": table},
+               "schedule": {"0.1": schedule}, "curves": {name: {} for name in names}}
+    (ft / "results.json").write_text(json.dumps(results))
+
+
+@pytest.fixture()
+def trend_dir(tmp_path):
+    rng = np.random.default_rng(0)
+    # snr-member-gated: 0.05 lower than random at 300, 0.25 lower at 1,000 (its standing
+    # rises); ifd: 0.1 lower at both sizes (no trend)
+    write_size(tmp_path, 300, {"snr-member-gated": 0.05, "ifd": 0.1, "random": 0.0,
+                               "full": 0.3}, rng)
+    write_size(tmp_path, 1000, {"snr-member-gated": 0.25, "ifd": 0.1, "random": 0.0,
+                                "full": 0.3}, rng)
+    return tmp_path
+
+
+def test_the_trend_of_a_difference_is_paired_across_sizes(trend_dir):
+    result = study(trend_dir)
+    assert result["sizes"] == [300, 1000]
+    rising = result["trend"]["snr-member-gated"]["auc_vs_random"]
+    assert rising["estimate"] == pytest.approx(-0.2, abs=0.01)
+    assert rising["high"] < 0  # the standing against random rises: the loss gap widens
+    flat = result["trend"]["ifd"]["auc_vs_random"]
+    assert flat["low"] < 0 < flat["high"]
+    # paired by example: the examples' shared spread (0.2) would swamp an unpaired interval
+    assert flat["high"] - flat["low"] < 0.02
+    assert result["by_size"][1000]["snr-member-gated"]["auc_vs_ifd"]["high"] < 0
+
+
+def test_two_runs_of_one_seed_are_refused(trend_dir):
+    runs = trend_dir / "ft1000" / "runs"
+    first = next(runs.glob("ifd@0.1-s0-*.json"))
+    (runs / "ifd@0.1-s0-other.json").write_text(first.read_text())
+    with pytest.raises(GradfilterError, match=r"2 runs of ifd@0\.1 seed 0"):
+        study(trend_dir)
+
+
+def interval(estimate: float, half: float = 0.02) -> dict:
+    return {"estimate": estimate, "low": estimate - half, "high": estimate + half}
+
+
+def noise_entry(vs_random: float, vs_ifd: float, groups: tuple[float, float, float],
+                trend: float = 0.0) -> dict:
+    at = {"vs_random": {"auroc": interval(vs_random)}, "vs_ifd": {"auroc": interval(vs_ifd)},
+          **{g: interval(v) for g, v in zip(("auroc_shipped", "auroc_study", "auroc_new"),
+                                            groups, strict=True)}}
+    return {"by_size": {"300": at, "1000": at}, "trend": {"vs_random": {"auroc": interval(trend)}}}
+
+
+def finetune_entry(vs_random: float, vs_ifd: float) -> dict:
+    return {"auc_vs_random": interval(vs_random, 0.005), "auc_vs_ifd": interval(vs_ifd, 0.005)}
+
+
+def made_up(gsnr_better: bool) -> tuple[dict, dict]:
+    """Noise: IFD and length beat random; the G-SNR utilities beat random only if
+    `gsnr_better`, where snr-member-gated's worst group is the highest."""
+    g = 0.1 if gsnr_better else 0.0
+    noise = {"sizes": [300, 1000], "methods": {
+        "snr-member-gated": noise_entry(g, 0.0 if gsnr_better else -0.1, (0.62, 0.60, 0.61)),
+        "snr-member": noise_entry(g, 0.0, (0.70, 0.55, 0.60)),
+        "gsnr": noise_entry(g, -0.1, (0.5, 0.5, 0.5)),
+        "gsnr-cv": noise_entry(g, 0.0, (0.58, 0.57, 0.56)),
+        "drop": noise_entry(g, 0.0, (0.59, 0.59, 0.4), trend=-0.1),
+        "ifd": noise_entry(0.12, 0.0, (0.70, 0.62, 0.51)),
+        "length": noise_entry(0.12, 0.0, (0.71, 0.73, 0.39)),
+        "loss": noise_entry(0.0, -0.05, (0.6, 0.5, 0.6))}}
+    ft = {m: finetune_entry(-0.02 if m == "ifd" else 0.0, 0.0)
+          for m in ("snr-member-gated", "gsnr", "gsnr-cv", "drop", "ifd", "loss", "length")}
+    return noise, {"sizes": [300], "by_size": {300: ft}, "trend": {}}
+
+
+def test_rule_1_keeps_the_qualifying_gsnr_utility_with_the_best_worst_group():
+    d = decide(*made_up(gsnr_better=True))
+    assert d["size"] == 300 and d["rule"] == 1
+    assert "snr-member" not in d["qualified"]  # no fine-tune run
+    assert "gsnr" not in d["qualified"] and "drop" not in d["qualified"]
+    assert d["reasons"]["drop"] == ["noise standing against random falls with pool size"]
+    assert d["method"] == "snr-member-gated"
+    assert d["gsnr_utility"] == "snr-member-gated"
+
+
+def test_rule_2_picks_the_baseline_better_than_random_on_most_benchmarks():
+    d = decide(*made_up(gsnr_better=False))
+    assert d["rule"] == 2 and not d["qualified"]
+    assert d["reasons"]["snr-member-gated"] == ["noise AUROC not better than random",
+                                                "noise AUROC worse than IFD"]
+    assert d["baseline_wins"] == {"ifd": 2, "length": 1, "loss": 0}
+    assert d["method"] == "ifd"
