@@ -223,7 +223,10 @@ def plot(result: dict, path: Path) -> None:
                         [i["high"] - i["estimate"] for i in d]])
         ax.errorbar(x, est, yerr=err, marker="o", capsize=3, label=method)
     ax.axhline(0, color="grey", linestyle="--")
-    ax.set(xscale="log", xlabel="pool size (records)", ylabel="AUROC - 0.5 (random)",
+    ax.set_xscale("log")
+    ax.set_xticks(sizes, [f"{n:,}" for n in sizes], minor=False)
+    ax.minorticks_off()
+    ax.set(xlabel="pool size (records)", ylabel="AUROC - 0.5 (random)",
            title="Noise benchmark: each method against random, by pool size")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()

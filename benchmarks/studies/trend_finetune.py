@@ -249,7 +249,10 @@ def plot(result: dict, path: Path) -> None:
                         [i["high"] - i["estimate"] for i in d]])
         ax.errorbar(x, est, yerr=err, marker="o", capsize=3, label=m)
     ax.axhline(0, color="grey", linestyle="--")
-    ax.set(xscale="log", xlabel="pool size (records)",
+    ax.set_xscale("log")
+    ax.set_xticks(sizes, [f"{n:,}" for n in sizes], minor=False)
+    ax.minorticks_off()
+    ax.set(xlabel="pool size (records)",
            ylabel="held-out loss (AUC) - random's (lower is better)",
            title="Fine-tune benchmark: each 10% subset against random, by pool size")
     ax.legend(fontsize=7, ncol=2)

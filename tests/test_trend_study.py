@@ -1,5 +1,6 @@
-"""benchmarks/studies/trend_finetune.py: the trend of fine-tune differences across pool sizes
-(paired by seed and held-out example) and the pre-registered decision rule, on made-up runs."""
+"""The trend study's scripts on made-up inputs: trend_finetune.py's trend of fine-tune differences
+across pool sizes (paired by seed and held-out example) and the pre-registered decision rule;
+trend.py's bootstrap within segments and its trend words."""
 
 import json
 import sys
@@ -130,3 +131,18 @@ def test_rule_2_picks_the_baseline_better_than_random_on_most_benchmarks():
                                                 "noise AUROC worse than IFD"]
     assert d["baseline_wins"] == {"ifd": 2, "length": 1, "loss": 0}
     assert d["method"] == "ifd"
+
+
+def test_the_noise_trend_resamples_records_within_their_segment():
+    """trend.py: one bootstrap for every size, records resampled within 0-299, 300-999, ...,
+    so that the smaller pools see the same resampled records as the larger."""
+    from trend import segment_weights, verdict
+
+    weights = segment_weights([3, 10, 30], resamples=50, seed=1)
+    assert weights.shape == (50, 30)
+    for start, stop in ((0, 3), (3, 10), (10, 30)):
+        np.testing.assert_array_equal(weights[:, start:stop].sum(axis=1), stop - start)
+    assert len({tuple(w) for w in weights}) > 1
+    assert verdict({"estimate": 0.1, "low": 0.01, "high": 0.2}).startswith("rises")
+    assert verdict({"estimate": -0.1, "low": -0.2, "high": -0.01}).startswith("falls")
+    assert verdict({"estimate": 0.1, "low": -0.01, "high": 0.2}).startswith("no trend")
