@@ -99,7 +99,8 @@ def study(directory: Path, resamples: int) -> dict:
     return {"sizes": sizes, "resamples": resamples, "budget": BUDGET,
             "corrupted": {n: int((labels[n] != "").sum()) for n in sizes},
             "methods": {m: summarise(m, sizes, point, draws) for m in (*METHODS, "random")},
-            "settling": settling(scores, sizes)}
+            "settling": settling(scores, sizes),
+            "length_check": length_check(scores, labels, sizes)}
 
 
 def summarise(method: str, sizes: list[int], point: dict, draws: list[dict]) -> dict:
@@ -138,6 +139,24 @@ def settling(scores: dict[int, dict[str, np.ndarray]], sizes: list[int]) -> dict
     return out
 
 
+def length_check(scores: dict[int, dict[str, np.ndarray]], labels: dict[int, np.ndarray],
+                 sizes: list[int]) -> dict:
+    """Is a utility's separation response length in disguise? (Not pre-registered.) Per size:
+    Spearman of each G-SNR utility with `length`, and its AUROC within each quartile of
+    response length (where length cannot separate)."""
+    out: dict = {}
+    for n in sizes:
+        length = scores[n]["length"]
+        bins = np.digitize(length, np.quantile(length, [0.25, 0.5, 0.75]))
+        clean = labels[n] == ""
+        out[n] = {m: {"spearman_with_length": spearman(scores[n][m], length),
+                      "auroc_within_length_quartiles": [
+                          Ranking(scores[n][m][bins == k]).auroc(clean[bins == k], None)
+                          for k in range(4)]}
+                  for m in (*GSNR_METHODS, "ifd")}
+    return out
+
+
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
     keep = np.isfinite(x) & np.isfinite(y)
     if keep.sum() < 3:
@@ -157,7 +176,7 @@ def markdown(result: dict) -> str:
         return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
 
     def by(entry: dict, n: int, *keys: str) -> dict | None:
-        value = entry["by_size"][n if n in entry["by_size"] else str(n)]  # str: read from JSON
+        value = entry["by_size"][_key(entry["by_size"], n)]
         for key in keys:
             value = value.get(key) if value is not None else None
         return value
@@ -185,8 +204,19 @@ def markdown(result: dict) -> str:
     settled = table(["utility", *[f"Spearman {p}" for p in pairs]], [
         [m, *[f"{result['settling'][p][m]:+.2f}" for p in pairs]]
         for m in result["settling"][pairs[0]]]) if pairs else ""
+    checked = result.get("length_check", {})
+    length = table(["utility", *[f"with length @{n}" for n in sizes],
+                    f"AUROC within length quartiles @{last}"], [
+        [m, *[f"{checked[_key(checked, n)][m]['spearman_with_length']:+.2f}" for n in sizes],
+         " / ".join(f"{v:.2f}" for v in
+                    checked[_key(checked, last)][m]["auroc_within_length_quartiles"])]
+        for m in checked[_key(checked, last)]]) if checked else ""
     return (f"{vs_random}\n{vs_ifd}\nContamination at {budget:g} (lower is better):\n\n"
-            f"{contamination}\n{settled}")
+            f"{contamination}\n{settled}\n{length}")
+
+
+def _key(by_size: dict, n: int):
+    return n if n in by_size else str(n)  # str: read back from JSON
 
 
 def interval_cell(i: dict) -> str:
