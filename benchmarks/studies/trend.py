@@ -236,18 +236,24 @@ def verdict(i: dict | None) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
+    sizes = result["sizes"]
+    series = {m: [e["by_size"][_key(e["by_size"], n)]["vs_random"]["auroc"] for n in sizes]
+              for m, e in result["methods"].items() if m != "random"}
+    plot_by_size(series, sizes, path, "AUROC - 0.5 (random)",
+                 "Noise benchmark: each method against random, by pool size")
+
+
+def plot_by_size(series: dict[str, list[dict]], sizes: list[int], path: Path, ylabel: str,
+                 title: str) -> None:
+    """Each method's interval at each pool size, on a log axis (also trend_finetune.py's)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sizes = result["sizes"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for k, (method, entry) in enumerate(result["methods"].items()):
-        if method == "random":
-            continue
-        d = [entry["by_size"][n]["vs_random"]["auroc"] for n in sizes]
-        x = np.array(sizes) * (1 + 0.012 * (k - 5))
+    for k, (method, d) in enumerate(series.items()):
+        x = np.array(sizes) * (1 + 0.012 * (k - len(series) / 2))
         est = np.array([i["estimate"] for i in d])
         err = np.array([[i["estimate"] - i["low"] for i in d],
                         [i["high"] - i["estimate"] for i in d]])
@@ -256,8 +262,7 @@ def plot(result: dict, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xticks(sizes, [f"{n:,}" for n in sizes], minor=False)
     ax.minorticks_off()
-    ax.set(xlabel="pool size (records)", ylabel="AUROC - 0.5 (random)",
-           title="Noise benchmark: each method against random, by pool size")
+    ax.set(xlabel="pool size (records)", ylabel=ylabel, title=title)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from trend import plot_by_size
 
 from gradfilter.bench.finetune_measures import read
 from gradfilter.bench.intervals import bootstrap
@@ -233,32 +234,11 @@ def decision_words(d: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     sizes = result["sizes"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    methods = [m for m in result["by_size"][sizes[0]] if m not in ("untrained", "random")]
-    for k, m in enumerate(methods):
-        d = [result["by_size"][n][m]["auc_vs_random"] for n in sizes]
-        x = np.array(sizes) * (1 + 0.015 * (k - len(methods) / 2))
-        est = np.array([i["estimate"] for i in d])
-        err = np.array([[i["estimate"] - i["low"] for i in d],
-                        [i["high"] - i["estimate"] for i in d]])
-        ax.errorbar(x, est, yerr=err, marker="o", capsize=3, label=m)
-    ax.axhline(0, color="grey", linestyle="--")
-    ax.set_xscale("log")
-    ax.set_xticks(sizes, [f"{n:,}" for n in sizes], minor=False)
-    ax.minorticks_off()
-    ax.set(xlabel="pool size (records)",
-           ylabel="held-out loss (AUC) - random's (lower is better)",
-           title="Fine-tune benchmark: each 10% subset against random, by pool size")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    series = {m: [result["by_size"][n][m]["auc_vs_random"] for n in sizes]
+              for m in result["by_size"][sizes[0]] if m not in ("untrained", "random")}
+    plot_by_size(series, sizes, path, "held-out loss (AUC) - random's (lower is better)",
+                 "Fine-tune benchmark: each 10% subset against random, by pool size")
 
 
 def main() -> None:
