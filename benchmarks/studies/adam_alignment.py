@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from gradfilter.bench.speed import rank_agreement
 from gradfilter.config import ScoreConfig
 from gradfilter.data.dataset import as_dataset
 from gradfilter.progress import progress_bars
@@ -231,15 +232,12 @@ def run_seed(model: torch.nn.Module, pool_tokens, target_tokens, config: ScoreCo
 
 # --- the comparison ----------------------------------------------------------------------
 
-def top_overlap(a: np.ndarray, b: np.ndarray, share: float) -> float:
-    k = max(1, int(np.floor(share * len(a) + 0.5)))
-    first, second = (set(np.argsort(-x, kind="stable")[:k].tolist()) for x in (a, b))
-    return len(first & second) / k
-
-
 def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    return {"spearman": float(spearmanr(a, b).statistic), "top10": top_overlap(a, b, 0.10),
-            "top5": top_overlap(a, b, 0.05)}
+    """Spearman (scipy's: average ranks, as the bootstrap below) and the shared top 10% and 5%
+    (`bench.speed.rank_agreement`'s overlap, ranked as `select` ranks)."""
+    return {"spearman": float(spearmanr(a, b).statistic),
+            "top10": rank_agreement(a, b, 0.10)["top_overlap"],
+            "top5": rank_agreement(a, b, 0.05)["top_overlap"]}
 
 
 def bootstrap(pairs: list[tuple[np.ndarray, np.ndarray]], resamples: int,
