@@ -176,7 +176,7 @@ def markdown(result: dict) -> str:
         return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
 
     def by(entry: dict, n: int, *keys: str) -> dict | None:
-        value = entry["by_size"][_key(entry["by_size"], n)]
+        value = entry["by_size"][size_key(entry["by_size"], n)]
         for key in keys:
             value = value.get(key) if value is not None else None
         return value
@@ -207,15 +207,15 @@ def markdown(result: dict) -> str:
     checked = result.get("length_check", {})
     length = table(["utility", *[f"with length @{n}" for n in sizes],
                     f"AUROC within length quartiles @{last}"], [
-        [m, *[f"{checked[_key(checked, n)][m]['spearman_with_length']:+.2f}" for n in sizes],
+        [m, *[f"{checked[size_key(checked, n)][m]['spearman_with_length']:+.2f}" for n in sizes],
          " / ".join(f"{v:.2f}" for v in
-                    checked[_key(checked, last)][m]["auroc_within_length_quartiles"])]
-        for m in checked[_key(checked, last)]]) if checked else ""
+                    checked[size_key(checked, last)][m]["auroc_within_length_quartiles"])]
+        for m in checked[size_key(checked, last)]]) if checked else ""
     return (f"{vs_random}\n{vs_ifd}\nContamination at {budget:g} (lower is better):\n\n"
             f"{contamination}\n{settled}\n{length}")
 
 
-def _key(by_size: dict, n: int):
+def size_key(by_size: dict, n: int):
     return n if n in by_size else str(n)  # str: read back from JSON
 
 
@@ -223,9 +223,12 @@ def interval_cell(i: dict) -> str:
     return f"{i['estimate']:.3f} [{i['low']:.3f}, {i['high']:.3f}]"
 
 
-def cell(i: dict) -> str:
+def cell(i: dict | None, digits: int = 3) -> str:
+    """A signed difference with its interval, `*` where the interval excludes zero."""
+    if i is None:
+        return "-"
     star = "*" if i["low"] > 0 or i["high"] < 0 else ""
-    return f"{i['estimate']:+.3f} [{i['low']:+.3f}, {i['high']:+.3f}]{star}"
+    return f"{i['estimate']:+.{digits}f} [{i['low']:+.{digits}f}, {i['high']:+.{digits}f}]{star}"
 
 
 def verdict(i: dict | None) -> str:
@@ -237,7 +240,7 @@ def verdict(i: dict | None) -> str:
 
 def plot(result: dict, path: Path) -> None:
     sizes = result["sizes"]
-    series = {m: [e["by_size"][_key(e["by_size"], n)]["vs_random"]["auroc"] for n in sizes]
+    series = {m: [e["by_size"][size_key(e["by_size"], n)]["vs_random"]["auroc"] for n in sizes]
               for m, e in result["methods"].items() if m != "random"}
     plot_by_size(series, sizes, path, "AUROC - 0.5 (random)",
                  "Noise benchmark: each method against random, by pool size")

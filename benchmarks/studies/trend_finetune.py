@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from trend import plot_by_size
+from trend import cell, plot_by_size, size_key
 
 from gradfilter.bench.finetune_measures import read
 from gradfilter.bench.intervals import bootstrap
@@ -119,11 +119,11 @@ def excludes_zero_below(i: dict | None) -> bool:
 def decide(noise: dict, finetune: dict) -> dict:
     """The pre-registered rule (docs/results.md, "Decision rule for the defaults"), applied at
     the largest size where both benchmarks are complete."""
-    both = [n for n in finetune["sizes"] if str(n) in _keys(noise["sizes"])]
+    both = [n for n in finetune["sizes"] if n in noise["sizes"]]
     if not both:
         return {"size": None, "why": "no size has both benchmarks"}
     size = both[-1]
-    nm = {m: e["by_size"][_key(e["by_size"], size)] for m, e in noise["methods"].items()}
+    nm = {m: e["by_size"][size_key(e["by_size"], size)] for m, e in noise["methods"].items()}
     ft = finetune["by_size"][size]
 
     def worst_group(m: str) -> float:
@@ -168,21 +168,6 @@ def decide(noise: dict, finetune: dict) -> dict:
                                    key=lambda m: (worst_group(m), fine_tune_rank(m)))
     decision["worst_group_auroc"] = {m: worst_group(m) for m in (*GSNR_UTILITIES, *BASELINES)}
     return decision
-
-
-def _keys(sizes: list) -> set[str]:
-    return {str(n) for n in sizes}
-
-
-def _key(by_size: dict, n: int):
-    return n if n in by_size else str(n)
-
-
-def cell(i: dict | None, digits: int = 3) -> str:
-    if i is None:
-        return "-"
-    star = "*" if i["low"] > 0 or i["high"] < 0 else ""
-    return f"{i['estimate']:+.{digits}f} [{i['low']:+.{digits}f}, {i['high']:+.{digits}f}]{star}"
 
 
 def markdown(result: dict, decision: dict) -> str:
