@@ -72,6 +72,24 @@ def test_the_trend_of_a_difference_is_paired_across_sizes(trend_dir):
     assert result["by_size"][1000]["snr-member-gated"]["auc_vs_ifd"]["high"] < 0
 
 
+def test_a_selector_run_at_one_size_is_compared_there_and_left_out_of_the_trend(tmp_path):
+    """Issue 34's coverage subsets, fine-tuned at 300 only: compared with the default top-k
+    and `length` there (paired), no trend claimed from one size."""
+    rng = np.random.default_rng(1)
+    write_size(tmp_path, 300, {"snr-member-gated": 0.0, "length": 0.1, "coverage": 0.05,
+                               "ifd": 0.0, "random": 0.0}, rng)
+    write_size(tmp_path, 1000, {"snr-member-gated": 0.0, "length": 0.1, "ifd": 0.0,
+                                "random": 0.0}, rng)
+    result = study(tmp_path)
+    assert "coverage" not in result["trend"] and "length" in result["trend"]
+    versus = result["selectors"][300]["coverage"]
+    assert versus["auc_vs_snr-member-gated"]["estimate"] == pytest.approx(-0.05, abs=0.005)
+    assert versus["auc_vs_snr-member-gated"]["high"] < 0  # lower loss than the default top-k
+    assert versus["auc_vs_length"]["low"] > 0  # higher than the longest answers'
+    assert result["by_size"][300]["coverage"]["auc_vs_random"]["high"] < 0
+    assert 1000 not in result["selectors"]
+
+
 def test_two_runs_of_one_seed_are_refused(trend_dir):
     runs = trend_dir / "ft1000" / "runs"
     first = next(runs.glob("ifd@0.1-s0-*.json"))

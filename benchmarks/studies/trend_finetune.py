@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from trend import cell, plot_by_size, size_key
 
-from gradfilter.bench.finetune_measures import read
+from gradfilter.bench.finetune_measures import difference, read
 from gradfilter.bench.intervals import bootstrap
 from gradfilter.errors import GradfilterError
 
@@ -31,6 +31,8 @@ READINGS = ("auc", "final")
 GSNR_UTILITIES = ("snr-member-gated", "snr-member", "gsnr", "gsnr-cv", "drop")
 BASELINES = ("ifd", "length", "loss")
 GROUPS = ("auroc_shipped", "auroc_study", "auroc_new")
+SELECTORS = ("coverage", "s2l")
+SELECTOR_REFERENCES = ("snr-member-gated", "length")
 
 
 def finished_sizes(directory: Path) -> list[int]:
@@ -87,17 +89,19 @@ def study(directory: Path) -> dict:
         raise GradfilterError(f"{directory}: no ft<N>/results.json yet")
     results = {n: json.loads((directory / f"ft{n}" / "results.json").read_text()) for n in sizes}
     table = {n: results[n]["results"][BUDGET] for n in sizes}
-    methods = [m for m in table[sizes[0]] if m not in ("untrained", "random", "full")]
+    methods = list(dict.fromkeys(m for n in sizes for m in table[n]
+                                 if m not in ("untrained", "random", "full")))
     out: dict = {"sizes": sizes, "budget": BUDGET, "declared": "auc", "by_size": {}, "trend": {},
                  "schedule": {n: results[n]["schedule"][BUDGET] for n in sizes}}
     for n in sizes:
         out["by_size"][n] = {m: {k: table[n][m].get(k) for k in (
             *READINGS, *(f"{r}_vs_{ref}" for r in READINGS for ref in ("random", "ifd")),
             "overfitting")} for m in [*methods, "random", "full", "untrained"] if m in table[n]}
+    losses = {n: run_losses(directory / f"ft{n}", results[n]) for n in sizes}
+    out["selectors"] = selector_differences(losses)
     if len(sizes) > 1:
         first, last = sizes[0], sizes[-1]
-        losses = {n: run_losses(directory / f"ft{n}", results[n]) for n in (first, last)}
-        for m in methods:
+        for m in (m for m in methods if m in losses[first] and m in losses[last]):
             out["trend"][m] = {}
             for ref in ("random", "ifd"):
                 if ref == m:
@@ -105,6 +109,18 @@ def study(directory: Path) -> dict:
                 pair = [(read(losses[n][m], "auc"), read(losses[n][ref], "auc"))
                         for n in (first, last)]
                 out["trend"][m][f"auc_vs_{ref}"] = trend_of_difference(*pair)
+    return out
+
+
+def selector_differences(losses: dict[int, dict[str, np.ndarray]]) -> dict:
+    """size -> selector -> reading_vs_reference: issue 34's comparisons of the cluster-balanced
+    subsets with the default top-k and the longest responses, paired by seed and example."""
+    out: dict = {}
+    for n, rows in losses.items():
+        for s in (s for s in SELECTORS if s in rows):
+            out.setdefault(n, {})[s] = {
+                f"{r}_vs_{ref}": difference(read(rows[s], r), read(rows[ref], r)).as_dict()
+                for r in READINGS for ref in SELECTOR_REFERENCES if ref in rows}
     return out
 
 
@@ -177,7 +193,7 @@ def markdown(result: dict, decision: dict) -> str:
     if len(sizes) > 1:
         head.append("trend vs random (AUC)")
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for m in result["by_size"][sizes[0]]:
+    for m in dict.fromkeys(m for n in sizes for m in result["by_size"][n]):
         if m == "untrained":
             continue
         e = {n: result["by_size"][n].get(m, {}) for n in sizes}
@@ -191,7 +207,21 @@ def markdown(result: dict, decision: dict) -> str:
     untrained = {n: result["by_size"][n]["untrained"] for n in sizes}
     lines += ["", "Untrained target (step 0), held-out loss: " + ", ".join(
         f"{untrained[n]['auc']['estimate']:.4f} @{n}" for n in sizes) + "."]
-    return "\n".join(lines) + "\n\n" + decision_words(decision) + "\n"
+    return ("\n".join(lines) + "\n\n" + selector_table(result) + decision_words(decision)
+            + "\n")
+
+
+def selector_table(result: dict) -> str:
+    """The cluster-balanced subsets against the default top-k and `length` (empty if none ran)."""
+    found = [(n, s, e) for n, by in result["selectors"].items() for s, e in by.items()]
+    if not found:
+        return ""
+    refs = [f"{r}_vs_{ref}" for ref in SELECTOR_REFERENCES for r in READINGS]
+    lines = ["| selector | size | " + " | ".join(x.replace("_vs_", " - ") for x in refs) + " |",
+             "|" + " --- |" * (len(refs) + 2)]
+    lines += [f"| {s} | {n} | " + " | ".join(cell(e.get(x), 4) for x in refs) + " |"
+              for n, s, e in found]
+    return "\n".join(lines) + "\n\n"
 
 
 def _overfits(o: dict | None) -> str:
@@ -221,7 +251,8 @@ def decision_words(d: dict) -> str:
 def plot(result: dict, path: Path) -> None:
     sizes = result["sizes"]
     series = {m: [result["by_size"][n][m]["auc_vs_random"] for n in sizes]
-              for m in result["by_size"][sizes[0]] if m not in ("untrained", "random")}
+              for m in result["by_size"][sizes[0]] if m not in ("untrained", "random")
+              and all(m in result["by_size"][n] for n in sizes)}
     plot_by_size(series, sizes, path, "held-out loss (AUC) - random's (lower is better)",
                  "Fine-tune benchmark: each 10% subset against random, by pool size")
 
