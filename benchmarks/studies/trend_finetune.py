@@ -32,7 +32,7 @@ GSNR_UTILITIES = ("snr-member-gated", "snr-member", "gsnr", "gsnr-cv", "drop")
 BASELINES = ("ifd", "length", "loss")
 GROUPS = ("auroc_shipped", "auroc_study", "auroc_new")
 SELECTORS = ("coverage", "s2l")
-SELECTOR_REFERENCES = ("snr-member-gated", "length")
+DEFAULT = "snr-member-gated"
 
 
 def finished_sizes(directory: Path) -> list[int]:
@@ -95,7 +95,8 @@ def study(directory: Path) -> dict:
                  "schedule": {n: results[n]["schedule"][BUDGET] for n in sizes}}
     for n in sizes:
         out["by_size"][n] = {m: {k: table[n][m].get(k) for k in (
-            *READINGS, *(f"{r}_vs_{ref}" for r in READINGS for ref in ("random", "ifd")),
+            *READINGS,
+            *(f"{r}_vs_{ref}" for r in READINGS for ref in ("random", "ifd", "length")),
             "overfitting")} for m in [*methods, "random", "full", "untrained"] if m in table[n]}
     losses = {n: run_losses(directory / f"ft{n}", results[n]) for n in sizes}
     out["selectors"] = selector_differences(losses)
@@ -113,14 +114,15 @@ def study(directory: Path) -> dict:
 
 
 def selector_differences(losses: dict[int, dict[str, np.ndarray]]) -> dict:
-    """size -> selector -> reading_vs_reference: issue 34's comparisons of the cluster-balanced
-    subsets with the default top-k and the longest responses, paired by seed and example."""
+    """size -> selector -> reading_vs_default: issue 34's comparison of the cluster-balanced
+    subsets with the default top-k, paired by seed and example (`bench finetune` compares
+    every row with random, IFD and `length` itself)."""
     out: dict = {}
     for n, rows in losses.items():
-        for s in (s for s in SELECTORS if s in rows):
+        for s in (s for s in SELECTORS if s in rows and DEFAULT in rows):
             out.setdefault(n, {})[s] = {
-                f"{r}_vs_{ref}": difference(read(rows[s], r), read(rows[ref], r)).as_dict()
-                for r in READINGS for ref in SELECTOR_REFERENCES if ref in rows}
+                f"{r}_vs_{DEFAULT}": difference(read(rows[s], r), read(rows[DEFAULT], r)).as_dict()
+                for r in READINGS}
     return out
 
 
@@ -213,10 +215,11 @@ def markdown(result: dict, decision: dict) -> str:
 
 def selector_table(result: dict) -> str:
     """The cluster-balanced subsets against the default top-k and `length` (empty if none ran)."""
-    found = [(n, s, e) for n, by in result["selectors"].items() for s, e in by.items()]
+    found = [(n, s, {**result["by_size"][n][s], **e})
+             for n, by in result["selectors"].items() for s, e in by.items()]
     if not found:
         return ""
-    refs = [f"{r}_vs_{ref}" for ref in SELECTOR_REFERENCES for r in READINGS]
+    refs = [f"{r}_vs_{ref}" for ref in (DEFAULT, "length") for r in READINGS]
     lines = ["| selector | size | " + " | ".join(x.replace("_vs_", " - ") for x in refs) + " |",
              "|" + " --- |" * (len(refs) + 2)]
     lines += [f"| {s} | {n} | " + " | ".join(cell(e.get(x), 4) for x in refs) + " |"
