@@ -164,3 +164,35 @@ def test_the_noise_trend_resamples_records_within_their_segment():
     assert verdict({"estimate": 0.1, "low": 0.01, "high": 0.2}).startswith("rises")
     assert verdict({"estimate": -0.1, "low": -0.2, "high": -0.01}).startswith("falls")
     assert verdict({"estimate": 0.1, "low": -0.01, "high": 0.2}).startswith("no trend")
+
+
+def test_a_fine_tune_verdict_splits_by_the_held_out_answers_length(tmp_path):
+    """finetune_by_answer_length.py: a subset that helps only on the short held-out answers
+    shows its lead there and a tie on the long ones."""
+    from finetune_by_answer_length import split_differences
+
+    rng = np.random.default_rng(0)
+    write_size(tmp_path, 300, {"snr-member-gated": 0.0, "random": 0.0}, rng)
+    ft = tmp_path / "ft300"
+    answers = ["ok" if i % 2 else "a long answer " * 20 for i in range(EXAMPLES)]
+    pool = tmp_path / "pool.jsonl"
+    records = [{"instruction": f"task {i}", "input": "", "output": a}
+               for i, a in enumerate(answers)]
+    pool.write_text("".join(json.dumps(r) + "\n" for r in records))
+    short = [i for i, a in enumerate(answers) if len(a) < 100]
+    for run in (ft / "runs").glob("snr-member-gated@*.json"):
+        body = json.loads(run.read_text())
+        losses = np.array(body["eval_loss"])
+        losses[1:, short] -= 0.2  # better than random on the short answers only
+        body["eval_loss"] = losses.tolist()
+        run.write_text(json.dumps(body))
+    results = json.loads((ft / "results.json").read_text())
+    results["held_out_records"] = list(range(EXAMPLES))
+    (ft / "results.json").write_text(json.dumps(results))
+
+    split = split_differences(ft, pool, cut=100, reading="auc")
+    assert split["records"] == {"short": EXAMPLES // 2, "long": EXAMPLES // 2}
+    cells = split["rows"]["snr-member-gated"]
+    assert cells["short"]["estimate"] == pytest.approx(-0.2, abs=0.02)
+    assert cells["short"]["high"] < 0
+    assert cells["long"]["low"] < 0 < cells["long"]["high"]
