@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+from trend import cell
 from trend_finetune import run_losses
 
 from gradfilter.bench.finetune_measures import difference, read
@@ -49,7 +49,7 @@ def split_differences(ft_dir: Path, data: Path, cut: int, reading: str) -> dict:
     for row, v in values.items():
         if row == "random":
             continue
-        out["rows"][row] = {g: asdict(difference(v[..., ix], values["random"][..., ix]))
+        out["rows"][row] = {g: difference(v[..., ix], values["random"][..., ix]).as_dict()
                             if len(ix) else None for g, ix in groups.items()}
     return out
 
@@ -60,15 +60,8 @@ def markdown(result: dict) -> str:
              f"({n['short']}) | answers >= {result['cut']} chars ({n['long']}) |",
              "| --- | --- | --- |"]
     for row, cells in result["rows"].items():
-        lines.append(f"| {row} | {_cell(cells['short'])} | {_cell(cells['long'])} |")
+        lines.append(f"| {row} | {cell(cells['short'], 4)} | {cell(cells['long'], 4)} |")
     return "\n".join(lines)
-
-
-def _cell(i: dict | None) -> str:
-    if i is None:
-        return "-"
-    star = "*" if i["low"] > 0 or i["high"] < 0 else ""
-    return f"{i['estimate']:+.4f} [{i['low']:+.4f}, {i['high']:+.4f}]{star}"
 
 
 def main() -> None:
@@ -78,7 +71,11 @@ def main() -> None:
     parser.add_argument("--cut", type=int, default=100)
     parser.add_argument("--reading", choices=("auc", "final"), default="auc")
     args = parser.parse_args()
-    print(markdown(split_differences(args.ft_dir, args.data, args.cut, args.reading)))
+    try:
+        result = split_differences(args.ft_dir, args.data, args.cut, args.reading)
+    except (GradfilterError, OSError) as e:
+        raise SystemExit(f"error: {e}") from None
+    print(markdown(result))
 
 
 if __name__ == "__main__":
